@@ -1,0 +1,3 @@
+"""dgm: an experiment runner for deep generative models."""
+
+__version__ = "0.1.0"

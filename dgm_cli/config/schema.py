@@ -1,0 +1,118 @@
+"""Dataclass schemas, stored in Hydra's ConfigStore under names that are not
+config groups (``train_schema`` etc.), so they type-check every key the YAML and
+the command line set but never show up as choices."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    max_steps: int = -1  # > 0 stops after this many steps, whatever max_epochs says
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "32"  # 32 | bf16 | 16 (16 uses a gradient scaler; CUDA only)
+    grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    log_every: int = 50  # steps between TensorBoard scalar writes
+    sample_every: int = 1000  # steps between sample grids; 0 turns them off
+    ckpt_every: int = 1000  # steps between last.pt writes (also written each epoch and at the end)
+    val_every: int = 0  # steps between validations; 0 means once per epoch
+    num_samples: int = 64  # images in each logged sample grid
+    progress: bool = True  # tqdm bar (quiet anyway when stderr is not a terminal)
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # mnist | fashion_mnist | cifar10 | image_folder | npz | moons | ...
+    root: str = "${oc.env:DGM_DATA_ROOT,./data}"
+    path: Optional[str] = None  # image_folder: a folder; npz: a file
+    representation: Optional[str] = None  # null: the model's own; binary | 8bit | dequantized | continuous
+    binarize: str = "dynamic"  # dynamic | static (binary representation only)
+    val_size: int = 5000  # examples held out of the training split for validation
+    image_size: Optional[int] = None  # image_folder/npz: resize to this size
+    channels: Optional[int] = None  # image_folder: 1 (grayscale) or 3 (RGB); null keeps the files'
+    download: bool = True
+    on_device: bool = True  # hold the dataset on the training device when it fits
+    train_size: int = 50000  # 2-D toys: points drawn for training
+    test_size: int = 10000  # 2-D toys: points drawn for testing
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # adam | adamw | sgd | rmsprop
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.0
+    alpha: float = 0.99  # rmsprop smoothing
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"  # cosine | step | exponential | constant
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    step_size: int = 1000
+    gamma: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    model: Any = MISSING
+    objective: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: Optional[SchedulerConfig] = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    resume: Optional[str] = None  # a run folder or a checkpoint file to continue
+
+
+@dataclass
+class SampleConfig:
+    checkpoint: str = MISSING
+    num_samples: int = 64
+    mode: str = "sample"  # sample | reconstruct | interpolate | complete (as the model allows)
+    out: Optional[str] = None  # PNG path; default: <run folder>/samples.png
+    temperature: float = 1.0
+    label: Optional[int] = None  # class to sample from, for class-conditional models
+    nrow: Optional[int] = None
+    split: str = "test"  # data that reconstruct/complete/interpolate start from
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = MISSING
+    split: str = "test"  # test | val | train
+    metrics: List[str] = field(default_factory=lambda: ["nll"])
+    k: int = 5000  # importance samples for estimated likelihoods (Burda et al. 2015)
+    limit: Optional[int] = None  # evaluate on the first n examples only
+    batch_size: int = 0  # examples per batch; 0 picks one from k
+    num_samples: int = 10000  # generated samples for sample-quality metrics
+    out: Optional[str] = None  # eval.json path; default: next to the checkpoint
+    seed: int = 0
+    device: str = "auto"
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dgm.pid"):
+        OmegaConf.register_new_resolver("dgm.pid", lambda: str(os.getpid()))
+
+
+def register_configs() -> None:
+    _register_resolvers()
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="sample_schema", node=SampleConfig)
+    cs.store(name="eval_schema", node=EvalConfig)

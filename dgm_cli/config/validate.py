@@ -1,0 +1,91 @@
+"""Value checks that types alone cannot express, run before anything is written."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig
+
+from ..errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("32", "bf16", "16")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULERS = ("cosine", "step", "exponential", "constant")
+REPRESENTATIONS = ("binary", "8bit", "dequantized", "continuous")
+BINARIZE = ("dynamic", "static")
+SPLITS = ("train", "val", "test")
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
+    value = _get(cfg, key)
+    if not ok(value):
+        raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}.")
+
+
+def one_of(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    check(cfg, key, lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def check_device(cfg: DictConfig, key: str) -> None:
+    check(
+        cfg,
+        key,
+        lambda v: v in DEVICES or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()),
+        "one of auto, cpu, cuda, cuda:N, mps",
+    )
+
+
+def positive(cfg: DictConfig, key: str) -> None:
+    check(cfg, key, lambda v: v > 0, "> 0")
+
+
+def non_negative(cfg: DictConfig, key: str) -> None:
+    check(cfg, key, lambda v: v >= 0, ">= 0")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    t = "trainer."
+    for key in ("batch_size", "eval_batch_size", "log_every", "num_samples"):
+        positive(cfg, t + key)
+    for key in ("max_epochs", "sample_every", "ckpt_every", "val_every", "grad_clip"):
+        non_negative(cfg, t + key)
+    check(cfg, t + "max_steps", lambda v: v == -1 or v > 0, "-1 (train for max_epochs) or > 0")
+    check_device(cfg, t + "device")
+    one_of(cfg, t + "precision", PRECISIONS)
+    one_of(cfg, "optimizer.name", OPTIMIZERS)
+    positive(cfg, "optimizer.lr")
+    non_negative(cfg, "optimizer.weight_decay")
+    check(cfg, "optimizer.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
+    if cfg.scheduler is not None:
+        one_of(cfg, "scheduler.name", SCHEDULERS)
+        non_negative(cfg, "scheduler.warmup_steps")
+        positive(cfg, "scheduler.step_size")
+    if cfg.data.representation is not None:
+        one_of(cfg, "data.representation", REPRESENTATIONS)
+    one_of(cfg, "data.binarize", BINARIZE)
+    non_negative(cfg, "data.val_size")
+    check(cfg, "data.channels", lambda v: v in (None, 1, 3), "null, 1 or 3")
+
+
+def validate_sample(cfg: DictConfig) -> None:
+    positive(cfg, "num_samples")
+    positive(cfg, "temperature")
+    check_device(cfg, "device")
+    one_of(cfg, "split", SPLITS)
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    positive(cfg, "k")
+    non_negative(cfg, "batch_size")
+    positive(cfg, "num_samples")
+    check(cfg, "limit", lambda v: v is None or v > 0, "null or > 0")
+    check_device(cfg, "device")
+    one_of(cfg, "split", SPLITS)

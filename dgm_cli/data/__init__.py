@@ -1,0 +1,1 @@
+"""Datasets as tensors: reading files, representations, batches by indexing."""

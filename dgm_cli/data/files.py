@@ -1,0 +1,158 @@
+"""Readers of image datasets on disk, each returning uint8 images (N, C, H, W) and labels.
+
+MNIST and Fashion-MNIST use torchvision's own folder layout and readers; CIFAR-10
+is read from torchvision's layout (``cifar-10-batches-py``) by our own reader of its
+pickle files, so that small files a test writes in that format load too.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+Split = tuple[Tensor, Optional[Tensor]]
+
+
+def _missing(folder: Path, names: list[str]) -> list[str]:
+    return [n for n in names if not (folder / n).exists()]
+
+
+def _download_or_explain(name: str, folder: Path, missing: list[str], download: bool, fetch) -> None:
+    if download:
+        try:
+            fetch()
+            return
+        except Exception as exc:  # no network, a proxy, a mirror down: explain below
+            reason = f"downloading failed ({type(exc).__name__}: {exc})"
+    else:
+        reason = "data.download=false"
+    raise UserError(
+        f"{name} files are missing under data.root and {reason}. Missing in {folder}: "
+        f"{', '.join(missing)}. Put them there (torchvision's layout), or point data.root "
+        f"(or the environment variable DGM_DATA_ROOT) at a folder that has them."
+    )
+
+
+def load_idx(root: str, name: str, download: bool) -> tuple[Split, Split]:
+    """MNIST or FashionMNIST through torchvision (``<root>/<name>/raw/*-ubyte``)."""
+    import torchvision
+
+    cls = {"MNIST": torchvision.datasets.MNIST, "FashionMNIST": torchvision.datasets.FashionMNIST}[name]
+    raw = Path(root) / name / "raw"
+    missing = _missing(raw, IDX_FILES)
+    if missing:
+        _download_or_explain(name, raw, missing, download, lambda: cls(root, train=True, download=True))
+    out = []
+    for train in (True, False):
+        ds = cls(root, train=train, download=False)
+        out.append((ds.data.unsqueeze(1).contiguous(), ds.targets.long()))
+    return out[0], out[1]
+
+
+def load_cifar10(root: str, download: bool) -> tuple[Split, Split]:
+    folder = Path(root) / "cifar-10-batches-py"
+    missing = _missing(folder, CIFAR_FILES)
+    if missing:
+        import torchvision
+
+        _download_or_explain(
+            "CIFAR-10", folder, missing, download, lambda: torchvision.datasets.CIFAR10(root, train=True, download=True)
+        )
+
+    def read(names: list[str]) -> Split:
+        xs, ys = [], []
+        for n in names:
+            with open(folder / n, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    return read(CIFAR_FILES[:5]), read(CIFAR_FILES[5:])
+
+
+def _to_nchw_uint8(images: np.ndarray) -> Tensor:
+    a = np.asarray(images)
+    if a.dtype != np.uint8:
+        if a.max() <= 1.0:
+            a = a * 255.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
+        a = a.transpose(0, 3, 1, 2)
+    if a.ndim != 4 or a.shape[1] not in (1, 3):
+        raise UserError(f"images of shape {images.shape} are not N x H x W, N x H x W x C or N x C x H x W with C in (1, 3).")
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _resize(x: Tensor, size: Optional[int]) -> Tensor:
+    if size is None or x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    y = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> Split:
+    if not path or not Path(path).is_file():
+        raise UserError(f"dataset=npz needs data.path=<file.npz>; {path!r} is not a file.")
+    with np.load(path) as f:
+        keys = list(f.keys())
+        ikey = next((k for k in ("x", "images", "arr_0") if k in f), None)
+        if ikey is None:
+            raise UserError(f"{path} has arrays {keys}; dgm reads images from 'x', 'images' or 'arr_0' and labels from 'y' or 'labels'.")
+        x = _to_nchw_uint8(f[ikey])
+        lkey = next((k for k in ("y", "labels") if k in f), None)
+        y = torch.from_numpy(np.asarray(f[lkey]).astype(np.int64)) if lkey else None
+    return _convert_channels(_resize(x, image_size), channels), y
+
+
+def _convert_channels(x: Tensor, channels: Optional[int]) -> Tensor:
+    if channels is None or x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def load_image_folder(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> Split:
+    """PNG/JPEG files in ``path``, or in one sub-folder per class (torchvision's ImageFolder)."""
+    from PIL import Image
+
+    folder = Path(path) if path else None
+    if folder is None or not folder.is_dir():
+        raise UserError(f"dataset=image_folder needs data.path=<folder of images>; {path!r} is not a folder.")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files: list[tuple[Path, int]] = []
+    if classes:
+        for label, c in enumerate(classes):
+            files += [(p, label) for p in sorted((folder / c).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        files = [(p, -1) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {folder}.")
+    first = Image.open(files[0][0])
+    mode = {1: "L", 3: "RGB"}.get(channels or 0, "L" if first.mode in ("L", "1", "I;16", "I") else "RGB")
+    size = image_size or min(first.size)
+    arrays = []
+    for p, _ in files:
+        with Image.open(p) as im:
+            im = im.convert(mode)
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+            arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    x = torch.from_numpy(np.stack(arrays))
+    y = torch.tensor([label for _, label in files]) if classes else None
+    return x, y

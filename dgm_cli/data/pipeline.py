@@ -1,0 +1,180 @@
+"""From a data config to tensors on the training device and batches drawn by indexing.
+
+The whole dataset is held as one uint8 tensor (on the training device when it
+fits); a batch is an index into it followed by the representation's transform.
+There is no per-image PIL transform and no DataLoader worker on the hot path.
+
+Representations (what a model sees):
+  binary       x in {0,1}. ``binarize=dynamic`` draws a fresh Bernoulli sample of
+               the pixel intensities for every training batch (Burda et al. 2015);
+               ``static`` binarizes once. Validation and test sets are binarized
+               once with a fixed seed either way, so every evaluation sees the same data.
+  8bit         x = k/255, the 256 discrete values.
+  dequantized  x = (k + u)/256 with u ~ U[0,1)^D, fresh for every training batch,
+               fixed-seed for validation and test (for continuous densities).
+  continuous   real vectors (2-D toys), used as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from ..models.base import DataSpec
+from . import files, toy
+
+EVAL_SEED = 1234  # fixed: the binarization/dequantization noise of the val and test sets
+SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
+DATASETS = IMAGE_DATASETS + tuple(toy.TOYS)
+
+
+@dataclass
+class Dataset:
+    """Raw splits: uint8 images (N, C, H, W) or float points (N, 2), optional labels."""
+
+    train: tuple[Tensor, Optional[Tensor]]
+    val: tuple[Tensor, Optional[Tensor]]
+    test: tuple[Tensor, Optional[Tensor]]
+    num_classes: int
+
+    @property
+    def is_image(self) -> bool:
+        return self.train[0].dtype == torch.uint8
+
+
+def _holdout(x: Tensor, y: Optional[Tensor], n: int, seed: int) -> tuple[tuple, tuple]:
+    if n <= 0:
+        return (x, y), (x[:0], None if y is None else y[:0])
+    if n >= len(x):
+        raise UserError(f"data.val_size={n} is not below the {len(x)} training examples; use 0 <= val_size < {len(x)}.")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    keep, held = perm[n:].sort().values, perm[:n].sort().values
+    pick = lambda t, i: None if t is None else t[i]  # noqa: E731
+    return (x[keep], pick(y, keep)), (x[held], pick(y, held))
+
+
+def load(cfg) -> Dataset:
+    """Read the dataset named by ``cfg.name`` (a data config) into memory."""
+    name = cfg.name
+    if name == "mnist":
+        train, test = files.load_idx(cfg.root, "MNIST", cfg.download)
+    elif name == "fashion_mnist":
+        train, test = files.load_idx(cfg.root, "FashionMNIST", cfg.download)
+    elif name == "cifar10":
+        train, test = files.load_cifar10(cfg.root, cfg.download)
+    elif name in ("image_folder", "npz"):
+        reader = files.load_image_folder if name == "image_folder" else files.load_npz
+        x, y = reader(cfg.path, cfg.image_size, cfg.channels)
+        n_test = max(1, len(x) // 10)
+        train, test = _holdout(x, y, n_test, SPLIT_SEED + 1)
+    elif name in toy.TOYS:
+        draw = toy.TOYS[name]
+        train = (draw(cfg.train_size, torch.Generator().manual_seed(0)), None)
+        test = (draw(cfg.test_size, torch.Generator().manual_seed(1)), None)
+    else:
+        raise UserError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
+    train, val = _holdout(*train, cfg.val_size, SPLIT_SEED)
+    y = train[1]
+    num_classes = int(y.max().item()) + 1 if y is not None and len(y) else 0
+    return Dataset(train=train, val=val, test=test, num_classes=num_classes)
+
+
+def resolve_representation(data_cfg, model_cfg) -> str:
+    return data_cfg.representation or model_cfg.representation
+
+
+def spec(ds: Dataset, representation: str) -> DataSpec:
+    x = ds.train[0]
+    if ds.is_image == (representation == "continuous"):
+        allowed = "binary, 8bit, dequantized" if ds.is_image else "continuous"
+        raise UserError(f"data.representation={representation} does not fit this dataset; allowed: {allowed}.")
+    return DataSpec(shape=tuple(x.shape[1:]), representation=representation, num_classes=ds.num_classes)
+
+
+def transform(x: Tensor, representation: str, generator: Optional[torch.Generator]) -> Tensor:
+    """Raw batch -> what the model sees. ``generator`` draws binarization/dequantization noise."""
+    if representation == "continuous":
+        return x.float()
+    xf = x.float()
+    if representation == "binary":
+        return torch.bernoulli(xf / 255.0, generator=generator)
+    if representation == "8bit":
+        return xf / 255.0
+    if representation == "dequantized":
+        u = torch.rand(xf.shape, generator=generator, device=xf.device)
+        return (xf + u) / 256.0
+    raise UserError(f"unknown representation {representation!r}")
+
+
+def fixed(x: Tensor, representation: str) -> Tensor:
+    """An evaluation split, transformed once with a fixed seed (on the CPU, so the
+    result does not depend on the device)."""
+    return transform(x.cpu(), representation, torch.Generator().manual_seed(EVAL_SEED))
+
+
+class BatchIterator:
+    """Draws training batches by indexing a tensor held on ``device``.
+
+    The permutation of epoch e comes from ``seed + e``, and the noise generator's
+    state is part of ``state_dict``, so a resumed run draws the same batches.
+    Static binarization is applied once, here; dynamic noise is drawn per batch.
+    """
+
+    def __init__(self, x: Tensor, y: Optional[Tensor], representation: str, binarize: str,
+                 batch_size: int, device: torch.device, seed: int, on_device: bool = True):
+        if len(x) < batch_size:
+            raise UserError(f"trainer.batch_size={batch_size} is larger than the {len(x)} training examples.")
+        if representation == "binary" and binarize == "static":
+            x, representation = fixed(x, "binary").to(torch.uint8), "8bit_binary"
+        store = device if on_device else torch.device("cpu")
+        self.x = x.to(store)
+        self.y = None if y is None else y.to(store)
+        self.representation = representation
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.steps_per_epoch = len(x) // batch_size  # the last partial batch is dropped
+        self.noise = torch.Generator(device=device if device.type != "mps" else "cpu").manual_seed(seed + 7)
+        self.epoch = 0
+        self.position = 0
+        self._perm: Optional[Tensor] = None
+
+    def _permutation(self) -> Tensor:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            self._perm = torch.randperm(len(self.x), generator=g).to(self.x.device)
+        return self._perm
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Optional[Tensor]]]:
+        return self
+
+    def __next__(self) -> tuple[Tensor, Optional[Tensor]]:
+        if self.position >= self.steps_per_epoch:
+            self.epoch, self.position, self._perm = self.epoch + 1, 0, None
+        idx = self._permutation()[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+        self.position += 1
+        x = self.x[idx].to(self.device, non_blocking=True)
+        if self.representation == "8bit_binary":
+            xb = x.float()
+        else:
+            gen = self.noise if self.noise.device == x.device else None
+            xb = transform(x, self.representation, gen)
+        yb = None if self.y is None else self.y[idx].to(self.device, non_blocking=True)
+        return xb, yb
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "noise": self.noise.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
+        self.noise.set_state(state["noise"])
+
+
+def eval_batches(x: Tensor, y: Optional[Tensor], batch_size: int, device: torch.device):
+    """Fixed-order batches of an already transformed evaluation split."""
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size].to(device), None if y is None else y[i:i + batch_size].to(device)

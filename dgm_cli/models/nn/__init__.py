@@ -1,0 +1,1 @@
+"""Layers and likelihoods shared by several model families."""

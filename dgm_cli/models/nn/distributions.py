@@ -1,0 +1,71 @@
+"""Log-likelihoods and KL terms, each summed over all but the batch dimension.
+
+Every function returns nats per example, shape (B,).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _sum_except_batch(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """log Bern(x | sigmoid(logits)) = x*logits - softplus(logits); x in {0,1}.
+
+    Takes logits, never probabilities, so that no sigmoid is applied twice."""
+    return _sum_except_batch(-F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """log N(x | mean, diag(exp(log_var)))."""
+    return _sum_except_batch(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)))
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    return _sum_except_batch(-0.5 * (LOG_2PI + z**2))
+
+
+def gaussian_kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
+    """KL(N(mean, diag(exp(log_var))) || N(0, I)) in closed form (Kingma & Welling 2014, App. B):
+    0.5 * sum(mean^2 + var - log_var - 1)."""
+    return _sum_except_batch(0.5 * (mean**2 + torch.exp(log_var) - log_var - 1.0))
+
+
+def gaussian_kl_per_dim(mean: Tensor, log_var: Tensor) -> Tensor:
+    """The same KL, not summed: shape (B, latent_dim) (for free bits)."""
+    return 0.5 * (mean**2 + torch.exp(log_var) - log_var - 1.0)
+
+
+def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, bins: int = 256) -> Tensor:
+    """log P(x) of 8-bit data under a logistic discretized into ``bins`` bins on [0, 1]
+    (Kingma et al. 2016; Salimans et al. 2017, PixelCNN++ eq. 2), edge bins extended to +-inf.
+
+    x holds k/(bins-1) for integer k. The bin of k is [k - 0.5, k + 0.5]/(bins-1)."""
+    half = 0.5 / (bins - 1)
+    inv_s = torch.exp(-log_scale)
+    centered = x - mean
+    cdf_plus = torch.sigmoid((centered + half) * inv_s)
+    cdf_minus = torch.sigmoid((centered - half) * inv_s)
+    # log CDF at the upper edge for k = 0, log survival at the lower edge for k = bins-1.
+    log_cdf_plus = (centered + half) * inv_s - F.softplus((centered + half) * inv_s)
+    log_one_minus_cdf_minus = -F.softplus((centered - half) * inv_s)
+    mid = torch.log(torch.clamp(cdf_plus - cdf_minus, min=1e-12))
+    lp = torch.where(
+        x < half, log_cdf_plus, torch.where(x > 1 - half, log_one_minus_cdf_minus, mid)
+    )
+    return _sum_except_batch(lp)
+
+
+def categorical_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """log Cat(k | softmax(logits)) with logits of shape (B, K, *dims), x = k/(K-1)."""
+    k = logits.shape[1]
+    target = torch.round(x * (k - 1)).long()
+    return _sum_except_batch(-F.cross_entropy(logits, target, reduction="none"))
