@@ -26,7 +26,6 @@ class TrainerConfig:
     val_every: int = 0  # steps between validations; 0 means once per epoch
     num_samples: int = 64  # images in each logged sample grid
     progress: bool = True  # tqdm bar (quiet anyway when stderr is not a terminal)
-    compile: bool = False  # torch.compile the model
 
 
 @dataclass
@@ -83,6 +82,7 @@ class SampleConfig:
     num_samples: int = 64
     mode: str = "sample"  # sample | reconstruct | interpolate | complete (as the model allows)
     out: Optional[str] = None  # PNG path; default: <run folder>/samples.png
+    data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
     temperature: float = 1.0
     label: Optional[int] = None  # class to sample from, for class-conditional models
     nrow: Optional[int] = None
@@ -101,6 +101,7 @@ class EvalConfig:
     batch_size: int = 0  # examples per batch; 0 picks one from k
     num_samples: int = 10000  # generated samples for sample-quality metrics
     out: Optional[str] = None  # eval.json path; default: next to the checkpoint
+    data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
     seed: int = 0
     device: str = "auto"
 

@@ -87,12 +87,12 @@ def resolve_representation(data_cfg, model_cfg) -> str:
     return data_cfg.representation or model_cfg.representation
 
 
-def spec(ds: Dataset, representation: str) -> DataSpec:
+def spec(ds: Dataset, representation: str, dataset: str = "") -> DataSpec:
     x = ds.train[0]
     if ds.is_image == (representation == "continuous"):
         allowed = "binary, 8bit, dequantized" if ds.is_image else "continuous"
         raise UserError(f"data.representation={representation} does not fit this dataset; allowed: {allowed}.")
-    return DataSpec(shape=tuple(x.shape[1:]), representation=representation, num_classes=ds.num_classes)
+    return DataSpec(shape=tuple(x.shape[1:]), representation=representation, num_classes=ds.num_classes, dataset=dataset)
 
 
 def transform(x: Tensor, representation: str, generator: Optional[torch.Generator]) -> Tensor:

@@ -1,0 +1,55 @@
+"""Checkpoints: written atomically, read with ``weights_only=True`` (opening one never runs code)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+FORMAT = "dgm-checkpoint-v1"
+
+
+def save(state: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename over ``path``: a reader never sees
+    a half-written checkpoint, and a crash mid-write leaves the previous one intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def resolve(path_or_run: str) -> Path:
+    """A checkpoint file, or a run folder (its checkpoints/last.pt)."""
+    p = Path(path_or_run).expanduser()
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise UserError(f"no checkpoint at {path_or_run!r}: give a .pt file written by `dgm train` "
+                        f"or a run folder that has checkpoints/last.pt.")
+    return p
+
+
+def load(path_or_run: str, map_location="cpu") -> dict:
+    path = resolve(path_or_run)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable dgm checkpoint (truncated, corrupted, or not written by "
+                        f"`dgm train`): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is a torch file but not a dgm checkpoint (no '{FORMAT}' marker); "
+                        f"give a checkpoint written by `dgm train`.")
+    state["path"] = str(path)
+    return state

@@ -1,0 +1,55 @@
+"""Optimizers and learning-rate schedules from the config."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+
+def optimizer_factory(cfg):
+    """``build(params, **overrides)``: the configured optimizer; a model may override lr, betas etc.
+    per player (e.g. a GAN's two learning rates)."""
+
+    def build(params: Iterable, **overrides) -> torch.optim.Optimizer:
+        o = {**dict(cfg), **overrides}
+        name, lr, wd = o["name"], o["lr"], o["weight_decay"]
+        if name == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=wd)
+        if name == "adamw":
+            return torch.optim.AdamW(params, lr=lr, betas=tuple(o["betas"]), eps=o["eps"], weight_decay=wd)
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=o["momentum"], weight_decay=wd)
+        if name == "rmsprop":
+            return torch.optim.RMSprop(params, lr=lr, alpha=o["alpha"], eps=o["eps"], momentum=o["momentum"], weight_decay=wd)
+        raise ValueError(name)
+
+    return build
+
+
+def lr_lambda(cfg, total_steps: int, base_lr: float):
+    """Multiplier of the base learning rate at each optimizer step: linear warm-up, then the schedule
+    (cosine decays to ``min_lr``; step and exponential multiply by ``gamma`` every ``step_size`` steps)."""
+    warm, floor = cfg.warmup_steps, (cfg.min_lr / base_lr if base_lr > 0 else 0.0)
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        t = step - warm
+        if cfg.name == "cosine":
+            progress = min(1.0, t / max(1, total_steps - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.name == "step":
+            return cfg.gamma ** (t // cfg.step_size)
+        if cfg.name == "exponential":
+            return cfg.gamma ** (t / cfg.step_size)
+        return 1.0
+
+    return factor
+
+
+def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int):
+    if cfg is None:
+        return None
+    base_lr = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, base_lr))

@@ -1,0 +1,57 @@
+"""Devices, precision, seeds and RNG state: the parts of a run that are not the model."""
+from __future__ import annotations
+
+import contextlib
+import random
+
+import torch
+
+from ..errors import UserError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for but CUDA is not available here; use device=cpu or auto.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device=mps was asked for but MPS is not available here; use device=cpu or auto.")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision context for the forward passes; "32" is a no-op."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    if precision == "16" and device.type != "cuda":
+        raise UserError("trainer.precision=16 needs a CUDA device (it uses a gradient scaler); use bf16 or 32.")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fork_rng(device: torch.device):
+    """Sampling for logs inside this context does not change the training trajectory."""
+    devices = [device] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)

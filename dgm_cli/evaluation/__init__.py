@@ -1,0 +1,1 @@
+"""Likelihood estimators and sample-quality metrics, and the report `dgm eval` writes."""

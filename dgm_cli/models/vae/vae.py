@@ -1,0 +1,207 @@
+"""The VAE (Kingma & Welling 2014) with ELBO, beta-ELBO, KL warm-up, free bits and the IWAE bound.
+
+    ELBO(x)  = E_q(z|x)[log p(x|z)] - KL(q(z|x) || p(z))                      (K&W 2014, eq. 3)
+    beta-ELBO= E_q[log p(x|z)] - beta * KL                                      (Higgins et al. 2017)
+    IWAE_k(x)= E[log (1/k) sum_i p(x, z_i) / q(z_i|x)],  z_i ~ q(z|x)           (Burda et al. 2015, eq. 8)
+
+Warm-up multiplies the KL by min(1, step / kl_warmup_steps) (Sønderby et al. 2016); free bits
+replace each latent dimension's batch-mean KL by max(free_bits, KL_j) (Kingma et al. 2016, eq. 15).
+At evaluation, log p(x) is estimated by IWAE_k with k = 5000 by default, as in Burda et al.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ...errors import UserError
+from ..base import DataSpec, GenerativeModel, Metrics
+from ..nn import distributions as D
+from ..registry import register
+from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+
+#: likelihood p(x|z) -> (parameters per data dimension, representations it fits)
+LIKELIHOODS = {
+    "bernoulli": (1, ("binary",)),
+    "gaussian": (2, ("dequantized", "continuous")),
+    "discretized_logistic": (2, ("8bit",)),
+}
+DEFAULT_LIKELIHOOD = {"binary": "bernoulli", "8bit": "discretized_logistic", "dequantized": "gaussian", "continuous": "gaussian"}
+#: rows (samples x examples) pushed through the decoder at once when estimating log p(x)
+ROWS_PER_CHUNK = 1 << 16
+MIN_LOG_SCALE = -7.0
+
+
+@dataclass
+class VAEConfig:
+    architecture: str = "mlp"  # mlp | conv
+    hidden: list = field(default_factory=lambda: [200, 200])  # MLP hidden sizes (encoder; decoder mirrors)
+    channels: list = field(default_factory=lambda: [32, 64])  # conv channels (each layer halves H and W)
+    latent_dim: int = 50
+    activation: str = "tanh"
+    likelihood: str = "auto"  # auto (from the data representation) | bernoulli | gaussian | discretized_logistic
+
+
+@register("vae")
+class VAE(GenerativeModel):
+    family = "vae"
+    objectives = ("elbo", "beta_elbo", "iwae")
+    representations = ("binary", "8bit", "dequantized", "continuous")
+    likelihood = "iwae"
+    sample_modes = ("sample", "reconstruct", "interpolate")
+    Config = VAEConfig
+
+    def __init__(self, config: VAEConfig, data: DataSpec, objective: dict):
+        super().__init__(config, data, objective)
+        lik = DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto" else config.likelihood
+        if lik not in LIKELIHOODS or data.representation not in LIKELIHOODS[lik][1]:
+            fits = [k for k, (_, reps) in LIKELIHOODS.items() if data.representation in reps]
+            raise UserError(f"model.likelihood={config.likelihood} does not fit data.representation="
+                            f"{data.representation}; use auto or one of: {', '.join(fits)}.")
+        self.lik = lik
+        params, act = LIKELIHOODS[lik][0], config.activation
+        if config.architecture == "mlp":
+            self.encoder = MLPEncoder(data.shape, list(config.hidden), config.latent_dim, act)
+            self.decoder = MLPDecoder(data.shape, list(config.hidden), config.latent_dim, act, params)
+        elif config.architecture == "conv":
+            self.encoder = ConvEncoder(data.shape, list(config.channels), config.latent_dim, act)
+            self.decoder = ConvDecoder(data.shape, list(config.channels), config.latent_dim, act, params)
+        else:
+            raise UserError(f"model.architecture={config.architecture} is not allowed; use mlp or conv.")
+        self.latent_dim = config.latent_dim
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    # --- the pieces of every bound -----------------------------------------------
+    def log_px_given_z(self, out: Tensor, x: Tensor) -> Tensor:
+        """log p(x|z) per example from the decoder output (B, P, *shape)."""
+        if self.lik == "bernoulli":
+            return D.bernoulli_log_prob(out[:, 0], x)
+        if self.lik == "gaussian":
+            return D.gaussian_log_prob(x, out[:, 0], out[:, 1].clamp(min=2 * MIN_LOG_SCALE))
+        return D.discretized_logistic_log_prob(x, out[:, 0], out[:, 1].clamp(min=MIN_LOG_SCALE))
+
+    def mean_of(self, out: Tensor) -> Tensor:
+        """The mean of p(x|z) (for images, clamped to [0, 1])."""
+        mean = torch.sigmoid(out[:, 0]) if self.lik == "bernoulli" else out[:, 0]
+        return mean.clamp(0, 1) if self.data.is_image else mean
+
+    @staticmethod
+    def reparameterize(mean: Tensor, log_var: Tensor) -> Tensor:
+        return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+
+    def kl_weight(self) -> float:
+        beta = float(self.objective.get("beta", 1.0)) if self.objective["name"] == "beta_elbo" else 1.0
+        warmup = int(self.objective.get("kl_warmup_steps", 0))
+        return beta * min(1.0, (int(self.step) + 1) / warmup) if warmup > 0 else beta
+
+    def elbo_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(reconstruction log p(x|z), KL per example, KL per latent dim, posterior mean)."""
+        mean, log_var = self.encoder(x)
+        z = self.reparameterize(mean, log_var)
+        rec = self.log_px_given_z(self.decoder(z), x)
+        kl_dims = D.gaussian_kl_per_dim(mean, log_var)
+        return rec, kl_dims.sum(1), kl_dims, mean
+
+    def iwae_log_weights(self, x: Tensor, k: int) -> Tensor:
+        """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), shape (k, B), z_i ~ q(z|x)."""
+        mean, log_var = self.encoder(x)
+        return self._log_weights(x, mean, log_var, k)
+
+    def _log_weights(self, x: Tensor, mean: Tensor, log_var: Tensor, k: int) -> Tensor:
+        b = x.shape[0]
+        z = mean + torch.exp(0.5 * log_var) * torch.randn(k, *mean.shape, device=x.device, dtype=mean.dtype)
+        log_q = D.gaussian_log_prob(z.reshape(k * b, -1), mean.repeat(k, 1), log_var.repeat(k, 1))
+        log_pz = D.standard_normal_log_prob(z.reshape(k * b, -1))
+        x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
+        log_px = self.log_px_given_z(self.decoder(z.reshape(k * b, -1)), x_rep)
+        return (log_px + log_pz - log_q).view(k, b)
+
+    # --- training ------------------------------------------------------------------
+    def loss(self, x: Tensor) -> tuple[Tensor, Metrics]:
+        name = self.objective["name"]
+        if name == "iwae":
+            k = int(self.objective.get("k", 5))
+            bound = torch.logsumexp(self.iwae_log_weights(x, k), dim=0) - math.log(k)
+            loss = -bound.mean()
+            return loss, {"loss": loss.detach(), f"iwae_{k}": bound.mean().detach()}
+        rec, kl, kl_dims, _ = self.elbo_terms(x)
+        free_bits = float(self.objective.get("free_bits", 0.0))
+        kl_penalty = kl_dims.mean(0).clamp(min=free_bits).sum() if free_bits > 0 else kl.mean()
+        weight = self.kl_weight()
+        loss = -rec.mean() + weight * kl_penalty
+        elbo = (rec - kl).mean().detach()
+        return loss, {"loss": loss.detach(), "elbo": elbo, "reconstruction": rec.mean().detach(),
+                      "kl": kl.mean().detach(), "kl_weight": weight}
+
+    def training_step(self, x: Tensor, y: Optional[Tensor]):
+        loss, metrics = self.loss(x)
+        yield "model", loss, metrics
+        self.step += 1
+
+    @torch.no_grad()
+    def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
+        rec, kl, _, _ = self.elbo_terms(x)
+        elbo = rec - kl
+        return {"loss": -elbo.mean(), "elbo": elbo.mean(), "reconstruction": rec.mean(), "kl": kl.mean()}
+
+    # --- likelihood -----------------------------------------------------------------
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, k: int = 5000, **_) -> Tensor:
+        """IWAE estimate of log p(x) with k importance samples, in chunks of samples so memory stays bounded.
+        Its expectation is a lower bound on log p(x) that tightens as k grows (Burda et al. 2015, Thm. 1)."""
+        mean, log_var = self.encoder(x)
+        chunk = max(1, min(k, ROWS_PER_CHUNK // max(1, x.shape[0])))
+        parts = [torch.logsumexp(self._log_weights(x, mean, log_var, min(chunk, k - i)), dim=0) for i in range(0, k, chunk)]
+        return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
+
+    def estimator(self, k: int = 5000, **_) -> str:
+        return f"IWAE importance-sampled estimate, k={k} (Burda et al. 2015); a stochastic lower bound on log p(x)"
+
+    @torch.no_grad()
+    def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
+        rec, kl, _, mean = self.elbo_terms(x)
+        return {"elbo": (rec - kl).sum(), "reconstruction": rec.sum(), "kl": kl.sum(),
+                "posterior_mean_sum": mean.sum(0), "posterior_mean_sq_sum": (mean**2).sum(0)}
+
+    def finalize_eval(self, sums: dict, count: int) -> dict:
+        """Active units (Burda et al. 2015, Sec. 5.2): latent u is active if Cov_x(E_q[z_u|x]) > 1e-2."""
+        m = sums.pop("posterior_mean_sum") / count
+        var = sums.pop("posterior_mean_sq_sum") / count - m**2
+        out = {k: float(v) / count for k, v in sums.items()}
+        out["active_units"] = int((var > 1e-2).sum())
+        out["latent_dim"] = self.latent_dim
+        return out
+
+    # --- generation --------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_mean(self, z: Tensor) -> Tensor:
+        return self.mean_of(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
+        """Means of p(x|z) for z ~ N(0, temperature^2 I) (the usual way VAE samples are shown)."""
+        if label is not None:
+            raise UserError("this VAE is unconditional; sample without label=.")
+        device = next(self.parameters()).device
+        return self.decode_mean(temperature * torch.randn(n, self.latent_dim, device=device))
+
+    @torch.no_grad()
+    def sample_reconstruct(self, x: Tensor, y: Optional[Tensor] = None, **_) -> Tensor:
+        """Rows alternate: 8 inputs, then their reconstructions (decoder means at the posterior means)."""
+        n = (x.shape[0] // 8) * 8 or x.shape[0]
+        x = x[:n]
+        rec = self.decode_mean(self.encoder(x)[0])
+        cols = min(8, n)
+        return torch.stack([x.view(-1, cols, *x.shape[1:]), rec.view(-1, cols, *x.shape[1:])], 1).flatten(0, 1)
+
+    @torch.no_grad()
+    def sample_interpolate(self, x: Tensor, y: Optional[Tensor] = None, steps: int = 10, **_) -> Tensor:
+        """Each row decodes a straight line between the posterior means of two inputs."""
+        mean = self.encoder(x[: 2 * (x.shape[0] // 2)])[0]
+        a, b = mean[0::2], mean[1::2]
+        t = torch.linspace(0, 1, steps, device=x.device).view(1, steps, 1)
+        z = (a.unsqueeze(1) * (1 - t) + b.unsqueeze(1) * t).reshape(-1, mean.shape[1])
+        return self.decode_mean(z).view(a.shape[0], steps, *x.shape[1:])

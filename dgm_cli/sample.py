@@ -1,0 +1,65 @@
+"""`dgm sample`: images (or, for 2-D toys, a density plot) from a checkpoint."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from . import images
+from .app import command, model_from_checkpoint
+from .config.validate import validate_sample
+from .errors import UserError
+
+log = logging.getLogger("dgm.sample")
+
+
+def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
+    """The image to write for ``cfg.mode``."""
+    from .data import pipeline
+
+    if cfg.mode not in model.sample_modes:
+        raise UserError(f"mode={cfg.mode} is not available for model {model.name}; it offers: "
+                        f"{', '.join(model.sample_modes)}.")
+    if cfg.mode == "sample":
+        samples = model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label)
+        if not model.data.is_image:
+            return toy_plot(model, samples, dataset)
+        return images.grid(samples, cfg.nrow)
+    x, y = getattr(dataset, cfg.split)
+    if len(x) == 0:
+        raise UserError(f"split={cfg.split} is empty for this run; use split=test.")
+    x = pipeline.fixed(x[: cfg.num_samples], model.data.representation).to(device)
+    y = None if y is None else y[: cfg.num_samples].to(device)
+    return images.grid(getattr(model, f"sample_{cfg.mode}")(x, y))
+
+
+def toy_plot(model, samples: torch.Tensor, dataset) -> torch.Tensor:
+    """Data | samples as 2-D histograms, and the model's density where it has an exact one."""
+    panels = [images.histogram(dataset.test[0]), images.histogram(samples)]
+    if model.likelihood == "exact":
+        points, _ = images.density_grid()
+        device = next(model.parameters()).device
+        logp = torch.cat([model.log_likelihood(p.to(device)).cpu() for p in points.split(10000)])
+        panels.append(images.heatmap(logp.exp().view(200, 200)))
+    return images.side_by_side(*panels)
+
+
+@command("sample", validate_sample)
+def main(cfg: DictConfig) -> None:
+    from .engine import checkpoint, runtime
+
+    device = runtime.pick_device(cfg.device)
+    state = checkpoint.load(cfg.checkpoint)
+    model, _, dataset = model_from_checkpoint(state, device, cfg.data_root)
+    runtime.seed_everything(cfg.seed)
+    image = draw(model, cfg, dataset, device)
+    out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / f"{cfg.mode}.png"
+    images.save_png(image, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`dgm train`: compose the config, build data and model, run the engine."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .app import command
+from .config.validate import validate_train
+from .errors import UserError
+
+log = logging.getLogger("dgm.train")
+#: what a resumed run may change: how long and where it runs, how often it logs
+RESUMABLE_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.device", "trainer.progress",
+                  "trainer.log_every", "data.root")
+
+
+def _resume_config(cfg: DictConfig, state: dict) -> DictConfig:
+    """The saved config, with the few overrides given on this command line that a resume may change."""
+    saved = OmegaConf.create(state["config"])
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.partition("=")
+        if key == "resume":
+            continue
+        if key not in RESUMABLE_KEYS:
+            raise UserError(f"resume= continues a run with its saved config; `{override}` would change it. "
+                            f"With resume= only these keys may be given: {', '.join(RESUMABLE_KEYS)}.")
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+    return saved
+
+
+def run(cfg: DictConfig) -> dict:
+    import torch  # noqa: F401  (imported here so that `dgm train --help` stays fast)
+
+    from .data import pipeline
+    from .engine import checkpoint, runtime
+    from .engine.loop import Trainer
+    from .models.registry import build_model
+
+    state = None
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.resume:
+        state = checkpoint.load(cfg.resume)
+        cfg = _resume_config(cfg, state)
+        run_dir = Path(state["path"]).parent.parent
+        log.info("resuming %s at step %d", state["path"], state["step"])
+    device = runtime.pick_device(cfg.trainer.device)
+    runtime.autocast(device, cfg.trainer.precision)  # refuses fp16 off CUDA before anything runs
+    runtime.seed_everything(cfg.seed)
+    dataset = pipeline.load(cfg.data)
+    representation = pipeline.resolve_representation(cfg.data, cfg.model)
+    spec = pipeline.spec(dataset, representation, cfg.data.name)
+    model = build_model(cfg.model, cfg.objective, spec)
+    if state is None:
+        # the resolved config, with the representation the model actually got, for eval/sample/resume
+        OmegaConf.update(cfg, "data.representation", representation)
+    trainer = Trainer(cfg, model, dataset, run_dir, device, resume_state=state)
+    final = trainer.fit()
+    log.info("done: %s", run_dir / "checkpoints" / "last.pt")
+    print(f"checkpoint: {run_dir / 'checkpoints' / 'last.pt'}")
+    return final
+
+
+@command("train", validate_train)
+def main(cfg: DictConfig):
+    final = run(cfg)
+    # the multirun sweeper can optimise on this
+    return final.get("val_loss")
+
+
+if __name__ == "__main__":
+    main()
