@@ -8,6 +8,7 @@ well as ours (:class:`dgm_cli.errors.UserError`).
 """
 from __future__ import annotations
 
+import io
 import sys
 
 COMMANDS = {
@@ -23,6 +24,58 @@ USAGE = "usage: dgm {train,sample,eval} [overrides ...] [--help] [-m]\n\ncommand
 # Set by a command once Hydra has composed its config and the job has started:
 # a SystemExit(1) from Hydra before that point is a composition error (user input).
 job_started = False
+_real_stderr = sys.stderr
+
+NOISE = ("Config search path", "provider=", "Set the environment variable HYDRA_FULL_ERROR",
+         "reference_type=", "object_type=")
+
+
+class _HeldStderr(io.StringIO):
+    """Holds what Hydra writes to stderr before the job starts, so that a composition error
+    can be reworded into one paragraph; passes everything through once the job runs."""
+
+    def write(self, text: str) -> int:
+        if job_started:
+            return _real_stderr.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        _real_stderr.flush()
+
+    def isatty(self) -> bool:  # so tqdm still shows its bar on a terminal
+        return _real_stderr.isatty()
+
+
+def _schema_keys(full_key: str) -> str:
+    from dataclasses import fields
+
+    from .config import schema
+
+    section = full_key.split(".")[0]
+    cls = {"trainer": schema.TrainerConfig, "data": schema.DataConfig, "optimizer": schema.OptimizerConfig,
+           "scheduler": schema.SchedulerConfig}.get(section)
+    return f" The keys of {section} are: {', '.join(f.name for f in fields(cls))}." if cls else ""
+
+
+def condense(command: str, text: str) -> str:
+    """Hydra's composition error -> one paragraph naming the key and what is allowed."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(NOISE)]
+    full_key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+    lines = [ln for ln in lines if not ln.startswith("full_key:")]
+    out, options = [], []
+    for ln in lines:
+        if ln.startswith("Available options in"):
+            out.append(ln.rstrip(":") + ":")
+        elif out and out[-1].endswith(":") and " " not in ln:
+            options.append(ln)
+        else:
+            out.append(ln)
+    msg = " ".join(out)
+    if options:
+        msg += " " + ", ".join(options) + "."
+    if full_key:
+        msg += f" (key: {full_key})." + _schema_keys(full_key)
+    return f"dgm {command}: {msg} `dgm {command} --help` lists the config groups and keys."
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,14 +91,21 @@ def main(argv: list[str] | None = None) -> None:
 
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"dgm {command}"] + argv[1:]
+    held = _HeldStderr()
+    sys.stderr = held
     try:
         module.main()
     except SystemExit as exc:
         if exc.code == 1 and not job_started:
-            sys.stderr.write(f"dgm {command}: the configuration was refused (see above); "
-                             f"`dgm {command} --help` lists what is allowed.\n")
+            text = held.getvalue()
+            held.seek(0)
+            held.truncate(0)
+            _real_stderr.write(condense(command, text) + "\n")
             sys.exit(2)
         raise
+    finally:
+        sys.stderr = _real_stderr
+        _real_stderr.write(held.getvalue())  # warnings Hydra printed before a job that then ran
 
 
 if __name__ == "__main__":

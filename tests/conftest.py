@@ -1,0 +1,67 @@
+"""Shared fixtures: the real-data root and a runner for the installed `dgm` command.
+
+Real MNIST is found through DGM_DATA_ROOT. Without it the tests that need it are
+skipped with the reason; with DGM_REQUIRE_DATA=1 (set by .ci/run) its absence fails them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MNIST_FILES = ["train-images-idx3-ubyte", "t10k-images-idx3-ubyte"]
+
+
+def _data_root() -> Path | None:
+    root = os.environ.get("DGM_DATA_ROOT")
+    return Path(root) if root else None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    ok = root is not None and all((root / "MNIST" / "raw" / f).exists() for f in MNIST_FILES)
+    if not ok:
+        reason = (f"real MNIST not found under DGM_DATA_ROOT={root}" if root else "DGM_DATA_ROOT is not set") + \
+                 " (point it at a folder with MNIST/raw/*-ubyte, e.g. ../shared/data)"
+        if os.environ.get("DGM_REQUIRE_DATA") == "1":
+            pytest.fail(reason + "; DGM_REQUIRE_DATA=1 makes this a failure")
+        pytest.skip(reason)
+    return root
+
+
+def dgm_executable() -> str:
+    exe = Path(sys.executable).parent / "dgm"
+    found = str(exe) if exe.exists() else shutil.which("dgm")
+    if not found:
+        pytest.fail("the `dgm` command is not installed; run the README's install command first")
+    return found
+
+
+@pytest.fixture
+def dgm(tmp_path, data_root):
+    """Run the installed `dgm` in tmp_path (so outputs/ lands there); returns CompletedProcess."""
+
+    def run(*args: str, check: bool = True, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DGM_DATA_ROOT": str(data_root), "HYDRA_FULL_ERROR": ""}
+        env.pop("HYDRA_FULL_ERROR")
+        proc = subprocess.run([dgm_executable(), *args], cwd=cwd or tmp_path, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"dgm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+#: a small VAE and a short run: a few seconds on one core
+TINY = ["model.hidden=[64]", "model.latent_dim=8", "trainer.batch_size=64", "trainer.log_every=10",
+        "trainer.eval_batch_size=500", "data.val_size=1000", "trainer.progress=false"]
+
+
+def run_folders(tmp_path: Path, command: str = "train") -> list[Path]:
+    return sorted(p.parent.parent for p in (tmp_path / "outputs" / command).rglob("checkpoints/last.pt"))
