@@ -49,7 +49,7 @@ def model_from_checkpoint(state: dict, device, data_root: str | None = None):
     if data_root is not None:
         cfg.data.root = data_root
     dataset = pipeline.load(cfg.data)
-    representation = pipeline.resolve_representation(cfg.data, cfg.model)
+    representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
     spec = pipeline.spec(dataset, representation, cfg.data.name)
     model = build_model(cfg.model, cfg.objective, spec)
     model.load_state_dict(state["model"])

@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> dict:
     runtime.autocast(device, cfg.trainer.precision)  # refuses fp16 off CUDA before anything runs
     runtime.seed_everything(cfg.seed)
     dataset = pipeline.load(cfg.data)
-    representation = pipeline.resolve_representation(cfg.data, cfg.model)
+    representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
     spec = pipeline.spec(dataset, representation, cfg.data.name)
     model = build_model(cfg.model, cfg.objective, spec)
     if state is None:

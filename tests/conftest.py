@@ -31,6 +31,7 @@ def data_root() -> Path:
         if os.environ.get("DGM_REQUIRE_DATA") == "1":
             pytest.fail(reason + "; DGM_REQUIRE_DATA=1 makes this a failure")
         pytest.skip(reason)
+    os.environ["DGM_DATA_ROOT"] = str(root)
     return root
 
 
@@ -42,18 +43,21 @@ def dgm_executable() -> str:
     return found
 
 
-@pytest.fixture
-def dgm(tmp_path, data_root):
-    """Run the installed `dgm` in tmp_path (so outputs/ lands there); returns CompletedProcess."""
+def run_dgm(*args: str, cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed `dgm` in ``cwd`` (so outputs/ lands there)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([dgm_executable(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dgm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
-    def run(*args: str, check: bool = True, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-        env = {**os.environ, "DGM_DATA_ROOT": str(data_root), "HYDRA_FULL_ERROR": ""}
-        env.pop("HYDRA_FULL_ERROR")
-        proc = subprocess.run([dgm_executable(), *args], cwd=cwd or tmp_path, env=env, capture_output=True,
-                              text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"dgm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        return proc
+
+@pytest.fixture
+def dgm(tmp_path):
+    """``dgm(*args, check=True, cwd=tmp_path)``: the installed `dgm`, run in a fresh folder."""
+
+    def run(*args: str, check: bool = True, cwd: Path | None = None, timeout: int = 600):
+        return run_dgm(*args, cwd=cwd or tmp_path, check=check, timeout=timeout)
 
     return run
 

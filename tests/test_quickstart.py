@@ -13,7 +13,7 @@ from conftest import TINY, run_folders
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
 
-def test_train_sample_eval(dgm, tmp_path):
+def test_train_sample_eval(dgm, tmp_path, data_root):
     dgm("train", "model=vae", "dataset=mnist", "trainer.max_steps=40", "trainer.sample_every=20", *TINY)
     (run,) = run_folders(tmp_path)
     ckpt = run / "checkpoints" / "last.pt"
@@ -42,7 +42,7 @@ def test_train_sample_eval(dgm, tmp_path):
     assert "samples" in events.Tags()["images"] and "reconstructions" in events.Tags()["images"]
 
 
-def test_multirun_sweep(dgm, tmp_path):
+def test_multirun_sweep(dgm, tmp_path, data_root):
     dgm("train", "-m", "objective=elbo,iwae", "trainer.max_steps=10", *TINY)
     runs = run_folders(tmp_path)
     assert len(runs) == 2 and runs[0] != runs[1]

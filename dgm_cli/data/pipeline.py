@@ -83,8 +83,11 @@ def load(cfg) -> Dataset:
     return Dataset(train=train, val=val, test=test, num_classes=num_classes)
 
 
-def resolve_representation(data_cfg, model_cfg) -> str:
-    return data_cfg.representation or model_cfg.representation
+def resolve_representation(data_cfg, model_cfg, ds: Dataset) -> str:
+    """The representation asked for, else the model's own for images, or ``continuous`` for 2-D toys."""
+    if data_cfg.representation:
+        return data_cfg.representation
+    return model_cfg.representation if ds.is_image else "continuous"
 
 
 def spec(ds: Dataset, representation: str, dataset: str = "") -> DataSpec:

@@ -1,0 +1,337 @@
+"""Normalizing flows: every layer and model is invertible, every log-determinant is
+the log|det| of the autograd Jacobian, and the densities are normalised."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.autograd.functional import jacobian
+
+from dgm_cli.errors import UserError
+from dgm_cli.models.base import DataSpec
+from dgm_cli.models.flow import layers as L
+from dgm_cli.models.flow.base import bits_per_dim
+from dgm_cli.models.flow.glow import Glow, coupling_cnn
+from dgm_cli.models.flow.maf import MAF
+from dgm_cli.models.flow.realnvp import RealNVP, ResNet
+from dgm_cli.models.nn.distributions import standard_normal_log_prob
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+NLL = {"name": "nll"}
+
+
+def perturb(module: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:
+    """Move every parameter away from its (often identity) initialisation."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def log_abs_det_jacobian(f, x: torch.Tensor) -> torch.Tensor:
+    """log|det df/dx| for one example x (1, ...), from the full autograd Jacobian."""
+    shape = x.shape
+    jac = jacobian(lambda v: f(v.view(shape)).reshape(-1), x.reshape(-1))
+    return torch.linalg.slogdet(jac)[1]
+
+
+# --- layers --------------------------------------------------------------------------------
+
+
+def _batch_norm(c):
+    bn = L.BatchNorm(c)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    return bn
+
+
+def _actnorm(c):
+    layer = L.ActNorm(c)
+    layer.initialized.fill_(True)  # checked on its own below; here only the map
+    return layer
+
+
+def _made(d, order):
+    return L.MaskedAffineAutoregressive(d, [16, 16], order, generator=torch.Generator().manual_seed(0))
+
+
+LAYERS = {
+    # name: (factory, one example's shape, input range)
+    "logit": (lambda: L.LogitTransform(0.05), (1, 4, 4), "unit"),
+    "shift": (lambda: L.Shift(-0.5), (1, 4, 4), "unit"),
+    "squeeze": (lambda: L.Squeeze(), (2, 4, 4), "real"),
+    "unsqueeze": (lambda: L.Unsqueeze(), (8, 2, 2), "real"),
+    "flatten": (lambda: L.Flatten((1, 4, 4)), (1, 4, 4), "real"),
+    "actnorm_image": (lambda: _actnorm(3), (3, 2, 2), "real"),
+    "actnorm_vector": (lambda: _actnorm(2), (2,), "real"),
+    "batchnorm_image": (lambda: _batch_norm(3), (3, 2, 2), "real"),
+    "batchnorm_vector": (lambda: _batch_norm(2), (2,), "real"),
+    "invconv_image": (lambda: L.InvertibleConv1x1(4), (4, 2, 2), "real"),
+    "invconv_vector": (lambda: L.InvertibleConv1x1(2), (2,), "real"),
+    "coupling_checkerboard": (lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, "checkerboard", 1, "tanh"),
+                              (1, 4, 4), "real"),
+    "coupling_channel": (lambda: L.AffineCoupling(coupling_cnn(4, 8, 8), 4, "channel", 0, "sigmoid"),
+                         (4, 2, 2), "real"),
+    "coupling_vector": (lambda: L.AffineCoupling(L.coupling_mlp(2, 8), 2, "channel", 1, "tanh"), (2,), "real"),
+    "split": (lambda: L.Split(L.AffineCoupling(coupling_cnn(2, 8, 4), 2, "channel", 1, "tanh")), (4, 2, 2), "real"),
+    "split_prior": (lambda: L.Split(L.InvertibleConv1x1(2), nn.Conv2d(2, 4, 3, padding=1)), (4, 2, 2), "real"),
+    "made": (lambda: _made(5, torch.arange(1, 6)), (5,), "real"),
+    "made_reversed": (lambda: _made(5, torch.arange(5, 0, -1)), (5,), "real"),
+    "sequential": (lambda: L.FlowSequential([L.Squeeze(), _actnorm(4), L.InvertibleConv1x1(4), L.Unsqueeze()]),
+                   (1, 4, 4), "real"),
+}
+
+
+def _layer_and_input(name: str, batch: int = 3):
+    factory, shape, kind = LAYERS[name]
+    torch.manual_seed(0)
+    layer = perturb(factory()).double().eval()
+    x = torch.rand(batch, *shape, dtype=torch.float64)
+    if kind == "real":
+        x = 2 * x - 1
+    return layer, x
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_is_invertible(name):
+    layer, x = _layer_and_input(name)
+    z, log_det = layer(x)
+    x_back, log_det_inverse = layer.inverse(z)
+    assert log_det.shape == (x.shape[0],)
+    torch.testing.assert_close(x_back, x, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(log_det_inverse, -log_det, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_log_det_is_log_abs_det_of_jacobian(name):
+    layer, x = _layer_and_input(name, batch=2)
+    _, log_det = layer(x)
+    for i in range(x.shape[0]):
+        expected = log_abs_det_jacobian(lambda v: layer(v)[0], x[i:i + 1])
+        torch.testing.assert_close(log_det[i], expected, atol=1e-8, rtol=1e-8)
+    z, _ = layer(x)
+    _, inv_log_det = layer.inverse(z)
+    expected = log_abs_det_jacobian(lambda v: layer.inverse(v)[0], z[:1])
+    torch.testing.assert_close(inv_log_det[0], expected, atol=1e-8, rtol=1e-8)
+
+
+def test_logit_transform_jacobian_by_finite_differences():
+    alpha = 0.05
+    layer = L.LogitTransform(alpha)
+    x = torch.tensor([[0.0, 1e-3, 0.3, 0.5, 0.9, 0.999]], dtype=torch.float64)
+    y, log_det = layer(x)
+    torch.testing.assert_close(y, torch.logit(alpha + (1 - 2 * alpha) * x))
+    h = 1e-6  # the map is elementwise: the Jacobian is diagonal
+    slope = (layer(x + h)[0] - layer(x - h)[0]) / (2 * h)
+    torch.testing.assert_close(log_det, torch.log(slope).sum(dim=1), atol=1e-6, rtol=1e-6)
+
+
+def test_made_layer_is_autoregressive_in_its_order():
+    d = 5
+    order = torch.tensor([3, 1, 5, 2, 4])
+    layer = perturb(_made(d, order)).double()
+    x = torch.randn(1, d, dtype=torch.float64)
+    jac = jacobian(lambda v: layer(v.view(1, d))[0].reshape(-1), x.reshape(-1))
+    depends = jac.abs() > 0
+    for i in range(d):
+        for j in range(d):
+            if i != j:
+                assert not depends[i, j] or order[j] < order[i], (i, j)
+    assert depends.diagonal().all()
+
+
+def test_actnorm_data_dependent_init_and_resume():
+    torch.manual_seed(0)
+    x = 3.0 + 2.0 * torch.randn(64, 3, 4, 4)
+    layer = L.ActNorm(3).train()
+    assert not bool(layer.initialized)
+    z, _ = layer(x)
+    assert bool(layer.initialized)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-4, rtol=0)
+    # a checkpoint restores the initialised state: a resumed layer must not initialise again
+    restored = L.ActNorm(3).train()
+    restored.load_state_dict(layer.state_dict())
+    restored(torch.randn(64, 3, 4, 4))
+    torch.testing.assert_close(restored.bias, layer.bias)
+    torch.testing.assert_close(restored.log_scale, layer.log_scale)
+
+
+def test_batch_norm_train_mode_uses_batch_statistics():
+    torch.manual_seed(0)
+    layer = L.BatchNorm(2).train()
+    x = 5.0 + 3.0 * torch.randn(256, 2)
+    z, log_det = layer(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    var = x.var(0, unbiased=False)
+    torch.testing.assert_close(log_det, (-0.5 * torch.log(var + layer.eps)).sum().expand(256))
+    assert (layer.running_mean > 0).all()  # running averages moved towards the batch
+
+
+# --- models ----------------------------------------------------------------------------------
+
+IMAGE = DataSpec(shape=(1, 4, 4), representation="dequantized", dataset="mnist")
+TOY = DataSpec(shape=(2,), representation="continuous", dataset="moons")
+
+TINY = {
+    "realnvp": lambda: RealNVP.Config(num_scales=2, hidden_channels=8, num_blocks=1, batch_norm=True,
+                                      num_couplings=4, hidden_features=16),
+    "glow": lambda: Glow.Config(num_levels=2, depth=2, hidden_channels=8, hidden_features=16),
+    "maf": lambda: MAF.Config(num_layers=3, hidden=[24], batch_norm=True),
+}
+CLASSES = {"realnvp": RealNVP, "glow": Glow, "maf": MAF}
+
+
+def make_model(name: str, data: DataSpec, **overrides):
+    torch.manual_seed(0)
+    config = TINY[name]()
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    return CLASSES[name](config, data, NLL)
+
+
+def train_steps(model, data: torch.Tensor, steps: int, lr: float = 1e-2, batch: int = 128):
+    """A few optimiser steps, driven the way the engine drives training_step."""
+    opt = model.configure_optimizers(lambda params, **kw: torch.optim.Adam(params, lr=lr, **kw))["model"]
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = data[torch.randint(len(data), (batch,), generator=g)]
+        for name, loss, metrics in model.training_step(x, None):
+            assert torch.isfinite(loss) and set(metrics) >= {"loss", "nll"}
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def dequantized_batch(n: int, shape=(1, 4, 4)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(2)
+    k = torch.randint(0, 256, (n, *shape), generator=g).double()
+    return (k + torch.rand(k.shape, generator=g, dtype=torch.float64)) / 256
+
+
+def moons(n: int) -> torch.Tensor:
+    from dgm_cli.data.toy import two_moons
+
+    return two_moons(n, torch.Generator().manual_seed(0))
+
+
+def ready_model(name: str, data: DataSpec):
+    """A double-precision model whose actnorm/batch-norm state is initialised and whose
+    parameters are far from the identity, in eval mode."""
+    model = make_model(name, data).double()
+    batch = dequantized_batch(32) if data.is_image else moons(32).double()
+    train_steps(model, batch, steps=1, lr=1e-3, batch=32)
+    return perturb(model, std=0.05).eval()
+
+
+@pytest.mark.parametrize("data", [IMAGE, TOY], ids=["image", "toy"])
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf"])
+def test_model_is_invertible_and_log_likelihood_is_change_of_variables(name, data):
+    model = ready_model(name, data)
+    x = dequantized_batch(2) if data.is_image else torch.randn(2, 2, dtype=torch.float64)
+    z, _ = model.flow(x)
+    x_back, _ = model.flow.inverse(z)
+    torch.testing.assert_close(x_back, x, atol=1e-9, rtol=1e-9)
+    log_px = model.log_likelihood(x)
+    assert log_px.shape == (2,)
+    for i in range(2):
+        xi = x[i:i + 1]
+        expected = standard_normal_log_prob(model.flow(xi)[0]) + log_abs_det_jacobian(lambda v: model.flow(v)[0], xi)
+        torch.testing.assert_close(log_px[i], expected[0], atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf"])
+def test_toy_density_integrates_to_one(name):
+    model = make_model(name, TOY)
+    train_steps(model, moons(2048), steps=30, lr=5e-3)
+    n, lo, hi = 400, -6.0, 6.0
+    step = (hi - lo) / n
+    centers = lo + step * (torch.arange(n) + 0.5)
+    grid = torch.cartesian_prod(centers, centers)
+    log_p = model.log_likelihood(grid)
+    mass = log_p.exp().sum().item() * step * step
+    assert abs(mass - 1.0) < 1e-2, mass
+    # and training did move it away from N(0, I), so the check is not about an identity map
+    assert (log_p - standard_normal_log_prob(grid)).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("name", ["realnvp", "maf"])
+def test_logit_density_integrates_to_one_over_its_support(name):
+    """On a 2-pixel image, the density of x (logit Jacobian included) integrates to 1 over
+    the image of R^2 under the inverse logit map, (-a, 1 + a)/(1 - 2 alpha) per pixel."""
+    data = DataSpec(shape=(1, 1, 2), representation="dequantized", dataset="mnist")
+    model = make_model(name, data, num_scales=1) if name == "realnvp" else make_model(name, data)
+    model = perturb(model.double(), std=0.3).eval()
+    alpha = model.config.alpha
+    lo, hi = -alpha / (1 - 2 * alpha), (1 - alpha) / (1 - 2 * alpha)
+    n = 600
+    step = (hi - lo) / n
+    centers = lo + step * (torch.arange(n, dtype=torch.float64) + 0.5)
+    grid = torch.cartesian_prod(centers, centers).view(-1, 1, 1, 2)
+    mass = model.log_likelihood(grid).exp().sum().item() * step * step
+    assert abs(mass - 1.0) < 1e-2, mass
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf"])
+def test_bits_per_dim_is_the_evaluators_formula(name):
+    model = make_model(name, IMAGE)
+    x = dequantized_batch(16).float()
+    train_steps(model, x, steps=2, lr=1e-3, batch=16)
+    metrics = model.validation_step(x, None)
+    d = IMAGE.dim
+    evaluator = ((-model.log_likelihood(x)).mean() / d + math.log(256)) / math.log(2)
+    torch.testing.assert_close(metrics["bits_per_dim"], evaluator)
+    torch.testing.assert_close(metrics["loss"], bits_per_dim(metrics["nll"], d))
+    assert "dequantization" in model.estimator()
+
+
+@pytest.mark.parametrize("data", [IMAGE, TOY], ids=["image", "toy"])
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf"])
+def test_sample_shapes_temperature_and_label(name, data):
+    model = make_model(name, data).eval()
+    x = model.sample(5)
+    assert x.shape == (5, *data.shape) and torch.isfinite(x).all()
+    if data.is_image:
+        assert x.min() >= 0 and x.max() <= 1
+    # temperature 0 is the mode of the base distribution: every sample is the same point
+    cold = model.sample(3, temperature=0.0)
+    torch.testing.assert_close(cold, cold[:1].expand_as(cold))
+    with pytest.raises(UserError):
+        model.sample(2, label=1)
+
+
+def test_wrong_representation_is_refused():
+    with pytest.raises(UserError):
+        RealNVP(RealNVP.Config(), DataSpec(shape=(1, 4, 4), representation="binary"), NLL)
+    with pytest.raises(UserError):
+        Glow(Glow.Config(num_levels=3), DataSpec(shape=(1, 4, 4), representation="dequantized"), NLL)
+
+
+# --- configs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["realnvp", "glow", "maf"])
+def test_model_config_matches_the_dataclass(name):
+    cfg = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
+    assert cfg.pop("name") == name
+    assert cfg.pop("representation") in CLASSES[name].representations
+    cfg.pop("defaults")
+    config = CLASSES[name].Config(**cfg)
+    assert config == CLASSES[name].Config()  # the YAML documents the dataclass defaults
+
+
+@pytest.mark.parametrize("preset", ["realnvp_mnist", "glow_mnist", "maf_mnist", "realnvp_moons"])
+def test_experiment_presets_name_known_fields(preset):
+    text = (CONFIGS / "experiment" / f"{preset}.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    cfg = yaml.safe_load(text)
+    model = next(d["override /model"] for d in cfg["defaults"] if "override /model" in d)
+    fields = set(CLASSES[model].Config.__dataclass_fields__)
+    assert set(cfg.get("model", {})) <= fields
