@@ -77,11 +77,15 @@ class MaskedConv2d(nn.Conv2d):
         out_chunks: int = 1,
     ):
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        super().__init__(in_channels, out_channels, (kh, kw), padding=0)
         ay, ax = anchor if anchor is not None else (kh // 2, kw // 2)
-        self.pad = (ax, kw - 1 - ax, ay, kh - 1 - ay)  # left, right, top, bottom
+        centred = (2 * ay, 2 * ax) == (kh - 1, kw - 1)
+        # A centred kernel pads inside the convolution; an off-centre one pads first.
+        super().__init__(in_channels, out_channels, (kh, kw), padding=(ay, ax) if centred else 0)
+        self.pad = None if centred else (ax, kw - 1 - ax, ay, kh - 1 - ay)  # left, right, top, bottom
         mask = causal_mask(in_channels, out_channels, (kh, kw), (ay, ax), mask_type, data_channels, out_chunks)
         self.register_buffer("mask", mask)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(F.pad(x, self.pad), self.weight * self.mask, self.bias)
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        return self._conv_forward(x, self.weight * self.mask, self.bias)

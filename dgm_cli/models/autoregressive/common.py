@@ -1,0 +1,203 @@
+"""What every autoregressive model shares: the output likelihood, the NLL objective,
+sequential sampling and completion.
+
+An autoregressive model factorises p(x) = prod_i p(x_i | x_<i) over an order of the
+D dimensions (Larochelle & Murray 2011, eq. 1; van den Oord et al. 2016a, eq. 1).
+A subclass only defines ``logits(x, y)``: every conditional's logits in ONE pass,
+where the logits of dimension i may depend only on the dimensions before i. Then
+
+  binary: p(x_i = 1 | x_<i) = sigmoid(logit_i), log-likelihood by ``bernoulli_log_prob``
+          (the sigmoid is applied once, inside it, never in the model);
+  8bit:   p(x_i = k | x_<i) = softmax(logits_i)_k over k = 0..255 (van den Oord et al.
+          2016a, Sec. 3.2, "256-way softmax"), by ``categorical_log_prob``.
+
+The order is raster order over pixels and, within a pixel, channel by channel (R, then
+G, then B): the "sequence" view below lays an image (C, H, W) out in that order, so
+that sequence position s = (h * W + w) * C + c. MADE may use other orders
+(``generation_order``).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from ...errors import UserError
+from ..base import GenerativeModel, Metrics, TrainStep
+from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
+
+LEVELS = 256  # values of an 8-bit pixel
+
+
+class AutoregressiveModel(GenerativeModel):
+    family = "autoregressive"
+    objectives = ("nll",)
+    representations = ("binary", "8bit")
+    likelihood = "exact"
+    sample_modes = ("sample", "complete")
+
+    def __init__(self, config, data, objective):
+        super().__init__(config, data, objective)
+        #: logits per dimension: one Bernoulli logit, or 256 categorical logits.
+        self.bins = 1 if data.representation == "binary" else LEVELS
+        #: whether p(x | y) is conditioned on a class label (Gated PixelCNN can be).
+        self.conditional = False
+
+    # --- what a model defines -----------------------------------------------
+    def logits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """All conditionals' logits in one pass: (B, *shape) for binary data,
+        (B, 256, *shape) for 8-bit data. Entry i may depend only on x_<i."""
+        raise NotImplementedError
+
+    def generation_order(self) -> Tensor:
+        """Sequence positions in the order they are generated (raster/channel order)."""
+        return torch.arange(self.data.dim)
+
+    # --- the sequence view: (..., C, H, W) <-> (..., D) in generation order -----
+    def to_sequence(self, t: Tensor) -> Tensor:
+        """Flatten the trailing data dimensions; images in (H, W, C) order."""
+        if self.data.is_image:
+            t = t.movedim(-3, -1)
+        return t.reshape(*t.shape[: t.dim() - len(self.data.shape)], self.data.dim)
+
+    def from_sequence(self, t: Tensor) -> Tensor:
+        if not self.data.is_image:
+            return t.reshape(*t.shape[:-1], *self.data.shape)
+        c, h, w = self.data.shape
+        return t.reshape(*t.shape[:-1], h, w, c).movedim(-1, -3)
+
+    def image_logits(self, out: Tensor) -> Tensor:
+        """A convolutional output (B, C * bins, H, W), channel c's logits contiguous,
+        to the layout of ``logits``."""
+        if self.bins == 1:
+            return out
+        b, _, h, w = out.shape
+        return out.view(b, self.data.shape[0], self.bins, h, w).transpose(1, 2)
+
+    # --- likelihood --------------------------------------------------------------
+    def log_prob(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """log p(x) = sum_i log p(x_i | x_<i), nats per example, shape (B,)."""
+        logits = self.logits(x, y)
+        if self.bins == 1:
+            return bernoulli_log_prob(logits, x)
+        return categorical_log_prob(logits, x)
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
+        return self.log_prob(x, self.labels(y))
+
+    def estimator(self, **settings) -> str:
+        return "exact (product of the autoregressive conditionals)"
+
+    # --- training ----------------------------------------------------------------
+    def metrics(self, nll: Tensor) -> Metrics:
+        """nll is the mean NLL per example in nats; bits/dim = nll / (D ln 2)."""
+        nll = nll.detach()
+        return {"loss": nll, "nll": nll, "bits_per_dim": nll / (self.data.dim * math.log(2))}
+
+    def training_step(self, x: Tensor, y: Optional[Tensor]) -> Iterator[TrainStep]:
+        nll = -self.log_prob(x, self.labels(y)).mean()  # maximum likelihood
+        yield "model", nll, self.metrics(nll)
+
+    @torch.no_grad()
+    def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
+        return self.metrics(-self.log_likelihood(x, y).mean())
+
+    # --- labels --------------------------------------------------------------------
+    def labels(self, y: Optional[Tensor]) -> Optional[Tensor]:
+        """The labels a conditional model needs (None for an unconditional one)."""
+        if not self.conditional:
+            return None
+        if y is None:
+            raise UserError(f"this {type(self).__name__} is class-conditional (conditional: true) "
+                            "and needs labelled data; use a dataset with labels or conditional: false.")
+        return y.long()
+
+    def sample_labels(self, n: int, label: Optional[int]) -> Optional[Tensor]:
+        """``label`` for every sample; with no label, a conditional model cycles through
+        the classes (one class per grid column)."""
+        if not self.conditional:
+            if label is not None:
+                raise UserError(f"label={label} was given, but this {type(self).__name__} is not "
+                                "class-conditional; train it with model.conditional=true, or drop the label.")
+            return None
+        k = self.data.num_classes
+        if label is None:
+            return torch.arange(n, device=self.device) % k
+        if not 0 <= label < k:
+            raise UserError(f"label={label} is not a class of this model; use 0..{k - 1}.")
+        return torch.full((n,), label, dtype=torch.long, device=self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- sampling ------------------------------------------------------------------
+    def draw(self, logits: Tensor, temperature: float) -> Tensor:
+        """One dimension of B examples from its logits ((B,) binary, (B, 256) 8-bit),
+        sharpened or flattened by dividing the logits by ``temperature``."""
+        logits = logits / temperature
+        if self.bins == 1:
+            return torch.bernoulli(torch.sigmoid(logits))
+        k = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
+        return k.float() / (LEVELS - 1)
+
+    @torch.no_grad()
+    def fill(self, x: Tensor, y: Optional[Tensor], observed: Tensor, temperature: float = 1.0) -> Tensor:
+        """Keep x where ``observed``, draw every other dimension from p(x_i | x_<i), one
+        dimension at a time in the generation order (one network pass per dimension)."""
+        seq = self.to_sequence(torch.where(observed, x, torch.zeros_like(x))).clone()
+        known = self.to_sequence(observed)
+        for s in self.generation_order().tolist():
+            if bool(known[:, s].all()):
+                continue
+            logits = self.to_sequence(self.logits(self.from_sequence(seq), y))[..., s]
+            seq[:, s] = torch.where(known[:, s], seq[:, s], self.draw(logits, temperature))
+        return self.from_sequence(seq)
+
+    @staticmethod
+    def check_temperature(temperature: float) -> None:
+        if not temperature > 0:
+            raise UserError(f"temperature={temperature} is not allowed: it must be > 0.")
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
+        self.check_temperature(temperature)
+        y = self.sample_labels(n, label)
+        x = torch.zeros(n, *self.data.shape, device=self.device)
+        return self.fill(x, y, torch.zeros_like(x, dtype=torch.bool), temperature)
+
+    def completion_context(self):
+        """Context in which completions are drawn (MADE picks its raster-order mask)."""
+        return nullcontext()
+
+    @torch.no_grad()
+    def sample_complete(self, x: Tensor, y: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                        num_completions: int = 5, temperature: float = 1.0) -> Tensor:
+        """Image completion as in van den Oord et al. 2016a, Fig. 1: keep the observed
+        pixels, draw the rest in the generation order.
+
+        mask: True where observed, broadcastable to x; default: the upper half of every
+        image observed, the lower half hidden. Returns (B, num_completions + 2, C, H, W):
+        per row the occluded input (hidden part shown as 0.5 gray), the completions, the
+        original. Hidden pixels are drawn from p(x_i | x_<i), so observed pixels that come
+        later in the order are kept but do not inform the completion; with the default
+        mask every observed pixel comes first, and the completion is exact."""
+        if not self.data.is_image:
+            raise UserError("sample mode 'complete' needs image data.")
+        self.check_temperature(temperature)
+        x = x.to(self.device)
+        if mask is None:
+            mask = torch.zeros(self.data.shape, dtype=torch.bool, device=x.device)
+            mask[:, : self.data.shape[1] // 2, :] = True
+        observed = mask.to(device=x.device, dtype=torch.bool).expand_as(x)
+        y = self.labels(None if y is None else y.to(self.device))
+        b, r = x.shape[0], num_completions
+        with self.completion_context():
+            filled = self.fill(x.repeat_interleave(r, 0), None if y is None else y.repeat_interleave(r, 0),
+                               observed.repeat_interleave(r, 0), temperature)
+        occluded = torch.where(observed, x, torch.full_like(x, 0.5))
+        return torch.cat([occluded[:, None], filled.view(b, r, *self.data.shape), x[:, None]], dim=1)
