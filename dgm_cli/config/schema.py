@@ -57,7 +57,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "cosine"  # cosine | step | exponential | constant
+    name: str = "cosine"  # cosine | step | exponential | constant | burda2015
     warmup_steps: int = 0
     min_lr: float = 0.0
     step_size: int = 1000

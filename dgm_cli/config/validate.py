@@ -10,7 +10,7 @@ from ..errors import UserError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULERS = ("cosine", "step", "exponential", "constant")
+SCHEDULERS = ("cosine", "step", "exponential", "constant", "burda2015")
 REPRESENTATIONS = ("binary", "8bit", "dequantized", "continuous")
 BINARIZE = ("dynamic", "static")
 SPLITS = ("train", "val", "test")

@@ -42,7 +42,8 @@ class Trainer:
         self.val = self._fixed_split(data.val)
         self.total_steps = self.t.max_steps if self.t.max_steps > 0 else self.t.max_epochs * self.batches.steps_per_epoch
         self.optimizers = model.configure_optimizers(optimizer_factory(cfg.optimizer))
-        self.schedulers = {k: build_scheduler(cfg.scheduler, o, self.total_steps) for k, o in self.optimizers.items()}
+        self.schedulers = {k: build_scheduler(cfg.scheduler, o, self.total_steps, self.batches.steps_per_epoch)
+                           for k, o in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.t.precision == "16")
         self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.optimizers.items()}
         self.step, self.best_val = 0, math.inf

@@ -27,9 +27,19 @@ def optimizer_factory(cfg):
     return build
 
 
-def lr_lambda(cfg, total_steps: int, base_lr: float):
+def burda2015_stage(epoch: int) -> int:
+    """Stage i of Burda et al. 2015's schedule: 3^i epochs at lr 1e-3 * 10^(-i/7), i = 0..7
+    (3280 epochs in all); stage i starts at epoch (3^i - 1) / 2."""
+    i = 0
+    while i < 7 and epoch >= (3 ** (i + 1) - 1) // 2:
+        i += 1
+    return i
+
+
+def lr_lambda(cfg, total_steps: int, base_lr: float, steps_per_epoch: int = 1):
     """Multiplier of the base learning rate at each optimizer step: linear warm-up, then the schedule
-    (cosine decays to ``min_lr``; step and exponential multiply by ``gamma`` every ``step_size`` steps)."""
+    (cosine decays to ``min_lr``; step and exponential multiply by ``gamma`` every ``step_size`` steps;
+    burda2015 is the stagewise schedule of Burda et al. 2015, Sec. 5)."""
     warm, floor = cfg.warmup_steps, (cfg.min_lr / base_lr if base_lr > 0 else 0.0)
 
     def factor(step: int) -> float:
@@ -43,13 +53,15 @@ def lr_lambda(cfg, total_steps: int, base_lr: float):
             return cfg.gamma ** (t // cfg.step_size)
         if cfg.name == "exponential":
             return cfg.gamma ** (t / cfg.step_size)
+        if cfg.name == "burda2015":
+            return 10 ** (-burda2015_stage(t // steps_per_epoch) / 7)
         return 1.0
 
     return factor
 
 
-def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int):
+def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int = 1):
     if cfg is None:
         return None
     base_lr = optimizer.param_groups[0]["lr"]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, base_lr))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, base_lr, steps_per_epoch))
