@@ -25,6 +25,16 @@ TOY = DataSpec((2,), "continuous", dataset="eight_gaussians")
 MODELS = {"dcgan": DCGAN, "wgan_gp": WGANGP, "sngan": SNGAN}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: with a busy machine, intra-op threads cost far more than they save
+    (the eight-Gaussians run took 221 s with 2 threads under load, 8.5 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def objective(cls) -> dict:
     name = cls.objectives[0]
     return {"name": name, "gp_weight": 10.0} if OBJECTIVES[name].penalized else {"name": name}
@@ -86,10 +96,12 @@ def test_interpolates_use_one_mixing_weight_per_example():
     real, fake = torch.randn(64, 3, 4, 4), torch.randn(64, 3, 4, 4)
     gradient_penalty(critic, real, fake)
     (x_hat,) = critic.inputs
-    eps = ((x_hat - fake) / (real - fake)).flatten(1)  # x_hat = eps * real + (1 - eps) * fake
-    assert torch.allclose(eps, eps[:, :1].expand_as(eps), atol=1e-4), "one eps per example, shared by all pixels"
-    assert (eps >= -1e-4).all() and (eps <= 1 + 1e-4).all()
-    assert eps[:, 0].std() > 0.1, "eps differs between examples"
+    # x_hat = fake + eps * (real - fake): fit one eps per example, then require an exact fit
+    d, e = (real - fake).flatten(1), (x_hat - fake).flatten(1)
+    eps = (d * e).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True)
+    assert torch.allclose(e, eps * d, atol=1e-5), "one eps per example, shared by all pixels"
+    assert (eps >= 0).all() and (eps <= 1).all()
+    assert eps.std() > 0.1, "eps differs between examples"
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
@@ -185,7 +197,8 @@ def test_n_critic_five_critic_steps_per_generator_step_and_exact_resume():
 def test_spectral_norm_keeps_largest_singular_value_near_one():
     model = tiny(SNGAN, conditional=True)
     sn_layers = [m for m in model.critic.modules() if hasattr(m, "parametrizations")]
-    assert len(sn_layers) == len([m for m in model.critic.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding))])
+    weighted = [m for m in model.critic.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding))]
+    assert len(sn_layers) == len(weighted) > 0
     with torch.no_grad():  # make the raw weights far from norm 1: SN must undo it
         for m in sn_layers:
             m.parametrizations.weight.original.mul_(3.0)
@@ -260,7 +273,11 @@ def test_mode_coverage_of_the_data_itself(dataset):
 def test_mode_coverage_counts_half_the_modes_and_off_mode_noise():
     centers, std = toy_mixture("eight_gaussians")
     g = torch.Generator().manual_seed(0)
-    on_modes = lambda idx, n: centers[idx][torch.randint(len(idx), (n,), generator=g)] + std * torch.randn(n, 2, generator=g)  # noqa: E731
+
+    def on_modes(modes, n):  # n points from the mixture restricted to ``modes``
+        picked = centers[modes][torch.randint(len(modes), (n,), generator=g)]
+        return picked + std * torch.randn(n, 2, generator=g)
+
     half = mode_coverage(on_modes(torch.arange(0, 8, 2), 2000), centers, std)
     assert half["modes_covered"] == 4 and half["high_quality_share"] > 0.97
     noise = torch.zeros(2000, 2)  # the ring's center: 2 = 20 std from every mode
@@ -275,7 +292,8 @@ def test_mode_coverage_counts_half_the_modes_and_off_mode_noise():
 def test_short_gan_run_covers_all_eight_gaussians():
     """A small MLP GAN (non-saturating loss, Adam) driven step by step like the engine does."""
     torch.manual_seed(0)
-    config = DCGAN.Config(latent_dim=2, hidden=64, depth=3, lr_generator=1e-3, lr_critic=1e-3)
+    config = DCGAN.Config(latent_dim=2, hidden=64, depth=3, lr_generator=1e-3, lr_critic=1e-3,
+                          betas_generator=[0.5, 0.999], betas_critic=[0.5, 0.999])
     model = DCGAN(config, TOY, {"name": "nonsaturating"})
     opts = model.configure_optimizers(adam)
     g = torch.Generator().manual_seed(0)
@@ -292,7 +310,8 @@ def test_model_yaml_matches_the_config_dataclass(name):
     cls = MODELS[name]
     cfg = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
     assert cfg.pop("name") == name and cfg.pop("representation") in cls.representations
-    assert cfg.pop("defaults") == [{"override /objective@_global_.objective": cls.objectives[0]}]
+    assert cfg.pop("defaults") == [{"override /objective@_global_.objective": cls.objectives[0]},
+                                   {"override /optimizer@_global_.optimizer": "adam_wgan_gp" if name == "wgan_gp" else "adam_gan"}]
     defaults = dataclasses.asdict(cls.Config())
     assert cfg == defaults
     for objective_name in cls.objectives:

@@ -14,6 +14,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -29,12 +30,15 @@ from .optim import build_scheduler, optimizer_factory
 from .tb import Logger
 
 log = logging.getLogger("dgm.train")
+# A generator stepped every n_critic batches has its schedule advanced before its first step: intended.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
 class Trainer:
     def __init__(self, cfg: DictConfig, model: GenerativeModel, data: pipeline.Dataset, run_dir: Path,
                  device: torch.device, resume_state: Optional[dict] = None):
         self.cfg, self.t, self.run_dir, self.device = cfg, cfg.trainer, run_dir, device
+        model.check_precision(cfg.trainer.precision)
         self.model = model.to(device)
         self.representation = model.data.representation
         self.batches = pipeline.BatchIterator(*data.train, self.representation, cfg.data.binarize, self.t.batch_size,
@@ -79,9 +83,12 @@ class Trainer:
                 metrics = {**metrics, f"grad_norm_{name}": torch.nn.utils.clip_grad_norm_(self.params[name], clip)}
             self.scaler.step(opt)
             self.scaler.update()
-            if self.schedulers[name] is not None:
-                self.schedulers[name].step()
             self._accumulate(metrics)
+        # Schedules run on batches, not on each optimizer's own steps, so that a generator stepped
+        # every n_critic batches decays over the same run as its critic.
+        for scheduler in self.schedulers.values():
+            if scheduler is not None:
+                scheduler.step()
 
     def _accumulate(self, metrics: dict) -> None:
         for k, v in metrics.items():

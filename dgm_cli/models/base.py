@@ -90,6 +90,9 @@ class GenerativeModel(nn.Module):
         self.objective = dict(objective)
 
     # --- training -----------------------------------------------------------
+    def check_precision(self, precision: str) -> None:
+        """Raise UserError if this model cannot train at ``trainer.precision`` (e.g. a gradient
+        penalty under fp16, whose inner gradient is taken on unscaled outputs)."""
     def configure_optimizers(self, build: OptimizerFactory) -> dict[str, torch.optim.Optimizer]:
         """``build(params, **overrides)`` makes the configured optimizer."""
         return {"model": build(self.parameters())}

@@ -1,0 +1,9 @@
+"""Generative adversarial networks: one shared model (base.py) and its variants.
+
+* dcgan.py   - Radford et al. 2016: batch-normalised CNN critic, cross-entropy losses
+* wgan_gp.py - Gulrajani et al. 2017: Wasserstein critic with a gradient penalty
+* sngan.py   - Miyato et al. 2018: spectrally normalised critic, hinge loss
+
+objectives.py holds the losses and the gradient penalty, networks.py the generators
+and critics (MLPs for 2-D toys, DCGAN-style CNNs, conditional batch norm, projection).
+"""

@@ -1,0 +1,20 @@
+"""DCGAN (Radford et al. 2016): a convolutional generator and a batch-normalised
+convolutional discriminator trained with the cross-entropy game of Goodfellow et al.
+2014, by default with the non-saturating generator loss; Adam with lr 2e-4 and
+beta1 = 0.5, one discriminator step per generator step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import register
+from .base import GAN, GANConfig
+
+
+@register("dcgan")
+class DCGAN(GAN):
+    objectives = ("nonsaturating", "minimax")
+    critic_norm = "batch"
+
+    @dataclass
+    class Config(GANConfig):
+        pass  # GANConfig's defaults are DCGAN's (Radford et al. 2016, sec. 4)
