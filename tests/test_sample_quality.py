@@ -6,8 +6,6 @@ DGM_REQUIRE_DATA=1); the others use Gaussian features whose answers are known.
 """
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,26 +26,14 @@ from dgm_cli.evaluation.sample_quality import (
 )
 
 
-# --- real MNIST and a quickly trained feature network ----------------------------------------
-def _mnist_root() -> Path:
-    root = os.environ.get("DGM_DATA_ROOT")
-    raw = Path(root) / "MNIST" / "raw" if root else None
-    if raw is None or not (raw / "t10k-images-idx3-ubyte").is_file():
-        reason = f"real MNIST not found (DGM_DATA_ROOT={root!r} has no MNIST/raw/*-ubyte)"
-        if os.environ.get("DGM_REQUIRE_DATA") == "1":
-            pytest.fail(reason + " and DGM_REQUIRE_DATA=1")
-        pytest.skip(reason)
-    return Path(root)
-
-
+# --- real MNIST (the `data_root` fixture of conftest.py) and a quickly trained feature network ---
 @pytest.fixture(scope="module")
-def mnist():
+def mnist(data_root):
     import torchvision
 
-    root = _mnist_root()
     out = {}
     for split, train in (("train", True), ("test", False)):
-        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
+        ds = torchvision.datasets.MNIST(str(data_root), train=train, download=False)
         out[split] = (ds.data.unsqueeze(1), ds.targets)
     return out
 
