@@ -248,7 +248,7 @@ class BatchNorm(nn.Module):
     in eval mode, and always in ``inverse`` (used for sampling), the running
     averages, so that evaluation is an exact bijection of each example on its own."""
 
-    def __init__(self, num_channels: int, momentum: float = 0.05, eps: float = 1e-5):
+    def __init__(self, num_channels: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.momentum, self.eps = momentum, eps
         self.log_gamma = nn.Parameter(torch.zeros(num_channels))
@@ -311,18 +311,18 @@ class InvertibleConv1x1(nn.Module):
         return self.permutation @ lower @ upper
 
     @staticmethod
-    def _apply(w: Tensor, x: Tensor) -> Tensor:
+    def _multiply(w: Tensor, x: Tensor) -> Tensor:
         if x.dim() == 2:
             return x @ w.T
         return F.conv2d(x, w.view(*w.shape, 1, 1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         log_det = (self.log_s.sum() * _spatial(x)).expand(x.shape[0])
-        return self._apply(self.weight(), x), log_det
+        return self._multiply(self.weight(), x), log_det
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         log_det = (-self.log_s.sum() * _spatial(z)).expand(z.shape[0])
-        return self._apply(torch.linalg.inv(self.weight()), z), log_det
+        return self._multiply(torch.linalg.inv(self.weight()), z), log_det
 
 
 # --- coupling -----------------------------------------------------------------------------
@@ -396,9 +396,10 @@ class MADE(nn.Module):
     """Masked autoencoder (Germain et al. 2015) giving, for every dimension i, two
     numbers that depend on x_<i only (in the order ``order``): here (mu_i, alpha_i)."""
 
-    def __init__(self, dim: int, hidden: list[int], order: Tensor, act: str = "relu"):
+    def __init__(self, dim: int, hidden: list[int], order: Tensor, act: str = "relu",
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
-        degrees = made_degrees(dim, hidden, order, random_hidden=False)
+        degrees = made_degrees(dim, hidden, order, generator=generator)
         masks = made_masks(degrees, order)
         sizes = [dim, *hidden]
         layers: list[nn.Module] = []
@@ -425,10 +426,11 @@ class MaskedAffineAutoregressive(nn.Module):
     one MADE pass. The inverse (sampling) x_i = u_i exp(alpha_i) + mu_i is
     sequential: D passes, each fixing one more dimension in the order."""
 
-    def __init__(self, dim: int, hidden: list[int], order: Tensor, act: str = "relu"):
+    def __init__(self, dim: int, hidden: list[int], order: Tensor, act: str = "relu",
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
         self.dim = dim
-        self.made = MADE(dim, hidden, order, act)
+        self.made = MADE(dim, hidden, order, act, generator)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, alpha = self.made(x)

@@ -1,0 +1,124 @@
+"""What every normalizing flow shares: preprocessing, the base distribution, exact
+log-likelihood, training step and sampling at a temperature. A model only builds
+its stack of invertible layers (``build_layers``).
+
+The flow is one bijection f from data x to z, with z ~ N(0, I) (Dinh et al. 2017,
+eq. 3; Rezende & Mohamed 2015):
+
+    log p(x) = log N(f(x); 0, I) + log|det df/dx|.
+
+Images arrive dequantized, x = (k + u)/256 in [0, 1)^D, and the preprocessing
+(logit transform or centring) is the flow's first layer, so its Jacobian is part of
+log|det df/dx| and ``log_likelihood`` is the density of x on [0, 1)^D. The evaluator
+turns it into the discrete 8-bit bound by adding D ln 256 (Theis et al. 2016), so
+
+    bits/dim = (-log p(x) / D + ln 256) / ln 2.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import UserError
+from ..base import DataSpec, GenerativeModel, Metrics, TrainStep
+from ..nn.distributions import standard_normal_log_prob
+from .layers import FlowSequential, LogitTransform, Shift
+
+LOG_256 = math.log(256.0)
+PREPROCESSING = ("logit", "center")
+
+
+@dataclass
+class FlowConfig:
+    preprocess: str = "logit"  # images: logit (Dinh et al. 2017) | center (x - 0.5, Glow)
+    alpha: float = 0.05  # logit transform: y = logit(alpha + (1 - 2 alpha) x)
+
+
+def bits_per_dim(nll: Tensor, dim: int) -> Tensor:
+    """Bits per dimension of 8-bit data from the NLL (nats) of its dequantized density on [0,1)^D."""
+    return (nll / dim + LOG_256) / math.log(2.0)
+
+
+class Flow(GenerativeModel):
+    family = "flow"
+    objectives = ("nll",)
+    representations = ("dequantized", "continuous")
+    likelihood = "exact"
+
+    def __init__(self, config: FlowConfig, data: DataSpec, objective: dict):
+        super().__init__(config, data, objective)
+        if config.preprocess not in PREPROCESSING:
+            raise UserError(f"model.preprocess={config.preprocess!r} is not allowed; allowed: {', '.join(PREPROCESSING)}.")
+        if not 0.0 <= config.alpha < 0.5:
+            raise UserError(f"model.alpha={config.alpha} is not allowed; the logit transform needs 0 <= alpha < 0.5.")
+        if not data.is_image and len(data.shape) != 1:
+            raise UserError(f"{type(self).__name__} models images (C, H, W) or vectors (D,), not shape {data.shape}.")
+        self.flow = FlowSequential([*self.preprocessing(), *self.build_layers()])
+
+    # --- what a model provides ------------------------------------------------------------
+    def build_layers(self) -> list[nn.Module]:
+        """The invertible layers after preprocessing, data -> z."""
+        raise NotImplementedError
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one z; the data's own unless the flow reshapes."""
+        return tuple(self.data.shape)
+
+    # --- shared -------------------------------------------------------------------------------
+    def preprocessing(self) -> list[nn.Module]:
+        if not self.data.is_image:
+            return []
+        if self.config.preprocess == "logit":
+            return [LogitTransform(self.config.alpha)]
+        return [Shift(-0.5)]
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x) in nats per example, by the change of variables."""
+        z, log_det = self.flow(x)
+        return standard_normal_log_prob(z) + log_det
+
+    def _metrics(self, x: Tensor) -> tuple[Tensor, Metrics]:
+        nll = -self.log_prob(x).mean()
+        metrics = {"nll": nll.detach()}
+        loss = nll
+        if self.data.is_image:  # optimise bits/dim, as Glow does: the same optimum, a size-independent scale
+            loss = bits_per_dim(nll, self.data.dim)
+            metrics["bits_per_dim"] = loss.detach()
+        metrics["loss"] = loss.detach()
+        return loss, metrics
+
+    def training_step(self, x: Tensor, y: Optional[Tensor]) -> Iterator[TrainStep]:
+        loss, metrics = self._metrics(x)
+        yield "model", loss, metrics
+
+    @torch.no_grad()
+    def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
+        return self._metrics(x)[1]
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
+        return self.log_prob(x)
+
+    def estimator(self, **settings) -> str:
+        name = "exact (change of variables)"
+        if not self.data.is_image:
+            return name
+        if self.config.preprocess == "logit":
+            return f"{name}; uniform dequantization, logit transform alpha={self.config.alpha:g}"
+        return f"{name}; uniform dequantization, centred x - 0.5"
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
+        """x = f^{-1}(z), z ~ N(0, T^2 I): Glow's reduced-temperature sampling
+        (Kingma & Dhariwal 2018, Sec. 5) scales the base distribution's std by T."""
+        if label is not None:
+            raise UserError(f"{type(self).__name__} is unconditional; sample without label=.")
+        ref = next(self.parameters())
+        z = torch.randn(n, *self.latent_shape, device=ref.device, dtype=ref.dtype) * temperature
+        x, _ = self.flow.inverse(z)
+        return x.clamp(0.0, 1.0) if self.data.is_image else x

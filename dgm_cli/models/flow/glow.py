@@ -1,0 +1,75 @@
+"""Glow (Kingma & Dhariwal 2018, "Glow: Generative Flow with Invertible 1x1 Convolutions").
+
+One step of flow (Sec. 3, Fig. 2a) is actnorm -> invertible 1x1 convolution (LU
+parameterised) -> affine coupling. Images use the multi-scale architecture of
+Fig. 2b: L levels, each a squeeze and K steps; every level but the last factors
+out half of its channels, modelled by a learned conditional prior (``split_prior``)
+or by N(0, I). The coupling network is conv3x3 -> ReLU -> conv1x1 -> ReLU ->
+zero-initialised conv3x3, with scale sigmoid(raw + 2) (Glow code).
+
+2-D toys: K steps of actnorm -> invertible linear map -> affine coupling with an MLP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ...errors import UserError
+from ..registry import register
+from .base import Flow, FlowConfig
+from .layers import (ActNorm, AffineCoupling, FlowSequential, InvertibleConv1x1, Split, Squeeze, Unsqueeze,
+                     coupling_mlp, zero_initialized)
+
+
+@dataclass
+class GlowConfig(FlowConfig):
+    preprocess: str = "logit"  # the paper centres (x - 0.5); the logit transform learns faster on MNIST
+    alpha: float = 0.05
+    num_levels: int = 2  # images: L, levels of the multi-scale architecture (each squeezes H, W by 2)
+    depth: int = 4  # K, steps of flow per level (toys: steps in all)
+    hidden_channels: int = 64  # images: width of the coupling networks (512 in the paper)
+    split_prior: bool = True  # learned N(mu(h), sigma(h)) for factored-out channels (Glow code)
+    hidden_features: int = 64  # 2-D toys: width of the coupling MLPs
+
+
+def coupling_cnn(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
+    """NN() of Glow's affine coupling (Sec. 3.3)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
+        zero_initialized(nn.Conv2d(hidden, out_channels, 3, padding=1)),
+    )
+
+
+@register("glow")
+class Glow(Flow):
+    Config = GlowConfig
+
+    def _step(self, channels: int, net: nn.Module) -> list[nn.Module]:
+        """One step of flow (Table 1): actnorm, invertible 1x1 conv, affine coupling."""
+        return [ActNorm(channels), InvertibleConv1x1(channels), AffineCoupling(net, channels, "channel", 0, "sigmoid")]
+
+    def _level(self, channels: int, index: int) -> FlowSequential:
+        """Squeeze, K steps, and (but for the last level) split off half the channels."""
+        c, width = self.config, 4 * channels
+        layers: list[nn.Module] = [Squeeze()]
+        for _ in range(c.depth):
+            layers += self._step(width, coupling_cnn(width, c.hidden_channels, 2 * width))
+        if index < c.num_levels - 1:
+            prior = zero_initialized(nn.Conv2d(width // 2, width, 3, padding=1)) if c.split_prior else None
+            layers.append(Split(self._level(width // 2, index + 1), prior))
+        layers.append(Unsqueeze())
+        return FlowSequential(layers)
+
+    def build_layers(self) -> list[nn.Module]:
+        c = self.config
+        if not self.data.is_image:
+            d = self.data.dim
+            return [layer for _ in range(c.depth) for layer in self._step(d, coupling_mlp(d, c.hidden_features))]
+        channels, h, w = self.data.shape
+        factor = 2 ** c.num_levels
+        if c.num_levels < 1 or h % factor or w % factor:
+            raise UserError(f"model.num_levels={c.num_levels} needs H and W divisible by {factor}; "
+                            f"the data is {h}x{w}.")
+        return [self._level(channels, 0)]

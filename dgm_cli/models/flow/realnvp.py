@@ -1,0 +1,100 @@
+"""RealNVP (Dinh, Sohl-Dickstein & Bengio 2017, "Density estimation using Real NVP").
+
+Images: the multi-scale architecture of Sec. 3.6. Each scale but the last is
+3 checkerboard couplings, a squeeze, 3 channel-wise couplings, after which half of
+the channels are factored out; the last scale is 4 checkerboard couplings. Mask
+parities alternate so that every dimension is transformed. Coupling networks are
+ResNets (Sec. 4.1); s = scale * tanh(raw). Batch normalisation of the coupling
+outputs (Sec. 3.7) is optional.
+
+2-D toys: a stack of affine couplings with MLP networks, masks alternating.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...errors import UserError
+from ..registry import register
+from .base import Flow, FlowConfig
+from .layers import (AffineCoupling, BatchNorm, FlowSequential, Split, Squeeze, Unsqueeze, coupling_mlp,
+                     zero_initialized)
+
+
+@dataclass
+class RealNVPConfig(FlowConfig):
+    preprocess: str = "logit"
+    alpha: float = 0.05
+    num_scales: int = 2  # images: each scale but the last halves H and W
+    hidden_channels: int = 16  # images: features of the coupling ResNets
+    num_blocks: int = 2  # images: residual blocks per coupling ResNet
+    batch_norm: bool = False  # batch-norm flow layer after each coupling (Sec. 3.7)
+    num_couplings: int = 8  # 2-D toys: coupling layers
+    hidden_features: int = 64  # 2-D toys: width of the coupling MLPs
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.conv2(F.relu(self.conv1(F.relu(h))))
+
+
+class ResNet(nn.Module):
+    """The coupling network (s, t) = NN(b*x): conv, residual blocks, zero-initialised conv."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, num_blocks: int):
+        super().__init__()
+        self.inp = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResidualBlock(hidden) for _ in range(num_blocks)])
+        self.out = zero_initialized(nn.Conv2d(hidden, out_channels, 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(F.relu(self.blocks(self.inp(x))))
+
+
+@register("realnvp")
+class RealNVP(Flow):
+    Config = RealNVPConfig
+
+    def _coupling(self, channels: int, mask: str, parity: int, net: nn.Module) -> list[nn.Module]:
+        layers: list[nn.Module] = [AffineCoupling(net, channels, mask, parity, scale="tanh")]
+        if self.config.batch_norm:
+            layers.append(BatchNorm(channels))
+        return layers
+
+    def _image_couplings(self, channels: int, mask: str, count: int) -> list[nn.Module]:
+        """``count`` couplings with ResNet networks, mask parity alternating."""
+        c = self.config
+        return [layer for i in range(count) for layer in self._coupling(
+            channels, mask, i % 2, ResNet(channels, c.hidden_channels, 2 * channels, c.num_blocks))]
+
+    def _scale(self, channels: int, index: int) -> FlowSequential:
+        """One scale of the multi-scale architecture (Sec. 3.6) on ``channels`` channels."""
+        if index == self.config.num_scales - 1:
+            return FlowSequential(self._image_couplings(channels, "checkerboard", 4))
+        return FlowSequential([
+            *self._image_couplings(channels, "checkerboard", 3),
+            Squeeze(),
+            *self._image_couplings(4 * channels, "channel", 3),
+            Split(self._scale(2 * channels, index + 1)),  # factor out half, the rest goes to the next scale
+            Unsqueeze(),
+        ])
+
+    def build_layers(self) -> list[nn.Module]:
+        c = self.config
+        if not self.data.is_image:
+            d = self.data.dim
+            return [layer for i in range(c.num_couplings)
+                    for layer in self._coupling(d, "channel", i % 2, coupling_mlp(d, c.hidden_features))]
+        channels, h, w = self.data.shape
+        factor = 2 ** (c.num_scales - 1)
+        if c.num_scales < 1 or h % factor or w % factor:
+            raise UserError(f"model.num_scales={c.num_scales} needs H and W divisible by {factor}; "
+                            f"the data is {h}x{w}.")
+        return [self._scale(channels, 0)]
