@@ -17,10 +17,10 @@ RESUMABLE_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.device", "
                   "trainer.log_every", "data.root")
 
 
-def _resume_config(cfg: DictConfig, state: dict) -> DictConfig:
+def _resume_config(cfg: DictConfig, state: dict, overrides: list[str]) -> DictConfig:
     """The saved config, with the few overrides given on this command line that a resume may change."""
     saved = OmegaConf.create(state["config"])
-    for override in HydraConfig.get().overrides.task:
+    for override in overrides:
         key, _, value = override.partition("=")
         if key == "resume":
             continue
@@ -31,8 +31,9 @@ def _resume_config(cfg: DictConfig, state: dict) -> DictConfig:
     return saved
 
 
-def run(cfg: DictConfig) -> dict:
-    import torch  # noqa: F401  (imported here so that `dgm train --help` stays fast)
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
+    """Train as ``cfg`` says into ``run_dir`` (or, with ``cfg.resume``, continue that run in its own
+    folder, where ``overrides`` are the command line's, checked against what a resume may change)."""
 
     from .data import pipeline
     from .engine import checkpoint, runtime
@@ -40,10 +41,9 @@ def run(cfg: DictConfig) -> dict:
     from .models.registry import build_model
 
     state = None
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.resume:
         state = checkpoint.load(cfg.resume)
-        cfg = _resume_config(cfg, state)
+        cfg = _resume_config(cfg, state, list(overrides))
         run_dir = Path(state["path"]).parent.parent
         log.info("resuming %s at step %d", state["path"], state["step"])
     device = runtime.pick_device(cfg.trainer.device)
@@ -65,7 +65,8 @@ def run(cfg: DictConfig) -> dict:
 
 @command("train", validate_train)
 def main(cfg: DictConfig):
-    final = run(cfg)
+    hydra = HydraConfig.get()
+    final = run(cfg, Path(hydra.runtime.output_dir), list(hydra.overrides.task))
     # the multirun sweeper can optimise on this
     return final.get("val_loss")
 

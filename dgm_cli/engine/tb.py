@@ -32,7 +32,8 @@ class Logger:
             if v is not None:
                 flat[key] = v
         for k, v in cfg.model.items():
-            flat[f"model.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(list(v))
+            # HParams takes numbers, strings and booleans; show lists and nulls as text
+            flat[f"model.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v)
         self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
 
     def close(self) -> None:
