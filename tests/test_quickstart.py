@@ -47,3 +47,19 @@ def test_multirun_sweep(dgm, tmp_path, data_root):
     runs = run_folders(tmp_path)
     assert len(runs) == 2 and runs[0] != runs[1]
     assert all("multirun" in str(r) for r in runs)
+
+
+def test_gan_checkpoint_gets_sample_quality_metrics(dgm, tmp_path, data_root, monkeypatch):
+    """`dgm eval metrics=[...]` on a model without a likelihood: FID/KID/PR/IS against the test split,
+    with the real-data floor and the feature network named (trained once, cached in DGM_CACHE)."""
+    monkeypatch.setenv("DGM_CACHE", str(tmp_path / "cache"))
+    dgm("train", "model=dcgan", "model.width=8", "trainer.max_steps=3", "trainer.progress=false")
+    (run,) = run_folders(tmp_path)
+    refused = dgm("eval", f"checkpoint={run}", check=False)  # the default metric is nll: a GAN has none
+    assert refused.returncode == 2 and "no likelihood" in refused.stderr
+    dgm("eval", f"checkpoint={run}", "metrics=[fid,kid,pr,is]", "num_samples=200")
+    report = json.loads((run / "checkpoints" / "eval.json").read_text())["sample_quality"]
+    assert report["num_generated"] == 200 and report["reference_split"] == "test"
+    assert report["fid"] > report["fid_floor"] > 0  # 3 steps of training: far from the data
+    assert "MNIST classifier" in report["feature_network"] and report["feature_network_test_accuracy"] > 0.95
+    assert list((tmp_path / "cache").rglob("*.pt")), "the feature network was not cached"
