@@ -78,10 +78,37 @@ def condense(command: str, text: str) -> str:
     return f"dgm {command}: {msg} `dgm {command} --help` lists the config groups and keys."
 
 
+def shell_completion(argv: list[str]) -> None:
+    """`eval "$(dgm -sc install=bash)"` installs completion for `dgm`; the shell then asks
+    `dgm -sc query=bash` with COMP_LINE set, which completes the command name or hands the rest of
+    the line to that command's Hydra app (its groups, options and keys)."""
+    import importlib
+    import os
+
+    request = argv[1] if len(argv) > 1 else "install=bash"
+    if not request.startswith("query="):
+        sys.argv = ["dgm", "-sc", request]
+        importlib.import_module(COMMANDS["train"][0]).main()
+        return
+    parts = os.environ.get("COMP_LINE", "").split(" ")
+    if len(parts) <= 2:
+        prefix = parts[1] if len(parts) == 2 else ""
+        print(" ".join(c for c in COMMANDS if c.startswith(prefix)))
+        return
+    if parts[1] not in COMMANDS:
+        return
+    os.environ["COMP_LINE"] = " ".join(["dgm", *parts[2:]])
+    sys.argv = ["dgm", "-sc", request]
+    importlib.import_module(COMMANDS[parts[1]][0]).main()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
+        return
+    if argv[0] in ("-sc", "--shell-completion"):
+        shell_completion(argv)
         return
     command = argv[0]
     if command not in COMMANDS:

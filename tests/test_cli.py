@@ -29,3 +29,23 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
 def test_sample_and_eval_have_their_own_configs(tmp_path):
     assert "num_samples" in run_dgm("sample", "--cfg", "job", cwd=tmp_path).stdout
     assert "k: 5000" in run_dgm("eval", "--cfg", "job", cwd=tmp_path).stdout
+
+
+def test_shell_completion_per_command(tmp_path):
+    import os
+
+    from conftest import dgm_executable
+
+    script = run_dgm("-sc", "install=bash", cwd=tmp_path).stdout
+    assert "-F hydra_bash_completion dgm" in script
+
+    def query(line: str) -> list[str]:
+        env = {**os.environ, "COMP_LINE": line}
+        proc = subprocess.run([dgm_executable(), "-sc", "query=bash"], env=env, capture_output=True, text=True,
+                              cwd=tmp_path)
+        return proc.stdout.split()
+
+    assert query("dgm tr") == ["train"]
+    assert "model=gated_pixelcnn" in query("dgm train model=g")
+    assert "trainer.max_epochs=" in query("dgm train trainer.max_e")
+    assert "k=" in query("dgm eval k")
