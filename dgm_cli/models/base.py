@@ -117,6 +117,23 @@ class GenerativeModel(nn.Module):
         the class of a class-conditional model (UserError for unconditional ones)."""
         raise NotImplementedError
 
+    def sample_labels(self, n: int, label: Optional[int], conditional: bool) -> Optional[Tensor]:
+        """Class labels for ``n`` samples: ``label`` for every one, or, when none is given, the
+        classes in turn (one class per grid column); ``None`` for an unconditional model, which
+        refuses a label."""
+        if not conditional:
+            if label is not None:
+                raise UserError(f"label={label} was given, but this {type(self).__name__} is not "
+                                "class-conditional; train it with model.conditional=true, or drop the label.")
+            return None
+        k = self.data.num_classes
+        device = next(self.parameters()).device
+        if label is None:
+            return torch.arange(n, device=device) % k
+        if not 0 <= label < k:
+            raise UserError(f"label={label} is not a class of this model; use 0..{k - 1}.")
+        return torch.full((n,), label, dtype=torch.long, device=device)
+
     @torch.no_grad()
     def sample_for_logging(self, n: int) -> Tensor:
         """Samples for the TensorBoard grid; a GAN overrides this to use a fixed latent

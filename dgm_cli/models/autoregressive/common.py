@@ -116,20 +116,8 @@ class AutoregressiveModel(GenerativeModel):
                             "and needs labelled data; use a dataset with labels or conditional: false.")
         return y.long()
 
-    def sample_labels(self, n: int, label: Optional[int]) -> Optional[Tensor]:
-        """``label`` for every sample; with no label, a conditional model cycles through
-        the classes (one class per grid column)."""
-        if not self.conditional:
-            if label is not None:
-                raise UserError(f"label={label} was given, but this {type(self).__name__} is not "
-                                "class-conditional; train it with model.conditional=true, or drop the label.")
-            return None
-        k = self.data.num_classes
-        if label is None:
-            return torch.arange(n, device=self.device) % k
-        if not 0 <= label < k:
-            raise UserError(f"label={label} is not a class of this model; use 0..{k - 1}.")
-        return torch.full((n,), label, dtype=torch.long, device=self.device)
+    def sample_labels(self, n: int, label: Optional[int], conditional: Optional[bool] = None) -> Optional[Tensor]:
+        return super().sample_labels(n, label, self.conditional if conditional is None else conditional)
 
     @property
     def device(self) -> torch.device:

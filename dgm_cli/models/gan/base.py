@@ -203,21 +203,8 @@ class GAN(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
         """``temperature`` scales z's standard deviation (lower: less diverse, often cleaner samples)."""
-        return self.to_data_space(self.generator(self.latents(n, temperature), self._labels(n, label)))
-
-    def _labels(self, n: int, label: Optional[int]) -> Optional[Tensor]:
-        device = self.fixed_z.device
-        if not self.config.conditional:
-            if label is not None:
-                raise UserError(f"label={label} needs a class-conditional model; this {type(self).__name__} "
-                                "was trained with model.conditional=false.")
-            return None
-        k = self.data.num_classes
-        if label is None:
-            return torch.randint(k, (n,), device=device)
-        if not 0 <= label < k:
-            raise UserError(f"label={label} is not a class of this model: use 0 <= label < {k}.")
-        return torch.full((n,), label, dtype=torch.long, device=device)
+        labels = self.sample_labels(n, label, self.config.conditional)
+        return self.to_data_space(self.generator(self.latents(n, temperature), labels))
 
     @torch.no_grad()
     def sample_for_logging(self, n: int) -> Tensor:
