@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .app import command, model_from_checkpoint
 from .config.validate import validate_eval

@@ -17,7 +17,7 @@ See docs/architecture.md for how each family fits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterable, Iterator, Optional
+from typing import Callable, ClassVar, Iterator, Optional
 
 import torch
 from torch import Tensor, nn

@@ -19,7 +19,7 @@ normalisation and the defaults.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Iterator, List, Optional
 
 import torch
