@@ -133,7 +133,8 @@ class Trainer:
             if self.step % t.ckpt_every == 0 or epoch_end or self.step == self.total_steps:
                 self.save()
         bar.close()
-        self.log_images()
+        if not (t.sample_every and self.step % t.sample_every == 0):  # the last step's grid, once
+            self.log_images()
         final = {f"val_{k}": v for k, v in self.last_val.items()}
         self.logger.hparams(self.cfg, final or {"train_steps": float(self.step)})
         self.logger.close()
