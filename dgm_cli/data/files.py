@@ -2,11 +2,15 @@
 
 MNIST and Fashion-MNIST use torchvision's own folder layout and readers; CIFAR-10
 is read from torchvision's layout (``cifar-10-batches-py``) by our own reader of its
-pickle files, so that small files a test writes in that format load too.
+pickle files, so that small files a test writes in that format load too. That reader
+is a restricted unpickler: it builds only the dicts, lists, strings, numbers and numpy
+arrays those files hold, so a tampered file cannot run code. Binarized MNIST is the
+fixed binarization of Larochelle & Murray 2011 (``binarized_mnist/*.amat``, text).
 """
 from __future__ import annotations
 
 import pickle
+import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +22,9 @@ from ..errors import UserError
 
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+BINARIZED_MNIST_SPLITS = {"train": 50000, "valid": 10000, "test": 10000}
+BINARIZED_MNIST_FILES = [f"binarized_mnist_{s}.amat" for s in BINARIZED_MNIST_SPLITS]
+BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 Split = tuple[Tensor, Optional[Tensor]]
@@ -38,7 +45,7 @@ def _download_or_explain(name: str, folder: Path, missing: list[str], download: 
         reason = "data.download=false"
     raise UserError(
         f"{name} files are missing under data.root and {reason}. Missing in {folder}: "
-        f"{', '.join(missing)}. Put them there (torchvision's layout), or point data.root "
+        f"{', '.join(missing)}. Put them there, or point data.root "
         f"(or the environment variable DGM_DATA_ROOT) at a folder that has them."
     )
 
@@ -59,6 +66,38 @@ def load_idx(root: str, name: str, download: bool) -> tuple[Split, Split]:
     return out[0], out[1]
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10's python batches hold: containers, strings and numbers (no
+    globals needed) and numpy arrays and scalars. Any other global a pickle names (``os.system``,
+    ``builtins.eval``, a class with a ``__reduce__``) is refused before it is looked up."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol 2 spells bytes written by Python 3
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load the global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_array_pickle(path: Path) -> dict:
+    """A python-pickled dict of arrays and lists (CIFAR-10's batch format), read without running code."""
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path} is not a CIFAR-10 python batch dgm can read ({exc}); such files hold only "
+                        "arrays, lists and strings. Replace it with the original file.") from None
+    if not isinstance(entry, dict) or "data" not in entry:
+        raise UserError(f"{path} is not a CIFAR-10 python batch (no 'data' array).")
+    return entry
+
+
 def load_cifar10(root: str, download: bool) -> tuple[Split, Split]:
     folder = Path(root) / "cifar-10-batches-py"
     missing = _missing(folder, CIFAR_FILES)
@@ -72,13 +111,54 @@ def load_cifar10(root: str, download: bool) -> tuple[Split, Split]:
     def read(names: list[str]) -> Split:
         xs, ys = [], []
         for n in names:
-            with open(folder / n, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+            entry = read_array_pickle(folder / n)
             xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     return read(CIFAR_FILES[:5]), read(CIFAR_FILES[5:])
+
+
+def read_amat(path: Path, dim: int = 784) -> Tensor:
+    """A Larochelle & Murray ``.amat`` file (one example per line, ``dim`` space-separated 0/1 values)
+    as uint8 images (N, 1, 28, 28) holding 0 and 255, so that every representation reads them as they are."""
+    raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    digits = raw[(raw == ord("0")) | (raw == ord("1"))]
+    lines = int((raw == ord("\n")).sum()) + (1 if len(raw) and raw[-1] != ord("\n") else 0)
+    others = raw[~np.isin(raw, np.frombuffer(b"01 \t\r\n", dtype=np.uint8))]
+    if len(others) or len(digits) != lines * dim:
+        raise UserError(f"{path} is not a binarized MNIST .amat file: expected lines of {dim} space-separated "
+                        f"0/1 values, found {len(digits)} values on {lines} lines"
+                        + (" and other characters" if len(others) else "") + ".")
+    side = int(round(dim ** 0.5))
+    return torch.from_numpy((digits - ord("0")).astype(np.uint8) * 255).view(-1, 1, side, side)
+
+
+def load_binarized_mnist(root: str, download: bool, val_size: int) -> tuple[Split, Split, Split]:
+    """The fixed binarization of MNIST of Larochelle & Murray 2011 (50,000 / 10,000 / 10,000), from
+    ``<root>/binarized_mnist/binarized_mnist_{train,valid,test}.amat``; no labels. ``val_size``
+    10000 keeps the published validation split, 0 trains on train + valid (60,000)."""
+    folder = Path(root) / "binarized_mnist"
+    missing = _missing(folder, BINARIZED_MNIST_FILES)
+    if missing:
+        def fetch():
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in missing:
+                tmp = folder / (name + ".part")
+                try:
+                    urllib.request.urlretrieve(BINARIZED_MNIST_URL + name, tmp)
+                    tmp.replace(folder / name)
+                finally:
+                    tmp.unlink(missing_ok=True)
+
+        _download_or_explain("Binarized MNIST", folder, missing, download, fetch)
+    train, valid, test = (read_amat(folder / name) for name in BINARIZED_MNIST_FILES)
+    if val_size not in (0, len(valid)):
+        raise UserError(f"data.val_size={val_size} is not allowed for dataset=binarized_mnist: its validation "
+                        f"split is fixed; use {len(valid)} (the published split) or 0 (train on train + valid).")
+    if val_size == 0:
+        train, valid = torch.cat([train, valid]), valid[:0]
+    return (train, None), (valid, None), (test, None)
 
 
 def _to_nchw_uint8(images: np.ndarray) -> Tensor:

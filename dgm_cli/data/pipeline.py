@@ -28,7 +28,7 @@ from . import files, toy
 
 EVAL_SEED = 1234  # fixed: the binarization/dequantization noise of the val and test sets
 SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
-IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "npz")
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "image_folder", "npz")
 DATASETS = IMAGE_DATASETS + tuple(toy.TOYS)
 
 
@@ -66,6 +66,9 @@ def load(cfg) -> Dataset:
         train, test = files.load_idx(cfg.root, "FashionMNIST", cfg.download)
     elif name == "cifar10":
         train, test = files.load_cifar10(cfg.root, cfg.download)
+    elif name == "binarized_mnist":  # its validation split is fixed: no hold-out
+        train, val, test = files.load_binarized_mnist(cfg.root, cfg.download, cfg.val_size)
+        return Dataset(train=train, val=val, test=test, num_classes=0)
     elif name in ("image_folder", "npz"):
         reader = files.load_image_folder if name == "image_folder" else files.load_npz
         x, y = reader(cfg.path, cfg.image_size, cfg.channels)
@@ -104,13 +107,21 @@ def transform(x: Tensor, representation: str, generator: Optional[torch.Generato
         return x.float()
     xf = x.float()
     if representation == "binary":
-        return torch.bernoulli(xf / 255.0, generator=generator)
+        if generator is None or generator.device == xf.device:
+            return torch.bernoulli(xf / 255.0, generator=generator)
+        return (_uniform(xf, generator) < xf / 255.0).float()
     if representation == "8bit":
         return xf / 255.0
     if representation == "dequantized":
-        u = torch.rand(xf.shape, generator=generator, device=xf.device)
-        return (xf + u) / 256.0
+        return (xf + _uniform(xf, generator)) / 256.0
     raise UserError(f"unknown representation {representation!r}")
+
+
+def _uniform(like: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """U[0,1) noise shaped like ``like``, drawn on the generator's own device and moved to ``like``'s:
+    on MPS the generator is a CPU one (its state is what checkpoints hold), never the device's global one."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(like.shape, generator=generator, device=device).to(like.device)
 
 
 def fixed(x: Tensor, representation: str) -> Tensor:
@@ -164,8 +175,7 @@ class BatchIterator:
         if self.representation == "8bit_binary":
             xb = x.float()
         else:
-            gen = self.noise if self.noise.device == x.device else None
-            xb = transform(x, self.representation, gen)
+            xb = transform(x, self.representation, self.noise)
         yb = None if self.y is None else self.y[idx].to(self.device, non_blocking=True)
         return xb, yb
 
