@@ -53,4 +53,8 @@ def model_from_checkpoint(state: dict, device, data_root: str | None = None):
     spec = pipeline.spec(dataset, representation, cfg.data.name)
     model = build_model(cfg.model, cfg.objective, spec)
     model.load_state_dict(state["model"])
+    if "ema" in state:  # trained with trainer.ema_decay: sample and evaluate the weight average
+        from .engine.ema import apply_saved
+
+        apply_saved(model, state["ema"])
     return model.to(device).eval(), cfg, dataset

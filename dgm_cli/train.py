@@ -1,7 +1,9 @@
 """`dgm train`: compose the config, build data and model, run the engine."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -36,17 +38,18 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     folder, where ``overrides`` are the command line's, checked against what a resume may change)."""
 
     from .data import pipeline
-    from .engine import checkpoint, runtime
+    from .engine import checkpoint, distributed, faults, runtime
     from .engine.loop import Trainer
     from .models.registry import build_model
 
+    distributed.init()
     state = None
     if cfg.resume:
         state = checkpoint.load(cfg.resume)
         cfg = _resume_config(cfg, state, list(overrides))
         run_dir = Path(state["path"]).parent.parent
         log.info("resuming %s at step %d", state["path"], state["step"])
-    device = runtime.pick_device(cfg.trainer.device)
+    device = runtime.pick_device(cfg.trainer.device, distributed.local_rank() if distributed.active() else None)
     runtime.autocast(device, cfg.trainer.precision)  # refuses fp16 off CUDA before anything runs
     runtime.seed_everything(cfg.seed)
     dataset = pipeline.load(cfg.data)
@@ -57,9 +60,29 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
         # the resolved config, with the representation the model actually got, for eval/sample/resume
         OmegaConf.update(cfg, "data.representation", representation)
     trainer = Trainer(cfg, model, dataset, run_dir, device, resume_state=state)
-    final = trainer.fit()
-    log.info("done: %s", run_dir / "checkpoints" / "last.pt")
-    print(f"checkpoint: {run_dir / 'checkpoints' / 'last.pt'}")
+    last = run_dir / "checkpoints" / "last.pt"
+    if state is not None and trainer.step >= trainer.total_steps:
+        print(f"{state['path']} has finished its {trainer.total_steps} steps: nothing to do. To train on, "
+              f"resume with a larger trainer.max_steps or trainer.max_epochs.")
+        return {}
+    lock = faults.run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext()
+    try:
+        with lock:
+            final = trainer.fit()
+    except faults.StopRequested as stop:
+        if distributed.is_main():
+            log.warning("%s", stop)
+            sys.stderr.write(f"dgm train: {stop}\n")
+        sys.exit(stop.exit_code)
+    except faults.NonFiniteLoss as exc:
+        log.error("%s", exc)
+        sys.stderr.write(f"dgm train: {exc}\n")
+        sys.exit(1)
+    finally:
+        distributed.destroy()
+    log.info("done: %s", last)
+    if distributed.is_main():
+        print(f"checkpoint: {last}")
     return final
 
 

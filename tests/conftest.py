@@ -69,3 +69,13 @@ TINY = ["model.hidden=[64]", "model.latent_dim=8", "trainer.batch_size=64", "tra
 
 def run_folders(tmp_path: Path, command: str = "train") -> list[Path]:
     return sorted(p.parent.parent for p in (tmp_path / "outputs" / command).rglob("checkpoints/last.pt"))
+
+
+def phase_steps(model, x, y=None, step: int = 1):
+    """Drive one batch the way the engine does, for tests that step by hand: for each phase the
+    model asks for, yield ``(phase, loss, metrics)`` from a call through ``forward``; when the
+    caller resumes (after its backward and optimizer step), run the model's ``after_step``."""
+    for phase in model.phases(step):
+        loss, metrics = model(x, y, phase)
+        yield phase, loss, metrics
+        model.after_step(phase)

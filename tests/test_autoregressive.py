@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import phase_steps
 
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
@@ -227,7 +228,7 @@ def test_nade_vectorised_equals_a_loop_over_pixels(representation):
 def test_training_step_reports_nll_and_bits_per_dim(name):
     model = make(name, (1, 3, 3), scramble=False).train()
     x = torch.bernoulli(torch.full((4, 1, 3, 3), 0.5))
-    steps = list(model.training_step(x, None))
+    steps = list(phase_steps(model, x))
     assert len(steps) == 1
     opt, loss, metrics = steps[0]
     assert opt == "model" and loss.requires_grad
@@ -247,7 +248,7 @@ def test_made_masks_are_reproducible_and_resampled():
     x = torch.bernoulli(torch.full((4, 1, 3, 3), 0.5))
     used = []
     for _ in range(7):
-        list(a.training_step(x, None))
+        list(phase_steps(a, x))
         used.append(int(a.mask_index))
     assert used == [0, 0, 1, 1, 2, 2, 0]  # (step // resample_every) mod num_masks
     a.log_likelihood(x)

@@ -1,4 +1,4 @@
-"""The loop treats every family alike: it steps whichever optimizer a training step names."""
+"""The loop treats every family alike: it steps the optimizers a model's phases name, in order."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,13 +35,18 @@ class TwoPlayers(GenerativeModel):
     def configure_optimizers(self, build):
         return {"critic": build(self.critic.parameters()), "generator": build(self.generator.parameters(), lr=0.5)}
 
-    def training_step(self, x, y):
-        self.calls += 1
-        self.log.append("critic")
-        yield "critic", self.critic(x).pow(2).mean(), {"loss_critic": torch.tensor(1.0)}
-        if int(self.calls) % self.config.n_critic == 0:
-            self.log.append("generator")
-            yield "generator", self.generator(x).pow(2).mean(), {"loss_generator": torch.tensor(2.0)}
+    def phases(self, step):
+        return ("critic", "generator") if step % self.config.n_critic == 0 else ("critic",)
+
+    def training_loss(self, x, y, phase):
+        self.log.append(phase)
+        net = self.critic if phase == "critic" else self.generator
+        return net(x).pow(2).mean(), {f"loss_{phase}": torch.tensor(1.0)}
+
+    def after_step(self, phase):
+        self.log.append(f"after {phase}")
+        if phase == "critic":
+            self.calls += 1
 
     def sample(self, n, temperature=1.0, label=None):
         return self.generator(torch.randn(n, 2))
@@ -66,12 +71,16 @@ def test_each_named_optimizer_steps_only_its_player(tmp_path):
     trainer, model = make(tmp_path)
     g_before = [p.clone() for p in model.generator.parameters()]
     c_before = [p.clone() for p in model.critic.parameters()]
-    trainer.train_step(*next(trainer.batches), want_grad_norm=False)  # call 1: critic only
+    trainer.step = 1
+    trainer.train_step(*next(trainer.batches), want_grad_norm=False)  # step 1: critic only
     assert all(torch.equal(a, b) for a, b in zip(g_before, model.generator.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(c_before, model.critic.parameters()))
+    trainer.step = 0
+    model.log.clear()
     trainer.fit()
-    # one manual call, then 9 steps: 10 critic steps, a generator step at calls 3, 6 and 9
-    assert model.log.count("critic") == 10 and model.log.count("generator") == 3
+    # 9 steps: 9 critic steps, a generator step at steps 3, 6 and 9, each followed by its hook
+    assert model.log.count("critic") == 9 and model.log.count("generator") == 3
+    assert model.log[:8] == ["critic", "after critic"] * 3 + ["generator", "after generator"]
     assert trainer.optimizers["generator"].param_groups[0]["lr"] == 0.5
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import phase_steps
 import yaml
 from torch import nn
 from torch.autograd.functional import jacobian
@@ -196,13 +197,13 @@ def make_model(name: str, data: DataSpec, **overrides):
 
 
 def train_steps(model, data: torch.Tensor, steps: int, lr: float = 1e-2, batch: int = 128):
-    """A few optimiser steps, driven the way the engine drives training_step."""
+    """A few optimiser steps, driven the way the engine drives a model's phases."""
     opt = model.configure_optimizers(lambda params, **kw: torch.optim.Adam(params, lr=lr, **kw))["model"]
     model.train()
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         x = data[torch.randint(len(data), (batch,), generator=g)]
-        for name, loss, metrics in model.training_step(x, None):
+        for name, loss, metrics in phase_steps(model, x):
             assert torch.isfinite(loss) and set(metrics) >= {"loss", "nll"}
             opt.zero_grad()
             loss.backward()

@@ -15,11 +15,15 @@ from omegaconf import MISSING, OmegaConf
 class TrainerConfig:
     max_epochs: int = 10
     max_steps: int = -1  # > 0 stops after this many steps, whatever max_epochs says
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: split over processes (torchrun) and accumulation micro-batches
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     eval_batch_size: int = 1000
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "32"  # 32 | bf16 | 16 (16 uses a gradient scaler; CUDA only)
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    compile: bool = False  # torch.compile the model's loss computation (what every training step runs)
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights for sampling and eval
+    nan: str = "stop"  # a non-finite loss: stop (keep the last good checkpoint) | skip (drop the batch's update)
     log_every: int = 50  # steps between TensorBoard scalar writes
     sample_every: int = 1000  # steps between sample grids; 0 turns them off
     ckpt_every: int = 1000  # steps between last.pt writes (also written each epoch and at the end)

@@ -53,13 +53,16 @@ def non_negative(cfg: DictConfig, key: str) -> None:
 
 def validate_train(cfg: DictConfig) -> None:
     t = "trainer."
-    for key in ("batch_size", "eval_batch_size", "log_every", "num_samples"):
+    for key in ("batch_size", "accumulate", "eval_batch_size", "log_every", "num_samples"):
         positive(cfg, t + key)
-    for key in ("max_epochs", "sample_every", "ckpt_every", "val_every", "grad_clip"):
+    for key in ("max_epochs", "sample_every", "val_every", "grad_clip"):
         non_negative(cfg, t + key)
+    positive(cfg, t + "ckpt_every")  # steps between checkpoints: 0 would divide by zero
     check(cfg, t + "max_steps", lambda v: v == -1 or v > 0, "-1 (train for max_epochs) or > 0")
     check_device(cfg, t + "device")
     one_of(cfg, t + "precision", PRECISIONS)
+    one_of(cfg, t + "nan", ("stop", "skip"))
+    check(cfg, t + "ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0 turns the weight average off)")
     one_of(cfg, "optimizer.name", OPTIMIZERS)
     positive(cfg, "optimizer.lr")
     non_negative(cfg, "optimizer.weight_decay")

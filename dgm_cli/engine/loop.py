@@ -1,12 +1,27 @@
 """The training loop: one for every family.
 
-It asks the model for ``(optimizer name, loss, metrics)`` steps and does the rest the
-same way for everyone: zero_grad, backward (scaled under fp16), gradient clipping,
-optimizer and scheduler steps, metric averaging, validation, sample grids,
-checkpoints and resume. It never looks at what kind of model it trains.
+For every batch the loop asks the model which optimizers step (``model.phases(step)``), and
+for each of them, in order:
 
-Metrics stay on the device between log points (no ``.item()`` per step), so the loop
-costs next to nothing over a bare PyTorch loop (see scripts/bench_overhead.py).
+    zero_grad                                   (that optimizer only)
+    for each micro-batch (trainer.accumulate):  (DDP's no_sync on all but the last)
+        loss, metrics = net(x, y, phase)        (net: the model, or DDP(model); forward ->
+                                                 model.training_loss: DDP arms its all-reduce)
+        backward(loss / accumulate)             (scaled under fp16)
+    non-finite loss? -> stop, or skip the batch (trainer.nan)
+    unscale, clip (trainer.grad_clip), optimizer.step, scaler.update
+    model.after_step(phase)
+then the weight average (trainer.ema_decay) and the learning-rate schedules step once per
+batch. Validation, sample grids and checkpoints follow at their intervals. The loop never
+looks at what kind of model it trains.
+
+Randomness: before each (phase, micro-batch) the global RNG is seeded from (seed, step, phase,
+shard), where the shard numbers the global batch's micro-batches across processes. So a model's
+noise (a VAE's reparameterisation, a GAN's latents) depends only on the global batch layout: one
+process with ``accumulate=2`` and two processes give the same parameters, and resume is exact.
+
+Metrics stay on the device between log points (no ``.item()`` per step), so the loop costs next to
+nothing over a bare PyTorch loop (see scripts/bench_overhead.py).
 """
 from __future__ import annotations
 
@@ -15,6 +30,7 @@ import math
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -24,14 +40,22 @@ from tqdm import tqdm
 
 from .. import images
 from ..data import pipeline
+from ..errors import UserError
 from ..models.base import GenerativeModel
-from . import checkpoint, runtime
+from . import checkpoint, distributed, runtime
+from .ema import WeightAverage
+from .faults import NonFiniteLoss, StopRequested, StopSignals
 from .optim import build_scheduler, optimizer_factory
-from .tb import Logger
+from .tb import Logger, NullLogger
 
 log = logging.getLogger("dgm.train")
 # A generator stepped every n_critic batches has its schedule advanced before its first step: intended.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+
+
+def step_seed(seed: int, step: int, phase: int, shard: int) -> int:
+    """A seed for the global RNG that depends only on where in the run a micro-batch is."""
+    return hash((seed, step, phase, shard)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class Trainer:
@@ -39,6 +63,11 @@ class Trainer:
                  device: torch.device, resume_state: Optional[dict] = None):
         self.cfg, self.t, self.run_dir, self.device = cfg, cfg.trainer, run_dir, device
         model.check_precision(cfg.trainer.precision)
+        self.world, self.rank, self.main = distributed.world_size(), distributed.rank(), distributed.is_main()
+        self.shards = self.world * self.t.accumulate  # micro-batches per global batch
+        if self.t.batch_size % self.shards:
+            raise UserError(f"trainer.batch_size={self.t.batch_size} is the global batch; it must split evenly "
+                            f"into {self.world} process(es) x trainer.accumulate={self.t.accumulate} micro-batches.")
         self.model = model.to(device)
         self.representation = model.data.representation
         self.batches = pipeline.BatchIterator(*data.train, self.representation, cfg.data.binarize, self.t.batch_size,
@@ -50,11 +79,17 @@ class Trainer:
                            for k, o in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.t.precision == "16")
         self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.optimizers.items()}
-        self.step, self.best_val = 0, math.inf
+        self.ema = WeightAverage(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
+        self.step, self.best_val, self.skipped = 0, math.inf, 0
         self.ckpt_dir = run_dir / "checkpoints"
+        self.fresh = resume_state is None
         if resume_state is not None:
             self._load(resume_state)
-        self.logger = Logger(run_dir, purge_step=self.step + 1 if resume_state is not None else None)
+        self.ddp = distributed.wrap(self.model, device, multi_player=len(self.optimizers) > 1)
+        self.net = torch.compile(self.ddp) if self.t.compile else self.ddp
+        self.logger = (Logger(run_dir, purge_step=None if self.fresh else self.step + 1) if self.main
+                       else NullLogger())
+        self.signals = StopSignals()
         self._running: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self.last_val: dict[str, float] = {}
@@ -66,29 +101,82 @@ class Trainer:
         return pipeline.fixed(x, self.representation), y
 
     # --- one step ----------------------------------------------------------------------
+    def micro_batches(self, x: torch.Tensor, y: Optional[torch.Tensor]):
+        """This process's micro-batches of a global batch: ``(x, y, shard)`` with the shard's index
+        among all processes' micro-batches (contiguous: rank r holds shards r*A .. r*A + A - 1)."""
+        if self.shards == 1:
+            return [(x, y, 0)]
+        size = len(x) // self.shards
+        first = self.rank * self.t.accumulate
+        return [(x[i * size:(i + 1) * size], None if y is None else y[i * size:(i + 1) * size], i)
+                for i in range(first, first + self.t.accumulate)]
+
     def train_step(self, x: torch.Tensor, y: Optional[torch.Tensor], want_grad_norm: bool) -> None:
-        steps = self.model.training_step(x, y)
-        while True:
-            with runtime.autocast(self.device, self.t.precision):
-                item = next(steps, None)
-            if item is None:
-                break
-            name, loss, metrics = item
-            opt = self.optimizers[name]
+        """One global batch: every phase the model asks for, in order (see the module docstring)."""
+        chunks = self.micro_batches(x, y)
+        for p, phase in enumerate(self.model.phases(self.step)):
+            opt = self.optimizers[phase]
             opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            metrics, finite = self._forward_backward(chunks, p, phase)
+            if not finite:
+                self._non_finite(phase, metrics)
+                for o in self.optimizers.values():
+                    o.zero_grad(set_to_none=True)
+                break  # trainer.nan=skip: the batch's remaining phases go too
             if self.t.grad_clip > 0 or want_grad_norm:
                 self.scaler.unscale_(opt)
                 clip = self.t.grad_clip if self.t.grad_clip > 0 else math.inf
-                metrics = {**metrics, f"grad_norm_{name}": torch.nn.utils.clip_grad_norm_(self.params[name], clip)}
+                metrics[f"grad_norm_{phase}"] = torch.nn.utils.clip_grad_norm_(self.params[phase], clip)
             self.scaler.step(opt)
             self.scaler.update()
+            self.model.after_step(phase)
             self._accumulate(metrics)
+        else:
+            if self.ema is not None:
+                self.ema.update()
         # Schedules run on batches, not on each optimizer's own steps, so that a generator stepped
         # every n_critic batches decays over the same run as its critic.
         for scheduler in self.schedulers.values():
             if scheduler is not None:
                 scheduler.step()
+
+    def _forward_backward(self, chunks, p: int, phase: str) -> tuple[dict, bool]:
+        """Gradients of ``phase``'s loss summed over this process's micro-batches (and averaged over
+        processes by DDP on the last one); the mean metrics; whether every process's loss was finite."""
+        total: dict = {}
+        finite = True
+        for i, (xm, ym, shard) in enumerate(chunks):
+            torch.manual_seed(step_seed(self.cfg.seed, self.step, p, shard))
+            last = i == len(chunks) - 1
+            sync = self.ddp.no_sync() if (not last and self.ddp is not self.model) else nullcontext()
+            with sync:
+                with runtime.autocast(self.device, self.t.precision):
+                    loss, metrics = self.net(xm, ym, phase)
+                finite = finite and bool(torch.isfinite(loss.detach()))
+                self.scaler.scale(loss / len(chunks) if len(chunks) > 1 else loss).backward()
+            for k, v in metrics.items():
+                total[k] = total[k] + v if k in total else v
+        if len(chunks) > 1:
+            total = {k: v / len(chunks) for k, v in total.items()}
+        if self.world > 1:
+            finite = not distributed.any_rank(not finite, self.device)
+        return total, finite
+
+    def _non_finite(self, phase: str, metrics: dict) -> None:
+        bad = [k for k, v in metrics.items() if not math.isfinite(float(v))] or ["loss"]
+        if self.t.nan == "skip":
+            self.skipped += 1
+            self._accumulate({"nan_skipped": float(self.skipped)})
+            log.warning("step %d: non-finite %s in phase %r; this batch's update was skipped (%d so far)",
+                        self.step, ", ".join(bad), phase, self.skipped)
+            return
+        last = self.ckpt_dir / "last.pt"
+        saved = f"the last good checkpoint is {last} (step {self._saved_step})" if last.exists() \
+            else "no checkpoint was written yet"
+        raise NonFiniteLoss(
+            f"training stopped at step {self.step}: the {phase!r} loss is not finite (non-finite: {', '.join(bad)}); "
+            f"{saved}, left as it was. Lower optimizer.lr, set trainer.grad_clip, use trainer.precision=32, or "
+            f"trainer.nan=skip to drop such batches; continue with dgm train resume={self.run_dir}.")
 
     def _accumulate(self, metrics: dict) -> None:
         for k, v in metrics.items():
@@ -103,16 +191,23 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
+        with self.signals.installed():
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         t = self.t
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (t.progress and sys.stderr.isatty()),
-                   dynamic_ncols=True, desc="train")
-        log.info("training %s for %d steps (%d per epoch) on %s, run folder %s", self.cfg.model.name,
-                 self.total_steps, self.batches.steps_per_epoch, self.device, self.run_dir)
+        bar = tqdm(total=self.total_steps, initial=self.step, dynamic_ncols=True, desc="train",
+                   disable=not (t.progress and self.main and sys.stderr.isatty()))
+        log.info("training %s for %d steps (%d per epoch) on %s%s, run folder %s", self.cfg.model.name,
+                 self.total_steps, self.batches.steps_per_epoch, self.device,
+                 f" x {self.world} processes" if self.world > 1 else "", self.run_dir)
         tick, tick_step = time.perf_counter(), self.step
         self.model.train()
         while self.step < self.total_steps:
             x, y = next(self.batches)
             self.step += 1
+            if self.fresh and self.step == 1:
+                self.model.initialize(x, y)  # the same global batch on every process
             log_now = self.step % t.log_every == 0 or self.step == self.total_steps
             self.train_step(x, y, want_grad_norm=log_now)
             bar.update(1)
@@ -132,21 +227,35 @@ class Trainer:
                 self.validate()
             if self.step % t.ckpt_every == 0 or epoch_end or self.step == self.total_steps:
                 self.save()
+            if distributed.any_rank(self.signals.requested is not None, self.device):
+                self._stop(bar)
         bar.close()
-        if not (t.sample_every and self.step % t.sample_every == 0):  # the last step's grid, once
+        if t.sample_every and self.step % t.sample_every != 0:  # the last step's grid, once
             self.log_images()
         final = {f"val_{k}": v for k, v in self.last_val.items()}
         self.logger.hparams(self.cfg, final or {"train_steps": float(self.step)})
         self.logger.close()
         return final
 
+    def _stop(self, bar) -> None:
+        """A stop signal arrived (on any process): checkpoint this step and leave."""
+        bar.close()
+        self.save()
+        distributed.barrier()
+        self.logger.close()
+        raise StopRequested(self.signals.requested or "SIGTERM", self.step, self.ckpt_dir / "last.pt")
+
+    def averaged(self):
+        """Validation and samples use the weight average when there is one."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
+
     @torch.no_grad()
     def validate(self) -> None:
         """Validation metrics under a forked RNG (a VAE's bound is stochastic): how often it
-        runs never changes the training trajectory."""
+        runs never changes the training trajectory. Each process takes its part of the split."""
         if self.val is None:
             return
-        with runtime.fork_rng(self.device):
+        with runtime.fork_rng(self.device), self.averaged():
             values = self._validation_metrics()
         self.logger.scalars("val", values, self.step)
         self.last_val = values
@@ -157,15 +266,21 @@ class Trainer:
 
     def _validation_metrics(self) -> dict[str, float]:
         self.model.eval()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         x_all, y_all = self.val
-        n = 0
-        for x, y in pipeline.eval_batches(x_all, y_all, self.t.eval_batch_size, self.device):
+        part = distributed.shard(len(x_all))
+        x_mine, y_mine = x_all[part], None if y_all is None else y_all[part]
+        n = torch.zeros((), dtype=torch.float64, device=self.device)
+        for x, y in pipeline.eval_batches(x_mine, y_mine, self.t.eval_batch_size, self.device):
             with runtime.autocast(self.device, self.t.precision):
                 for k, v in self.model.validation_step(x, y).items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+                    sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=self.device).detach().double() * len(x)
             n += len(x)
-        values = {k: v / n for k, v in sums.items()}
+        names = sorted(sums)
+        if self.world > 1:  # every process reports the same metrics; reduce them in one call
+            packed = distributed.all_reduce_sum(torch.stack([n] + [sums[k] for k in names]))
+            n, sums = packed[0], {k: packed[i + 1] for i, k in enumerate(names)}
+        values = {k: float(sums[k] / n) for k in names}
         real = x_all[: self.t.eval_batch_size].to(self.device)
         values.update({k: float(v) for k, v in self.model.monitor(real).items()})
         self.model.train()
@@ -175,8 +290,10 @@ class Trainer:
     def log_images(self) -> None:
         """Sample grid (and, where the model has them, reconstructions of fixed validation images).
         Runs under a forked RNG, so how often it runs never changes the training trajectory."""
+        if not self.main:
+            return
         self.model.eval()
-        with runtime.fork_rng(self.device):
+        with runtime.fork_rng(self.device), self.averaged():
             samples = self.model.sample_for_logging(self.t.num_samples)
             if self.model.data.is_image:
                 self.logger.image("samples", images.grid(samples), self.step)
@@ -188,8 +305,10 @@ class Trainer:
         self.model.train()
 
     # --- checkpoints -------------------------------------------------------------------------
+    _saved_step = 0
+
     def state(self) -> dict:
-        return {
+        state = {
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -197,13 +316,21 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "best_val": self.best_val,
+            "skipped": self.skipped,
             "batches": self.batches.state_dict(),
             "rng": runtime.rng_state(),
             "run_dir": str(self.run_dir),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def save(self, name: str = "last.pt") -> None:
-        checkpoint.save(self.state(), self.ckpt_dir / name)
+        """Only the first process writes; every process holds the same state."""
+        if self.main:
+            checkpoint.save(self.state(), self.ckpt_dir / name)
+        if name == "last.pt":
+            self._saved_step = self.step
 
     def _load(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -215,5 +342,12 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_val = int(state["step"]), float(state["best_val"])
+        self.skipped = int(state.get("skipped", 0))
+        self._saved_step = self.step
         self.batches.load_state_dict(state["batches"])
         runtime.set_rng_state(state["rng"])
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            else:  # a run that had no average: start it from the resumed weights
+                self.ema = WeightAverage(self.model, self.t.ema_decay)

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import contextlib
 import random
+from typing import Optional
 
 import torch
 
 from ..errors import UserError
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: Optional[int] = None) -> torch.device:
+    """The device ``trainer.device`` names; under torchrun, ``cuda`` means this process's GPU."""
+    if local_rank is not None and name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

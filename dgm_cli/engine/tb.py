@@ -38,3 +38,15 @@ class Logger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class NullLogger:
+    """What processes other than the first log: nothing (one run folder, one event file)."""
+
+    def scalars(self, *args, **kwargs) -> None: ...
+
+    def image(self, *args, **kwargs) -> None: ...
+
+    def hparams(self, *args, **kwargs) -> None: ...
+
+    def close(self) -> None: ...

@@ -3,10 +3,20 @@
 A model is an ``nn.Module`` that
 
 * builds its optimizers (one for single-loss models, one per player for GANs),
-* turns a batch into a sequence of ``(optimizer name, loss, metrics)`` steps;
-  the engine runs backward, clipping, mixed precision and ``optimizer.step``
-  after each one, so a GAN's critic and generator updates, or several critic
-  steps per generator step, need no special case in the loop,
+* says which of them step on each batch, in order (``phases``), and computes
+  the loss of one phase in ``training_loss``, which the engine calls through
+  the module's ``forward`` -- so ``DistributedDataParallel`` can wrap the model
+  and arm its gradient all-reduce -- then runs backward, clipping, mixed
+  precision and ``optimizer.step``, and finally calls ``after_step``. A GAN's
+  critic and generator updates, or several critic steps per generator step,
+  need no special case in the loop. The order of events for one batch:
+
+      for phase in model.phases(step):            # e.g. ("critic", "generator")
+          loss, metrics = model(x, y, phase)      # forward -> training_loss
+          backward, clip, optimizer[phase].step()
+          model.after_step(phase)                 # counters, chain bookkeeping
+      ema.update(); schedulers.step()
+
 * keeps any sampler state it carries across steps (persistent Gibbs chains,
   replay buffers, step counters) in registered buffers, so that checkpoints
   and resume cover it,
@@ -17,7 +27,7 @@ See docs/architecture.md for how each family fits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +35,8 @@ from torch import Tensor, nn
 from ..errors import UserError
 
 Metrics = dict[str, Tensor]
-TrainStep = tuple[str, Tensor, Metrics]
+#: the loss of one phase and its metrics (detached scalars)
+PhaseLoss = tuple[Tensor, Metrics]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
@@ -97,10 +108,33 @@ class GenerativeModel(nn.Module):
         """``build(params, **overrides)`` makes the configured optimizer."""
         return {"model": build(self.parameters())}
 
-    def training_step(self, x: Tensor, y: Optional[Tensor]) -> Iterator[TrainStep]:
-        """Yield ``(optimizer name, loss, metrics)``; the engine steps that optimizer
-        on ``loss`` before asking for the next item. Metrics are detached scalars."""
+    def phases(self, step: int) -> tuple[str, ...]:
+        """The optimizers stepped on training batch ``step`` (1, 2, ...), in order. One optimizer
+        (``"model"``) by default; a GAN steps its critic on every batch and its generator on every
+        ``n_critic``-th. ``step`` is the engine's batch counter, saved in checkpoints, so a model
+        needs no counter of its own to decide."""
+        return ("model",)
+
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
+        """``(loss, metrics)`` of ``phase`` on this batch; the engine steps ``phase``'s optimizer on
+        ``loss``. Called through ``forward`` (see below), never directly by the engine. Metrics are
+        detached scalars. Must not change state that the optimizer step should come before:
+        counters and the like go in ``after_step``."""
         raise NotImplementedError
+
+    def forward(self, x: Tensor, y: Optional[Tensor] = None, phase: str = "model") -> PhaseLoss:
+        """The module call the engine makes for every phase, so that a DistributedDataParallel (or
+        FSDP) wrapper sees the whole loss computation and averages its gradients."""
+        return self.training_loss(x, y, phase)
+
+    def after_step(self, phase: str) -> None:
+        """Runs after ``phase``'s optimizer step (and before the next phase's loss): step counters,
+        bookkeeping that must see the updated weights."""
+
+    def initialize(self, x: Tensor, y: Optional[Tensor]) -> None:
+        """Data-dependent initialisation (e.g. Glow's ActNorm), run once before the first step of a
+        fresh run on the first *global* batch -- every process of a data-parallel run gets the same
+        batch, so every process computes the same weights."""
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:

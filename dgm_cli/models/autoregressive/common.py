@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ...errors import UserError
-from ..base import GenerativeModel, Metrics, TrainStep
+from ..base import GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
 
 LEVELS = 256  # values of an 8-bit pixel
@@ -98,9 +98,9 @@ class AutoregressiveModel(GenerativeModel):
         nll = nll.detach()
         return {"loss": nll, "nll": nll, "bits_per_dim": nll / (self.data.dim * math.log(2))}
 
-    def training_step(self, x: Tensor, y: Optional[Tensor]) -> Iterator[TrainStep]:
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
         nll = -self.log_prob(x, self.labels(y)).mean()  # maximum likelihood
-        yield "model", nll, self.metrics(nll)
+        return nll, self.metrics(nll)
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:

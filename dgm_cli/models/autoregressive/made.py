@@ -115,11 +115,13 @@ class MADE(AutoregressiveModel):
             out = out.view(x.shape[0], self.data.dim, self.bins).transpose(1, 2)  # (B, bins, D)
         return self.from_sequence(out)
 
-    def training_step(self, x: Tensor, y: Optional[Tensor]):
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str):
         if self.num_masks > 1:
             self.use_masks(torch.div(self.step, self.config.resample_every, rounding_mode="floor") % self.num_masks)
+        return super().training_loss(x, y, phase)
+
+    def after_step(self, phase: str) -> None:
         self.step += 1
-        yield from super().training_step(x, y)
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ..base import DataSpec, GenerativeModel, Metrics, TrainStep
+from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import standard_normal_log_prob
 from .layers import FlowSequential, LogitTransform, Shift
 
@@ -92,9 +92,14 @@ class Flow(GenerativeModel):
         metrics["loss"] = loss.detach()
         return loss, metrics
 
-    def training_step(self, x: Tensor, y: Optional[Tensor]) -> Iterator[TrainStep]:
-        loss, metrics = self._metrics(x)
-        yield "model", loss, metrics
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
+        return self._metrics(x)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Optional[Tensor]) -> None:
+        """Run the data-dependent initialisation of layers that have one (ActNorm) on ``x``."""
+        if any(not bool(getattr(m, "initialized", True)) for m in self.modules()):
+            self.flow(x)
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:

@@ -2,10 +2,10 @@
 
 A generator G maps z ~ N(0, I) to data space; a critic D scores examples; the two
 are trained against each other with one of the objectives of ``objectives.py``.
-The engine's generic loop drives the game: for every batch ``training_step`` yields
-a critic step, and every ``n_critic``-th batch also a generator step (Gulrajani et al.
+The engine's generic loop drives the game: ``phases`` asks for a critic step on every
+batch, and on every ``n_critic``-th batch also a generator step (Gulrajani et al.
 2017, Algorithm 1), so each critic step sees a fresh real batch. The engine zeroes,
-backpropagates and steps only the optimizer named in each step, so
+backpropagates and steps only the optimizer of the phase, so
 
 * the critic step generates its fakes under ``no_grad`` (nothing flows into G), and
 * the generator step scores its fakes with a frozen critic (no gradient reaches D's
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Iterator, List, Optional
+from typing import ClassVar, List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
 from ...evaluation import modes
-from ..base import DataSpec, GenerativeModel, Metrics, TrainStep
+from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from .networks import CRITIC_NORMS, ConvCritic, ConvGenerator, MLPCritic, MLPGenerator
 from .objectives import OBJECTIVES, gradient_penalty
 
@@ -69,10 +69,6 @@ def _player_settings(lr: Optional[float], betas: Optional[List[float]]) -> dict:
     return settings
 
 
-def _resync_batches(model: "GAN", incompatible_keys) -> None:
-    model._batches = None  # re-read the loaded buffer at the next step
-
-
 class GAN(GenerativeModel):
     family = "gan"
     representations = ("8bit", "continuous")
@@ -93,11 +89,6 @@ class GAN(GenerativeModel):
         else:
             self.generator = MLPGenerator(config.latent_dim, data.dim, config.hidden, config.depth)
             self.critic = MLPCritic(data.dim, config.hidden, config.depth, self.critic_norm)
-        # Batches seen, in a buffer so that a resumed run keeps its place in the n_critic cycle;
-        # ``_batches`` mirrors it in Python so the branch needs no device sync.
-        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
-        self._batches: Optional[int] = None
-        self.register_load_state_dict_post_hook(_resync_batches)
         # Seeded, so the logged grids show the same z (and labels) throughout training.
         g = torch.Generator().manual_seed(FIXED_SEED)
         self.register_buffer("fixed_z", torch.randn(FIXED_LATENTS, config.latent_dim, generator=g))
@@ -128,21 +119,15 @@ class GAN(GenerativeModel):
             "generator": build(self.generator.parameters(), **_player_settings(c.lr_generator, c.betas_generator)),
         }
 
-    def training_step(self, x: Tensor, y: Optional[Tensor]) -> Iterator[TrainStep]:
-        y = y if self.config.conditional else None  # fakes share the batch's labels
-        x = self.to_model_space(x)
-        loss, metrics = self.critic_step(x, y)
-        yield "critic", loss, metrics
-        if self._count_batch() % self.config.n_critic == 0:
-            loss, metrics = self.generator_step(len(x), y)
-            yield "generator", loss, metrics
+    def phases(self, step: int) -> tuple[str, ...]:
+        """A critic step on every batch, a generator step after every ``n_critic``-th."""
+        return ("critic", "generator") if step % self.config.n_critic == 0 else ("critic",)
 
-    def _count_batch(self) -> int:
-        if self._batches is None:
-            self._batches = int(self.batches)  # once per construction or load
-        self._batches += 1
-        self.batches.fill_(self._batches)
-        return self._batches
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
+        y = y if self.config.conditional else None  # fakes share the batch's labels
+        if phase == "critic":
+            return self.critic_step(self.to_model_space(x), y)
+        return self.generator_step(len(x), y)
 
     def critic_step(self, x: Tensor, y: Optional[Tensor]) -> tuple[Tensor, Metrics]:
         with torch.no_grad():  # the fakes are constants here: the critic step never reaches G

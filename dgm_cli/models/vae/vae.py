@@ -136,10 +136,11 @@ class VAE(GenerativeModel):
         return loss, {"loss": loss.detach(), "elbo": elbo, "reconstruction": rec.mean().detach(),
                       "kl": kl.mean().detach(), "kl_weight": weight}
 
-    def training_step(self, x: Tensor, y: Optional[Tensor]):
-        loss, metrics = self.loss(x)
-        yield "model", loss, metrics
-        self.step += 1
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> tuple[Tensor, Metrics]:
+        return self.loss(x)
+
+    def after_step(self, phase: str) -> None:
+        self.step += 1  # the KL warm-up's clock
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
