@@ -102,6 +102,22 @@ def shell_completion(argv: list[str]) -> None:
     importlib.import_module(COMMANDS[parts[1]][0]).main()
 
 
+def _torchrun_overrides(command: str, args: list[str]) -> list[str]:
+    """Under torchrun (one process per GPU), the ranks agree on one run folder before Hydra runs."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    if any(a in ("-m", "--multirun") for a in args):
+        sys.stderr.write(f"dgm {command}: -m (a sweep) cannot run inside torchrun: each sweep job would start "
+                         "its own processes. Sweep with a launcher instead (hydra/launcher=submitit_slurm with "
+                         "hydra.launcher.tasks_per_node=<GPUs>), or run torchrun once per setting.\n")
+        sys.exit(2)
+    from .engine.distributed import agree_on_run
+
+    return agree_on_run()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -117,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
 
     module = importlib.import_module(COMMANDS[command][0])
-    sys.argv = [f"dgm {command}"] + argv[1:]
+    sys.argv = [f"dgm {command}"] + argv[1:] + _torchrun_overrides(command, argv[1:])
     held = _HeldStderr()
     sys.stderr = held
     try:

@@ -15,8 +15,9 @@ from .errors import UserError
 
 log = logging.getLogger("dgm.train")
 #: what a resumed run may change: how long and where it runs, how often it logs
+#: (and, since the global batch is fixed, how it is split: trainer.accumulate; any number of processes)
 RESUMABLE_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.device", "trainer.progress",
-                  "trainer.log_every", "data.root")
+                  "trainer.log_every", "trainer.accumulate", "data.root")
 
 
 def _resume_config(cfg: DictConfig, state: dict, overrides: list[str]) -> DictConfig:
@@ -65,12 +66,13 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
         print(f"{state['path']} has finished its {trainer.total_steps} steps: nothing to do. To train on, "
               f"resume with a larger trainer.max_steps or trainer.max_epochs.")
         return {}
-    lock = faults.run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext()
+    main = distributed.is_main()
+    lock = faults.run_lock(run_dir) if main else contextlib.nullcontext()
     try:
         with lock:
             final = trainer.fit()
     except faults.StopRequested as stop:
-        if distributed.is_main():
+        if main:
             log.warning("%s", stop)
             sys.stderr.write(f"dgm train: {stop}\n")
         sys.exit(stop.exit_code)
@@ -80,8 +82,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
         sys.exit(1)
     finally:
         distributed.destroy()
-    log.info("done: %s", last)
-    if distributed.is_main():
+    if main:
+        log.info("done: %s", last)
         print(f"checkpoint: {last}")
     return final
 

@@ -4,8 +4,9 @@ the command line set but never show up as choices."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -99,10 +100,10 @@ class SampleConfig:
 class EvalConfig:
     checkpoint: str = MISSING
     split: str = "test"  # test | val | train
-    metrics: List[str] = field(default_factory=lambda: ["nll"])
-    k: int = 5000  # importance samples for estimated likelihoods (Burda et al. 2015)
+    metrics: Optional[List[str]] = None  # null: the model's own (nll, or fid,kid,pr,is without a likelihood)
+    estimator: Dict[str, Any] = field(default_factory=dict)  # the model's estimator settings: estimator.k=5000 (VAE)
     limit: Optional[int] = None  # evaluate on the first n examples only
-    batch_size: int = 0  # examples per batch; 0 picks one from k
+    batch_size: int = 0  # examples per batch; 0: 100 for estimated likelihoods, else trainer.eval_batch_size
     num_samples: int = 10000  # generated samples for sample-quality metrics
     out: Optional[str] = None  # eval.json path; default: next to the checkpoint
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
@@ -110,9 +111,17 @@ class EvalConfig:
     device: str = "auto"
 
 
+#: when this command started; under torchrun, rank 0's start and pid (see engine/distributed.py),
+#: so that every process of one run resolves the same run folder
+_STARTED = time.time()
+
+
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("dgm.pid"):
-        OmegaConf.register_new_resolver("dgm.pid", lambda: str(os.getpid()))
+        OmegaConf.register_new_resolver("dgm.pid", lambda: os.environ.get("DGM_RUN_PID", str(os.getpid())))
+    if not OmegaConf.has_resolver("dgm.now"):
+        OmegaConf.register_new_resolver(
+            "dgm.now", lambda fmt: time.strftime(fmt, time.localtime(float(os.environ.get("DGM_RUN_TIME", _STARTED)))))
 
 
 def register_configs() -> None:

@@ -13,6 +13,7 @@ every function here is a cheap no-op, so the single-process path is exactly what
 from __future__ import annotations
 
 import os
+import warnings
 import torch
 import torch.distributed as dist
 
@@ -124,11 +125,28 @@ def wrap(model: torch.nn.Module, device: torch.device, multi_player: bool) -> to
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
-                                   find_unused_parameters=multi_player)
+    with warnings.catch_warnings():  # broadcast_buffers=False is still the way to keep buffers rank-local
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
+                                       find_unused_parameters=multi_player)
 
 
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
+
+
+def agree_on_run() -> list[str]:
+    """Before Hydra composes anything under torchrun: join the process group and give every rank
+    rank 0's start time and pid (the run folder is named from them), so that all ranks write one
+    run folder. Returns the Hydra overrides of this rank: processes other than the first write no
+    ``.hydra/`` and no log file of their own (warnings still reach the terminal)."""
+    if not (launched() and "RANK" in os.environ):
+        return []
+    import time
+
+    init()
+    stamp = broadcast_object((time.time(), os.getpid()) if is_main() else None)
+    os.environ["DGM_RUN_TIME"], os.environ["DGM_RUN_PID"] = str(stamp[0]), str(stamp[1])
+    return [] if is_main() else ["hydra.output_subdir=null", "hydra/job_logging=disabled"]

@@ -7,6 +7,7 @@ from typing import Mapping
 from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 #: config keys shown in TensorBoard's HParams view (plus every model.* key)
 HPARAM_KEYS = ("objective.name", "optimizer.name", "optimizer.lr", "trainer.batch_size", "seed", "data.name",
@@ -34,7 +35,12 @@ class Logger:
         for k, v in cfg.model.items():
             # HParams takes numbers, strings and booleans; show lists and nulls as text
             flat[f"model.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v)
-        self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+        # SummaryWriter.add_hparams would open a second event file; write its summaries into ours
+        metrics = {f"hparam/{k}": v for k, v in metrics.items()}
+        for summary in hparams(flat, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v)
 
     def close(self) -> None:
         self.writer.close()
