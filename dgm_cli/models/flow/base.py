@@ -77,10 +77,19 @@ class Flow(GenerativeModel):
             return [LogitTransform(self.config.alpha)]
         return [Shift(-0.5)]
 
+    def base_log_prob(self, z: Tensor) -> Tensor:
+        """log p_Z(z) per example: N(0, I) unless a model names another base density (NICE: logistic)."""
+        return standard_normal_log_prob(z)
+
+    def base_sample(self, n: int, temperature: float) -> Tensor:
+        """n draws of z from the base density with its scale multiplied by ``temperature``."""
+        ref = next(self.parameters())
+        return torch.randn(n, *self.latent_shape, device=ref.device, dtype=ref.dtype) * temperature
+
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x) in nats per example, by the change of variables."""
         z, log_det = self.flow(x)
-        return standard_normal_log_prob(z) + log_det
+        return self.base_log_prob(z) + log_det
 
     def _metrics(self, x: Tensor) -> tuple[Tensor, Metrics]:
         nll = -self.log_prob(x).mean()
@@ -119,11 +128,9 @@ class Flow(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
-        """x = f^{-1}(z), z ~ N(0, T^2 I): Glow's reduced-temperature sampling
-        (Kingma & Dhariwal 2018, Sec. 5) scales the base distribution's std by T."""
+        """x = f^{-1}(z), z ~ N(0, T^2 I) (or the model's base density, scaled by T): Glow's
+        reduced-temperature sampling (Kingma & Dhariwal 2018, Sec. 5) scales the base's std by T."""
         if label is not None:
             raise UserError(f"{type(self).__name__} is unconditional; sample without label=.")
-        ref = next(self.parameters())
-        z = torch.randn(n, *self.latent_shape, device=ref.device, dtype=ref.dtype) * temperature
-        x, _ = self.flow.inverse(z)
+        x, _ = self.flow.inverse(self.base_sample(n, temperature))
         return x.clamp(0.0, 1.0) if self.data.is_image else x

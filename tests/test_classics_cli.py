@@ -1,0 +1,37 @@
+"""The classic models of issue 12 end to end through the installed `dgm`: `dgm train model=<name>` on
+MNIST with no other model key, then `dgm sample` and `dgm eval`, whose report names the likelihood's kind."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import run_folders
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_data]
+
+QUICK = ["dataset=mnist", "trainer.max_steps=3", "trainer.batch_size=16", "trainer.sample_every=0",
+         "trainer.eval_batch_size=100", "data.val_size=100", "trainer.progress=false"]
+
+#: model -> (eval arguments, the likelihood's kind, or None for a model scored by samples)
+CASES = {
+    "nice": ([], "upper bound on the discrete NLL"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_train_sample_eval(name, dgm, tmp_path, data_root):
+    eval_args, kind = CASES[name]
+    dgm("train", f"model={name}", *QUICK)
+    (run,) = run_folders(tmp_path)
+    out = tmp_path / "samples.png"
+    dgm("sample", f"checkpoint={run}", "num_samples=4", f"out={out}")
+    assert out.stat().st_size > 0
+    metrics = [] if kind else ["metrics=[fid]", "num_samples=100"]
+    dgm("eval", f"checkpoint={run}", "limit=20", *eval_args, *metrics)
+    report = json.loads((run / "checkpoints" / "eval.json").read_text())
+    if kind is None:
+        assert "likelihood" not in report and math.isfinite(report["sample_quality"]["fid"])
+        return
+    lik = report["likelihood"]
+    assert lik["kind"] == kind and math.isfinite(lik["nll_nats"]) and lik["num_examples"] == 20
