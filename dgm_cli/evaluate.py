@@ -1,20 +1,25 @@
-"""`dgm eval`: test log-likelihood (nats, bits/dim, the estimator named) and sample-quality metrics."""
+"""`dgm eval`: test log-likelihood (nats, bits/dim, the kind of number and the estimator named) and
+sample-quality metrics, printed and written to eval.json (its schema: docs/eval_json.md)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .app import command, model_from_checkpoint
 from .config.validate import validate_eval
 from .errors import UserError
 
 log = logging.getLogger("dgm.eval")
+SCHEMA = "dgm-eval-v2"
 LIKELIHOOD_METRICS = ("nll",)
-SAMPLE_METRICS = ("fid", "kid", "pr", "is", "parzen")
+#: estimator.<key>=... : keys of the model's own settings, unknown to the generic schema
+ESTIMATOR_OVERRIDE = re.compile(r"^estimator\.[A-Za-z_][\w.]*=")
 
 
 def _rows(report: dict, prefix: str = "") -> list[tuple[str, str]]:
@@ -33,6 +38,27 @@ def table(report: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def headline(report: dict) -> str:
+    """One line per reported number: what it is, on what data."""
+    p, lines = report["protocol"], []
+    data = f"{p['num_examples']:,} {p['split']} examples of {p['dataset']}, {p['representation']}" + (
+        f" ({p['binarization']})" if p.get("binarization") else "")
+    lik = report.get("likelihood")
+    if lik:
+        lines.append(f"NLL {lik['nll_nats']:.2f} ± {lik['nll_nats_stderr']:.2f} nats, {lik['bits_per_dim']:.4f} "
+                     f"bits/dim [{lik['kind']}: {lik['estimator']}] on {data}")
+        if "conditional" in lik:
+            c = lik["conditional"]
+            lines.append(f"conditional NLL -log p(x|y) {c['nll_nats']:.2f} ± {c['nll_nats_stderr']:.2f} nats "
+                         "[conditional: given the true labels; not comparable with -log p(x)]")
+    sq = report.get("sample_quality")
+    if sq:
+        shown = {k: sq[k] for k in ("fid", "kid_mean", "precision", "recall", "inception_score_mean",
+                                    "modes_covered", "high_quality_share") if k in sq}
+        lines.append(", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" [{sq.get('samples', '')}]")
+    return "\n".join(lines)
+
+
 def write_json(report: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -40,43 +66,88 @@ def write_json(report: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def merge_previous(report: dict, path: Path) -> dict:
+    """Keep the sections of an earlier eval.json of the same checkpoint, step and protocol that this
+    run did not recompute (a likelihood, then sample metrics: one file holds both)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return report
+    same = all(old.get(k) == report[k] for k in ("schema", "checkpoint", "train_step", "protocol"))
+    if same:
+        for section in ("likelihood", "sample_quality"):
+            if section in old and section not in report:
+                report[section] = old[section]
+    return report
+
+
+def resolve_metrics(asked, model) -> tuple[bool, list[str]]:
+    """(likelihood?, sample metrics): what was asked for, or, when nothing was, the model's own: its
+    likelihood where it has one, sample-quality metrics where it has none."""
+    from .evaluation import samples
+
+    if asked is None:
+        return (True, []) if model.likelihood is not None else (False, samples.default_metrics(model))
+    asked = list(asked)
+    unknown = [m for m in asked if m not in LIKELIHOOD_METRICS + samples.METRICS]
+    if unknown:
+        raise UserError(f"metrics={asked}: unknown {unknown}; allowed: {', '.join(LIKELIHOOD_METRICS + samples.METRICS)}.")
+    if "nll" in asked and model.likelihood is None:
+        raise UserError(f"model {model.name} has no likelihood, so metrics=[nll] cannot be computed; leave "
+                        f"metrics= out for its sample-quality metrics ({', '.join(samples.default_metrics(model))}).")
+    return "nll" in asked, [m for m in asked if m != "nll"]
+
+
 @command("eval", validate_eval)
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     from .data import pipeline
     from .engine import checkpoint, runtime
-    from .evaluation.likelihood import evaluate_likelihood
+    from .evaluation import estimators, likelihood
+    from .evaluation.samples import sample_quality_report
 
-    unknown = [m for m in cfg.metrics if m not in LIKELIHOOD_METRICS + SAMPLE_METRICS]
-    if unknown:
-        raise UserError(f"metrics={list(cfg.metrics)}: unknown {unknown}; allowed: "
-                        f"{', '.join(LIKELIHOOD_METRICS + SAMPLE_METRICS)}.")
     device = runtime.pick_device(cfg.device)
     state = checkpoint.load(cfg.checkpoint)
     model, train_cfg, dataset = model_from_checkpoint(state, device, cfg.data_root)
+    want_nll, sample_metrics = resolve_metrics(cfg.metrics, model)
+    settings = estimators.estimator_settings(model, OmegaConf.to_container(cfg.estimator))
     runtime.seed_everything(cfg.seed)
     x, y = getattr(dataset, cfg.split)
     if len(x) == 0:
         raise UserError(f"split={cfg.split} is empty for this run (data.val_size=0?); use split=test.")
     if cfg.limit:
         x, y = x[: cfg.limit], None if y is None else y[: cfg.limit]
-    report = {"checkpoint": state["path"], "model": train_cfg.model.name, "objective": train_cfg.objective.name,
-              "dataset": train_cfg.data.name, "split": cfg.split, "train_step": int(state["step"]), "seed": cfg.seed}
-    if "nll" in cfg.metrics:
-        if model.likelihood is None:
-            raise UserError(f"model {model.name} has no likelihood; ask for sample metrics instead "
-                            f"(metrics=[{','.join(SAMPLE_METRICS[:3])}]).")
+    rep = model.data.representation
+    eval_binarization, train_binarization = likelihood.binarization(train_cfg.data.name, rep, train_cfg.data.binarize)
+    report = {
+        "schema": SCHEMA, "checkpoint": state["path"], "model": train_cfg.model.name, "family": model.family,
+        "objective": train_cfg.objective.name, "dataset": train_cfg.data.name, "train_step": int(state["step"]),
+        "num_parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "seed": cfg.seed,
+        "protocol": {"dataset": train_cfg.data.name, "split": cfg.split, "num_examples": len(x),
+                     "representation": rep, "binarization": eval_binarization},
+        "training_binarization": train_binarization,
+    }
+    if want_nll:
         batch = cfg.batch_size or (100 if model.likelihood != "exact" else train_cfg.trainer.eval_batch_size)
-        xt = pipeline.fixed(x, model.data.representation)
-        report["likelihood"] = evaluate_likelihood(model, xt, y, batch, device, k=cfg.k)
-    sample_metrics = [m for m in cfg.metrics if m in SAMPLE_METRICS]
+        prior = likelihood.label_prior(dataset.train[1], model.data.num_classes) if likelihood.is_conditional(model) else None
+        report["likelihood"] = likelihood.evaluate_likelihood(model, pipeline.fixed(x, rep), y, batch, device,
+                                                              log_prior=prior, **settings)
     if sample_metrics:
-        from .evaluation.report import sample_quality_report
-
-        report["sample_quality"] = sample_quality_report(model, dataset, train_cfg, cfg, sample_metrics, device)
+        report["sample_quality"] = sample_quality_report(model, dataset, train_cfg, cfg, sample_metrics, device,
+                                                         eval_binarization or "")
     out = Path(cfg.out) if cfg.out else Path(state["path"]).parent / "eval.json"
+    report = merge_previous(report, out)
     write_json(report, out)
+    print(headline(report))
     print(table(report))
     print(f"wrote {out}")
+
+
+def main() -> None:
+    """The estimator's keys belong to the model (``estimator.k=5000`` for a VAE), so the eval schema
+    cannot list them and Hydra would ask for ``+estimator.k``: the ``+`` is added here, and the model
+    refuses keys it does not take (evaluation/estimators.py)."""
+    sys.argv = [("+" + a) if ESTIMATOR_OVERRIDE.match(a) else a for a in sys.argv]
+    app()
 
 
 if __name__ == "__main__":

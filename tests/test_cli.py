@@ -28,7 +28,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
 
 def test_sample_and_eval_have_their_own_configs(tmp_path):
     assert "num_samples" in run_dgm("sample", "--cfg", "job", cwd=tmp_path).stdout
-    assert "k: 5000" in run_dgm("eval", "--cfg", "job", cwd=tmp_path).stdout
+    assert "estimator: {}" in run_dgm("eval", "--cfg", "job", cwd=tmp_path).stdout
 
 
 def test_shell_completion_per_command(tmp_path):
@@ -48,4 +48,4 @@ def test_shell_completion_per_command(tmp_path):
     assert query("dgm tr") == ["train"]
     assert "model=gated_pixelcnn" in query("dgm train model=g")
     assert "trainer.max_epochs=" in query("dgm train trainer.max_e")
-    assert "k=" in query("dgm eval k")
+    assert "limit=" in query("dgm eval li")

@@ -26,13 +26,16 @@ def test_train_sample_eval(dgm, tmp_path, data_root):
     proc = dgm("sample", f"checkpoint={run}", "mode=reconstruct", "num_samples=16")
     assert "wrote" in proc.stdout
 
-    proc = dgm("eval", f"checkpoint={ckpt}", "k=20", "limit=50")
+    proc = dgm("eval", f"checkpoint={ckpt}", "estimator.k=20", "limit=50")
     report = json.loads((run / "checkpoints" / "eval.json").read_text())
     lik = report["likelihood"]
     assert math.isfinite(lik["nll_nats"]) and lik["nll_nats"] > 0
     assert lik["num_examples"] == 50
     assert lik["bits_per_dim"] == pytest.approx(lik["nll_nats"] / (784 * math.log(2)))
-    assert "IWAE" in lik["estimator"] and "k=20" in lik["estimator"]
+    assert "IWAE" in lik["estimator"] and "k=20" in lik["estimator"] and lik["estimator_settings"] == {"k": 20}
+    assert lik["kind"] == "stochastic lower bound on log p"
+    assert report["protocol"] == {"dataset": "mnist", "split": "test", "num_examples": 50, "representation": "binary",
+                                  "binarization": "one Bernoulli draw of the intensities, seed 1234"}
     assert 0 <= lik["bound_terms"]["active_units"] <= 8
     assert "nll_nats" in proc.stdout
 
@@ -50,15 +53,17 @@ def test_multirun_sweep(dgm, tmp_path, data_root):
 
 
 def test_gan_checkpoint_gets_sample_quality_metrics(dgm, tmp_path, data_root, monkeypatch):
-    """`dgm eval metrics=[...]` on a model without a likelihood: FID/KID/PR/IS against the test split,
-    with the real-data floor and the feature network named (trained once, cached in DGM_CACHE)."""
+    """`dgm eval` of a model without a likelihood: by default its sample-quality metrics, FID/KID/PR/IS
+    against the test split, with the real-data floor and the feature network named (trained once,
+    cached in DGM_CACHE); metrics=[nll] is refused."""
     monkeypatch.setenv("DGM_CACHE", str(tmp_path / "cache"))
     dgm("train", "model=dcgan", "model.width=8", "trainer.max_steps=3", "trainer.progress=false")
     (run,) = run_folders(tmp_path)
-    refused = dgm("eval", f"checkpoint={run}", check=False)  # the default metric is nll: a GAN has none
-    assert refused.returncode == 2 and "no likelihood" in refused.stderr
-    dgm("eval", f"checkpoint={run}", "metrics=[fid,kid,pr,is]", "num_samples=200")
+    refused = dgm("eval", f"checkpoint={run}", "metrics=[nll]", check=False)
+    assert refused.returncode == 2 and "no likelihood" in refused.stderr and "fid" in refused.stderr
+    dgm("eval", f"checkpoint={run}", "num_samples=200")
     report = json.loads((run / "checkpoints" / "eval.json").read_text())["sample_quality"]
+    assert {"fid", "kid_mean", "precision", "recall", "inception_score_mean"} <= set(report)
     assert report["num_generated"] == 200 and report["reference_split"] == "test"
     assert report["fid"] > report["fid_floor"] > 0  # 3 steps of training: far from the data
     assert "MNIST classifier" in report["feature_network"] and report["feature_network_test_accuracy"] > 0.95

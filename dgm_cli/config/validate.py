@@ -86,7 +86,6 @@ def validate_sample(cfg: DictConfig) -> None:
 
 
 def validate_eval(cfg: DictConfig) -> None:
-    positive(cfg, "k")
     non_negative(cfg, "batch_size")
     positive(cfg, "num_samples")
     check(cfg, "limit", lambda v: v is None or v > 0, "null or > 0")

@@ -1,4 +1,4 @@
-"""Test log-likelihood in nats and bits/dim, with a standard error over the examples.
+"""Test log-likelihood in nats and bits/dim, with the kind of number it is and its errors.
 
 Conversions (D = dimensions per example):
   binary / 8bit    nll = -log P(x)                        (a probability mass; no offset)
@@ -6,52 +6,125 @@ Conversions (D = dimensions per example):
                    density on the 0..256 scale, and E_u[log p] bounds log P(k) from below (Theis et al. 2016),
                    so the reported discrete NLL is an upper bound
   bits/dim         nll / (D ln 2)
+
+Class-conditional models report -log p(x) = -log sum_y p(y) p(x|y), with p(y) the training label
+frequencies, as the NLL, comparable with every unconditional model; -log p(x|y) with the true labels,
+which is up to ln(#classes) lower, is reported beside it as ``conditional``.
+
+Errors: ``nll_nats_stderr`` is the spread over examples divided by sqrt(n). An estimator with an error
+shared by every example (AIS's log Z) returns it from ``prepare_eval`` as ``shared_error_nats``; it is
+reported apart, not divided by sqrt(n), and ``nll_nats_error`` combines the two.
 """
 from __future__ import annotations
 
 import math
 import time
+from typing import Optional
 
 import torch
 
 from ..data import pipeline
+from . import estimators
 
 REPRESENTATION_NOTES = {
-    "binary": f"binarized pixels; the evaluation split is binarized once with seed {pipeline.EVAL_SEED}",
+    "binary": "binary pixels",
     "8bit": "discrete 8-bit pixel values",
     "dequantized": f"8-bit values with uniform dequantization (seed {pipeline.EVAL_SEED}); NLL includes D ln 256, "
                    "an upper bound on the discrete NLL",
     "continuous": "continuous data (a density; bits/dim not comparable with image likelihoods)",
 }
+FIXED_BINARIZATION = {"binarized_mnist": "fixed: the Larochelle & Murray 2011 files"}
 
 
 def nll_offset(representation: str, dim: int) -> float:
     return dim * math.log(256) if representation == "dequantized" else 0.0
 
 
-def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device, **settings) -> dict:
-    """Run ``model.log_likelihood`` and ``model.extra_eval`` over a transformed split."""
+def binarization(dataset: str, representation: str, binarize: str) -> tuple[Optional[str], Optional[str]]:
+    """(how the evaluation split was binarized, how the training data was) for binary data, else (None, None)."""
+    if representation != "binary":
+        return None, None
+    if dataset in FIXED_BINARIZATION:
+        return FIXED_BINARIZATION[dataset], FIXED_BINARIZATION[dataset]
+    training = {"dynamic": "dynamic: a fresh Bernoulli draw of the intensities per batch",
+                "static": f"static: one Bernoulli draw of the intensities, seed {pipeline.EVAL_SEED}"}[binarize]
+    return f"one Bernoulli draw of the intensities, seed {pipeline.EVAL_SEED}", training
+
+
+def label_prior(labels: Optional[torch.Tensor], num_classes: int) -> Optional[torch.Tensor]:
+    """log p(y) from label frequencies (the training split's), shape (num_classes,)."""
+    if labels is None or num_classes == 0:
+        return None
+    counts = torch.bincount(labels.long().cpu(), minlength=num_classes).double()
+    return (counts / counts.sum()).log()
+
+
+def marginal_log_likelihood(model, x: torch.Tensor, log_prior: torch.Tensor, **settings) -> torch.Tensor:
+    """log p(x) = logsumexp_y [log p(y) + log p(x|y)] of a class-conditional model: one pass per class."""
+    per_class = []
+    for c in range(len(log_prior)):
+        y = torch.full((len(x),), c, dtype=torch.long, device=x.device)
+        per_class.append(model.log_likelihood(x, y, **settings).double().cpu() + log_prior[c])
+    return torch.logsumexp(torch.stack(per_class), dim=0)
+
+
+def summary(nll: torch.Tensor, dim: int) -> dict:
+    """Mean NLL in nats and bits/dim with standard errors over the examples."""
+    n = len(nll)
+    stderr = float(nll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"nll_nats": float(nll.mean()), "nll_nats_stderr": stderr,
+            "bits_per_dim": float(nll.mean()) / (dim * math.log(2)), "bits_per_dim_stderr": stderr / (dim * math.log(2))}
+
+
+def is_conditional(model) -> bool:
+    return bool(getattr(model, "conditional", False))
+
+
+def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
+                        log_prior: Optional[torch.Tensor] = None, **settings) -> dict:
+    """Run ``model.log_likelihood`` and ``model.extra_eval`` over a transformed split.
+
+    ``settings`` are the model's estimator settings; ``prepare_eval(x, y, **settings)``, where the model
+    has it, runs once before the per-example pass (AIS's log Z) and returns fields for the report.
+    ``log_prior`` (log p(y)) is needed for a class-conditional model."""
     start = time.perf_counter()
-    logps, sums = [], {}
+    prepare = getattr(model, "prepare_eval", None)
+    prepared = dict(prepare(x, y, **settings) or {}) if prepare is not None else {}
+    conditional = is_conditional(model)
+    if conditional and (log_prior is None or y is None):
+        raise ValueError("a class-conditional model's NLL needs the labels and the label prior p(y)")
+    marginal, own, sums = [], [], {}  # own: log p(x), or log p(x|y) of a conditional model
     for xb, yb in pipeline.eval_batches(x, y, batch_size, device):
-        logps.append(model.log_likelihood(xb, yb, **settings).double().cpu())
+        if conditional:
+            marginal.append(marginal_log_likelihood(model, xb, log_prior, **settings))
+        own.append(model.log_likelihood(xb, yb, **settings).double().cpu())
         for k, v in model.extra_eval(xb, yb).items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
     rep, dim = model.data.representation, model.data.dim
-    nll = -torch.cat(logps) + nll_offset(rep, dim)
-    n = len(nll)
-    stderr = float(nll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    offset = nll_offset(rep, dim)
+    nll = -torch.cat(marginal if conditional else own) + offset
     report = {
+        "kind": estimators.likelihood_kind(model),
         "estimator": model.estimator(**settings),
+        "estimator_settings": dict(settings),
         "data": REPRESENTATION_NOTES[rep],
-        "num_examples": n,
+        "num_examples": len(nll),
         "dim": dim,
-        "nll_nats": float(nll.mean()),
-        "nll_nats_stderr": stderr,
-        "bits_per_dim": float(nll.mean()) / (dim * math.log(2)),
-        "bits_per_dim_stderr": stderr / (dim * math.log(2)),
+        **summary(nll, dim),
     }
+    shared = prepared.pop("shared_error_nats", None)
+    if shared is not None:
+        report["shared_error_nats"] = float(shared)
+        report["nll_nats_error"] = math.hypot(report["nll_nats_stderr"], float(shared))
+    if prepared:
+        report["prepared"] = prepared
+    if conditional:
+        report["label_prior"] = "training label frequencies"
+        report["conditional"] = {"kind": estimators.CONDITIONAL,
+                                 "what": "-log p(x|y) with the true labels; not comparable with -log p(x)",
+                                 **summary(-torch.cat(own) + offset, dim)}
     if sums:
-        report["bound_terms"] = {k: v if isinstance(v, (int, float)) else float(v) for k, v in model.finalize_eval(sums, n).items()}
+        report["bound_terms"] = {k: v if isinstance(v, (int, float)) else float(v)
+                                 for k, v in model.finalize_eval(sums, len(nll)).items()}
     report["seconds"] = round(time.perf_counter() - start, 2)
     return report

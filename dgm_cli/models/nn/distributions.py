@@ -79,6 +79,21 @@ def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, bi
     return _sum_except_batch(lp)
 
 
+def bernoulli_sample(logits: Tensor) -> Tensor:
+    return torch.bernoulli(torch.sigmoid(logits))
+
+
+def gaussian_sample(mean: Tensor, log_var: Tensor) -> Tensor:
+    return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+
+
+def discretized_logistic_sample(mean: Tensor, log_scale: Tensor, bins: int = 256) -> Tensor:
+    """k/(bins-1) with k the bin of a logistic draw mean + s (log u - log(1 - u)); edge bins take the tails."""
+    u = torch.rand_like(mean).clamp(1e-7, 1 - 1e-7)
+    x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+    return torch.round(x.clamp(0, 1) * (bins - 1)) / (bins - 1)
+
+
 def categorical_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     """log Cat(k | softmax(logits)) with logits of shape (B, K, *dims), x = k/(K-1)."""
     k = logits.shape[1]

@@ -33,6 +33,10 @@ DEFAULT_LIKELIHOOD = {"binary": "bernoulli", "8bit": "discretized_logistic", "de
 #: rows (samples x examples) pushed through the decoder at once when estimating log p(x)
 ROWS_PER_CHUNK = 1 << 16
 MIN_LOG_SCALE = -7.0
+#: the objective keys each objective reads; any other is refused, not silently ignored
+OBJECTIVE_KEYS = {"elbo": {"name", "kl_warmup_steps", "free_bits"},
+                  "beta_elbo": {"name", "beta", "kl_warmup_steps", "free_bits"},
+                  "iwae": {"name", "k"}}
 
 
 @dataclass
@@ -45,6 +49,17 @@ class VAEConfig:
     likelihood: str = "auto"  # auto (from the data representation) | bernoulli | gaussian | discretized_logistic
 
 
+@dataclass
+class IWAEEstimator:
+    """`dgm eval estimator.k=...`: importance samples of the IWAE estimate of log p(x)."""
+
+    k: int = 5000  # Burda et al. 2015 evaluate with k = 5000
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise UserError(f"estimator.k={self.k} is not allowed: it must be >= 1.")
+
+
 @register("vae")
 class VAE(GenerativeModel):
     family = "vae"
@@ -53,9 +68,14 @@ class VAE(GenerativeModel):
     likelihood = "iwae"
     sample_modes = ("sample", "reconstruct", "interpolate")
     Config = VAEConfig
+    Estimator = IWAEEstimator
 
     def __init__(self, config: VAEConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
+        extra = set(objective) - OBJECTIVE_KEYS[objective["name"]]
+        if extra:
+            raise UserError(f"objective={objective['name']} takes only {', '.join(sorted(OBJECTIVE_KEYS[objective['name']]))}; "
+                            f"got {', '.join(sorted(extra))}, which it would ignore.")
         lik = DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto" else config.likelihood
         if lik not in LIKELIHOODS or data.representation not in LIKELIHOODS[lik][1]:
             fits = [k for k, (_, reps) in LIKELIHOODS.items() if data.representation in reps]
@@ -159,7 +179,7 @@ class VAE(GenerativeModel):
         return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
 
     def estimator(self, k: int = 5000, **_) -> str:
-        return f"IWAE importance-sampled estimate, k={k} (Burda et al. 2015); a stochastic lower bound on log p(x)"
+        return f"IWAE, k={k} importance samples (Burda et al. 2015)"
 
     @torch.no_grad()
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
@@ -188,6 +208,20 @@ class VAE(GenerativeModel):
             raise UserError("this VAE is unconditional; sample without label=.")
         device = next(self.parameters()).device
         return self.decode_mean(temperature * torch.randn(n, self.latent_dim, device=device))
+
+    @torch.no_grad()
+    def sample_observations(self, n: int) -> Tensor:
+        """x ~ p(x|z), z ~ N(0, I): what the model generates (binary pixels for a Bernoulli decoder,
+        8-bit values for a discretized logistic), not the means ``sample`` shows."""
+        device = next(self.parameters()).device
+        out = self.decoder(torch.randn(n, self.latent_dim, device=device))
+        if self.lik == "bernoulli":
+            x = D.bernoulli_sample(out[:, 0])
+        elif self.lik == "gaussian":
+            x = D.gaussian_sample(out[:, 0], out[:, 1].clamp(min=2 * MIN_LOG_SCALE))
+        else:
+            x = D.discretized_logistic_sample(out[:, 0], out[:, 1].clamp(min=MIN_LOG_SCALE))
+        return x.clamp(0, 1) if self.data.is_image else x
 
     @torch.no_grad()
     def sample_reconstruct(self, x: Tensor, y: Optional[Tensor] = None, **_) -> Tensor:
