@@ -53,8 +53,8 @@ class Flow(GenerativeModel):
         super().__init__(config, data, objective)
         if config.preprocess not in PREPROCESSING:
             raise UserError(f"model.preprocess={config.preprocess!r} is not allowed; allowed: {', '.join(PREPROCESSING)}.")
-        if not 0.0 <= config.alpha < 0.5:
-            raise UserError(f"model.alpha={config.alpha} is not allowed; the logit transform needs 0 <= alpha < 0.5.")
+        if not 0.0 < config.alpha < 0.5:  # at 0, a dequantized pixel of exactly 0 maps to logit(0) = -inf
+            raise UserError(f"model.alpha={config.alpha} is not allowed; the logit transform needs 0 < alpha < 0.5.")
         if not data.is_image and len(data.shape) != 1:
             raise UserError(f"{type(self).__name__} models images (C, H, W) or vectors (D,), not shape {data.shape}.")
         self.flow = FlowSequential([*self.preprocessing(), *self.build_layers()])
