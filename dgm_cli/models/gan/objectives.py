@@ -64,6 +64,8 @@ class Objective:
 OBJECTIVES = {
     "minimax": Objective(cross_entropy_critic, minimax_generator, logits=True),
     "nonsaturating": Objective(cross_entropy_critic, nonsaturating_generator, logits=True),
+    # WGAN (Arjovsky et al. 2017, Algorithm 1): the Lipschitz constraint is weight clipping (wgan.py)
+    "wgan": Objective(wasserstein_critic, critic_score_generator, logits=False),
     "wgan_gp": Objective(wasserstein_critic, critic_score_generator, logits=False, penalized=True),
     "hinge": Objective(hinge_critic, critic_score_generator, logits=False),
 }

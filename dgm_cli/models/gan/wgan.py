@@ -1,0 +1,54 @@
+"""WGAN (Arjovsky, Chintala & Bottou 2017): the critic estimates the Wasserstein-1 distance,
+
+    W(P_r, P_g) ~ max_{||f||_L <= K} E_{x~P_r} f(x) - E_{z} f(G(z))          (Sec. 3, eq. 3)
+
+with the Lipschitz constraint enforced by clipping every critic weight to [-c, c] after each
+critic update (Algorithm 1, line 7), c = 0.01; n_critic = 5; RMSProp with lr 5e-5 (Algorithm 1:
+momentum-based optimizers such as Adam made the critic's training unstable, Sec. 4). The critic
+is the DCGAN discriminator with batch norm, as in the paper's experiments (Sec. 4). The weight
+clipping is what WGAN-GP (Gulrajani et al. 2017) replaces by a gradient penalty: it biases the
+critic towards simple functions (their Fig. 1) -- ``experiment=wgan_eight_gaussians`` beside
+``experiment=gan_eight_gaussians`` shows both on one toy.
+
+The critic's ``wasserstein`` metric, E D(x) - E D(G(z)), is the paper's loss curve (Sec. 4.2,
+Fig. 3): up to the unknown constant K it estimates W and falls as the samples improve.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import UserError
+from ..base import Metrics
+from ..registry import register
+from .base import GAN, GANConfig
+
+
+@register("wgan")
+class WGAN(GAN):
+    objectives = ("wgan",)
+    critic_norm = "batch"
+
+    @dataclass
+    class Config(GANConfig):
+        n_critic: int = 5
+
+    def _check(self, config, data, objective: dict) -> None:
+        super()._check(config, data, {k: v for k, v in objective.items() if k != "clip_value"})
+        self.clip_value = float(objective.get("clip_value", 0.01))
+        if not self.clip_value > 0:
+            raise UserError(f"objective.clip_value={self.clip_value} is not allowed: the critic's weights "
+                            "are clipped to [-c, c], so c must be > 0.")
+
+    @torch.no_grad()
+    def after_step(self, phase: str) -> None:
+        """w <- clip(w, -c, c) for every critic parameter, after each critic update (Algorithm 1, line 7)."""
+        if phase == "critic":
+            for p in self.critic.parameters():
+                p.clamp_(-self.clip_value, self.clip_value)
+
+    def _scores(self, d_real, d_fake) -> Metrics:
+        metrics = super()._scores(d_real, d_fake)
+        metrics["wasserstein"] = metrics["d_real"] - metrics["d_fake"]
+        return metrics
