@@ -21,6 +21,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "dgm_cli" / "configs"
 MODEL_NAMES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 QUICK = ["trainer.max_steps=2", "trainer.batch_size=8", "trainer.num_samples=4", "trainer.eval_batch_size=100",
          "trainer.sample_every=1", "data.val_size=100", "trainer.progress=false"]
+#: models whose every sample and likelihood costs T network passes: a short chain keeps the test quick
+QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"]}
 
 pytestmark = pytest.mark.real_data
 
@@ -42,7 +44,7 @@ def one_thread():
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_train_sample_eval_every_model_on_mnist(name, tmp_path, data_root):
-    cfg = compose_train(f"model={name}", "dataset=mnist", f"data.root={data_root}", *QUICK)
+    cfg = compose_train(f"model={name}", "dataset=mnist", f"data.root={data_root}", *QUICK, *QUICK_MODEL.get(name, []))
     train.run(cfg, tmp_path)
     state = checkpoint.load(str(tmp_path))
     assert state["step"] == 2 and set(state["optimizers"]) and state["config"]["model"]["name"] == name
