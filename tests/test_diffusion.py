@@ -4,12 +4,15 @@ unbiasedness, learning, and DDIM against ancestral sampling."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import mpmath
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.distributions import Normal, kl_divergence
 
+from dgm_cli import sample
 from dgm_cli.errors import UserError
 from dgm_cli.evaluation import estimators, likelihood
 from dgm_cli.models.base import DataSpec
@@ -268,6 +271,11 @@ def test_trajectory_grid_runs_from_noise_to_data():
     model = tiny(timesteps=20)
     grid = model.sample_trajectory(eight_bit(3))
     assert grid.shape == (3, 10, 1, 2, 2) and grid.min() >= 0 and grid.max() <= 1
+    # `dgm sample mode=trajectory` draws it as one row per sample, x_T on the left
+    data = SimpleNamespace(test=(eight_bit(2), None))
+    cfg = OmegaConf.create({"mode": "trajectory", "num_samples": 2, "split": "test"})
+    image = sample.draw(model, cfg, data, "cpu")
+    assert image.shape[1:] == (2 + 2 * 4, 2 + 10 * 4)  # 2 rows, 10 columns of 2-pixel images with 2-pixel padding
 
 
 # --- evaluation and configuration -------------------------------------------------------------
