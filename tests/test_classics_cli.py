@@ -13,17 +13,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 QUICK = ["dataset=mnist", "trainer.max_steps=3", "trainer.batch_size=16", "trainer.sample_every=0",
          "trainer.eval_batch_size=100", "data.val_size=100", "trainer.progress=false"]
 
-#: model -> (eval arguments, the likelihood's kind, or None for a model scored by samples)
+LOWER_BOUND = "stochastic lower bound on log p"
+#: case -> (train arguments, eval arguments, the likelihood's kind, or None for a model scored by samples)
 CASES = {
-    "nice": ([], "upper bound on the discrete NLL"),
-    "wgan": ([], None),
+    "nice": (["model=nice"], [], "upper bound on the discrete NLL"),
+    "wgan": (["model=wgan"], [], None),
+    "vae_2_layers": (["model=vae", "model.stochastic_layers=2", "objective=iwae", "objective.k=3"], ["estimator.k=7"],
+                     LOWER_BOUND),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_train_sample_eval(name, dgm, tmp_path, data_root):
-    eval_args, kind = CASES[name]
-    dgm("train", f"model={name}", *QUICK)
+    train_args, eval_args, kind = CASES[name]
+    dgm("train", *train_args, *QUICK)
     (run,) = run_folders(tmp_path)
     out = tmp_path / "samples.png"
     dgm("sample", f"checkpoint={run}", "num_samples=4", f"out={out}")

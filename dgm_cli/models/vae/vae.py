@@ -47,6 +47,9 @@ class VAEConfig:
     latent_dim: int = 50
     activation: str = "tanh"
     likelihood: str = "auto"  # auto (from the data representation) | bernoulli | gaussian | discretized_logistic
+    stochastic_layers: int = 1  # 1, or 2: Burda et al. 2015's two-layer model (hierarchical.py)
+    latent_dim_1: int = 100  # stochastic_layers=2: units of h1; latent_dim is then the top layer h2
+    hidden_2: list = field(default_factory=lambda: [100, 100])  # stochastic_layers=2: deterministic units between h1 and h2
 
 
 @dataclass
@@ -69,6 +72,17 @@ class VAE(GenerativeModel):
     sample_modes = ("sample", "reconstruct", "interpolate")
     Config = VAEConfig
     Estimator = IWAEEstimator
+
+    def __new__(cls, config: VAEConfig, *args, **kwargs):
+        """``model.stochastic_layers=2`` builds the two-stochastic-layer model (hierarchical.py)."""
+        if cls is VAE and config.stochastic_layers == 2:
+            from .hierarchical import TwoStochasticLayerVAE
+
+            cls = TwoStochasticLayerVAE
+        elif config.stochastic_layers != getattr(cls, "stochastic_layers", 1):
+            raise UserError(f"model.stochastic_layers={config.stochastic_layers} is not allowed for "
+                            f"{cls.__name__}; model=vae takes 1 or 2 (model.architecture=mlp), other VAEs 1.")
+        return super().__new__(cls)
 
     def __init__(self, config: VAEConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
@@ -206,15 +220,18 @@ class VAE(GenerativeModel):
         """Means of p(x|z) for z ~ N(0, temperature^2 I) (the usual way VAE samples are shown)."""
         if label is not None:
             raise UserError("this VAE is unconditional; sample without label=.")
+        return self.decode_mean(self.decoder_latents(n, temperature))
+
+    def decoder_latents(self, n: int, temperature: float = 1.0) -> Tensor:
+        """n draws of the decoder's input from the prior, its noise scaled by ``temperature``: z ~ N(0, T^2 I)."""
         device = next(self.parameters()).device
-        return self.decode_mean(temperature * torch.randn(n, self.latent_dim, device=device))
+        return temperature * torch.randn(n, self.latent_dim, device=device)
 
     @torch.no_grad()
     def sample_observations(self, n: int) -> Tensor:
         """x ~ p(x|z), z ~ N(0, I): what the model generates (binary pixels for a Bernoulli decoder,
         8-bit values for a discretized logistic), not the means ``sample`` shows."""
-        device = next(self.parameters()).device
-        out = self.decoder(torch.randn(n, self.latent_dim, device=device))
+        out = self.decoder(self.decoder_latents(n))
         if self.lik == "bernoulli":
             x = D.bernoulli_sample(out[:, 0])
         elif self.lik == "gaussian":
