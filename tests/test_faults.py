@@ -1,0 +1,220 @@
+"""Runs that survive faults: stop signals checkpoint and resume to the uninterrupted result,
+non-finite losses stop (or skip) without harming the last good checkpoint, a failed checkpoint write
+never replaces a good one, two trainers never share a run; and the engine's switches
+(accumulation, the weight average) do what they say."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from conftest import TINY, dgm_executable, run_folders
+from dgm_cli.config.schema import TrainConfig
+from dgm_cli.data import pipeline
+from dgm_cli.engine import checkpoint
+from dgm_cli.engine.ema import WeightAverage
+from dgm_cli.engine.faults import NonFiniteLoss, run_lock
+from dgm_cli.engine.loop import Trainer
+from dgm_cli.errors import UserError
+from dgm_cli.models.base import DataSpec, GenerativeModel
+from dgm_cli.models.registry import build_model
+
+
+@dataclass
+class LinearConfig:
+    nan_at: int = 0  # the training step whose loss is NaN (0: never)
+
+
+class Regression(GenerativeModel):
+    """A deterministic stand-in: least squares of a linear map, NaN on request."""
+
+    family, objectives, representations, Config = "test", ("test",), ("continuous",), LinearConfig
+
+    def __init__(self, config, data, objective):
+        super().__init__(config, data, objective)
+        self.linear = nn.Linear(2, 2)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.calls = 0
+
+    def training_loss(self, x, y, phase):
+        self.calls += 1
+        loss = (self.linear(x) - x.flip(1)).pow(2).mean()
+        if self.calls == self.config.nan_at:
+            loss = loss * float("nan")
+        return loss, {"loss": loss.detach(), "squared_error": loss.detach()}
+
+    def after_step(self, phase):
+        self.steps += 1
+
+    def validation_step(self, x, y):
+        return {"loss": (self.linear(x) - x.flip(1)).pow(2).mean()}
+
+    def sample(self, n, temperature=1.0, label=None):
+        return torch.randn(n, 2)
+
+
+def trainer_for(tmp_path, model, **trainer) -> Trainer:
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
+        "model": {"name": "test"}, "objective": {"name": "test"},
+        "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "trainer": {"batch_size": 32, "max_steps": 8, "log_every": 2, "progress": False, "ckpt_every": 1,
+                    "sample_every": 0, **trainer}})
+    return Trainer(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cpu"))
+
+
+def regression(**config) -> Regression:
+    torch.manual_seed(0)
+    return Regression(LinearConfig(**config), DataSpec((2,), "continuous"), {"name": "test"})
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = trainer_for(tmp_path, regression(nan_at=5))
+    with pytest.raises(NonFiniteLoss) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "step 5" in message and "squared_error" in message and "last.pt (step 4)" in message
+    state = checkpoint.load(str(tmp_path))
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nan_skip_drops_the_update_and_finishes(tmp_path):
+    model = regression(nan_at=5)
+    trainer = trainer_for(tmp_path, model, nan="skip")
+    trainer.fit()
+    assert trainer.step == 8 and trainer.skipped == 1
+    assert int(model.steps) == 7  # the skipped batch never reached after_step
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert checkpoint.load(str(tmp_path))["skipped"] == 1
+
+
+def test_accumulating_two_micro_batches_equals_the_whole_batch(tmp_path):
+    spec = DataSpec((2,), "continuous", dataset="moons")
+    models = []
+    for accumulate in (1, 2):
+        torch.manual_seed(0)
+        model = build_model({"name": "realnvp", "num_couplings": 2, "hidden_features": 16}, {"name": "nll"}, spec)
+        trainer = trainer_for(tmp_path / str(accumulate), model, accumulate=accumulate, batch_size=64, max_steps=5)
+        trainer.fit()
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_the_weight_average_follows_its_recursion_and_is_what_is_saved(tmp_path):
+    model = regression()
+    ema = WeightAverage(model, 0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema.update()
+        expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, model.parameters())]
+    assert all(torch.allclose(s, e) for s, e in zip(ema.shadow, expected))
+    raw = [p.detach().clone() for p in model.parameters()]
+    with ema.applied():
+        assert all(torch.equal(p, s) for p, s in zip(model.parameters(), ema.shadow))
+    assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))
+    trainer = trainer_for(tmp_path, regression(), ema_decay=0.5)
+    trainer.fit()
+    state = checkpoint.load(str(tmp_path))
+    assert set(state["ema"]) == {"linear.weight", "linear.bias"}
+    assert not torch.equal(state["ema"]["linear.weight"], state["model"]["linear.weight"])
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save({"step": 1}, path)
+
+    def half_write(obj, f):
+        f.write(b"\x80\x02partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_write)
+    with pytest.raises(OSError):
+        checkpoint.save({"step": 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.load(str(path))["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_second_trainer_of_one_run_is_refused(tmp_path):
+    with run_lock(tmp_path):
+        with pytest.raises(UserError, match="being trained right now"):
+            with run_lock(tmp_path):
+                pass
+    # a lock left by a process that died is taken over
+    (tmp_path / "train.lock").write_text(f"{socket.gethostname()} 999999999\n")
+    with run_lock(tmp_path):
+        assert (tmp_path / "train.lock").read_text().split()[1] == str(os.getpid())
+    assert not (tmp_path / "train.lock").exists()
+
+
+# --- through the CLI ------------------------------------------------------------------------------
+# No scheduler: the trajectory does not depend on max_steps, so a run stopped at step s and resumed
+# to s + 20 can be compared with a run trained to s + 20 in one go.
+LONG = [*TINY, "trainer.max_steps=1000000", "trainer.ckpt_every=100000", "trainer.sample_every=0",
+        "trainer.val_every=100000"]
+
+
+def start(cwd, *args) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([dgm_executable(), "train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_training(cwd, proc) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        logs = list((cwd / "outputs").rglob("train.log")) if (cwd / "outputs").exists() else []
+        if logs and "training vae" in logs[0].read_text():
+            time.sleep(0.5)
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("training did not start")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_and_resume_finishes_as_if_uninterrupted(signame, tmp_path, dgm, data_root):
+    proc = start(tmp_path, *LONG)
+    wait_for_training(tmp_path, proc)
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + getattr(signal, signame).value, err
+    (run,) = run_folders(tmp_path)
+    stopped = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert f"after step {stopped};" in err and "resume=" in err and "Traceback" not in err
+    assert not (run / "train.lock").exists()
+    end = stopped + 20
+    dgm("train", f"resume={run}", f"trainer.max_steps={end}")
+    (tmp_path / "whole").mkdir()
+    dgm("train", *LONG, f"trainer.max_steps={end}", cwd=tmp_path / "whole")
+    (whole,) = run_folders(tmp_path / "whole")
+    a = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == end
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.slow
+def test_resume_is_refused_while_the_run_trains_and_a_finished_run_has_nothing_to_do(tmp_path, dgm, data_root):
+    dgm("train", *TINY, "trainer.max_steps=5")
+    (run,) = run_folders(tmp_path)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    done = dgm("train", f"resume={run}")
+    assert "nothing to do" in done.stdout
+    (run / "train.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")  # this live process "trains" it
+    refused = dgm("train", f"resume={run}", "trainer.max_steps=10", check=False)
+    assert refused.returncode == 2 and "being trained right now" in refused.stderr and "Traceback" not in refused.stderr
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
