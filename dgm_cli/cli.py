@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("dgm_cli.train", "train a model (Hydra overrides: model=vae dataset=mnist ...)"),
     "sample": ("dgm_cli.sample", "write samples from a checkpoint (checkpoint=... num_samples=64)"),
     "eval": ("dgm_cli.evaluate", "test log-likelihood and sample-quality metrics (checkpoint=...)"),
+    "report": ("dgm_cli.report", "one table of runs and sweeps, as text, CSV, Markdown and plots (<run folders>)"),
 }
 
 USAGE = "usage: dgm {train,sample,eval} [overrides ...] [--help] [-m]\n\ncommands:\n" + "".join(

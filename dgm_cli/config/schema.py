@@ -111,6 +111,16 @@ class EvalConfig:
     device: str = "auto"
 
 
+@dataclass
+class ReportConfig:
+    runs: List[str] = field(default_factory=list)  # run folders, sweep folders or globs (or bare: dgm report <paths>)
+    out: Optional[str] = None  # folder for report.csv, report.md and the PNGs; default: this report's run folder
+    plot: Optional[str] = None  # a column to plot (nll_nats, val/loss, fid, ...) against x
+    x: Optional[str] = None  # plot: a config key (optimizer.lr), a column or wall_time (default: the first swept key);
+    # curves: step (default) or wall_time
+    curves: Optional[str] = None  # a TensorBoard scalar tag (val/loss): every run's learning curve on one axis
+
+
 #: when this command started; under torchrun, rank 0's start and pid (see engine/distributed.py),
 #: so that every process of one run resolves the same run folder
 _STARTED = time.time()
@@ -130,3 +140,4 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="sample_schema", node=SampleConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="report_schema", node=ReportConfig)
