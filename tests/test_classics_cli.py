@@ -20,6 +20,7 @@ CASES = {
     "wgan": (["model=wgan"], [], None),
     "vae_2_layers": (["model=vae", "model.stochastic_layers=2", "objective=iwae", "objective.k=3"], ["estimator.k=7"],
                      LOWER_BOUND),
+    "gumbel_vae": (["model=gumbel_vae"], ["estimator.k=7"], LOWER_BOUND),
 }
 
 
