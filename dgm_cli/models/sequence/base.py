@@ -1,0 +1,171 @@
+"""What the sequential latent-variable models share: the ELBO (with KL warm-up) and the importance-weighted
+bound over whole trajectories, masks for ragged sequences, per-step reporting.
+
+Every model draws one latent trajectory z_{1:T} ~ q(z|x) and returns, per sequence and summed over its
+real steps only,
+
+    log p(x|z),   log p(z),   log q(z|x),
+
+from which ELBO = E[log p(x|z) + log p(z) - log q(z|x)] and the IWAE bound with k trajectories,
+log (1/k) sum_i w_i with w_i = p(x, z_i)/q(z_i|x) (Burda et al. 2015), both <= log p(x).
+Sequences arrive padded with NaN (data/sequences.py): a step is real where it is not NaN. An image is
+read as the sequence of its rows (binarized MNIST as 28 steps of 28 pixels), so these models also run on
+image datasets.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...data.sequences import PIANO_ROLLS, mask_of
+from ...errors import UserError
+from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
+from ..nn.distributions import LOG_2PI
+
+OBJECTIVE_KEYS = {"elbo": {"name", "kl_warmup_steps", "free_bits"}, "iwae": {"name", "k"}}
+EMISSIONS = ("auto", "gaussian", "bernoulli")
+MIN_STD = 1e-3
+
+
+@dataclass
+class TrajectoryEstimator:
+    """`dgm eval estimator.k=...`: latent trajectories per sequence in the importance-weighted bound."""
+
+    k: int = 100
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise UserError(f"estimator.k={self.k} is not allowed: it must be >= 1.")
+
+
+def normal_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """log N(x; mean, diag(std^2)), summed over the last dimension."""
+    return (-0.5 * (LOG_2PI + ((x - mean) / std) ** 2) - torch.log(std)).sum(-1)
+
+
+def positive(t: Tensor) -> Tensor:
+    """A standard deviation from an unconstrained output."""
+    return F.softplus(t) + MIN_STD
+
+
+class SequenceModel(GenerativeModel):
+    family = "sequence"
+    objectives = ("elbo", "iwae")
+    representations = ("binary", "continuous")  # binary: images as sequences of rows; continuous: sequence data
+    likelihood = "iwae"
+    Estimator = TrajectoryEstimator
+
+    def __init__(self, config, data: DataSpec, objective: dict):
+        super().__init__(config, data, objective)
+        extra = set(objective) - OBJECTIVE_KEYS[objective["name"]]
+        if extra:
+            raise UserError(f"objective={objective['name']} takes only {', '.join(sorted(OBJECTIVE_KEYS[objective['name']]))}; "
+                            f"got {', '.join(sorted(extra))}, which it would ignore.")
+        if objective.get("free_bits", 0.0):
+            raise UserError("objective.free_bits is not implemented for sequence models; use kl_warmup_steps.")
+        if config.emission not in EMISSIONS:
+            raise UserError(f"model.emission={config.emission!r} is not allowed; allowed: {', '.join(EMISSIONS)}.")
+        if len(data.shape) != 2 and not data.is_image:
+            raise UserError(f"{type(self).__name__} models sequences (T, D) or images (rows as steps), not data of "
+                            f"shape {data.shape}.")
+        self.length, self.x_dim = (data.shape[1], data.shape[0] * data.shape[2]) if data.is_image else data.shape
+        self.emission_kind = config.emission
+        if config.emission == "auto":
+            binary = data.representation == "binary" or data.dataset in PIANO_ROLLS
+            self.emission_kind = "bernoulli" if binary else "gaussian"
+        self.emission_outputs = self.x_dim * (2 if self.emission_kind == "gaussian" else 1)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    # --- what each model defines ------------------------------------------------------------------
+    def trajectory(self, x: Tensor, mask: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log p(x|z), log p(z), log q(z|x)) per sequence for z drawn with ``noise`` (B, T, z_dim)."""
+        raise NotImplementedError
+
+    def as_sequences(self, x: Tensor) -> Tensor:
+        """(B, T, D) as they are; images (B, C, H, W) as their rows, (B, H, C W)."""
+        return x.permute(0, 2, 1, 3).flatten(2) if self.data.is_image else x
+
+    def as_data(self, seqs: Tensor) -> Tensor:
+        """Generated (B, T, D) sequences in the data's own shape."""
+        if not self.data.is_image:
+            return seqs
+        c, h, w = self.data.shape
+        return seqs.view(-1, h, c, w).permute(0, 2, 1, 3)
+
+    def emission_log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        if self.emission_kind == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+        mean, raw = out.chunk(2, dim=-1)
+        return normal_log_prob(x, mean, positive(raw))
+
+    def emission_sample(self, out: Tensor) -> Tensor:
+        if self.emission_kind == "bernoulli":
+            return torch.bernoulli(torch.sigmoid(out))
+        mean, raw = out.chunk(2, dim=-1)
+        return mean + positive(raw) * torch.randn_like(mean)
+
+    # --- bounds -------------------------------------------------------------------------------------
+    def log_weights(self, x: Tensor, k: int, noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(log p(x|z), log p(z), log q(z|x)), each (k, B), for k trajectories per sequence."""
+        x = self.as_sequences(x)
+        mask = mask_of(x)
+        b, t = mask.shape
+        x = torch.nan_to_num(x).repeat(k, 1, 1)
+        if noise is None:
+            noise = torch.randn(k * b, t, self.config.z_dim, device=x.device)
+        terms = self.trajectory(x, mask.repeat(k, 1), noise)
+        return tuple(v.view(k, b) for v in terms)
+
+    def iwae(self, x: Tensor, k: int) -> Tensor:
+        log_px, log_pz, log_qz = self.log_weights(x, k)
+        return torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k)
+
+    def kl_weight(self) -> float:
+        warmup = int(self.objective.get("kl_warmup_steps", 0))
+        return 1.0 if warmup <= 0 else min(1.0, float(self.step) / warmup)
+
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
+        """Nats per time step of the batch (sums over sequences / real steps), so the learning rate does
+        not depend on sequence length."""
+        steps = mask_of(self.as_sequences(x)).sum().clamp(min=1)
+        if self.objective["name"] == "iwae":
+            bound = self.iwae(x, int(self.objective.get("k", 5))).sum() / steps
+            return -bound, {"iwae_per_step": bound.detach()}
+        log_px, log_pz, log_qz = (v[0] for v in self.log_weights(x, 1))
+        kl = (log_qz - log_pz).sum() / steps
+        rec = log_px.sum() / steps
+        beta = self.kl_weight()
+        return -(rec - beta * kl), {"elbo_per_step": (rec - kl).detach(), "kl_per_step": kl.detach(),
+                                    "kl_weight": torch.tensor(beta)}
+
+    def after_step(self, phase: str) -> None:
+        self.step += 1
+
+    @torch.no_grad()
+    def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
+        steps = mask_of(self.as_sequences(x)).sum().clamp(min=1)
+        elbo = self.iwae(x, 1).sum() / steps
+        return {"loss": -elbo, "elbo_per_step": elbo}
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, k: int = 100, **_) -> Tensor:
+        """The IWAE bound with k trajectories per sequence, nats per sequence."""
+        return self.iwae(x, k)
+
+    def estimator(self, k: int = 100, **_) -> str:
+        return f"IWAE over latent trajectories, k={k} (Burda et al. 2015); a lower bound on log p(x_1:T)"
+
+    @torch.no_grad()
+    def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
+        """Real time steps and the single-trajectory ELBO, to report nats per step."""
+        return {"steps": mask_of(self.as_sequences(x)).sum().double(), "elbo": self.iwae(x, 1).double().sum()}
+
+    def finalize_eval(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        steps = float(sums["steps"])
+        return {"elbo_nats_per_sequence": float(sums["elbo"]) / count, "elbo_nats_per_step": float(sums["elbo"]) / steps,
+                "steps_per_sequence": steps / count}

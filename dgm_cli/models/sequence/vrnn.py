@@ -1,0 +1,71 @@
+"""The variational RNN (Chung et al. 2015, "A Recurrent Latent Variable Model for Sequential Data"): a
+GRU state h_{t-1} conditions the prior p(z_t | h_{t-1}), the approximate posterior q(z_t | x_t, h_{t-1})
+and the emission p(x_t | z_t, h_{t-1}); then h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1}) (eq. 5-9)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..base import DataSpec
+from ..nn.mlp import mlp
+from ..registry import register
+from .base import SequenceModel, normal_log_prob, positive
+
+
+@dataclass
+class VRNNConfig:
+    z_dim: int = 16
+    hidden: int = 64  # feature extractors, prior, encoder and decoder networks
+    rnn_hidden: int = 64
+    emission: str = "auto"  # auto: bernoulli for binary data and piano rolls, else gaussian | bernoulli | gaussian
+
+
+@register("vrnn")
+class VRNN(SequenceModel):
+    Config = VRNNConfig
+
+    def __init__(self, config: VRNNConfig, data: DataSpec, objective: dict):
+        super().__init__(config, data, objective)
+        h, r, z = config.hidden, config.rnn_hidden, config.z_dim
+        self.phi_x = mlp([self.x_dim, h, h], last_act=True)
+        self.phi_z = mlp([z, h], last_act=True)
+        self.prior = mlp([r, h, 2 * z])
+        self.encoder = mlp([h + r, h, 2 * z])
+        self.decoder = mlp([h + r, h, self.emission_outputs])
+        self.cell = nn.GRUCell(2 * h, r)
+
+    def gaussian(self, net: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw = net(inputs).chunk(2, dim=-1)
+        return mean, positive(raw)
+
+    def trajectory(self, x: Tensor, mask: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        state = x.new_zeros(len(x), self.config.rnn_hidden)
+        log_px = log_pz = log_qz = x.new_zeros(len(x))
+        for t in range(x.shape[1]):
+            fx = self.phi_x(x[:, t])
+            p_mean, p_std = self.gaussian(self.prior, state)
+            q_mean, q_std = self.gaussian(self.encoder, torch.cat([fx, state], -1))
+            z = q_mean + q_std * noise[:, t]
+            fz = self.phi_z(z)
+            m = mask[:, t].to(x.dtype)
+            log_qz = log_qz + m * normal_log_prob(z, q_mean, q_std)
+            log_pz = log_pz + m * normal_log_prob(z, p_mean, p_std)
+            log_px = log_px + m * self.emission_log_prob(x[:, t], self.decoder(torch.cat([fz, state], -1)))
+            state = self.cell(torch.cat([fx, fz], -1), state)
+        return log_px, log_pz, log_qz
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
+        self.sample_labels(n, label, conditional=False)
+        state = self.phi_z[0].weight.new_zeros(n, self.config.rnn_hidden)
+        xs = []
+        for _ in range(self.length):
+            p_mean, p_std = self.gaussian(self.prior, state)
+            fz = self.phi_z(p_mean + temperature * p_std * torch.randn_like(p_mean))
+            x = self.emission_sample(self.decoder(torch.cat([fz, state], -1)))
+            xs.append(x)
+            state = self.cell(torch.cat([self.phi_x(x), fz], -1), state)
+        return self.as_data(torch.stack(xs, 1))
