@@ -1,0 +1,187 @@
+"""Energy-based models against brute force on models small enough to enumerate."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dgm_cli.errors import UserError
+from dgm_cli.evaluation.estimators import ESTIMATE, estimator_settings
+from dgm_cli.evaluation.likelihood import evaluate_likelihood
+from dgm_cli.models.base import DataSpec
+from dgm_cli.models.energy import ais
+from dgm_cli.models.registry import get_model_class
+
+QUICK_AIS = {"ais_runs": 50, "ais_temperatures": [50, 200, 500], "reverse_burn_in": 50}
+
+
+def build(name: str, shape=(1, 3, 3), objective=None, **config):
+    cls = get_model_class(name)
+    spec = DataSpec(shape, cls.representations[0], 0, "tiny")
+    return cls(cls.Config(**config), spec, objective or {"name": cls.objectives[0]})
+
+
+def randomize(model, scale: float = 1.0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    return model
+
+
+def bars_and_stripes(n: int = 3) -> torch.Tensor:
+    """Every n x n image whose rows are all equal (stripes) or whose columns are (bars)."""
+    rows = ais.all_states(n, dtype=torch.float32)
+    stripes = rows[:, :, None].expand(-1, n, n)
+    bars = rows[:, None, :].expand(-1, n, n)
+    return torch.unique(torch.cat([stripes, bars]).reshape(-1, n * n), dim=0).view(-1, 1, n, n)
+
+
+# --- RBM: the definitions by brute force ----------------------------------------------------------
+def joint_log_weights(model):
+    """log exp(-E(v, h)) for every (v, h), shape (2^V, 2^H), with the states."""
+    W, b, c = (t.detach().double() for t in model.params())
+    v, h = ais.all_states(W.shape[0]), ais.all_states(W.shape[1])
+    return (v @ b)[:, None] + (h @ c)[None] + v @ W @ h.t(), v, h
+
+
+def test_rbm_free_energy_and_conditionals_match_their_definitions():
+    model = randomize(build("rbm", hidden_units=4)).double()
+    logw, v, h = joint_log_weights(model)
+    assert torch.allclose(model.free_energy(v), -torch.logsumexp(logw, 1), atol=1e-10)
+    p_h_given_v = torch.softmax(logw, 1)  # (2^V, 2^H)
+    assert torch.allclose(model.hidden_probs(v), p_h_given_v @ h, atol=1e-10)  # marginals of each unit
+    p_v_given_h = torch.softmax(logw, 0)
+    assert torch.allclose(model.visible_probs(h), p_v_given_h.t() @ v, atol=1e-10)
+    # ... and the units are conditionally independent: the product of the marginals is the conditional
+    ph = model.hidden_probs(v)
+    product = torch.exp(h @ ph.log().t() + (1 - h) @ (1 - ph).log().t()).t()
+    assert torch.allclose(product, p_h_given_v, atol=1e-10)
+
+
+def test_rbm_exact_log_z_and_log_likelihood_normalise():
+    model = randomize(build("rbm", hidden_units=5)).double()
+    logw, v, _ = joint_log_weights(model)
+    assert model.exact_log_z() == pytest.approx(float(torch.logsumexp(logw.flatten(), 0)), abs=1e-10)
+    log_p = -model.free_energy(v) - model.exact_log_z()
+    assert float(torch.logsumexp(log_p, 0)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_gibbs_kernel_leaves_the_exact_distribution_invariant():
+    """T(v -> v') = Σ_h p(h|v) p(v'|h): πT = π for π ∝ exp(-F); and one sweep of the sampler draws from T."""
+    model = randomize(build("rbm", shape=(1, 1, 4), hidden_units=3), seed=3).double()
+    logw, v, h = joint_log_weights(model)
+    pi = torch.softmax(-model.free_energy(v), 0)
+    p_h = torch.softmax(logw, 1)
+    pv = model.visible_probs(h)  # (2^H, V)
+    p_v_given_h = torch.exp(v @ pv.log().t() + (1 - v) @ (1 - pv).log().t()).t()  # (2^H, 2^V)
+    T = p_h @ p_v_given_h
+    assert torch.allclose(T.sum(1), torch.ones(len(v), dtype=torch.float64))
+    assert torch.allclose(pi @ T, pi, atol=1e-12)
+    # the sampler: 200,000 sweeps from one state, histogram against T's row
+    torch.manual_seed(0)
+    start = v[5].expand(200_000, -1)
+    drawn = model.gibbs(start, 1)
+    index = (drawn * 2 ** torch.arange(4, dtype=torch.float64)).sum(1).long()
+    freq = torch.bincount(index, minlength=16).double() / len(index)
+    se = torch.sqrt(T[5] * (1 - T[5]) / len(index)) + 1e-4
+    assert torch.all((freq - T[5]).abs() < 5 * se), (freq, T[5])
+
+
+def test_centering_offsets_do_not_change_the_model():
+    model = randomize(build("rbm", hidden_units=4, centering=True)).double()
+    _, v, _ = joint_log_weights(model)
+    before, log_z = model.free_energy(v), model.exact_log_z()
+    model.move_offsets(torch.rand(9, dtype=torch.float64), torch.rand(4, dtype=torch.float64))
+    assert torch.allclose(model.free_energy(v), before, atol=1e-10)
+    assert model.exact_log_z() == pytest.approx(log_z, abs=1e-10)
+
+
+@torch.no_grad()
+def exact_mean_log_likelihood(model, data) -> float:
+    return float((-model.free_energy(data.reshape(len(data), -1)) - model.exact_log_z()).mean())
+
+
+def train(model, data, steps: int, lr: float = 0.1, batch: int = 14, seed: int = 0):
+    """Drive the model as the engine does: initialize, then per batch forward -> backward -> step ->
+    after_step."""
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.5)
+    model.initialize(data, None)
+    for _ in range(steps):
+        x = data[torch.randint(len(data), (batch,))]
+        loss, metrics = model(x, None, "model")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.after_step("model")
+    return metrics
+
+
+@pytest.mark.parametrize("objective,config,lr", [
+    ({"name": "cd", "k": 1}, {}, 0.5),
+    ({"name": "pcd", "k": 1, "chains": 20}, {}, 0.2),  # PCD wants a smaller rate (Tieleman 2008)
+    ({"name": "cd", "k": 1}, {"centering": True, "centering_rate": 0.05}, 0.5),
+    ({"name": "cd", "k": 1}, {"sparsity_cost": 0.01}, 0.5),
+])
+def test_contrastive_divergence_increases_the_exact_log_likelihood(objective, config, lr):
+    """3x3 bars and stripes (14 patterns): training raises the exact mean log-likelihood of the data
+    by far (uniform is 9 ln 2 = 6.24 nats per pattern; the data's entropy is ln 14 = 2.64)."""
+    data = bars_and_stripes(3)
+    model = build("rbm", objective=objective, hidden_units=8, **config)
+    model.initialize(data, None)
+    before = exact_mean_log_likelihood(model, data)
+    metrics = train(model, data, 600, lr=lr)
+    after = exact_mean_log_likelihood(model, data)
+    assert after > before + 0.8, (before, after)
+    assert {"free_energy_data", "reconstruction_error", "hidden_mean"} <= set(metrics)
+    if objective["name"] == "pcd":
+        assert "chains" in model.state_dict() and bool(model.chains_started)
+
+
+def test_rbm_validation_reports_the_gap_and_the_exact_nll():
+    data = bars_and_stripes(3)
+    model = build("rbm", hidden_units=8)
+    train(model, data, 20)
+    metrics = model.validation_step(data, None)
+    assert metrics["exact_nll"] == pytest.approx(-exact_mean_log_likelihood(model, data), abs=1e-4)
+    assert metrics["loss"] == metrics["exact_nll"]
+    assert "free_energy_gap" in metrics and math.isfinite(float(metrics["free_energy_gap"]))
+
+
+def test_rbm_eval_reports_ais_with_its_own_error_and_the_exact_value():
+    data = bars_and_stripes(3)
+    model = build("rbm", hidden_units=8)
+    train(model, data, 500)
+    settings = estimator_settings(model, QUICK_AIS)
+    torch.manual_seed(0)
+    report = evaluate_likelihood(model, data, None, 7, "cpu", **settings)
+    prepared = report["prepared"]
+    assert report["kind"] == ESTIMATE and "AIS" in report["estimator"]
+    assert prepared["exact_log_z"] == pytest.approx(model.exact_log_z())
+    assert prepared["log_z_minus_3sigma"] <= prepared["exact_log_z"] <= prepared["log_z_plus_3sigma"]
+    assert report["shared_error_nats"] == prepared.get("log_z_stderr", report["shared_error_nats"])
+    exact_nll = -exact_mean_log_likelihood(model, data)
+    # the reported NLL is the exact one moved by the AIS error of log Z, and no further
+    assert report["nll_nats"] == pytest.approx(exact_nll + prepared["log_z"] - prepared["exact_log_z"], abs=1e-4)
+    assert abs(report["nll_nats"] - exact_nll) <= 3 * report["shared_error_nats"] + 1e-6
+    assert len(prepared["log_z_bracket"]) == 2
+
+
+def test_rbm_refuses_what_does_not_fit():
+    with pytest.raises(UserError, match="takes only"):
+        build("rbm", objective={"name": "cd", "k": 1, "chains": 5})
+    with pytest.raises(UserError, match="estimator.k"):
+        estimator_settings(build("rbm", hidden_units=4), {"k": 5})
+    with pytest.raises(UserError, match="ais_runs"):
+        estimator_settings(build("rbm", hidden_units=4), {"ais_runs": 1})
+    with pytest.raises(UserError, match="temperature"):
+        build("rbm", hidden_units=4).sample(2, temperature=0.5)
+
+
+def test_rbm_samples_and_reconstructions_are_images():
+    model = build("rbm", hidden_units=4, sample_steps=3)
+    assert model.sample(5).shape == (5, 1, 3, 3)
+    x = bars_and_stripes(3)[:8]
+    assert model.sample_reconstruct(x).shape == (2, 8, 1, 3, 3)  # rows: inputs, reconstructions
