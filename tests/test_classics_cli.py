@@ -21,6 +21,8 @@ CASES = {
     "vae_2_layers": (["model=vae", "model.stochastic_layers=2", "objective=iwae", "objective.k=3"], ["estimator.k=7"],
                      LOWER_BOUND),
     "gumbel_vae": (["model=gumbel_vae"], ["estimator.k=7"], LOWER_BOUND),
+    "helmholtz": (["model=helmholtz"], ["estimator.k=7"], LOWER_BOUND),
+    "helmholtz_wake_sleep": (["model=helmholtz", "objective=wake_sleep"], ["estimator.k=7"], LOWER_BOUND),
 }
 
 
