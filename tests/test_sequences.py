@@ -12,20 +12,23 @@ import torch
 from dgm_cli.data import sequences as S
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
-from dgm_cli.models.sequence.dmm import DMM, DMMConfig
-from dgm_cli.models.sequence.vrnn import VRNN, VRNNConfig
+from dgm_cli.models.sequence.dmm import DMM
+from dgm_cli.models.sequence.srnn import SRNN
+from dgm_cli.models.sequence.storn import STORN
+from dgm_cli.models.sequence.vrnn import VRNN
 
 SSM = S.LinearGaussianSSM.toy()
 TOY = DataSpec((10, 2), "continuous", 0, "linear_gaussian")
 
 
+MODELS = [DMM, VRNN, STORN, SRNN]
+
+
 def small(cls, data: DataSpec = TOY, objective: str = "elbo", seed: int = 0):
+    """A 2-D latent and 16-unit networks."""
     torch.manual_seed(seed)
-    if cls is DMM:
-        cfg = DMMConfig(z_dim=2, transition_hidden=16, emission_hidden=16, rnn_hidden=16)
-    else:
-        cfg = VRNNConfig(z_dim=2, hidden=16, rnn_hidden=16)
-    return cls(cfg, data, {"name": objective})
+    widths = {f: 16 for f in cls.Config.__dataclass_fields__ if f.endswith("hidden")}
+    return cls(cls.Config(z_dim=2, **widths), data, {"name": objective})
 
 
 def joint_log_likelihood(x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +55,7 @@ def test_kalman_filter_is_the_joint_gaussian_and_ignores_padding():
     assert torch.allclose(got, expected, atol=1e-8)
 
 
-@pytest.mark.parametrize("cls", [DMM, VRNN])
+@pytest.mark.parametrize("cls", MODELS)
 def test_masks_make_a_ragged_batch_equal_its_sequences_one_by_one(cls):
     model = small(cls)
     x = SSM.sample(3, 10, torch.Generator().manual_seed(1))
@@ -65,7 +68,7 @@ def test_masks_make_a_ragged_batch_equal_its_sequences_one_by_one(cls):
         assert torch.allclose(together[:, i], alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("cls", [DMM, VRNN])
+@pytest.mark.parametrize("cls", MODELS)
 def test_bounds_stay_below_the_kalman_likelihood_and_tighten(cls):
     model = small(cls)
     train = SSM.sample(256, 10, torch.Generator().manual_seed(2))
@@ -95,6 +98,14 @@ def test_bounds_stay_below_the_kalman_likelihood_and_tighten(cls):
     assert gain > -2 * se  # and, in expectation, with k
     if cls is VRNN:  # whose posterior is good enough after 50 steps for the gain to show
         assert gain > 2 * se
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_samples_have_the_data_shape_and_objectives_run(cls):
+    assert small(cls).sample(3).shape == (3, 10, 2)
+    model = small(cls, objective="iwae")
+    loss, metrics = model.training_loss(SSM.sample(4, 10), None, "model")
+    assert torch.isfinite(loss) and set(metrics) == {"iwae_per_step"}
 
 
 def test_images_are_sequences_of_rows():

@@ -53,6 +53,40 @@ def positive(t: Tensor) -> Tensor:
     return F.softplus(t) + MIN_STD
 
 
+def diagonal_gaussian(net: nn.Module, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean, std) of a diagonal Gaussian from a network applied to the concatenated inputs."""
+    mean, raw = net(torch.cat(inputs, -1)).chunk(2, dim=-1)
+    return mean, positive(raw)
+
+
+def add_step(totals: tuple[Tensor, Tensor, Tensor], real: Tensor, z: Tensor, posterior: tuple[Tensor, Tensor],
+             prior: tuple[Tensor, Tensor], log_px_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(log p(x|z), log p(z), log q(z|x)) with step t's terms added where the step is ``real``."""
+    m = real.to(z.dtype)
+    log_px, log_pz, log_qz = totals
+    return (log_px + m * log_px_t, log_pz + m * normal_log_prob(z, *prior), log_qz + m * normal_log_prob(z, *posterior))
+
+
+def reverse_within(x: Tensor, lengths: Tensor) -> Tensor:
+    """Each sequence's real steps in reverse order (the padding stays after them)."""
+    t = torch.arange(x.shape[1], device=x.device).expand(len(x), -1)
+    idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def backward_rnn(rnn: nn.Module, inputs: Tensor, mask: Tensor) -> Tensor:
+    """Outputs of ``rnn`` run from each sequence's last real step back to its first: at step t, a summary
+    of inputs t..end (no padding ever enters it)."""
+    lengths = mask.sum(1)
+    out, _ = rnn(reverse_within(inputs, lengths))
+    return reverse_within(out, lengths)
+
+
+def shifted(x: Tensor) -> Tensor:
+    """x_{t-1} at step t, with x_0 = 0: the input of a model that predicts x_t from the past."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
 class SequenceModel(GenerativeModel):
     family = "sequence"
     objectives = ("elbo", "iwae")

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..base import DataSpec
 from ..nn.mlp import mlp
 from ..registry import register
-from .base import SequenceModel, normal_log_prob, positive
+from .base import SequenceModel, add_step, backward_rnn, diagonal_gaussian, positive
 
 
 @dataclass
@@ -42,13 +42,6 @@ class GatedTransition(nn.Module):
         return (1 - g) * self.linear(z) + g * h, positive(self.scale(torch.relu(h)))
 
 
-def reverse_within(x: Tensor, lengths: Tensor) -> Tensor:
-    """Each sequence's real steps in reverse order (the padding stays after them)."""
-    t = torch.arange(x.shape[1], device=x.device).expand(len(x), -1)
-    idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
-    return x.gather(1, idx.unsqueeze(-1).expand_as(x))
-
-
 @register("dmm")
 class DMM(SequenceModel):
     Config = DMMConfig
@@ -63,28 +56,18 @@ class DMM(SequenceModel):
         self.combiner_z = nn.Linear(z, config.rnn_hidden)
         self.combiner_out = nn.Linear(config.rnn_hidden, 2 * z)
 
-    def backward_states(self, x: Tensor, mask: Tensor) -> Tensor:
-        """h_t summarising x_{t:T} of each sequence's real steps."""
-        lengths = mask.sum(1)
-        h, _ = self.rnn(reverse_within(x, lengths))
-        return reverse_within(h, lengths)
-
     def trajectory(self, x: Tensor, mask: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        h = self.backward_states(x, mask)
+        h = backward_rnn(self.rnn, x, mask)  # h_t summarises x_{t:T}
         z_prev = self.z0.expand(len(x), -1)
-        log_px = log_pz = log_qz = x.new_zeros(len(x))
+        totals = (x.new_zeros(len(x)),) * 3
         for t in range(x.shape[1]):
             combined = 0.5 * (torch.tanh(self.combiner_z(z_prev)) + h[:, t])  # Krishnan et al. eq. 8
-            q_mean, q_raw = self.combiner_out(combined).chunk(2, dim=-1)
-            q_std = positive(q_raw)
+            q_mean, q_std = diagonal_gaussian(self.combiner_out, combined)
             z = q_mean + q_std * noise[:, t]
-            p_mean, p_std = self.transition(z_prev)
-            m = mask[:, t].to(x.dtype)
-            log_qz = log_qz + m * normal_log_prob(z, q_mean, q_std)
-            log_pz = log_pz + m * normal_log_prob(z, p_mean, p_std)
-            log_px = log_px + m * self.emission_log_prob(x[:, t], self.emission(z))
+            totals = add_step(totals, mask[:, t], z, (q_mean, q_std), self.transition(z_prev),
+                              self.emission_log_prob(x[:, t], self.emission(z)))
             z_prev = z
-        return log_px, log_pz, log_qz
+        return totals
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:

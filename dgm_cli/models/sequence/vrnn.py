@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..base import DataSpec
 from ..nn.mlp import mlp
 from ..registry import register
-from .base import SequenceModel, normal_log_prob, positive
+from .base import SequenceModel, add_step, diagonal_gaussian
 
 
 @dataclass
@@ -37,25 +37,18 @@ class VRNN(SequenceModel):
         self.decoder = mlp([h + r, h, self.emission_outputs])
         self.cell = nn.GRUCell(2 * h, r)
 
-    def gaussian(self, net: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        mean, raw = net(inputs).chunk(2, dim=-1)
-        return mean, positive(raw)
-
     def trajectory(self, x: Tensor, mask: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         state = x.new_zeros(len(x), self.config.rnn_hidden)
-        log_px = log_pz = log_qz = x.new_zeros(len(x))
+        totals = (x.new_zeros(len(x)),) * 3
         for t in range(x.shape[1]):
             fx = self.phi_x(x[:, t])
-            p_mean, p_std = self.gaussian(self.prior, state)
-            q_mean, q_std = self.gaussian(self.encoder, torch.cat([fx, state], -1))
+            q_mean, q_std = diagonal_gaussian(self.encoder, fx, state)
             z = q_mean + q_std * noise[:, t]
             fz = self.phi_z(z)
-            m = mask[:, t].to(x.dtype)
-            log_qz = log_qz + m * normal_log_prob(z, q_mean, q_std)
-            log_pz = log_pz + m * normal_log_prob(z, p_mean, p_std)
-            log_px = log_px + m * self.emission_log_prob(x[:, t], self.decoder(torch.cat([fz, state], -1)))
+            totals = add_step(totals, mask[:, t], z, (q_mean, q_std), diagonal_gaussian(self.prior, state),
+                              self.emission_log_prob(x[:, t], self.decoder(torch.cat([fz, state], -1))))
             state = self.cell(torch.cat([fx, fz], -1), state)
-        return log_px, log_pz, log_qz
+        return totals
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
@@ -63,7 +56,7 @@ class VRNN(SequenceModel):
         state = self.phi_z[0].weight.new_zeros(n, self.config.rnn_hidden)
         xs = []
         for _ in range(self.length):
-            p_mean, p_std = self.gaussian(self.prior, state)
+            p_mean, p_std = diagonal_gaussian(self.prior, state)
             fz = self.phi_z(p_mean + temperature * p_std * torch.randn_like(p_mean))
             x = self.emission_sample(self.decoder(torch.cat([fz, state], -1)))
             xs.append(x)
