@@ -116,8 +116,7 @@ class ReportConfig:
     runs: List[str] = field(default_factory=list)  # run folders, sweep folders or globs (or bare: dgm report <paths>)
     out: Optional[str] = None  # folder for report.csv, report.md and the PNGs; default: this report's run folder
     plot: Optional[str] = None  # a column to plot (nll_nats, val/loss, fid, ...) against x
-    x: Optional[str] = None  # plot: a config key (optimizer.lr), a column or wall_time (default: the first swept key);
-    # curves: step (default) or wall_time
+    x: Optional[str] = None  # plot: a config key (optimizer.lr), column or wall_time; curves: step or wall_time
     curves: Optional[str] = None  # a TensorBoard scalar tag (val/loss): every run's learning curve on one axis
 
 
