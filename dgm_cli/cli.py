@@ -9,6 +9,7 @@ well as ours (:class:`dgm_cli.errors.UserError`).
 from __future__ import annotations
 
 import io
+import re
 import sys
 
 COMMANDS = {
@@ -20,7 +21,7 @@ COMMANDS = {
 
 USAGE = "usage: dgm {train,sample,eval} [overrides ...] [--help] [-m]\n\ncommands:\n" + "".join(
     f"  {name:<8}{doc}\n" for name, (_, doc) in COMMANDS.items()
-) + "\n`dgm <command> --help` lists the config groups and keys of that command.\n"
+) + "\n`dgm <command> --help` lists the config groups and keys of that command; `dgm --version` the version.\n"
 
 # Set by a command once Hydra has composed its config and the job has started:
 # a SystemExit(1) from Hydra before that point is a composition error (user input).
@@ -58,8 +59,9 @@ def _schema_keys(full_key: str) -> str:
     return f" The keys of {section} are: {', '.join(f.name for f in fields(cls))}." if cls else ""
 
 
-def condense(command: str, text: str) -> str:
-    """Hydra's composition error -> one paragraph naming the key and what is allowed."""
+def condense(command: str, text: str, args: tuple[str, ...] = ()) -> str:
+    """Hydra's composition error -> one paragraph naming the key and what is allowed (``args``: the
+    command line, whose model= narrows the suggestions for a mistyped model key)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(NOISE)]
     full_key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
     lines = [ln for ln in lines if not ln.startswith("full_key:")]
@@ -71,12 +73,43 @@ def condense(command: str, text: str) -> str:
             options.append(ln)
         else:
             out.append(ln)
-    msg = " ".join(out)
+    # Hydra's advice to append the key with + would only make dgm ignore it: say which keys exist instead
+    msg = re.sub(r" ?To append to your config use \+\S+", "", " ".join(out))
     if options:
         msg += " " + ", ".join(options) + "."
     if full_key:
         msg += f" (key: {full_key})." + _schema_keys(full_key)
+    unknown = re.search(r"Could not override '([^']+)'", msg)
+    from .config import docs
+
+    if unknown and command in docs.SCHEMAS:
+        model = next((a.split("=", 1)[1] for a in args if a.startswith("model=")), None)
+        msg += docs.suggest(unknown.group(1), docs.known_keys(command, model=model))
     return f"dgm {command}: {msg} `dgm {command} --help` lists the config groups and keys."
+
+
+def refuse_added_keys(command: str, args: list[str]) -> None:
+    """``+key=value`` (and ``++``) would add a key that no code reads, so the run would go on as if
+    it had not been given: refuse it, with the keys it was probably meant to be. ``+hydra.*`` stays
+    Hydra's own business."""
+    from .config import docs
+
+    for arg in args:
+        if not arg.startswith("+") or "=" not in arg:
+            continue
+        key, plain = arg.lstrip("+").split("=", 1)[0].split("@")[0], arg.lstrip("+")
+        if key.startswith(("hydra.", "hydra/")):
+            continue
+        groups = docs.TRAIN_GROUPS if command == "train" else ()
+        keys = docs.known_keys(command)
+        if key in keys or key in groups:
+            msg = f"`{arg}` would add {key}, but the config has it already: set it without the +, as `{plain}`."
+        else:
+            msg = (f"`{arg}` adds a key that nothing reads: dgm {command} has no key {key}, and dgm refuses new "
+                   f"keys rather than run as if they had not been given." + docs.suggest(key, [*keys, *groups])
+                   + f" `dgm {command} --help` lists the keys.")
+        sys.stderr.write(f"dgm {command}: {msg}\n")
+        sys.exit(2)
 
 
 def shell_completion(argv: list[str]) -> None:
@@ -119,10 +152,59 @@ def _torchrun_overrides(command: str, args: list[str]) -> list[str]:
     return agree_on_run()
 
 
+def _quote(value: str) -> str:
+    """A value for a Hydra override, quoted so that commas, spaces and '=' in a path stay in it."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _resume_folder(command: str, args: list[str]) -> list[str]:
+    """`dgm train resume=<run>` logs into that run's folder (its train.log goes on where it stopped),
+    not into a new one, and leaves the run's .hydra/ (the config it was trained with) as it is."""
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), "")
+    if command != "train" or not value or any(a in ("-m", "--multirun") or a.startswith("hydra.run.dir=")
+                                             for a in args):
+        return []
+    from .engine.checkpoint import resolve
+    from .errors import UserError
+
+    try:
+        run = resolve(value).absolute().parent.parent  # the folder `dgm train` continues (train.run)
+    except UserError:
+        return []  # `dgm train` refuses it, with the reason
+    return [f"hydra.run.dir={_quote(str(run))}", "hydra.output_subdir=null"]
+
+
+def hydra_overrides(command: str, args: list[str]) -> list[str]:
+    """What dgm adds to the command line of each Hydra command: help that lists the command's own keys
+    with their meanings, the callback that checks the config before Hydra makes the run folder and
+    removes a folder that a refused command leaves holding nothing (app.RunFolder), the run folder of
+    a resume, and under torchrun the run folder the processes agree on."""
+    added = [f"hydra.help.template=${{dgm.help:{command}}}",
+             "+hydra.callbacks.dgm_run_folder._target_=dgm_cli.app.RunFolder"]
+    added += _torchrun_overrides(command, args)
+    keys = {a.split("=", 1)[0] for a in added}
+    return added + [a for a in _resume_folder(command, args) if a.split("=", 1)[0] not in keys]
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from . import __version__
+
+    try:
+        return installed("dgm")
+    except PackageNotFoundError:
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
+        return
+    if argv[0] in ("-V", "--version"):
+        print(f"dgm {version()}")
         return
     if argv[0] in ("-sc", "--shell-completion"):
         shell_completion(argv)
@@ -134,7 +216,17 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
 
     module = importlib.import_module(COMMANDS[command][0])
-    sys.argv = [f"dgm {command}"] + argv[1:] + _torchrun_overrides(command, argv[1:])
+    from .config.docs import SCHEMAS
+
+    if command in SCHEMAS:  # a Hydra app
+        refuse_added_keys(command, argv[1:])
+        # dgm's overrides join the user's (Hydra parses overrides as one run of positionals, and flags
+        # such as --cfg or --package may come before or after them)
+        args = argv[1:]
+        at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+        sys.argv = [f"dgm {command}"] + args[:at] + hydra_overrides(command, args) + args[at:]
+    else:
+        sys.argv = [f"dgm {command}"] + argv[1:]
     held = _HeldStderr()
     sys.stderr = held
     try:
@@ -144,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             text = held.getvalue()
             held.seek(0)
             held.truncate(0)
-            _real_stderr.write(condense(command, text) + "\n")
+            _real_stderr.write(condense(command, text, tuple(argv[1:])) + "\n")
             sys.exit(2)
         raise
     finally:

@@ -45,6 +45,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
 
     distributed.init()
     state = None
+    if not cfg.resume and (run_dir / "checkpoints" / "last.pt").exists():
+        # the run folder already holds this run's checkpoint: a job requeued after preemption
+        # (submitit restarts it in the same folder) continues where it stopped
+        cfg.resume = str(run_dir)
+        overrides = [o for o in overrides if o.partition("=")[0] in RESUMABLE_KEYS]
     if cfg.resume:
         state = checkpoint.load(cfg.resume)
         cfg = _resume_config(cfg, state, list(overrides))
@@ -75,6 +80,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
         if main:
             log.warning("%s", stop)
             sys.stderr.write(f"dgm train: {stop}\n")
+        faults.pass_on(stop.signame)
         sys.exit(stop.exit_code)
     except faults.NonFiniteLoss as exc:
         log.error("%s", exc)

@@ -1,9 +1,10 @@
 """Runs that survive faults: stop requests by signal, non-finite losses, and one trainer per run.
 
-* SIGTERM and SIGUSR1 (what SLURM sends before preemption, with ``--signal``) and a first
-  Ctrl-C (SIGINT) ask the trainer to stop at the end of the current step, write ``last.pt`` and
-  exit; ``dgm train resume=<run>`` continues to the same result as an uninterrupted run. A second
-  Ctrl-C stops at once.
+* SIGTERM, SIGUSR1 and SIGUSR2 (what SLURM sends before preemption or the time limit: ``--signal``;
+  submitit asks for USR2) and a first Ctrl-C (SIGINT) ask the trainer to stop at the end of the
+  current step, write ``last.pt`` and exit; ``dgm train resume=<run>`` continues to the same result
+  as an uninterrupted run. A second Ctrl-C stops at once. If someone else handled the signal before
+  dgm did (submitit, which then requeues the job), it is passed on to them after the checkpoint.
 * A non-finite loss stops the run (``trainer.nan=stop``), naming the step, the loss term and the
   last good checkpoint, which is left as it was; ``trainer.nan=skip`` drops that batch's update.
 * A run folder being trained holds ``train.lock`` with the trainer's host and pid: a second
@@ -22,7 +23,7 @@ from typing import Optional
 from ..errors import UserError
 
 log = logging.getLogger("dgm.train")
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 
 
 class StopRequested(Exception):
@@ -74,6 +75,15 @@ class StopSignals:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
             self._previous.clear()
+
+
+def pass_on(signame: str) -> None:
+    """After dgm's checkpoint, deliver the signal again to the handler that was there before dgm's
+    (a Python handler, such as submitit's requeue on SLURM); default handlers are left alone."""
+    sig = getattr(signal, signame, None)
+    handler = signal.getsignal(sig) if sig is not None else None
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(sig, None)
 
 
 def _alive(pid: int) -> bool:

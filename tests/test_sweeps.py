@@ -1,0 +1,43 @@
+"""Sweeps through Hydra's launchers: joblib runs jobs in parallel on one machine; submitit_local
+(the stand-in for SLURM here) runs a job in its own process; a sweep's folders name its overrides."""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import pytest
+
+from conftest import TINY, run_folders
+
+pytestmark = pytest.mark.slow
+SHORT = [*TINY, "trainer.max_steps=300", "trainer.sample_every=0"]
+
+
+def started_and_finished(run) -> tuple[datetime, datetime]:
+    stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f")
+              for m in re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]", (run / "train.log").read_text(), re.M)]
+    return stamps[0], stamps[-1]
+
+
+def test_a_joblib_sweep_runs_its_jobs_in_parallel(tmp_path, dgm, data_root):
+    dgm("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SHORT, "seed=1,2")
+    runs = run_folders(tmp_path)
+    assert len(runs) == 2
+    names = sorted(r.name for r in runs)  # sweep folders say what ran: <job>_<overrides>
+    assert names[0].startswith("0_") and "seed=1" in names[0] and "model.latent_dim=8" in names[0]
+    assert names[1].startswith("1_") and "seed=2" in names[1] and "trainer.progress" not in names[1]
+    (a_start, a_end), (b_start, b_end) = map(started_and_finished, runs)
+    assert a_start < b_end and b_start < a_end, "each job started before the other ended"
+
+
+def test_a_submitit_local_sweep_finishes(tmp_path, dgm, data_root):
+    dgm("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *SHORT, "seed=4")
+    (run,) = run_folders(tmp_path)
+    assert run.name.startswith("0_") and "seed=4" in run.name and (run / "checkpoints" / "last.pt").exists()
+
+
+def test_the_slurm_preset_composes_with_one_process_per_gpu(tmp_path, dgm):
+    out = dgm("train", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4", "--cfg", "hydra",
+              "--package", "hydra.launcher").stdout
+    assert "submitit_launcher.SlurmLauncher" in out
+    assert re.search(r"tasks_per_node: 4\b", out) or "tasks_per_node: ${hydra.launcher.gpus_per_node}" in out
