@@ -123,3 +123,18 @@ def test_conditional_model_reports_the_marginal_nll(tiny_conditional):
 def test_a_conditional_model_without_its_prior_is_a_bug_not_a_number(tiny_conditional):
     with pytest.raises(ValueError, match="prior"):
         evaluate_likelihood(tiny_conditional, torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), 2, "cpu")
+
+
+def test_eval_json_keeps_the_other_section_of_the_same_protocol_only(tmp_path):
+    """A likelihood, then sample metrics: one file holds both; under another protocol it is replaced."""
+    from dgm_cli.evaluate import merge_previous, write_json
+
+    base = {"schema": "dgm-eval-v2", "checkpoint": "c.pt", "train_step": 10,
+            "protocol": {"split": "test", "num_examples": 100}}
+    path = tmp_path / "eval.json"
+    write_json({**base, "likelihood": {"nll_nats": 90.0}}, path)
+    merged = merge_previous({**base, "sample_quality": {"fid": 3.0}}, path)
+    assert merged["likelihood"] == {"nll_nats": 90.0} and merged["sample_quality"] == {"fid": 3.0}
+    other = {**base, "protocol": {"split": "test", "num_examples": 50}, "sample_quality": {"fid": 4.0}}
+    assert "likelihood" not in merge_previous(other, path)
+    assert "likelihood" not in merge_previous({**base, "train_step": 11, "sample_quality": {}}, path)
