@@ -60,7 +60,7 @@ def protocol_of(evaluation: dict) -> str:
 
 
 def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any]:
-    from .evaluation.runs import config_value
+    from .evaluation.runs import config_value, flatten
 
     e = run.eval
     row: dict[str, Any] = {"run": label, "protocol": protocol_of(e), "model": config_value(run.config, "model"),
@@ -81,6 +81,7 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     sq = e.get("sample_quality") or {}
     for key in SAMPLE_COLUMNS:
         row[key] = sq.get(key)
+    row.update({f"config.{k}": v for k, v in flatten(run.config).items()})  # the whole config, for the CSV
     return row
 
 
@@ -191,8 +192,10 @@ def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[s
     from .evaluation.plots import Series, line_plot
 
     numeric = sorted({k for r in rows for k, v in r.items() if _numeric(v) is not None})
+    shown = ", ".join(k for k in numeric if not k.startswith("config."))
     if metric not in numeric:
-        raise UserError(f"plot={metric} is not a number any of these runs has; columns with numbers: {', '.join(numeric)}.")
+        raise UserError(f"plot={metric} is not a number any of these runs has; columns with numbers: {shown}, "
+                        "and config.<key> for the run's config.")
     protocols = list(groups(rows))
     series: dict[str, Series] = {}
     for r, run in zip(rows, runs):
@@ -206,7 +209,7 @@ def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[s
         s.y.append(yv)
     if not series:
         raise UserError(f"no run has both {metric} and x={x}; x is a config key (optimizer.lr), a column "
-                        f"({', '.join(numeric)}) or wall_time.")
+                        f"({shown}) or wall_time.")
     xs = [v for s in series.values() for v in s.x if not isinstance(v, str)]
     log_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
     return line_plot(list(series.values()), out / f"plot_{_slug(metric)}_vs_{_slug(x)}.png", f"{metric} against {x}",

@@ -83,7 +83,7 @@ def test_one_table_per_protocol_with_the_swept_hyperparameters(runs, capsys):
     rows = list(csv.DictReader(written["csv"].open()))
     assert len(rows) == 7
     assert {"objective", "optimizer.lr", "train_step", "wall_time_s", "num_parameters", "device", "val/loss",
-            "train/loss", "nll_nats", "nll_nats_stderr", "estimator", "protocol"} <= set(rows[0])
+            "train/loss", "nll_nats", "nll_nats_stderr", "estimator", "protocol", "config.optimizer.lr"} <= set(rows[0])
     sweep = {(r["objective"], r["optimizer.lr"]): r for r in rows if r["run"].startswith("12-00-00-1/")}
     assert set(sweep) == {("elbo", "0.001"), ("elbo", "0.003"), ("iwae", "0.001"), ("iwae", "0.003")}
     assert float(sweep[("iwae", "0.003")]["nll_nats"]) == 100.0 - 2 * 3 - 1

@@ -87,6 +87,17 @@ def config_value(config: dict, key: str) -> Any:
     return node
 
 
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"optimizer.lr": 0.001, ...}: every leaf of a nested config, lists kept whole."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _read_yaml(path: Path) -> Any:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else None
 
