@@ -16,7 +16,7 @@ from dgm_cli.models.registry import MODELS, build_model, get_model_class
 CONFIGS = Path(__file__).resolve().parents[1] / "dgm_cli" / "configs"
 MODEL_NAMES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-IMAGE_SHAPE = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+IMAGE_SHAPE = {"mnist": (1, 28, 28), "binarized_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
 def compose_train(*overrides: str):

@@ -185,3 +185,41 @@ def test_rbm_samples_and_reconstructions_are_images():
     assert model.sample(5).shape == (5, 1, 3, 3)
     x = bars_and_stripes(3)[:8]
     assert model.sample_reconstruct(x).shape == (2, 8, 1, 3, 3)  # rows: inputs, reconstructions
+
+
+# --- DBN -----------------------------------------------------------------------------------------
+def test_dbn_bound_is_below_its_exact_log_likelihood():
+    """Tiny DBN (6 visible, hidden [4, 3]): the variational bound, enumerated over h1 and estimated
+    from samples, lies below the exact log p(v) = log Σ_h1 p(v|h1) p_top(h1) of every v."""
+    from dgm_cli.models.energy.dbn import bernoulli_log_prob
+    from dgm_cli.models.energy.rbm import bernoulli_free_energy
+
+    model = randomize(build("dbn", shape=(1, 2, 3), hidden_units=[4, 3]), scale=1.5, seed=4).double()
+    bottom, top = model.layers
+    log_z = model.exact_log_z()
+    v, h1 = ais.all_states(6), ais.all_states(4)
+    with torch.no_grad():
+        log_p_top = -bernoulli_free_energy(h1, *top.params()) - log_z                          # (16,)
+        log_p_v_given_h = bernoulli_log_prob(v[:, None].expand(-1, 16, -1), (h1 @ bottom.W.t() + bottom.b).expand(64, -1, -1))
+        exact = torch.logsumexp(log_p_v_given_h + log_p_top, 1)
+        assert float(torch.logsumexp(exact, 0)) == pytest.approx(0.0, abs=1e-10)  # a normalised p(v)
+        log_q = bernoulli_log_prob(h1.expand(64, -1, -1), (v @ bottom.W + bottom.c)[:, None].expand(-1, 16, -1))
+        elbo = (log_q.exp() * (log_p_v_given_h + log_p_top - log_q)).sum(1)
+        assert torch.all(elbo < exact)
+        torch.manual_seed(0)
+        sampled = model.unnormalized_log_prob(v.view(-1, 1, 2, 3), bound_samples=4000) - log_z
+    assert torch.allclose(sampled, elbo, atol=0.1)
+
+
+def test_dbn_trains_its_layers_greedily():
+    data = bars_and_stripes(3)
+    model = build("dbn", hidden_units=[6, 4], steps_per_layer=5)
+    opts = model.configure_optimizers(lambda p, **_: torch.optim.SGD(p, lr=0.1))
+    assert set(opts) == {"layer1", "layer2"}
+    assert [model.phases(s) for s in (1, 5, 6, 100)] == [("layer1",), ("layer1",), ("layer2",), ("layer2",)]
+    before = [l.W.detach().clone() for l in model.layers]
+    loss, metrics = model(data, None, "layer2")
+    opts["layer2"].zero_grad(), loss.backward(), opts["layer2"].step()
+    assert torch.equal(model.layers[0].W, before[0]) and not torch.equal(model.layers[1].W, before[1])
+    assert "layer2_reconstruction_error" in metrics and model.data_count == len(data)
+    assert model.sample(3).shape == (3, 1, 3, 3)

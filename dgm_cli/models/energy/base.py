@@ -112,6 +112,19 @@ class BoltzmannMachine(GenerativeModel):
             self.reference[filled:filled + take] = v[:take]
             self.reference_filled += take
 
+    @torch.no_grad()
+    def negatives(self, v: Tensor, chains: Tensor, started: Tensor, sweeps) -> Tensor:
+        """The negative phase: CD-k runs ``sweeps(state, k)`` from the data ``v``; PCD advances the
+        persistent ``chains`` (started from noise under the engine's per-shard seed, so each process
+        has its own) and keeps the result."""
+        if not self.persistent:
+            return sweeps(v, self.k)
+        if not bool(started):
+            chains.copy_(torch.bernoulli(torch.full_like(chains, 0.5)))
+            started.fill_(True)
+        chains.copy_(sweeps(chains, self.k))
+        return chains
+
     def base_rate(self) -> Tensor:
         """The AIS base model's visible biases: smoothed log-odds of the training pixel means."""
         return ais.base_rate_biases(self.data_mean, float(self.data_count)).to(self.data_mean)
@@ -133,7 +146,7 @@ class BoltzmannMachine(GenerativeModel):
     def ais_path(self):
         raise NotImplementedError
 
-    def unnormalized_log_prob(self, x: Tensor) -> Tensor:
+    def unnormalized_log_prob(self, x: Tensor, **settings) -> Tensor:
         """log p*(x) = -F(x), or a lower bound on it (DBN, DBM), per example."""
         raise NotImplementedError
 
@@ -152,7 +165,7 @@ class BoltzmannMachine(GenerativeModel):
     @torch.no_grad()
     def prepare_eval(self, x: Optional[Tensor] = None, y: Optional[Tensor] = None, **settings) -> dict:
         """Estimate log Z once (forward AIS), bracket it (reverse AIS), enumerate it if small."""
-        s = AISEstimator(**settings)
+        s = self.Estimator(**settings)
         start = time.perf_counter()
         betas = ais.schedule(s.ais_temperatures, s.ais_segment_ends)
         path = self.ais_path()
@@ -182,10 +195,10 @@ class BoltzmannMachine(GenerativeModel):
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
         log_z = self.log_z(**settings)
-        return self.unnormalized_log_prob(x).double() - log_z
+        return self.unnormalized_log_prob(x, **settings).double() - log_z
 
     def estimator(self, **settings) -> str:
-        s = AISEstimator(**settings)
+        s = self.Estimator(**settings)
         k = sum(s.ais_temperatures)
         text = (f"{self.estimate_kind()}, log Z by AIS: {s.ais_runs} runs x {k} temperatures "
                 f"(segments ending at {s.ais_segment_ends}), base-rate model from smoothed training pixel means "

@@ -129,21 +129,10 @@ class RBM(BoltzmannMachine):
         self.offset_v.copy_(mu)
         self.offset_h.copy_(lam)
 
-    @torch.no_grad()
-    def negative_samples(self, v: Tensor) -> Tensor:
-        """CD-k: k sweeps from the data; PCD: k sweeps of the persistent chains, which keep the result."""
-        if not self.persistent:
-            return self.gibbs(v, self.k)
-        if not bool(self.chains_started):  # noise under the engine's per-shard seed: each process its own
-            self.chains.copy_(torch.bernoulli(torch.full_like(self.chains, 0.5)))
-            self.chains_started.fill_(True)
-        self.chains.copy_(self.gibbs(self.chains, self.k))
-        return self.chains
-
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
         v = flat(x)
         self.observe(v)
-        negative = self.negative_samples(v)
+        negative = self.negatives(v, self.chains, self.chains_started, self.gibbs)
         W, b, c = self.params()
         pre = v @ W + c
         f_data = -(v @ b) - F.softplus(pre).sum(-1)
@@ -199,7 +188,7 @@ class RBM(BoltzmannMachine):
     def ais_path(self):
         return ais.BernoulliPath(*self.params(), self.base_rate())
 
-    def unnormalized_log_prob(self, x: Tensor) -> Tensor:
+    def unnormalized_log_prob(self, x: Tensor, **settings) -> Tensor:
         return -self.free_energy(flat(x))
 
     @torch.no_grad()
