@@ -218,3 +218,36 @@ def test_resume_is_refused_while_the_run_trains_and_a_finished_run_has_nothing_t
     refused = dgm("train", f"resume={run}", "trainer.max_steps=10", check=False)
     assert refused.returncode == 2 and "being trained right now" in refused.stderr and "Traceback" not in refused.stderr
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_compile_captures_the_loss_computation_of_every_step(tmp_path, monkeypatch):
+    """trainer.compile=true hands dynamo the module call that computes the loss (forward ->
+    training_loss): a counting backend sees the graph with the model's operations in it."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend=counter))
+    torch._dynamo.reset()
+    model = regression()
+    trainer = trainer_for(tmp_path, model, compile=True)
+    assert trainer.net is not trainer.model
+    trainer.fit()
+    assert counter.frame_count >= 1 and counter.op_count >= 3  # linear, sub, pow, mean: the loss itself
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "16"])
+def test_cuda_precisions_and_compile_train(tmp_path, precision):
+    spec = DataSpec((2,), "continuous", dataset="moons")
+    torch.manual_seed(0)
+    model = build_model({"name": "realnvp", "num_couplings": 2, "hidden_features": 16}, {"name": "nll"}, spec)
+    cfg_trainer = {"precision": precision, "compile": True, "device": "cuda"}
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
+        "model": {"name": "realnvp"}, "objective": {"name": "nll"},
+        "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
+        "trainer": {"batch_size": 32, "max_steps": 20, "progress": False, "sample_every": 0, **cfg_trainer}})
+    trainer = Trainer(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda"))
+    trainer.fit()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
