@@ -13,7 +13,7 @@ from torch import nn
 
 from dgm_cli.data import toy
 from dgm_cli.errors import UserError
-from dgm_cli.evaluation.modes import mode_coverage, toy_mixture
+from dgm_cli.data.modes import mode_coverage, toy_mixture
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.gan.dcgan import DCGAN
 from dgm_cli.models.gan.objectives import OBJECTIVES, gradient_penalty

@@ -23,13 +23,13 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..models.base import DataSpec
-from . import files, toy
+from .spec import DataSpec
+from . import files, sequences, toy
 
 EVAL_SEED = 1234  # fixed: the binarization/dequantization noise of the val and test sets
 SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "image_folder", "npz")
-DATASETS = IMAGE_DATASETS + tuple(toy.TOYS)
+DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES)
 
 
 @dataclass
@@ -74,8 +74,8 @@ def load(cfg) -> Dataset:
         x, y = reader(cfg.path, cfg.image_size, cfg.channels)
         n_test = max(1, len(x) // 10)
         train, test = _holdout(x, y, n_test, SPLIT_SEED + 1)
-    elif name in toy.TOYS:
-        draw = toy.TOYS[name]
+    elif name in toy.TOYS or name in sequences.TOY_SEQUENCES:  # drawn with fixed seeds
+        draw = toy.TOYS.get(name) or sequences.TOY_SEQUENCES[name]
         train = (draw(cfg.train_size, torch.Generator().manual_seed(0)), None)
         test = (draw(cfg.test_size, torch.Generator().manual_seed(1)), None)
     else:

@@ -13,7 +13,7 @@ import torch
 
 from ..data import pipeline
 from ..errors import UserError
-from . import modes
+from ..data import modes
 from .features import get_feature_network
 from .sample_quality import evaluate_samples
 

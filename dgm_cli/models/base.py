@@ -26,45 +26,18 @@ See docs/architecture.md for how each family fits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..data.spec import DataSpec  # noqa: F401  (models name their data by it)
 from ..errors import UserError
 
 Metrics = dict[str, Tensor]
 #: the loss of one phase and its metrics (detached scalars)
 PhaseLoss = tuple[Tensor, Metrics]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a model needs to know about its data.
-
-    shape: one example's shape, (C, H, W) for images, (2,) for 2-D toys.
-    representation: "binary" (values in {0, 1}), "8bit" (k/255 for k in 0..255),
-        "dequantized" ((k + u)/256 with u ~ U[0,1)), or "continuous" (real vectors).
-    num_classes: number of labels (0 when the data has none).
-    """
-
-    shape: tuple[int, ...]
-    representation: str
-    num_classes: int = 0
-    dataset: str = ""  # the dataset's config name (mnist, eight_gaussians, ...)
-
-    @property
-    def dim(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.shape) == 3
 
 
 class GenerativeModel(nn.Module):

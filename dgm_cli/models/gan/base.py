@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ...evaluation import modes
+from ...data import modes
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from .networks import CRITIC_NORMS, ConvCritic, ConvGenerator, MLPCritic, MLPGenerator
 from .objectives import OBJECTIVES, gradient_penalty

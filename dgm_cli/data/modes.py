@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..data import toy
+from . import toy
 
 NUM_SAMPLES = 2500  # Srivastava et al. 2017
 
