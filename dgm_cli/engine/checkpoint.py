@@ -1,33 +1,20 @@
 """Checkpoints: written atomically, read with ``weights_only=True`` (opening one never runs code)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import write_atomically
 from ..errors import UserError
 
 FORMAT = "dgm-checkpoint-v1"
 
 
 def save(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``: a reader never sees
-    a half-written checkpoint, and a crash mid-write leaves the previous one intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Written atomically: a reader never sees a half-written checkpoint, and a crash mid-write
+    leaves the previous one intact."""
+    write_atomically(Path(path), lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def resolve(path_or_run: str) -> Path:
