@@ -8,7 +8,9 @@ import pickle
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from dgm_cli.data import pipeline
 from dgm_cli.data import sequences as S
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
@@ -146,3 +148,16 @@ def test_polyphonic_reader_runs_no_code_and_rejects_bad_files(tmp_path):
     low.write_bytes(pickle.dumps({"train": [[(12,)]], "valid": [], "test": []}))
     with pytest.raises(UserError, match="outside the piano's 88 keys"):
         S.read_polyphonic(low)
+
+
+def test_linear_gaussian_dataset_loads_as_continuous_sequences():
+    cfg = OmegaConf.create({"name": "linear_gaussian", "train_size": 50, "test_size": 20, "val_size": 10})
+    ds = pipeline.load(cfg)
+    assert ds.train[0].shape == (40, S.TOY_LENGTH, 2) and ds.val[0].shape == (10, S.TOY_LENGTH, 2)
+    rep = pipeline.resolve_representation(OmegaConf.create({"representation": None}),
+                                          OmegaConf.create({"representation": "binary"}), ds)
+    spec = pipeline.spec(ds, rep, "linear_gaussian")
+    assert (spec.shape, spec.representation) == ((S.TOY_LENGTH, 2), "continuous")
+    assert small(DMM, spec).emission_kind == "gaussian"
+    again = pipeline.load(cfg)  # drawn with fixed seeds
+    assert torch.equal(ds.test[0], again.test[0])

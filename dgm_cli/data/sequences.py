@@ -138,3 +138,16 @@ class LinearGaussianSSM:
             m = m + (gain @ err.unsqueeze(-1)).squeeze(-1)
             P = P - gain @ self.C @ P
         return total
+
+
+#: length of the linear-Gaussian toy's sequences
+TOY_LENGTH = 20
+
+
+def draw_linear_gaussian(n: int, generator: torch.Generator) -> Tensor:
+    """``dataset=linear_gaussian``: n sequences of LinearGaussianSSM.toy(), 20 steps of 2-D observations."""
+    return LinearGaussianSSM.toy().sample(n, TOY_LENGTH, generator)
+
+
+#: sequence datasets drawn from a known model: name -> draw(n, generator)
+TOY_SEQUENCES = {"linear_gaussian": draw_linear_gaussian}
