@@ -11,6 +11,7 @@ from dgm_cli.evaluation.estimators import ESTIMATE, estimator_settings
 from dgm_cli.evaluation.likelihood import evaluate_likelihood
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.energy import ais
+from dgm_cli.models.energy.rbm import bernoulli_free_energy
 from dgm_cli.models.registry import get_model_class
 
 QUICK_AIS = {"ais_runs": 50, "ais_temperatures": [50, 200, 500], "reverse_burn_in": 50}
@@ -192,8 +193,6 @@ def test_dbn_bound_is_below_its_exact_log_likelihood():
     """Tiny DBN (6 visible, hidden [4, 3]): the variational bound, enumerated over h1 and estimated
     from samples, lies below the exact log p(v) = log Σ_h1 p(v|h1) p_top(h1) of every v."""
     from dgm_cli.models.energy.dbn import bernoulli_log_prob
-    from dgm_cli.models.energy.rbm import bernoulli_free_energy
-
     model = randomize(build("dbn", shape=(1, 2, 3), hidden_units=[4, 3]), scale=1.5, seed=4).double()
     bottom, top = model.layers
     log_z = model.exact_log_z()
@@ -223,3 +222,40 @@ def test_dbn_trains_its_layers_greedily():
     assert torch.equal(model.layers[0].W, before[0]) and not torch.equal(model.layers[1].W, before[1])
     assert "layer2_reconstruction_error" in metrics and model.data_count == len(data)
     assert model.sample(3).shape == (3, 1, 3, 3)
+
+
+# --- DBM -----------------------------------------------------------------------------------------
+def test_dbm_is_an_rbm_over_v_and_h2_and_its_bound_is_below_the_exact():
+    """Tiny DBM (5 visible, hidden [4, 3]): log Z from the joint view equals the triple sum; the
+    mean-field bound is below the exact log p(v) = log Σ_h2 exp(-F(v, h2)) - log Z for every v."""
+    model = randomize(build("dbm", shape=(1, 1, 5), hidden_units=[4, 3]), scale=1.5, seed=5).double()
+    v, h1, h2 = ais.all_states(5), ais.all_states(4), ais.all_states(3)
+    with torch.no_grad():
+        e = model.energy(v[:, None, None].expand(-1, 16, 8, -1), h1[None, :, None].expand(32, -1, 8, -1),
+                         h2[None, None].expand(32, 16, -1, -1))
+        log_z = model.exact_log_z()
+        assert log_z == pytest.approx(float(torch.logsumexp(-e.flatten(), 0)), abs=1e-9)
+        x = torch.cat([v[:, None].expand(-1, 8, -1), h2[None].expand(32, -1, -1)], -1)
+        exact = torch.logsumexp(-bernoulli_free_energy(x, *model.joint()), 1) - log_z
+        assert torch.allclose(exact, torch.logsumexp(-e.flatten(1), 1) - log_z)
+        bound = model.unnormalized_log_prob(v.view(-1, 1, 1, 5)) - log_z
+    assert torch.all(bound <= exact + 1e-9) and float((exact - bound).mean()) > 0
+
+
+def test_dbm_pcd_training_raises_its_exact_log_likelihood():
+    data = bars_and_stripes(3)
+    torch.manual_seed(0)
+    model = build("dbm", objective={"name": "pcd", "k": 1, "chains": 20}, hidden_units=[8, 4])
+    model.initialize(data, None)
+
+    def exact_mean():
+        with torch.no_grad():
+            h2 = ais.all_states(4, dtype=torch.float32)
+            v = data.view(len(data), -1)
+            x = torch.cat([v[:, None].expand(-1, 16, -1), h2[None].expand(len(v), -1, -1)], -1)
+            return float((torch.logsumexp(-bernoulli_free_energy(x, *model.joint()), 1) - model.exact_log_z()).mean())
+
+    before = exact_mean()
+    train(model, data, 400, lr=0.2)
+    assert exact_mean() > before + 0.25
+    assert model.sample(2).shape == (2, 1, 3, 3) and bool(model.chains_started)

@@ -1,0 +1,149 @@
+"""Deep Boltzmann machine with two hidden layers (Salakhutdinov & Hinton 2009).
+
+    E(v, h1, h2) = -v·b - h1·c1 - h2·c2 - vᵀ W1 h1 - h1ᵀ W2 h2
+
+v and h2 are independent given h1, so with h1 summed out the DBM is an RBM whose "visible" layer is
+(v, h2) and whose hidden layer is h1: weights [W1; W2ᵀ], visible biases [b; c2], hidden biases c1.
+Gibbs sweeps, exact enumeration (when h1 has <= 20 units) and AIS (base model: the base-rate visible
+biases and uniform h2; Salakhutdinov & Hinton 2009, Sec. 4) all use that view (``joint``).
+
+Training (their Sec. 3): the data term at the mean-field posterior q(h1) q(h2) (fixed-point updates
+μ1 = σ(v W1 + μ2 W2ᵀ + c1), μ2 = σ(μ1 W2 + c2)), the model term from persistent chains (PCD) or from
+k sweeps started at (v, h2 ~ q) (CD). The loss mean E(v, μ1, μ2) - mean F(v⁻, h2⁻) has the DBM's
+stochastic-approximation gradient (F: the joint view's free energy, h1 summed out). The paper's
+greedy pretraining with doubled-input RBMs is not done here.
+
+Likelihood: the mean-field lower bound log p(v) >= -E(v, μ1, μ2) + H(μ1) + H(μ2) - log Z, with log Z
+estimated by AIS: a variational bound with an estimated constant, named so by ``dgm eval``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import UserError
+from ..base import Metrics, PhaseLoss
+from ..registry import register
+from . import ais
+from .base import BoltzmannMachine, flat
+from .rbm import bernoulli_free_energy, gibbs_sweeps
+
+
+def bernoulli_entropy(mu: Tensor) -> Tensor:
+    mu = mu.clamp(1e-7, 1 - 1e-7)
+    return -(mu * mu.log() + (1 - mu) * (1 - mu).log()).sum(-1)
+
+
+@dataclass
+class DBMConfig:
+    hidden_units: List[int] = field(default_factory=lambda: [500, 1000])  # Salakhutdinov & Hinton 2009
+    mean_field_steps: int = 10  # fixed-point updates of the mean-field posterior
+    init_std: float = 0.01
+    data_init_visible_bias: bool = True
+    sample_steps: int = 1000  # Gibbs sweeps per image of dgm sample
+
+
+@register("dbm")
+class DBM(BoltzmannMachine):
+    representations = ("binary",)
+    objectives = ("pcd", "cd")
+    likelihood = "vlb"
+    Config = DBMConfig
+
+    def __init__(self, config: DBMConfig, data, objective: dict):
+        super().__init__(config, data, objective)
+        if len(config.hidden_units) != 2 or min(config.hidden_units) < 1 or config.mean_field_steps < 1:
+            raise UserError("model.hidden_units must name two positive layer sizes [h1, h2] "
+                            "and model.mean_field_steps be >= 1.")
+        V, (H1, H2) = data.dim, config.hidden_units
+        self.W1 = nn.Parameter(torch.randn(V, H1) * config.init_std)
+        self.W2 = nn.Parameter(torch.randn(H1, H2) * config.init_std)
+        self.b, self.c1, self.c2 = (nn.Parameter(torch.zeros(n)) for n in (V, H1, H2))
+        self.register_buffer("chains", torch.zeros(self.num_chains, V + H2))  # states of (v, h2)
+        self.register_buffer("chains_started", torch.zeros((), dtype=torch.bool))
+        self.register_statistics(V)
+
+    def joint(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The RBM over (v, h2) x h1 that this DBM is once h1 is summed out."""
+        return torch.cat([self.W1, self.W2.t()]), torch.cat([self.b, self.c2]), self.c1
+
+    def mean_field(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        mu1 = torch.sigmoid(v @ self.W1 + self.c1)
+        mu2 = torch.sigmoid(mu1 @ self.W2 + self.c2)
+        for _ in range(self.config.mean_field_steps):
+            mu1 = torch.sigmoid(v @ self.W1 + mu2 @ self.W2.t() + self.c1)
+            mu2 = torch.sigmoid(mu1 @ self.W2 + self.c2)
+        return mu1, mu2
+
+    def energy(self, v: Tensor, h1: Tensor, h2: Tensor) -> Tensor:
+        return -(v @ self.b) - h1 @ self.c1 - h2 @ self.c2 - ((v @ self.W1) * h1).sum(-1) - ((h1 @ self.W2) * h2).sum(-1)
+
+    # --- training -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Optional[Tensor]) -> None:
+        if self.config.data_init_visible_bias:
+            v = flat(x)
+            self.b.copy_(ais.base_rate_biases(v.mean(0), len(v)).to(v))
+
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
+        v = flat(x)
+        self.observe(v)
+        with torch.no_grad():
+            mu1, mu2 = self.mean_field(v)
+            start = torch.cat([v, torch.bernoulli(mu2)], 1)
+        negative = self.negatives(start, self.chains, self.chains_started,
+                                  lambda s, k: gibbs_sweeps(s, *self.joint(), k))
+        e_data = self.energy(v, mu1, mu2)
+        f_model = bernoulli_free_energy(negative, *self.joint())
+        loss = e_data.mean() - f_model.mean()
+        return loss, {"loss": loss.detach(), "h1_mean": mu1.mean(), "h2_mean": mu2.mean(),
+                      "mean_field_bound_unnormalized": (-e_data.detach() + bernoulli_entropy(mu1) +
+                                                        bernoulli_entropy(mu2)).mean()}
+
+    @torch.no_grad()
+    def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
+        """The mean-field bound without log Z, and its gap to the training reference set."""
+        bound = self.unnormalized_log_prob(x)
+        metrics = {"mean_field_bound_unnormalized": bound.mean(),
+                   **self.free_energy_gap(-bound, lambda r: -self.unnormalized_log_prob(r))}
+        if "free_energy_gap" in metrics:
+            metrics["bound_gap"] = metrics.pop("free_energy_gap")
+        return metrics
+
+    # --- likelihood ---------------------------------------------------------------------------------
+    def estimate_kind(self) -> str:
+        return "mean-field variational lower bound on log p(x) (Salakhutdinov & Hinton 2009) with log Z estimated"
+
+    def ais_path(self):
+        base = torch.cat([self.base_rate(), torch.zeros_like(self.c2)])  # uniform h2 in the base model
+        return ais.BernoulliPath(*self.joint(), base)
+
+    @torch.no_grad()
+    def exact_log_z(self) -> Optional[float]:
+        return ais.exact_log_z(*self.joint())
+
+    @torch.no_grad()
+    def unnormalized_log_prob(self, x: Tensor, **_) -> Tensor:
+        v = flat(x)
+        mu1, mu2 = self.mean_field(v)
+        return -self.energy(v, mu1, mu2) + bernoulli_entropy(mu1) + bernoulli_entropy(mu2)
+
+    # --- sampling -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
+        """Gibbs sweeps of (v, h2) | h1 from the AIS base model; shows p(v | h1) of the last sweep."""
+        self.check_temperature(temperature, label)
+        path = self.ais_path()
+        W, b, c = self.joint()
+        x = gibbs_sweeps(path.sample_base(n), W, b, c, self.config.sample_steps - 1)
+        h1 = torch.bernoulli(torch.sigmoid(x @ W + c))
+        return torch.sigmoid(h1 @ self.W1.t() + self.b).view(n, *self.data.shape)
+
+    @torch.no_grad()
+    def sample_for_logging(self, n: int) -> Tensor:
+        if self.persistent and bool(self.chains_started) and n <= self.num_chains:
+            return self.chains[:n, : self.data.dim].view(n, *self.data.shape)
+        return self.sample(n)
