@@ -48,13 +48,31 @@ class _HeldStderr(io.StringIO):
         return _real_stderr.isatty()
 
 
-def _schema_keys(full_key: str) -> str:
+def _optimizer_keys(args: tuple[str, ...]) -> str:
+    """The keys of the optimizer config the command line picks: its YAML's (the arguments of its
+    ``_target_`` class)."""
+    from pathlib import Path
+
+    import yaml
+
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("optimizer=")), "adam")
+    path = Path(__file__).parent / "configs" / "optimizer" / f"{name}.yaml"
+    if not path.is_file():
+        return ""
+    keys = yaml.safe_load(path.read_text())
+    return (f" The keys of optimizer={name} are: {', '.join(keys)} (the arguments of {keys.get('_target_')}; "
+            f"another optimizer is another file in configs/optimizer/).")
+
+
+def _schema_keys(full_key: str, args: tuple[str, ...] = ()) -> str:
     from dataclasses import fields
 
     from .config import schema
 
     section = full_key.split(".")[0]
-    cls = {"trainer": schema.TrainerConfig, "data": schema.DataConfig, "optimizer": schema.OptimizerConfig,
+    if section == "optimizer":
+        return _optimizer_keys(args)
+    cls = {"trainer": schema.TrainerConfig, "data": schema.DataConfig,
            "scheduler": schema.SchedulerConfig}.get(section)
     return f" The keys of {section} are: {', '.join(f.name for f in fields(cls))}." if cls else ""
 
@@ -78,7 +96,7 @@ def condense(command: str, text: str, args: tuple[str, ...] = ()) -> str:
     if options:
         msg += " " + ", ".join(options) + "."
     if full_key:
-        msg += f" (key: {full_key})." + _schema_keys(full_key)
+        msg += f" (key: {full_key})." + _schema_keys(full_key, args)
     unknown = re.search(r"Could not override '([^']+)'", msg)
     from .config import docs
 

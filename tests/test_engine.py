@@ -55,6 +55,7 @@ class TwoPlayers(GenerativeModel):
 def toy_cfg(tmp_path, **trainer):
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
         "model": {"name": "two_players"}, "objective": {"name": "test"},
+        "optimizer": {"_target_": "torch.optim.Adam", "name": "adam", "lr": 1e-3},
         "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
         "trainer": {"batch_size": 32, "max_steps": 9, "log_every": 3, "progress": False, **trainer}})
     return cfg

@@ -65,7 +65,7 @@ def trainer_for(tmp_path, model, **trainer) -> Trainer:
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
         "model": {"name": "test"}, "objective": {"name": "test"},
         "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
-        "optimizer": {"name": "sgd", "lr": 0.05},
+        "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.05},
         "trainer": {"batch_size": 32, "max_steps": 8, "log_every": 2, "progress": False, "ckpt_every": 1,
                     "sample_every": 0, **trainer}})
     return Trainer(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cpu"))
@@ -246,6 +246,7 @@ def test_cuda_precisions_and_compile_train(tmp_path, precision):
     cfg_trainer = {"precision": precision, "compile": True, "device": "cuda"}
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
         "model": {"name": "realnvp"}, "objective": {"name": "nll"},
+        "optimizer": {"_target_": "torch.optim.Adam", "name": "adam", "lr": 1e-3},
         "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
         "trainer": {"batch_size": 32, "max_steps": 20, "progress": False, "sample_every": 0, **cfg_trainer}})
     trainer = Trainer(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda"))

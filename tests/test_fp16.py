@@ -47,7 +47,7 @@ def make(tmp_path, steps):
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
         "model": {"name": "overflowing"}, "objective": {"name": "test"},
         "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
-        "optimizer": {"name": "sgd", "lr": 1e-6},
+        "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 1e-6},
         "trainer": {"batch_size": 32, "max_steps": steps, "log_every": 5, "progress": False, "precision": "16",
                     "device": "cuda", "sample_every": 0}})
     model = Overflowing(NoConfig(), DataSpec((2,), "continuous"), {"name": "test"})

@@ -14,11 +14,11 @@ from omegaconf import MISSING, OmegaConf
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 10
+    max_epochs: int = 10  # passes over the training split
     max_steps: int = -1  # > 0 stops after this many steps, whatever max_epochs says
     batch_size: int = 128  # the global batch: split over processes (torchrun) and accumulation micro-batches
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 1000  # examples per batch in validation
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "32"  # 32 | bf16 | 16 (16 uses a gradient scaler; CUDA only)
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
@@ -36,7 +36,7 @@ class TrainerConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING  # mnist | fashion_mnist | cifar10 | image_folder | npz | moons | ...
-    root: str = "${oc.env:DGM_DATA_ROOT,./data}"
+    root: str = "${oc.env:DGM_DATA_ROOT,./data}"  # the folder that holds the datasets (env DGM_DATA_ROOT, else ./data)
     path: Optional[str] = None  # image_folder: a folder; npz: a file
     representation: Optional[str] = None  # null: the model's own; binary | 8bit | dequantized | continuous
     binarize: str = "dynamic"  # dynamic | static (binary representation only)
@@ -51,13 +51,12 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"  # adam | adamw | sgd | rmsprop
+    """The keys every optimizer config has; the rest of configs/optimizer/<name>.yaml are the
+    arguments of the class ``_target_`` names (checked against its constructor)."""
+
+    _target_: str = "torch.optim.Adam"  # the optimizer class (Hydra's convention)
+    name: str = "adam"  # the config's name: adam | adamw | sgd | rmsprop | ... (ls configs/optimizer)
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.0
-    alpha: float = 0.99  # rmsprop smoothing
 
 
 @dataclass
@@ -74,7 +73,7 @@ class TrainConfig:
     model: Any = MISSING
     objective: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: Any = MISSING  # configs/optimizer/<name>.yaml: _target_, name, and its constructor's arguments
     scheduler: Optional[SchedulerConfig] = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
@@ -83,22 +82,22 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    checkpoint: str = MISSING
-    num_samples: int = 64
+    checkpoint: str = MISSING  # a .pt file written by dgm train, or its run folder (checkpoints/last.pt)
+    num_samples: int = 64  # images to draw (reconstruct/complete/interpolate: data examples to start from)
     mode: str = "sample"  # sample | reconstruct | interpolate | complete (as the model allows)
-    out: Optional[str] = None  # PNG path; default: <run folder>/samples.png
+    out: Optional[str] = None  # PNG path; null: <mode>.png in a new outputs/sample/<date>/<time>-<pid>/
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
-    temperature: float = 1.0
+    temperature: float = 1.0  # scales the std of the noise sampling starts from: 1 as trained, < 1 smoother (Glow)
     label: Optional[int] = None  # class to sample from, for class-conditional models
-    nrow: Optional[int] = None
+    nrow: Optional[int] = None  # images per grid row; null: a square grid
     split: str = "test"  # data that reconstruct/complete/interpolate start from
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # random seed of the samples
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
 
 @dataclass
 class EvalConfig:
-    checkpoint: str = MISSING
+    checkpoint: str = MISSING  # a .pt file written by dgm train, or its run folder (checkpoints/last.pt)
     split: str = "test"  # test | val | train
     metrics: Optional[List[str]] = None  # null: the model's own (nll, or fid,kid,pr,is without a likelihood)
     estimator: Dict[str, Any] = field(default_factory=dict)  # the model's estimator settings: estimator.k=5000 (VAE)

@@ -9,7 +9,6 @@ from ..errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULERS = ("cosine", "step", "exponential", "constant", "burda2015")
 REPRESENTATIONS = ("binary", "8bit", "dequantized", "continuous")
 BINARIZE = ("dynamic", "static")
@@ -63,10 +62,14 @@ def validate_train(cfg: DictConfig) -> None:
     one_of(cfg, t + "precision", PRECISIONS)
     one_of(cfg, t + "nan", ("stop", "skip"))
     check(cfg, t + "ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0 turns the weight average off)")
-    one_of(cfg, "optimizer.name", OPTIMIZERS)
+    from ..engine.optim import check_optimizer  # (torch: imported only when a run is checked)
+
+    check_optimizer(cfg.optimizer)
     positive(cfg, "optimizer.lr")
-    non_negative(cfg, "optimizer.weight_decay")
-    check(cfg, "optimizer.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
+    if "weight_decay" in cfg.optimizer:
+        non_negative(cfg, "optimizer.weight_decay")
+    if "betas" in cfg.optimizer:
+        check(cfg, "optimizer.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
     if cfg.scheduler is not None:
         one_of(cfg, "scheduler.name", SCHEDULERS)
         non_negative(cfg, "scheduler.warmup_steps")

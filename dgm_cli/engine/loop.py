@@ -146,7 +146,7 @@ class Trainer:
         total: dict = {}
         finite = True
         for i, (xm, ym, shard) in enumerate(chunks):
-            torch.manual_seed(step_seed(self.cfg.seed, self.step, p, shard))
+            runtime.seed_step(step_seed(self.cfg.seed, self.step, p, shard), self.device)
             last = i == len(chunks) - 1
             sync = self.ddp.no_sync() if (not last and self.ddp is not self.model) else nullcontext()
             with sync:
