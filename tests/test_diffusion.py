@@ -184,18 +184,23 @@ def test_full_bound_is_the_sum_of_its_terms(objective):
     assert torch.allclose(got.double(), expected, rtol=1e-4), (got, expected)
 
 
-def test_random_step_estimate_is_unbiased():
-    """The mean of many m-step estimates matches the mean of many full-bound loops within their errors."""
-    model = tiny("hybrid")
+@pytest.mark.parametrize("m", ["2", "4"])
+def test_random_step_estimate_is_unbiased_and_knows_its_error(m):
+    """The mean of many m-step estimates matches the mean of many full-bound loops within their errors, and
+    the variance each estimate reports is, on average, the variance of the estimates."""
+    model = tiny("hybrid", timesteps=21)  # 20 KL terms: one stratum of 20 (m = 2) or two of 10 (m = 4)
     x = eight_bit(1).expand(3000, 1, 2, 2)
     torch.manual_seed(4)
     full = -model.log_likelihood(x, timesteps="all").double()
-    estimate = -model.log_likelihood(x, timesteps="2").double()
+    estimate = -model.log_likelihood(x, timesteps=m).double()
+    reported = model._eval_terms[1]["step_sampling_variance"].double()
     se = math.sqrt(full.var() / len(full) + estimate.var() / len(estimate))
     assert abs(full.mean() - estimate.mean()) < 4 * se
     assert estimate.var() > full.var()  # it is a noisier estimate of the same number
-    with pytest.raises(UserError, match="only 5 KL terms"):
-        model.log_likelihood(x[:2], timesteps="6")
+    # conservative by at most the finite-population fraction 2/N_h
+    assert 0.85 < reported.mean() / estimate.var() < 1.0 / (1 - 2 / (40 / int(m))) + 0.15
+    with pytest.raises(UserError, match="only 20 KL terms"):
+        model.log_likelihood(x[:2], timesteps="22")
 
 
 def test_bound_falls_on_memorized_data():
@@ -284,13 +289,13 @@ def test_trajectory_grid_runs_from_noise_to_data():
 def test_eval_reports_the_bound_in_bits_per_dim_and_its_parts():
     model = tiny()
     x = eight_bit(6)
-    settings = estimators.estimator_settings(model, {"timesteps": 3})
-    assert settings == {"timesteps": "3"}
+    settings = estimators.estimator_settings(model, {"timesteps": 4})
+    assert settings == {"timesteps": "4"}
     report = likelihood.evaluate_likelihood(model, x, None, 4, "cpu", **settings)
     parts = report["bound_terms"]
     assert report["bits_per_dim"] == pytest.approx(report["nll_nats"] / (4 * math.log(2)))
     assert report["nll_nats"] == pytest.approx(parts["prior_nats"] + parts["decoder_nats"] + parts["kl_terms_nats"])
-    assert 0 < parts["step_sampling_stderr_nats"] and "3 of the 5 KL terms" in report["estimator"]
+    assert 0 < parts["step_sampling_stderr_nats"] and "4 of the 5 KL terms, 2 drawn per example from each of 2 equal strata" in report["estimator"]
     full = likelihood.evaluate_likelihood(model, x, None, 4, "cpu", **estimators.estimator_settings(model, {}))
     assert "step_sampling_stderr_nats" not in full["bound_terms"] and "all T=6 steps" in full["estimator"]
 
@@ -308,8 +313,9 @@ def test_bad_settings_are_refused(cfg, objective, message):
 
 def test_bad_estimator_and_objective_keys_are_refused():
     model = tiny()
-    with pytest.raises(UserError, match="timesteps"):
-        estimators.estimator_settings(model, {"timesteps": "some"})
+    for bad in ("some", 3, 0):
+        with pytest.raises(UserError, match="timesteps"):
+            estimators.estimator_settings(model, {"timesteps": bad})
     with pytest.raises(UserError, match="no estimator setting estimator.k"):
         estimators.estimator_settings(model, {"k": 5})
     with pytest.raises(UserError, match="takes only name"):
