@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .app import command, model_from_checkpoint
 from .config.validate import validate_eval
+from .atomic import write_text_atomically
 from .errors import UserError
 
 log = logging.getLogger("dgm.eval")
@@ -60,10 +60,7 @@ def headline(report: dict) -> str:
 
 
 def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(report, indent=2) + "\n")
 
 
 def merge_previous(report: dict, path: Path) -> dict:
@@ -101,11 +98,12 @@ def resolve_metrics(asked, model) -> tuple[bool, list[str]]:
 @command("eval", validate_eval)
 def app(cfg: DictConfig) -> None:
     from .data import pipeline
-    from .engine import checkpoint, runtime
+    from .engine import checkpoint, distributed, runtime
     from .evaluation import estimators, likelihood
     from .evaluation.samples import sample_quality_report
 
-    device = runtime.pick_device(cfg.device)
+    distributed.init()  # under torchrun, each process evaluates its part of the split
+    device = runtime.pick_device(cfg.device, distributed.local_rank() if distributed.active() else None)
     state = checkpoint.load(cfg.checkpoint)
     model, train_cfg, dataset = model_from_checkpoint(state, device, cfg.data_root)
     want_nll, sample_metrics = resolve_metrics(cfg.metrics, model)
@@ -135,6 +133,10 @@ def app(cfg: DictConfig) -> None:
         report["sample_quality"] = sample_quality_report(model, dataset, train_cfg, cfg, sample_metrics, device,
                                                          eval_binarization or "")
     out = Path(cfg.out) if cfg.out else Path(state["path"]).parent / "eval.json"
+    if not distributed.is_main():
+        distributed.destroy()
+        return
+    distributed.destroy()
     report = merge_previous(report, out)
     write_json(report, out)
     print(headline(report))

@@ -49,16 +49,16 @@ def env() -> dict:
     return {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "OMP_NUM_THREADS": "1"}
 
 
-def torchrun(cwd: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(cwd: Path, *args: str, nproc: int = 2, command: str = "train") -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
-           "-m", "dgm_cli", "train", *args]
+           "-m", "dgm_cli", command, *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
-def single(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([dgm_executable(), "train", *args], cwd=cwd, env=env(), capture_output=True, text=True,
+def single(cwd: Path, *args: str, command: str = "train") -> subprocess.CompletedProcess:
+    proc = subprocess.run([dgm_executable(), command, *args], cwd=cwd, env=env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     return proc
@@ -136,3 +136,17 @@ def test_nccl_two_gpus_equal_one(tmp_path, data_root):
     torchrun(tmp_path / "ddp", *args)
     single(tmp_path / "accum", *args, "trainer.accumulate=2")
     assert_same_parameters(last_state(tmp_path / "ddp"), last_state(tmp_path / "accum"))
+
+
+def test_eval_splits_the_test_set_over_processes_and_gathers_the_same_numbers(tmp_path, data_root):
+    import json
+
+    single(tmp_path, *CASES["made"], *COMMON)
+    (run,) = run_folders(tmp_path)
+    args = [f"checkpoint={run}", "limit=301"]  # an odd count: the processes get 151 and 150 examples
+    single(tmp_path, *args, f"out={tmp_path / 'one.json'}", command="eval")
+    torchrun(tmp_path, *args, f"out={tmp_path / 'two.json'}", command="eval")
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text())["likelihood"] for n in ("one", "two"))
+    assert two["num_examples"] == one["num_examples"] == 301
+    for key in ("nll_nats", "nll_nats_stderr", "bits_per_dim"):
+        assert abs(one[key] - two[key]) < 1e-6 * max(1.0, abs(one[key])), key

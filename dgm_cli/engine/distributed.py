@@ -80,13 +80,11 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on any rank (one small all-reduce)."""
-    if not active():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of ``t`` over the ranks (in place, and returned): flags raised anywhere."""
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
 
 
 def shard(n: int) -> slice:

@@ -90,6 +90,7 @@ class Trainer:
         self.logger = (Logger(run_dir, purge_step=None if self.fresh else self.step + 1) if self.main
                        else NullLogger())
         self.signals = StopSignals()
+        self._stop_agreed = False  # with several processes: a stop signal reached one of them
         self._running: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self.last_val: dict[str, float] = {}
@@ -158,8 +159,11 @@ class Trainer:
                 total[k] = total[k] + v if k in total else v
         if len(chunks) > 1:
             total = {k: v / len(chunks) for k, v in total.items()}
-        if self.world > 1:
-            finite = not distributed.any_rank(not finite, self.device)
+        if self.world > 1:  # one small all-reduce agrees on both: a bad loss anywhere, a stop signal anywhere
+            flags = torch.tensor([0.0 if finite else 1.0, 0.0 if self.signals.requested is None else 1.0],
+                                 device=self.device)
+            distributed.all_reduce_max(flags)
+            finite, self._stop_agreed = not bool(flags[0]), bool(flags[1])
         return total, finite
 
     def _non_finite(self, phase: str, metrics: dict) -> None:
@@ -227,7 +231,7 @@ class Trainer:
                 self.validate()
             if self.step % t.ckpt_every == 0 or epoch_end or self.step == self.total_steps:
                 self.save()
-            if distributed.any_rank(self.signals.requested is not None, self.device):
+            if self._stop_agreed if self.world > 1 else self.signals.requested is not None:
                 self._stop(bar)
         bar.close()
         if t.sample_every and self.step % t.sample_every != 0:  # the last step's grid, once

@@ -51,7 +51,7 @@ def estimator_settings(model, given: Mapping[str, Any]) -> dict:
     """The model's estimator settings (its ``Estimator`` dataclass, defaults filled in) with ``given``
     merged in. Keys the model does not take, or values of the wrong type, are refused."""
     given = dict(given or {})
-    cls = getattr(model, "Estimator", None)
+    cls = model.Estimator
     name = type(model).__name__
     if cls is None:
         if given:

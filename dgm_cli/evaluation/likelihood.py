@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from ..data import pipeline
+from ..engine import distributed
 from . import estimators
 
 REPRESENTATION_NOTES = {
@@ -88,18 +89,23 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
     has it, runs once before the per-example pass (AIS's log Z) and returns fields for the report.
     ``log_prior`` (log p(y)) is needed for a class-conditional model."""
     start = time.perf_counter()
-    prepare = getattr(model, "prepare_eval", None)
-    prepared = dict(prepare(x, y, **settings) or {}) if prepare is not None else {}
+    prepared = dict(model.prepare_eval(x, y, **settings) or {})
     conditional = is_conditional(model)
     if conditional and (log_prior is None or y is None):
         raise ValueError("a class-conditional model's NLL needs the labels and the label prior p(y)")
     marginal, own, sums = [], [], {}  # own: log p(x), or log p(x|y) of a conditional model
-    for xb, yb in pipeline.eval_batches(x, y, batch_size, device):
+    part = distributed.shard(len(x))  # under torchrun, each process takes its part; gathered below
+    for xb, yb in pipeline.eval_batches(x[part], None if y is None else y[part], batch_size, device):
         if conditional:
             marginal.append(marginal_log_likelihood(model, xb, log_prior, **settings))
         own.append(model.log_likelihood(xb, yb, **settings).double().cpu())
         for k, v in model.extra_eval(xb, yb).items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
+    if distributed.active():
+        mine = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)  # noqa: E731
+        own = [distributed.all_gather_cat(mine(own))]
+        marginal = [distributed.all_gather_cat(mine(marginal))] if conditional else marginal
+        sums = {k: distributed.all_reduce_sum(torch.as_tensor(v, device=device).double()) for k, v in sums.items()}
     rep, dim = model.data.representation, model.data.dim
     offset = nll_offset(rep, dim)
     nll = -torch.cat(marginal if conditional else own) + offset

@@ -55,6 +55,8 @@ class GenerativeModel(nn.Module):
 
     #: the model's hyperparameters: a dataclass, so that config keys are typed and checked.
     Config: ClassVar[type]
+    #: the estimator's settings (``dgm eval estimator.<key>=``), a dataclass; None: it takes none.
+    Estimator: ClassVar[Optional[type]] = None
 
     def __init__(self, config, data: DataSpec, objective: dict):
         super().__init__()
@@ -153,6 +155,11 @@ class GenerativeModel(nn.Module):
         (binary pixels, 8-bit values, or the density of dequantized data on [0,1)^D),
         exact or estimated as ``likelihood`` says."""
         raise UserError(f"{type(self).__name__} has no likelihood; use sample-quality metrics.")
+
+    def prepare_eval(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> dict:
+        """A pass run once before the per-example one (AIS's log Z); returns fields for the report,
+        ``shared_error_nats`` for an error every example shares."""
+        return {}
 
     def estimator(self, **settings) -> str:
         """A human-readable name of how ``log_likelihood`` is computed with these settings."""
