@@ -54,7 +54,7 @@ def test_rbm_free_energy_and_conditionals_match_their_definitions():
     p_h_given_v = torch.softmax(logw, 1)  # (2^V, 2^H)
     assert torch.allclose(model.hidden_probs(v), p_h_given_v @ h, atol=1e-10)  # marginals of each unit
     p_v_given_h = torch.softmax(logw, 0)
-    assert torch.allclose(model.visible_probs(h), p_v_given_h.t() @ v, atol=1e-10)
+    assert torch.allclose(model.visible_mean(h), p_v_given_h.t() @ v, atol=1e-10)
     # ... and the units are conditionally independent: the product of the marginals is the conditional
     ph = model.hidden_probs(v)
     product = torch.exp(h @ ph.log().t() + (1 - h) @ (1 - ph).log().t()).t()
@@ -75,7 +75,7 @@ def test_gibbs_kernel_leaves_the_exact_distribution_invariant():
     logw, v, h = joint_log_weights(model)
     pi = torch.softmax(-model.free_energy(v), 0)
     p_h = torch.softmax(logw, 1)
-    pv = model.visible_probs(h)  # (2^H, V)
+    pv = model.visible_mean(h)  # (2^H, V)
     p_v_given_h = torch.exp(v @ pv.log().t() + (1 - v) @ (1 - pv).log().t()).t()  # (2^H, 2^V)
     T = p_h @ p_v_given_h
     assert torch.allclose(T.sum(1), torch.ones(len(v), dtype=torch.float64))
@@ -259,3 +259,66 @@ def test_dbm_pcd_training_raises_its_exact_log_likelihood():
     train(model, data, 400, lr=0.2)
     assert exact_mean() > before + 0.25
     assert model.sample(2).shape == (2, 1, 3, 3) and bool(model.chains_started)
+
+
+# --- through the CLI -------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.parametrize("model_args", [
+    ["model=rbm", "objective=pcd", "objective.chains=16", "model.hidden_units=10"],
+])
+def test_resume_restores_chains_and_buffers_exactly(model_args, dgm, tmp_path, data_root):
+    """Two stages (20 steps, then resumed to 40) end where 40 uninterrupted steps end: parameters,
+    persistent chains, data statistics and every other buffer."""
+    from conftest import run_folders
+
+    args = [*model_args, "dataset=mnist", "trainer.batch_size=32", "data.val_size=500", "trainer.val_every=10",
+            "trainer.sample_every=0", "trainer.ckpt_every=10", "trainer.device=cpu", "trainer.progress=false", "seed=2"]
+    straight, staged = tmp_path / "straight", tmp_path / "staged"
+    straight.mkdir(), staged.mkdir()
+    dgm("train", *args, "trainer.max_steps=40", cwd=straight)
+    dgm("train", *args, "trainer.max_steps=20", cwd=staged)
+    (run,) = run_folders(staged)
+    dgm("train", f"resume={run}", "trainer.max_steps=40", cwd=staged)
+    a = torch.load(run_folders(straight)[0] / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 40
+    assert set(a["model"]) == set(b["model"])
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
+    assert bool(b["model"]["chains_started"]) and b["model"]["chains"].shape == (16, 784)
+
+
+# --- GRBM ----------------------------------------------------------------------------------------
+def grbm(V: int, H: int, seed: int = 0, **config):
+    model = build("grbm", shape=(V,), hidden_units=H, **config).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.W.copy_(torch.randn(V, H, generator=g, dtype=torch.float64) * 0.1)
+        model.b.copy_(torch.rand(V, generator=g, dtype=torch.float64))
+        model.c.copy_(torch.randn(H, generator=g, dtype=torch.float64))
+    return model
+
+
+def test_grbm_free_energy_and_log_z_match_brute_force():
+    """2 visible, 3 hidden: F(v) = -log Σ_h exp(-E(v,h)) and Z = ∫ exp(-F) on a fine grid."""
+    model = grbm(2, 3, sigma=0.3, learn_sigma=True)
+    W, b, c, var = model.W.detach(), model.b.detach(), model.c.detach(), model.sigma().detach() ** 2
+    grid = torch.linspace(-2.5, 3.5, 801, dtype=torch.float64)
+    v = torch.cartesian_prod(grid, grid)
+    h = ais.all_states(3)
+    energy = ((v - b) ** 2 / (2 * var)).sum(-1)[:, None] - (h @ c)[None] - (v / var) @ W @ h.t()
+    with torch.no_grad():
+        assert torch.allclose(model.free_energy(v), -torch.logsumexp(-energy, 1), atol=1e-10)
+        cell = float(grid[1] - grid[0]) ** 2
+        quadrature = float(torch.logsumexp(-model.free_energy(v), 0)) + math.log(cell)
+    assert model.exact_log_z() == pytest.approx(quadrature, abs=1e-4)
+
+
+def test_grbm_ais_is_within_its_3_sigma_of_the_exact_log_z():
+    model = grbm(6, 5, seed=1)
+    with torch.no_grad():
+        model.data_mean.fill_(0.4), model.data_sq_mean.fill_(0.25), model.data_count.fill_(1000)
+    torch.manual_seed(0)
+    est = ais.forward_ais(model.ais_path(), 100, ais.scaled_schedule(2000))
+    assert est.lower <= model.exact_log_z() <= est.upper, (est, model.exact_log_z())

@@ -5,7 +5,7 @@
   ``k`` sweeps per update). The training loss is the CD surrogate mean F(v_data) - mean F(v_model)
   with v_model a constant, whose gradient is the CD estimate of -∇ log-likelihood.
 * Sampler state in registered buffers, so checkpoints hold it and resume is exact: the persistent
-  chains, the running mean of the training data (the AIS base-rate model is built from it), and a
+  chains, the running mean (and mean square) of the training data (the AIS base model is built from it), and a
   fixed set of training examples for the free-energy gap (Hinton 2010, Sec. 6: the mean free energy of
   validation data minus that of training data; a gap that grows is the sign of overfitting). Under
   DistributedDataParallel (broadcast_buffers=False) every process keeps its own chains; the chains
@@ -95,6 +95,7 @@ class BoltzmannMachine(GenerativeModel):
         """Buffers: the running mean of the training data (the base-rate model) and the fixed training
         examples of the free-energy gap."""
         self.register_buffer("data_mean", torch.full((dim,), 0.5))
+        self.register_buffer("data_sq_mean", torch.full((dim,), 0.5))
         self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("reference", torch.zeros(REFERENCE_SIZE, dim))
         self.register_buffer("reference_filled", torch.zeros((), dtype=torch.long))
@@ -104,7 +105,9 @@ class BoltzmannMachine(GenerativeModel):
         """Fold a training batch into the running data mean and the reference set."""
         n = len(v)
         total = self.data_count + n
-        self.data_mean += (v.mean(0) - self.data_mean) * (n / total).to(self.data_mean)
+        rate = (n / total).to(self.data_mean)
+        self.data_mean += (v.mean(0) - self.data_mean) * rate
+        self.data_sq_mean += ((v * v).mean(0) - self.data_sq_mean) * rate
         self.data_count.copy_(total)
         filled = int(self.reference_filled)
         if filled < REFERENCE_SIZE:
@@ -120,10 +123,14 @@ class BoltzmannMachine(GenerativeModel):
         if not self.persistent:
             return sweeps(v, self.k)
         if not bool(started):
-            chains.copy_(torch.bernoulli(torch.full_like(chains, 0.5)))
+            chains.copy_(self.chain_start(chains))
             started.fill_(True)
         chains.copy_(sweeps(chains, self.k))
         return chains
+
+    def chain_start(self, like: Tensor) -> Tensor:
+        """Where persistent chains start: uniform binary noise (a GRBM: uniform on [0, 1))."""
+        return torch.bernoulli(torch.full_like(like, 0.5))
 
     def base_rate(self) -> Tensor:
         """The AIS base model's visible biases: smoothed log-odds of the training pixel means."""

@@ -104,9 +104,15 @@ class RBM(BoltzmannMachine):
         W, _, c = self.params()
         return torch.sigmoid(v @ W + c)
 
-    def visible_probs(self, h: Tensor) -> Tensor:
+    def visible_mean(self, h: Tensor) -> Tensor:
+        """E[v | h]: p(v_i = 1 | h) for binary units."""
         W, b, _ = self.params()
         return torch.sigmoid(h @ W.t() + b)
+
+    @torch.no_grad()
+    def reconstruction_error(self, v: Tensor, hidden_probs: Tensor) -> Tensor:
+        """Σ_i (v_i - E[v_i | h = p(h|v)])^2 per example: the mean-field up-down reconstruction."""
+        return ((v - self.visible_mean(hidden_probs)) ** 2).sum(-1)
 
     def gibbs(self, v: Tensor, sweeps: int) -> Tensor:
         return gibbs_sweeps(v, *self.params(), sweeps)
@@ -133,20 +139,16 @@ class RBM(BoltzmannMachine):
         v = flat(x)
         self.observe(v)
         negative = self.negatives(v, self.chains, self.chains_started, self.gibbs)
-        W, b, c = self.params()
-        pre = v @ W + c
-        f_data = -(v @ b) - F.softplus(pre).sum(-1)
-        f_model = bernoulli_free_energy(negative, W, b, c)
+        f_data, f_model = self.free_energy(v), self.free_energy(negative)
         loss = f_data.mean() - f_model.mean()  # the CD surrogate: its gradient is the CD update
-        hidden = torch.sigmoid(pre)
+        hidden = self.hidden_probs(v)
         metrics = {"free_energy_data": f_data.mean().detach(), "free_energy_model": f_model.mean().detach(),
                    "hidden_mean": hidden.mean().detach()}
         if self.config.sparsity_cost > 0:
             penalty = sparsity_penalty(hidden, self.config.sparsity_target)
             loss = loss + self.config.sparsity_cost * penalty
             metrics["sparsity_penalty"] = penalty.detach()
-        with torch.no_grad():
-            metrics["reconstruction_error"] = reconstruction_error(v, hidden, W, b).mean()
+        metrics["reconstruction_error"] = self.reconstruction_error(v, hidden.detach()).mean()
         metrics["loss"] = loss.detach()
         self._batch_means = (v.mean(0).detach(), hidden.mean(0).detach())
         return loss, metrics
@@ -164,10 +166,8 @@ class RBM(BoltzmannMachine):
         """Free energy, the free-energy gap to the training reference set, reconstruction error, mean
         hidden activation; on an enumerable RBM also the exact NLL, which is then the ``loss``."""
         v = flat(x)
-        W, b, c = self.params()
-        fe = bernoulli_free_energy(v, W, b, c)
-        hidden = torch.sigmoid(v @ W + c)
-        metrics = {"free_energy": fe.mean(), "reconstruction_error": reconstruction_error(v, hidden, W, b).mean(),
+        fe, hidden = self.free_energy(v), self.hidden_probs(v)
+        metrics = {"free_energy": fe.mean(), "reconstruction_error": self.reconstruction_error(v, hidden).mean(),
                    "hidden_mean": hidden.mean(), **self.free_energy_gap(fe, self.free_energy)}
         exact = self.cached_exact_log_z()
         if exact is not None:
@@ -179,7 +179,7 @@ class RBM(BoltzmannMachine):
         """The exact log Z, enumerated again only when the weights have changed."""
         if not ais.enumerable(*self.W.shape):
             return None
-        key = tuple(t._version for t in (self.W, self.b, self.c, self.offset_v, self.offset_h))
+        key = tuple(t._version for t in (*self.parameters(), self.offset_v, self.offset_h))
         if getattr(self, "_exact", (None,))[0] != key:
             self._exact = (key, self.exact_log_z())
         return self._exact[1]
@@ -198,11 +198,10 @@ class RBM(BoltzmannMachine):
     # --- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
-        """``model.sample_steps`` Gibbs sweeps from the base-rate model; shows p(v|h) of the last sweep."""
+        """``model.sample_steps`` Gibbs sweeps from the AIS base model; shows E[v|h] of the last sweep."""
         self.check_temperature(temperature, label)
-        v = torch.bernoulli(torch.sigmoid(self.base_rate()).expand(n, -1))
-        v = self.gibbs(v, self.config.sample_steps - 1)
-        return self.visible_probs(torch.bernoulli(self.hidden_probs(v))).view(n, *self.data.shape)
+        v = self.gibbs(self.ais_path().sample_base(n), self.config.sample_steps - 1)
+        return self.visible_mean(torch.bernoulli(self.hidden_probs(v))).view(n, *self.data.shape)
 
     @torch.no_grad()
     def sample_for_logging(self, n: int) -> Tensor:
@@ -216,7 +215,7 @@ class RBM(BoltzmannMachine):
         """Rows alternate: 8 inputs, then their mean-field reconstructions p(v | h = p(h|v))."""
         n = (x.shape[0] // 8) * 8 or x.shape[0]
         x = x[:n]
-        rec = self.visible_probs(self.hidden_probs(flat(x))).view_as(x)
+        rec = self.visible_mean(self.hidden_probs(flat(x))).view_as(x)
         cols = min(8, n)
         return torch.stack([x.view(-1, cols, *x.shape[1:]), rec.view(-1, cols, *x.shape[1:])], 1).flatten(0, 1)
 
