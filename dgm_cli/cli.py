@@ -175,6 +175,25 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+PATH_KEYS = ("checkpoint", "resume", "out", "data.path", "data.root", "data_root")
+
+
+def quote_paths(args: list[str]) -> list[str]:
+    """Quote a path value that names an existing file or folder when Hydra would misread it: sweep
+    folders are named ``<job>_<overrides>`` and hold '=', ',' and '[' (``checkpoint=<such a run>``
+    works as typed). Values that are not existing paths (a sweep list ``a,b``) are left alone."""
+    import os
+
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if (sep and key in PATH_KEYS and value and value[0] not in "'\"" and any(c in value for c in "=,[]{}() '\"")
+                and os.path.exists(os.path.expanduser(value))):
+            a = f"{key}={_quote(value)}"
+        out.append(a)
+    return out
+
+
 def _resume_folder(command: str, args: list[str]) -> list[str]:
     """`dgm train resume=<run>` logs into that run's folder (its train.log goes on where it stopped),
     not into a new one, and leaves the run's .hydra/ (the config it was trained with) as it is."""
@@ -240,9 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         refuse_added_keys(command, argv[1:])
         # dgm's overrides join the user's (Hydra parses overrides as one run of positionals, and flags
         # such as --cfg or --package may come before or after them)
-        args = argv[1:]
+        args = quote_paths(argv[1:])
         at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
-        sys.argv = [f"dgm {command}"] + args[:at] + hydra_overrides(command, args) + args[at:]
+        sys.argv = [f"dgm {command}"] + args[:at] + hydra_overrides(command, argv[1:]) + args[at:]
     else:
         sys.argv = [f"dgm {command}"] + argv[1:]
     held = _HeldStderr()

@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 
 import pytest
+import torch
 
 from conftest import TINY, run_folders
 
@@ -41,3 +42,13 @@ def test_the_slurm_preset_composes_with_one_process_per_gpu(tmp_path, dgm):
               "--package", "hydra.launcher").stdout
     assert "submitit_launcher.SlurmLauncher" in out
     assert re.search(r"tasks_per_node: 4\b", out) or "tasks_per_node: ${hydra.launcher.gpus_per_node}" in out
+
+
+def test_a_sweep_run_folder_works_as_checkpoint_and_resume_as_typed(tmp_path, dgm, data_root):
+    """Sweep folders hold '=', ',' and '[' (their overrides): dgm quotes such paths for Hydra."""
+    dgm("train", "-m", *TINY, "trainer.max_steps=3", "trainer.sample_every=0", "seed=1")
+    (run,) = run_folders(tmp_path)
+    assert "[" in run.name and "=" in run.name
+    dgm("sample", f"checkpoint={run}", "num_samples=4", f"out={tmp_path / 'x.png'}")
+    dgm("train", f"resume={run}", "trainer.max_steps=5")
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
