@@ -75,3 +75,20 @@ def test_configs_ship_in_the_package():
 
     files = importlib.resources.files("dgm_cli.configs")
     assert files.joinpath("train.yaml").is_file() and files.joinpath("model").joinpath("vae.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_yaml_restates_its_dataclass_defaults(name):
+    """configs/model/<name>.yaml documents every hyperparameter with the dataclass's default, so the
+    two cannot drift: same keys, same values."""
+    import dataclasses
+
+    cls = get_model_class(name)
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{name}.yaml"))  # as dgm reads it
+    cfg.pop("defaults", None)
+    assert cfg.pop("name") == name and cfg.pop("representation") in cls.representations
+    defaults = dataclasses.asdict(cls.Config())
+    assert sorted(cfg) == sorted(defaults), f"keys differ: yaml-only {set(cfg) - set(defaults)}, " \
+                                            f"dataclass-only {set(defaults) - set(cfg)}"
+    for key, value in defaults.items():
+        assert cfg[key] == value or (isinstance(value, tuple) and list(value) == cfg[key]), f"{key}: {cfg[key]} != {value}"

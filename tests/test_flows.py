@@ -322,16 +322,6 @@ def test_wrong_representation_is_refused():
 # --- configs -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["realnvp", "glow", "maf"])
-def test_model_config_matches_the_dataclass(name):
-    cfg = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
-    assert cfg.pop("name") == name
-    assert cfg.pop("representation") in CLASSES[name].representations
-    cfg.pop("defaults")
-    config = CLASSES[name].Config(**cfg)
-    assert config == CLASSES[name].Config()  # the YAML documents the dataclass defaults
-
-
 @pytest.mark.parametrize("preset", ["realnvp_mnist", "glow_mnist", "maf_mnist", "realnvp_moons"])
 def test_experiment_presets_name_known_fields(preset):
     text = (CONFIGS / "experiment" / f"{preset}.yaml").read_text()
