@@ -17,7 +17,7 @@ from dgm_cli.errors import UserError
 from dgm_cli.evaluation import estimators, likelihood
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.diffusion import gaussian_diffusion as G
-from dgm_cli.models.diffusion.ddpm import DDPM, DDPMConfig
+from dgm_cli.models.diffusion.ddpm import DDPM, DDPMConfig, stratified_steps, stratified_sum
 
 TINY = DataSpec((1, 2, 2), "8bit")
 
@@ -188,7 +188,7 @@ def test_full_bound_is_the_sum_of_its_terms(objective):
 def test_random_step_estimate_is_unbiased_and_knows_its_error(m):
     """The mean of many m-step estimates matches the mean of many full-bound loops within their errors, and
     the variance each estimate reports is, on average, the variance of the estimates."""
-    model = tiny("hybrid", timesteps=21)  # 20 KL terms: one stratum of 20 (m = 2) or two of 10 (m = 4)
+    model = tiny("hybrid", timesteps=21)  # 20 KL terms: one stratum of 20 (m = 2) or strata of 4 and 16 (m = 4)
     x = eight_bit(1).expand(3000, 1, 2, 2)
     torch.manual_seed(4)
     full = -model.log_likelihood(x, timesteps="all").double()
@@ -197,8 +197,8 @@ def test_random_step_estimate_is_unbiased_and_knows_its_error(m):
     se = math.sqrt(full.var() / len(full) + estimate.var() / len(estimate))
     assert abs(full.mean() - estimate.mean()) < 4 * se
     assert estimate.var() > full.var()  # it is a noisier estimate of the same number
-    # conservative by at most the finite-population fraction 2/N_h
-    assert 0.85 < reported.mean() / estimate.var() < 1.0 / (1 - 2 / (40 / int(m))) + 0.15
+    # conservative by at most the finite-population fraction 2/N_h of the smallest sampled stratum
+    assert 0.85 < reported.mean() / estimate.var() < {"2": 1 / (1 - 2 / 20), "4": 1 / (1 - 2 / 4)}[m] + 0.15
     with pytest.raises(UserError, match="only 20 KL terms"):
         model.log_likelihood(x[:2], timesteps="22")
 
@@ -286,6 +286,16 @@ def test_trajectory_grid_runs_from_noise_to_data():
 # --- evaluation and configuration -------------------------------------------------------------
 
 
+def test_geometric_strata_cover_every_step_once():
+    steps, sizes = stratified_steps(3, 999, 10, "cpu")
+    assert sum(sizes) == 999 and sizes[0] == 1 and sizes == sorted(sizes)
+    assert steps.shape == (3, sum(min(2, s) for s in sizes)) and steps.min() >= 1 and steps.max() <= 999
+    # exact where every step of every stratum is drawn: all 5 KL terms from strata of 1, 2 and 2 steps
+    terms = torch.arange(1.0, 6.0).expand(2, 5)
+    total, variance = stratified_sum(terms, [1, 2, 2])
+    assert torch.equal(total, torch.full((2,), 15.0)) and torch.equal(variance, torch.zeros(2))
+
+
 def test_eval_reports_the_bound_in_bits_per_dim_and_its_parts():
     model = tiny()
     x = eight_bit(6)
@@ -295,7 +305,7 @@ def test_eval_reports_the_bound_in_bits_per_dim_and_its_parts():
     parts = report["bound_terms"]
     assert report["bits_per_dim"] == pytest.approx(report["nll_nats"] / (4 * math.log(2)))
     assert report["nll_nats"] == pytest.approx(parts["prior_nats"] + parts["decoder_nats"] + parts["kl_terms_nats"])
-    assert 0 < parts["step_sampling_stderr_nats"] and "4 of the 5 KL terms, 2 drawn per example from each of 2 equal strata" in report["estimator"]
+    assert 0 < parts["step_sampling_stderr_nats"] and "from 2 geometrically growing strata" in report["estimator"]
     full = likelihood.evaluate_likelihood(model, x, None, 4, "cpu", **estimators.estimator_settings(model, {}))
     assert "step_sampling_stderr_nats" not in full["bound_terms"] and "all T=6 steps" in full["estimator"]
 

@@ -50,8 +50,8 @@ class DDPMConfig:
 class BoundEstimator:
     """`dgm eval estimator.timesteps=...`: how the variational bound's sum over steps is computed."""
 
-    # all: every one of the T terms (Ho et al.'s bits/dim) | m (even): the prior and decoder terms and m of the
-    # T-1 KL terms, two drawn per example from each of m/2 equal strata: an unbiased estimate with its error
+    # all: every one of the T terms (Ho et al.'s bits/dim) | m (even): the prior and decoder terms and at most m
+    # of the T-1 KL terms, two drawn per example from each of m/2 strata: an unbiased estimate with its error
     timesteps: str = "all"
 
     def __post_init__(self):
@@ -61,24 +61,30 @@ class BoundEstimator:
                             "steps >= 2 (two from each stratum of steps, so that each stratum gives its error).")
 
 
-def stratified_steps(n: int, num_terms: int, strata: int, device) -> tuple[Tensor, Tensor]:
-    """Two distinct KL steps from each of ``strata`` equal runs of steps 1..num_terms, for each of n examples:
-    (steps (n, 2 strata), the strata's sizes)."""
-    edges = torch.linspace(0, num_terms, strata + 1).round().long()
-    drawn = [torch.rand(n, int(hi - lo), device=device).argsort(dim=1)[:, :2] + lo + 1
-             for lo, hi in zip(edges[:-1], edges[1:])]
-    return torch.cat(drawn, dim=1), edges[1:] - edges[:-1]
+def stratified_steps(n: int, num_terms: int, strata: int, device) -> tuple[Tensor, list[int]]:
+    """KL steps for each of n examples from ``strata`` runs of steps 1..num_terms whose lengths grow
+    geometrically (the terms fall roughly geometrically with t, so short strata where they are large):
+    two distinct steps from each run, or all of a run shorter than 3. Returns (steps (n, draws), run lengths)."""
+    edges = torch.logspace(0, math.log10(num_terms + 1), strata + 1, dtype=torch.float64).round().long().unique() - 1
+    sizes = (edges[1:] - edges[:-1]).tolist()
+    drawn = [torch.rand(n, size, device=device).argsort(dim=1)[:, :2] + lo + 1 for lo, size in zip(edges.tolist(), sizes)]
+    return torch.cat(drawn, dim=1), sizes
 
 
-def stratified_sum(terms: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor]:
-    """The sum of all KL terms estimated from two draws per stratum, sum_h N_h mean_h, and an estimate of
-    that estimate's variance, sum_h N_h^2 s_h^2 / 2, per example (stratified sampling, Cochran 1977,
-    Sec. 5.3). The finite-population factor (1 - 2/N_h) is left out: each term carries its own draw of x_t,
-    a variance no finite population bounds, so the estimate errs on the large side by at most 2/N_h."""
-    pairs = terms.view(len(terms), len(sizes), 2)
-    sizes = sizes.to(terms)
-    sample_var = (pairs[..., 0] - pairs[..., 1]) ** 2 / 2
-    return (sizes * pairs.mean(2)).sum(1), (sizes**2 * sample_var / 2).sum(1)
+def stratified_sum(terms: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
+    """The sum of all KL terms estimated stratum by stratum, sum_h N_h mean_h, and an estimate of that
+    estimate's variance, sum_h N_h^2 s_h^2 / 2 over the strata that were sampled, per example (stratified
+    sampling, Cochran 1977, Sec. 5.3). The finite-population factor (1 - 2/N_h) is left out: each term
+    carries its own draw of x_t, a variance no finite population bounds, so the estimate errs on the large
+    side by at most 2/N_h. Strata of 1 or 2 steps are summed whole and add nothing."""
+    total, variance, j = terms.new_zeros(len(terms)), terms.new_zeros(len(terms)), 0
+    for size in sizes:
+        block = terms[:, j:j + min(2, size)]
+        j += block.shape[1]
+        total = total + size * block.mean(1)
+        if size > 2:
+            variance = variance + size**2 * (block[:, 0] - block[:, 1]) ** 2 / 4
+    return total, variance
 
 
 @register("ddpm")
@@ -234,8 +240,9 @@ class DDPM(GenerativeModel):
         if timesteps == "all":
             return (f"variational bound, all T={steps} steps (Ho et al. 2020): prior + {steps - 1} KL terms + "
                     "discretized Gaussian decoder, one draw of x_t per step")
-        return (f"variational bound, unbiased estimate (T={steps}): prior + decoder + {timesteps} of the {steps - 1} "
-                f"KL terms, 2 drawn per example from each of {int(timesteps) // 2} equal strata")
+        strata = len(stratified_steps(1, steps - 1, int(timesteps) // 2, "cpu")[1])
+        return (f"variational bound, unbiased estimate (T={steps}): prior + decoder + the {steps - 1} KL terms "
+                f"estimated from {strata} geometrically growing strata of steps, 2 drawn per example from each")
 
     @torch.no_grad()
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
