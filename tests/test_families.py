@@ -22,7 +22,15 @@ MODEL_NAMES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 QUICK = ["trainer.max_steps=2", "trainer.batch_size=8", "trainer.num_samples=4", "trainer.eval_batch_size=100",
          "trainer.sample_every=1", "data.val_size=100", "trainer.progress=false"]
 #: models whose every sample and likelihood costs T network passes: a short chain keeps the test quick
-QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"]}
+QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"],
+               "rbm": ["model.hidden_units=16", "model.sample_steps=5"],
+               "grbm": ["model.hidden_units=16", "model.sample_steps=5"],
+               "dbn": ["model.hidden_units=[16,8]", "model.sample_steps=5"],
+               "dbm": ["model.hidden_units=[16,8]", "model.sample_steps=5"],
+               "ebm": ["model.width=8", "model.buffer_size=64", "model.sgld_steps=2", "model.sample_steps=5"]}
+#: estimator settings for the likelihood check (default: k=4, which exact models ignore)
+QUICK_AIS = {"ais_runs": 4, "ais_temperatures": [10, 10, 10], "reverse_burn_in": 5}
+QUICK_ESTIMATOR = {"rbm": QUICK_AIS, "grbm": QUICK_AIS, "dbn": {**QUICK_AIS, "bound_samples": 2}, "dbm": QUICK_AIS}
 
 pytestmark = pytest.mark.real_data
 
@@ -54,7 +62,7 @@ def test_train_sample_eval_every_model_on_mnist(name, tmp_path, data_root):
     assert image.shape[0] == 3 and image.min() >= 0 and image.max() <= 1
     if model.likelihood is not None:
         x = pipeline.fixed(dataset.test[0][:6], model.data.representation)
-        report = evaluate_likelihood(model, x, dataset.test[1][:6], 3, "cpu", k=4)
+        report = evaluate_likelihood(model, x, dataset.test[1][:6], 3, "cpu", **QUICK_ESTIMATOR.get(name, {"k": 4}))
         assert math.isfinite(report["nll_nats"]) and report["bits_per_dim"] > 0
         if model.data.representation == "binary":
             assert report["bits_per_dim"] < 2.0, "a binary pixel costs ~1 bit/dim untrained, not more"
