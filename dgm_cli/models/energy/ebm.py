@@ -180,5 +180,5 @@ class EBM(GenerativeModel):
 
     @torch.no_grad()
     def sample_for_logging(self, n: int) -> Tensor:
-        """The most recent replay-buffer states are the sampler's current output: show a few."""
+        """The first ``n`` slots of the replay buffer: what the training sampler currently holds."""
         return self.to_data_space(self.replay[:n])
