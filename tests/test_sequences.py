@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from dgm_cli.data import pipeline
 from dgm_cli.data import sequences as S
 from dgm_cli.errors import UserError
+from dgm_cli.evaluation import likelihood
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.sequence.dmm import DMM
 from dgm_cli.models.sequence.srnn import SRNN
@@ -161,3 +162,14 @@ def test_linear_gaussian_dataset_loads_as_continuous_sequences():
     assert small(DMM, spec).emission_kind == "gaussian"
     again = pipeline.load(cfg)  # drawn with fixed seeds
     assert torch.equal(ds.test[0], again.test[0])
+
+
+def test_eval_reports_nats_per_sequence_and_per_step_without_padding():
+    model = small(VRNN)
+    x = SSM.sample(3, 10, torch.Generator().manual_seed(5))
+    ragged = S.pad([x[0], x[1, :4], x[2, :6]])
+    report = likelihood.evaluate_likelihood(model, ragged, None, 2, "cpu", k=8)
+    parts = report["bound_terms"]
+    assert parts["steps_per_sequence"] == pytest.approx(20 / 3)
+    assert parts["nll_nats_per_step"] == pytest.approx(report["nll_nats"] * 3 / 20)
+    assert parts["elbo_nats_per_step"] == pytest.approx(parts["elbo_nats_per_sequence"] * 3 / 20)

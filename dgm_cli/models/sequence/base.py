@@ -114,6 +114,7 @@ class SequenceModel(GenerativeModel):
             self.emission_kind = "bernoulli" if binary else "gaussian"
         self.emission_outputs = self.x_dim * (2 if self.emission_kind == "gaussian" else 1)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._scored: Optional[tuple[Tensor, Tensor]] = None  # (batch, its bound) from the last log_likelihood
 
     # --- what each model defines ------------------------------------------------------------------
     def trajectory(self, x: Tensor, mask: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -189,17 +190,27 @@ class SequenceModel(GenerativeModel):
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, k: int = 100, **_) -> Tensor:
         """The IWAE bound with k trajectories per sequence, nats per sequence."""
-        return self.iwae(x, k)
+        bound = self.iwae(x, k)
+        self._scored = (x, bound)  # for extra_eval's per-step report of this batch
+        return bound
 
     def estimator(self, k: int = 100, **_) -> str:
         return f"IWAE over latent trajectories, k={k} (Burda et al. 2015); a lower bound on log p(x_1:T)"
 
     @torch.no_grad()
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
-        """Real time steps and the single-trajectory ELBO, to report nats per step."""
-        return {"steps": mask_of(self.as_sequences(x)).sum().double(), "elbo": self.iwae(x, 1).double().sum()}
+        """Real time steps, the single-trajectory ELBO and the bound ``log_likelihood`` just gave this
+        batch, to report nats per step."""
+        sums = {"steps": mask_of(self.as_sequences(x)).sum().double(), "elbo": self.iwae(x, 1).double().sum()}
+        if self._scored is not None and self._scored[0] is x:
+            sums["bound"] = self._scored[1].double().sum()
+        self._scored = None
+        return sums
 
     def finalize_eval(self, sums: dict[str, float], count: int) -> dict[str, float]:
         steps = float(sums["steps"])
-        return {"elbo_nats_per_sequence": float(sums["elbo"]) / count, "elbo_nats_per_step": float(sums["elbo"]) / steps,
-                "steps_per_sequence": steps / count}
+        out = {"elbo_nats_per_sequence": float(sums["elbo"]) / count, "elbo_nats_per_step": float(sums["elbo"]) / steps,
+               "steps_per_sequence": steps / count}
+        if "bound" in sums:
+            out["nll_nats_per_step"] = -float(sums["bound"]) / steps
+        return out
