@@ -10,6 +10,7 @@
   validation data minus that of training data; a gap that grows is the sign of overfitting). Under
   DistributedDataParallel (broadcast_buffers=False) every process keeps its own chains; the chains
   start from noise drawn under the engine's per-shard seed, so they differ across processes.
+  With ``trainer.accumulate=N`` every micro-batch advances the chains k sweeps (N·k per update).
 * Evaluation: ``prepare_eval`` estimates log Z once by AIS (forward, and reverse for the other side of
   the bracket; exact enumeration where a layer is small), ``log_likelihood`` subtracts it from the
   model's unnormalised log-probability (or its bound), and the log Z error is reported apart, as an
