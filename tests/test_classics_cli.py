@@ -10,7 +10,7 @@ from conftest import run_folders
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
-QUICK = ["dataset=mnist", "trainer.max_steps=3", "trainer.batch_size=16", "trainer.sample_every=0",
+QUICK = ["dataset=mnist", "trainer.max_steps=3", "trainer.batch_size=16", "trainer.sample_every=0", "trainer.num_samples=4",
          "trainer.eval_batch_size=100", "data.val_size=100", "trainer.progress=false"]
 
 LOWER_BOUND = "stochastic lower bound on log p"
@@ -23,6 +23,8 @@ CASES = {
     "gumbel_vae": (["model=gumbel_vae"], ["estimator.k=7"], LOWER_BOUND),
     "helmholtz": (["model=helmholtz"], ["estimator.k=7"], LOWER_BOUND),
     "helmholtz_wake_sleep": (["model=helmholtz", "objective=wake_sleep"], ["estimator.k=7"], LOWER_BOUND),
+    "row_lstm": (["model=row_lstm"], [], "exact"),
+    "diagonal_bilstm": (["model=diagonal_bilstm"], [], "exact"),
 }
 
 
