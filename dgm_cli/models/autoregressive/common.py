@@ -18,18 +18,71 @@ that sequence position s = (h * W + w) * C + c. MADE may use other orders
 """
 from __future__ import annotations
 
+import logging
 import math
-from contextlib import nullcontext
+import sys
+import time
+from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ...errors import UserError
 from ..base import GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
 
 LEVELS = 256  # values of an 8-bit pixel
+PROGRESS_AFTER = 3.0  # seconds: sampling that takes longer shows its progress
+log = logging.getLogger("dgm.sample")
+
+
+class SamplingProgress:
+    """Progress of sequential sampling: on a terminal a tqdm bar, shown once sampling has taken
+    PROGRESS_AFTER seconds; otherwise a log line at that point (with the time left) and one at the end."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.done, self.logged = total, what, 0, False
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=total, desc=what, unit="px", delay=PROGRESS_AFTER, leave=False, dynamic_ncols=True,
+                        disable=not sys.stderr.isatty())
+
+    def __enter__(self) -> "SamplingProgress":
+        return self
+
+    def update(self) -> None:
+        self.done += 1
+        self.bar.update()
+        if self.bar.disable and not self.logged:
+            elapsed = time.perf_counter() - self.start
+            if elapsed > PROGRESS_AFTER:
+                self.logged = True
+                log.info("%s: %d/%d dimensions after %.0f s, about %.0f s left", self.what, self.done, self.total,
+                         elapsed, elapsed * (self.total - self.done) / self.done)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        if self.logged and exc[0] is None:
+            log.info("%s: done in %.1f s", self.what, time.perf_counter() - self.start)
+
+
+class PixelStepper:
+    """Generation from cached activations (Ramachandran et al. 2017, "Fast Generation for
+    Convolutional Autoregressive Models"): what a convolutional model hands ``fill``. ``fill`` writes
+    each drawn value into ``image`` (B, C, H, W) and visits the pixels in raster order;
+    ``logits_at(r, c)`` computes pixel (r, c)'s activations in every layer from the cached ones of
+    the pixels before it, keeps them, and returns the pixel's logits ((B, C) binary, (B, 256, C)
+    8-bit, as ``logits`` would at that pixel). Called again after a channel of the pixel is drawn,
+    it sees that channel. ``row_done(r)`` runs after row r is complete (row-wise stacks)."""
+
+    image: Tensor
+
+    def logits_at(self, r: int, c: int) -> Tensor:
+        raise NotImplementedError
+
+    def row_done(self, r: int) -> None:
+        pass
 
 
 class AutoregressiveModel(GenerativeModel):
@@ -133,17 +186,65 @@ class AutoregressiveModel(GenerativeModel):
         k = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
         return k.float() / (LEVELS - 1)
 
+    def stepper(self, x: Tensor, y: Optional[Tensor]) -> Optional["PixelStepper"]:
+        """Generation from cached activations, starting from the images ``x`` (zeros where not yet
+        drawn); None (the default) samples with one full pass per dimension."""
+        return None
+
+    #: set by ``naive_sampling``: sample by full passes even where the model has a stepper
+    naive: bool = False
+
+    @contextmanager
+    def naive_sampling(self):
+        """Within: ``sample`` and ``sample_complete`` run one full network pass per dimension (the
+        reference that generation from cached activations is checked and timed against)."""
+        self.naive = True
+        try:
+            yield self
+        finally:
+            self.naive = False
+
     @torch.no_grad()
     def fill(self, x: Tensor, y: Optional[Tensor], observed: Tensor, temperature: float = 1.0) -> Tensor:
-        """Keep x where ``observed``, draw every other dimension from p(x_i | x_<i), one
-        dimension at a time in the generation order (one network pass per dimension)."""
+        """Keep x where ``observed``, draw every other dimension from p(x_i | x_<i), one dimension
+        at a time in the generation order: from cached activations where the model has them
+        (``stepper``), else by one network pass per dimension. Both draw the same random numbers in
+        the same order, so with one seed they give the same samples."""
+        start = torch.where(observed, x, torch.zeros_like(x))
+        stepper = None if self.naive else self.stepper(start, y)
+        if stepper is None:
+            return self.fill_naive(start, y, observed, temperature)
+        c, h, w = self.data.shape
+        todo = (~observed.all(0)).permute(1, 2, 0).tolist()  # [r][col][ch]: does any example draw it?
+        image = stepper.image
+        with SamplingProgress(h * w, f"sampling {x.shape[0]} x {type(self).__name__} (cached)") as progress:
+            for r in range(h):
+                for col in range(w):
+                    for ch, draw in enumerate(todo[r][col]):
+                        # The last channel's pass also leaves this pixel's activations final.
+                        if draw or ch == c - 1:
+                            logits = stepper.logits_at(r, col)  # (B, C) | (B, bins, C)
+                        if draw:
+                            drawn = self.draw(logits[..., ch], temperature)
+                            known = observed[:, ch, r, col]
+                            image[:, ch, r, col] = torch.where(known, image[:, ch, r, col], drawn)
+                    progress.update()
+                stepper.row_done(r)
+        return image.clone(memory_format=torch.contiguous_format)
+
+    @torch.no_grad()
+    def fill_naive(self, x: Tensor, y: Optional[Tensor], observed: Tensor, temperature: float = 1.0) -> Tensor:
+        """``fill`` by one network pass per dimension: the reference that cached sampling must match."""
         seq = self.to_sequence(torch.where(observed, x, torch.zeros_like(x))).clone()
         known = self.to_sequence(observed)
-        for s in self.generation_order().tolist():
-            if bool(known[:, s].all()):
-                continue
-            logits = self.to_sequence(self.logits(self.from_sequence(seq), y))[..., s]
-            seq[:, s] = torch.where(known[:, s], seq[:, s], self.draw(logits, temperature))
+        order = self.generation_order().tolist()
+        with SamplingProgress(len(order), f"sampling {x.shape[0]} x {type(self).__name__}") as progress:
+            for s in order:
+                progress.update()
+                if bool(known[:, s].all()):
+                    continue
+                logits = self.to_sequence(self.logits(self.from_sequence(seq), y))[..., s]
+                seq[:, s] = torch.where(known[:, s], seq[:, s], self.draw(logits, temperature))
         return self.from_sequence(seq)
 
     @staticmethod

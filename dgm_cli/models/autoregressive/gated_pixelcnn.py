@@ -14,6 +14,10 @@ and a class-conditional model adds a per-class bias V^T h to both halves (eq. 4,
 one-hot label). The horizontal stack's skip outputs are summed into PixelCNN's
 output layers. Within a pixel the horizontal stack's taps on the pixel itself carry
 the R, G, B channel masks (nn/masked_conv.py; mask A in the first layer, B after).
+
+Sampling (``Stepper``) follows Ramachandran et al. 2017: the horizontal stack is computed at each
+new pixel only, the vertical stack one row at a time once the row is complete (its output at row i
+is used from row i + 1 on), both from cached inputs.
 """
 from __future__ import annotations
 
@@ -25,10 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ..nn.masked_conv import MaskedConv2d
+from ..nn.masked_conv import MaskedConv2d, PaddedMap, PixelConv, pointwise
 from ..registry import register
-from .common import AutoregressiveModel
-from .pixelcnn import check_divisible, output_layers
+from .common import AutoregressiveModel, PixelStepper
+from .pixelcnn import Head, check_divisible, output_layers
 
 
 def gate(t: Tensor) -> Tensor:
@@ -71,6 +75,72 @@ class GatedLayer(nn.Module):
         return v_out, h_out, self.skip(h_gated)
 
 
+class LayerCache:
+    """One gated layer at one pixel (horizontal stack) or one row (vertical stack) at a time: its
+    cached inputs ``v`` and ``h``, and ``from_above``, the vertical stack's contribution to the
+    horizontal one, vertical_to_horizontal(shift_down(v_pre)), filled in row by row."""
+
+    def __init__(self, layer: GatedLayer, v: PaddedMap, h: PaddedMap, y: Optional[Tensor]):
+        self.v, self.h = v, h
+        k = layer.vertical.kernel_size[1]
+        self.vertical = PixelConv(layer.vertical, anchor=(k // 2, k // 2))  # rows i - k//2 .. i
+        self.horizontal = PixelConv(layer.horizontal)
+        self.to_horizontal, self.skip = pointwise(layer.vertical_to_horizontal), pointwise(layer.skip)
+        self.residual = None if layer.residual is None else pointwise(layer.residual)
+        self.class_v = self.class_h = None
+        if y is not None:
+            self.class_v, self.class_h = layer.class_vertical(y), layer.class_horizontal(y)
+        weight, bias = self.to_horizontal
+        b, _, rows, width = v.inner.shape
+        self.from_above = v.data.new_zeros(b, rows, width, weight.shape[0])  # channels-last, like PaddedMap
+        if bias is not None:  # row 0 sees only shift_down's zero padding
+            self.from_above[:, 0] = bias
+
+
+class Stepper(PixelStepper):
+    """Gated PixelCNN from cached activations (see ``PixelStepper`` and the module docstring)."""
+
+    def __init__(self, model: "GatedPixelCNN", x: Tensor, y: Optional[Tensor]):
+        c, rows, width = model.data.shape
+        self.layers: list[LayerCache] = []
+        for i, layer in enumerate(model.layers):
+            k = layer.vertical.kernel_size[1]
+            if i == 0:  # x feeds both stacks: one map padded for both
+                v = h = PaddedMap(x, c, rows, width, top=k // 2, left=k // 2, right=k // 2)
+            else:
+                n = layer.vertical.in_channels
+                v = PaddedMap(x, n, rows, width, top=k // 2, left=k // 2, right=k // 2)
+                h = PaddedMap(x, n, rows, width, top=0, left=k // 2, right=0)
+            self.layers.append(LayerCache(layer, v, h, y))
+        self.image = self.layers[0].v.inner
+        self.image.copy_(x)
+        self.head = Head(model.output, c, model.bins)
+
+    def logits_at(self, r: int, c: int) -> Tensor:
+        skips = 0
+        for layer, above in zip(self.layers, self.layers[1:] + [None]):
+            h_pre = layer.horizontal.at(layer.h, r, c) + layer.from_above[:, r, c]
+            if layer.class_h is not None:
+                h_pre = h_pre + layer.class_h
+            h_gated = gate(h_pre)
+            skips = skips + F.linear(h_gated, *layer.skip)
+            if above is not None:  # the next layer's horizontal input at (r, c)
+                h_out = h_gated if layer.residual is None else \
+                    layer.h.inner[:, :, r, c] + F.linear(h_gated, *layer.residual)
+                above.h.inner[:, :, r, c] = h_out
+        return self.head(skips)
+
+    def row_done(self, r: int) -> None:
+        for layer, above in zip(self.layers, self.layers[1:] + [None]):
+            v_pre = layer.vertical.row(layer.v, r)  # (B, 2n, W)
+            if r + 1 < layer.from_above.shape[1]:
+                layer.from_above[:, r + 1] = F.linear(v_pre.transpose(1, 2), *layer.to_horizontal)
+            if above is not None:
+                if layer.class_v is not None:
+                    v_pre = v_pre + layer.class_v[:, :, None]
+                above.v.inner[:, :, r] = gate(v_pre)
+
+
 @register("gated_pixelcnn")
 class GatedPixelCNN(AutoregressiveModel):
     @dataclass
@@ -105,3 +175,6 @@ class GatedPixelCNN(AutoregressiveModel):
             v, h, skip = layer(v, h, y)
             skips = skips + skip
         return self.image_logits(self.output(skips))
+
+    def stepper(self, x: Tensor, y: Optional[Tensor]) -> Stepper:
+        return Stepper(self, x, y)

@@ -5,26 +5,243 @@ Every conditional has its own hidden layer, and all of them share the input weig
   h_i = act(a_i),   a_i = c + W[:, <i] x_<i           (Larochelle & Murray 2011, Sec. 3; act = sigmoid)
   p(x_i = 1 | x_<i) = sigmoid(b_i + V_i . h_i)        (idem; a 256-way softmax for 8-bit data)
 
-Because a_{i+1} = a_i + W[:, i] x_i (idem, the recurrence that makes NADE O(HD)), the pre-activations
-of all D conditionals are an exclusive cumulative sum over i of W[:, i] x_i: training and
-evaluation compute every conditional of a batch in one vectorised pass. Only sampling
-runs over the dimensions, carrying a_i forward (``fill``).
+Because a_{i+1} = a_i + W[:, i] x_i (idem, the recurrence that makes NADE O(HD)), one sweep over the
+dimensions, carrying a_i, computes every conditional. ``Sweep`` below runs it for a chunk of the batch
+at a time, so that a_i and the hidden layer of one dimension (rows x H) stay in cache, and never
+holds a batch x D x H tensor (the exclusive cumulative sum of W[:, i] x_i over i would be 800 MB
+at the paper's size: memory traffic, not arithmetic, would set the speed).
+
+Training takes the gradient in the same sweep. With d_i = dL/da_i (back through h_i), the
+weights W[:, j] reach every a_i with i > j, so
+
+  dL/dW[:, j] = sum_b x_bj (T_b - P_bj),   T_b = sum_i d_bi,   P_bj = sum_{i<=j} d_bi,
+  dL/dc = sum_b T_b,
+
+where P is a running sum the sweep carries and the T_b terms are one matrix product at the end. The
+loss of each conditional is known as soon as its logits are, so ``MeanLogLikelihood`` computes the
+gradient of the batch's mean log-likelihood in its forward call: one sweep and one activation per
+hidden unit per step, where autograd would need a forward and a backward pass. ``Logits`` serves
+every other use (any upstream gradient, gradients with respect to x): its backward sweeps in
+reverse, a block of dimensions at a time from checkpoints of a, carrying G_bj = sum_{i>j} d_bi, so
+that a gradient that is zero (dL/dx_bj for a conditional j does not reach) is exactly zero.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ..base import PhaseLoss
+from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
 from ..registry import register
 from .common import AutoregressiveModel
 
-ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
-EVAL_CHUNK = 256  # examples per slice at evaluation: the (B, D, H) pre-activations get large
+aten = torch.ops.aten
+#: activation, written into ``out``, and its backward from the activation's output
+ACTIVATIONS = {
+    "sigmoid": (lambda a, out: torch.sigmoid(a, out=out), aten.sigmoid_backward.grad_input),
+    "tanh": (lambda a, out: torch.tanh(a, out=out), aten.tanh_backward.grad_input),
+    "relu": (lambda a, out: torch.clamp_min(a, 0.0, out=out),
+             lambda g, h, grad_input: aten.threshold_backward.grad_input(g, h, 0.0, grad_input=grad_input)),
+}
+CACHE_FLOATS = 2 ** 16  # a chunk of the batch has rows x H <= this (256 KiB of float32: about an L2 cache)
+BLOCK = 16  # dimensions whose logits are turned into losses at once
+
+
+def conditional_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x_i | x_<i) of N conditionals: logits (N, bins), x (N,) -> (N,)."""
+    if logits.shape[1] == 1:
+        return bernoulli_log_prob(logits[:, 0], x)
+    return categorical_log_prob(logits, x)
+
+
+@dataclass
+class Grads:
+    W: Tensor  # (D, H) until ``Sweep.grads`` transposes it
+    c: Tensor
+    V: Tensor
+    b: Tensor
+    x: Optional[Tensor] = None  # (D, B) likewise
+
+
+class Sweep:
+    """The recurrence over a chunk of the batch at a time: x (B, D), W (H, D), c (H,), V (D, bins, H),
+    b (D, bins), detached. Every tensor the loops touch is a view made here, so that each step of a
+    loop is one Python call per arithmetic operation on a (rows, H) slice."""
+
+    def __init__(self, x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, grads: bool):
+        self.act, self.act_backward = ACTIVATIONS[activation]
+        (self.batch, self.dim), hidden, bins = x.shape, W.shape[0], V.shape[1]
+        self.rows = max(1, min(self.batch, CACHE_FLOATS // hidden))
+        self.xt, self.Wt, self.c = x.t().contiguous(), W.t().contiguous(), c  # row i: dimension i
+        self.V, Vt = V, V.transpose(1, 2).contiguous()
+        new = lambda *shape: x.new_empty(*shape)  # noqa: E731
+        self.a, self.d, self.h, self.logits = new(self.rows, hidden), new(self.rows, hidden), \
+            new(BLOCK, self.rows, hidden), new(BLOCK, self.rows, bins)
+        self.W_i, self.V_i, self.Vt_i, self.b_i = self.Wt.unbind(0), V.unbind(0), Vt.unbind(0), b.unbind(0)
+        self.g = Grads(torch.zeros_like(self.Wt), torch.zeros_like(c), torch.zeros_like(V), torch.zeros_like(b)) \
+            if grads else None
+
+    def chunks(self):
+        """(b0, b1) of each chunk, with the chunk's views made and a = c (a_1)."""
+        for b0 in range(0, self.batch, self.rows):
+            b1 = min(b0 + self.rows, self.batch)
+            n = b1 - b0
+            self.a_n, self.d_n, self.logits_n = self.a[:n], self.d[:n], self.logits[:, :n]
+            self.h_j, self.logits_j = self.h[:, :n].unbind(0), self.logits_n.unbind(0)
+            self.x_i, self.x_col_i = self.xt[:, b0:b1].unbind(0), self.xt[:, b0:b1, None].unbind(0)
+            self.a_n.copy_(self.c.expand(n, -1))
+            yield b0, b1
+
+    def blocks(self):
+        return [(i0, min(i0 + BLOCK, self.dim)) for i0 in range(0, self.dim, BLOCK)]
+
+    def forward(self, i0: int, i1: int) -> Tensor:
+        """h_i and the logits of dimensions i0..i1-1, advancing a to a_{i1}; (i1 - i0, rows, bins)."""
+        for j, i in enumerate(range(i0, i1)):
+            self.act(self.a_n, out=self.h_j[j])  # h_i
+            torch.addmm(self.b_i[i], self.h_j[j], self.Vt_i[i], out=self.logits_j[j])  # b_i + V_i h_i
+            self.a_n.addcmul_(self.x_col_i[i], self.W_i[i])  # a_{i+1} = a_i + W[:, i] x_i
+        return self.logits_n[: i1 - i0]
+
+    def back_through(self, i: int, j: int, dlogits: Tensor) -> Tensor:
+        """d_i = dL/da_i from dL/dlogits_i (rows, bins), the hidden layer h_i in slot j; adds
+        dL/dV_i and dL/db_i."""
+        self.g.V[i].addmm_(dlogits.t(), self.h_j[j])
+        self.g.b[i] += dlogits.sum(0)
+        torch.mm(dlogits, self.V_i[i], out=self.d_n)
+        return self.act_backward(self.d_n, self.h_j[j], grad_input=self.d_n)
+
+    def grads(self) -> Grads:
+        g = self.g
+        g.W, g.x = g.W.t(), None if g.x is None else g.x.t()
+        return g
+
+
+#: ``on_logits(i0, i1, b0, b1, logits)`` sees the logits (i1 - i0, b1 - b0, bins) of dimensions i0..i1-1
+#: for batch rows b0..b1-1 and returns dL/dlogits of that block, or None
+LogitsHook = Callable[[int, int, int, int, Tensor], Optional[Tensor]]
+
+
+def forward_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, on_logits: LogitsHook,
+                  grads: bool = False) -> Optional[Grads]:
+    """One pass over the dimensions in order, handing each block of logits to ``on_logits``; with
+    ``grads``, the parameters' gradients from the dL/dlogits it returns (module docstring)."""
+    s = Sweep(x, W, c, V, b, activation, grads)
+    running = x.new_empty(s.rows, W.shape[0])
+    for b0, b1 in s.chunks():
+        run_n = running[: b1 - b0].zero_()  # P: sum of d_i so far
+        for i0, i1 in s.blocks():
+            dlogits = on_logits(i0, i1, b0, b1, s.forward(i0, i1))
+            if s.g is None:
+                continue
+            for j, i in enumerate(range(i0, i1)):
+                run_n.add_(s.back_through(i, j, dlogits[j]))  # P_i
+                s.g.W[i].addmv_(run_n.t(), s.x_i[i], alpha=-1.0)  # - sum_b x_bi P_bi
+        if s.g is not None:  # + sum_b x_bj T_b: P is now T
+            s.g.W.addmm_(s.xt[:, b0:b1], run_n)
+            s.g.c += run_n.sum(0)
+    return None if s.g is None else s.grads()
+
+
+def reverse_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, dlogits: Tensor,
+                  x_grad: bool) -> Grads:
+    """Gradients for any dL/dlogits (D, B, bins): blocks in reverse order, each recomputed from a
+    checkpoint of a, carrying G = sum of d_i over the dimensions after the current one."""
+    s = Sweep(x, W, c, V, b, activation, grads=True)
+    s.g.x = torch.zeros_like(s.xt) if x_grad else None
+    blocks = s.blocks()
+    checkpoints, later = x.new_empty(len(blocks), s.rows, W.shape[0]), x.new_empty(s.rows, W.shape[0])
+    for b0, b1 in s.chunks():
+        n = b1 - b0
+        G = later[:n].zero_()
+        for k, (i0, i1) in enumerate(blocks):
+            checkpoints[k, :n] = s.a_n
+            for i in range(i0, i1):
+                s.a_n.addcmul_(s.x_col_i[i], s.W_i[i])
+        for k, (i0, i1) in reversed(list(enumerate(blocks))):
+            s.a_n.copy_(checkpoints[k, :n])
+            s.forward(i0, i1)  # the same h_i as the forward pass
+            for j, i in reversed(list(enumerate(range(i0, i1)))):
+                s.g.W[i].addmv_(G.t(), s.x_i[i])  # sum_b x_bi G_bi
+                if s.g.x is not None:
+                    s.g.x[i, b0:b1].addmv_(G, s.W_i[i])
+                G.add_(s.back_through(i, j, dlogits[i, b0:b1]))
+        s.g.c += G.sum(0)
+    return s.grads()
+
+
+def _plain(x: Tensor, *params: Tensor) -> list[Tensor]:
+    """Detached tensors for a sweep, x in the parameters' dtype."""
+    return [x.detach().to(params[0].dtype), *(p.detach() for p in params)]
+
+
+def no_autocast(fn):
+    """Sweeps run in the parameters' dtype: mixed precision would round the running sums."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        device = next(a.device.type for a in args if isinstance(a, Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+    return run
+
+
+class Logits(torch.autograd.Function):
+    """Every conditional's logits (B, D, bins) by a forward sweep; backward by a reverse sweep, for
+    any upstream gradient and with respect to x too."""
+
+    @staticmethod
+    @no_autocast
+    def forward(ctx, x, W, c, V, b, activation):
+        out = W.new_empty(x.shape[1], x.shape[0], V.shape[1])  # (D, B, bins)
+
+        def keep(i0, i1, b0, b1, logits):
+            out[i0:i1, b0:b1] = logits
+
+        forward_sweep(*_plain(x, W, c, V, b), activation, keep)
+        ctx.save_for_backward(x, W, c, V, b)
+        ctx.activation = activation
+        return out.permute(1, 0, 2)
+
+    @staticmethod
+    @no_autocast
+    def backward(ctx, upstream):
+        x, W, c, V, b = ctx.saved_tensors
+        g = reverse_sweep(*_plain(x, W, c, V, b), ctx.activation, upstream.permute(1, 0, 2).to(W.dtype),
+                          x_grad=ctx.needs_input_grad[0])
+        return g.x, g.W, g.c, g.V, g.b, None
+
+
+class MeanLogLikelihood(torch.autograd.Function):
+    """The batch's mean log p(x), its gradient computed in the same sweep (the loss of each
+    conditional is known as soon as its logits are); backward only scales it."""
+
+    @staticmethod
+    @no_autocast
+    def forward(ctx, x, W, c, V, b, activation):
+        x, *params = _plain(x, W, c, V, b)
+        total = x.new_zeros(())
+
+        def loss_gradient(i0, i1, b0, b1, logits):
+            with torch.enable_grad():
+                logits = logits.detach().requires_grad_(True)
+                log_p = conditional_log_prob(logits.reshape(-1, logits.shape[-1]), x[b0:b1, i0:i1].t().reshape(-1))
+                (d,) = torch.autograd.grad(log_p.sum(), logits)
+            total.add_(log_p.detach().sum())
+            return d / x.shape[0]
+
+        g = forward_sweep(x, *params, activation, loss_gradient, grads=True)
+        ctx.grads = g.W, g.c, g.V, g.b
+        return total / x.shape[0]
+
+    @staticmethod
+    def backward(ctx, upstream):
+        return (None, *(t * upstream for t in ctx.grads), None)
 
 
 @register("nade")
@@ -39,48 +256,55 @@ class NADE(AutoregressiveModel):
         if config.activation not in ACTIVATIONS:
             raise UserError(f"model.activation={config.activation!r} is not allowed; "
                             f"allowed: {', '.join(ACTIVATIONS)}.")
-        self.act = ACTIVATIONS[config.activation]
         d, h, k = data.dim, config.hidden_units, self.bins
         self.W = nn.Parameter(torch.randn(h, d) / math.sqrt(d))  # input -> hidden, shared
         self.c = nn.Parameter(torch.zeros(h))
         self.V = nn.Parameter(torch.randn(d, k, h) / math.sqrt(h))  # hidden i -> output i
         self.b = nn.Parameter(torch.zeros(d, k))
 
-    def hidden_preactivations(self, seq: Tensor) -> Tensor:
-        """a_i = c + sum_{j<i} W[:, j] x_j for every i at once: (B, D) -> (B, D, H).
+    @property
+    def params(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.W, self.c, self.V, self.b
 
-        A cumulative sum over i of the terms (c, W[:, 1] x_1, ..., W[:, D-1] x_{D-1}):
-        the bias enters as a constant first input, so no shifted copy of the big tensor
-        is made."""
-        inputs = torch.cat([torch.ones_like(seq[:, :1]), seq[:, :-1]], dim=1)  # (1, x_1 .. x_{D-1})
-        weights = torch.cat([self.c[:, None], self.W[:, :-1]], dim=1)  # (c, W_1 .. W_{D-1})
-        return torch.cumsum(inputs[:, :, None] * weights.t(), dim=1)
-
-    def output_logits(self, h: Tensor, i: Optional[int] = None) -> Tensor:
-        """b_i + V_i . h_i: (B, D, H) -> (B, D, bins), or one dimension (B, H) -> (B, bins)."""
-        if i is None:
-            return torch.einsum("bdh,dkh->bdk", h, self.V) + self.b
-        return h @ self.V[i].t() + self.b[i]
-
+    @torch.compiler.disable  # a Python loop over the dimensions: nothing for a compiler to fuse
     def logits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        out = self.output_logits(self.act(self.hidden_preactivations(self.to_sequence(x))))
+        out = Logits.apply(self.to_sequence(x), *self.params, self.config.activation)  # (B, D, bins)
         out = out.squeeze(-1) if self.bins == 1 else out.transpose(1, 2)  # (B, D) | (B, bins, D)
         return self.from_sequence(out)
 
+    @torch.compiler.disable
+    def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
+        nll = -MeanLogLikelihood.apply(self.to_sequence(x), *self.params, self.config.activation)
+        return nll, self.metrics(nll)
+
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
-        return torch.cat([self.log_prob(chunk) for chunk in x.split(EVAL_CHUNK)])
+        """log p(x) per example by one sweep, never holding all the logits (B, D, 256 for 8-bit data)."""
+        seq = self.to_sequence(x).to(self.W.dtype)
+        total = seq.new_zeros(seq.shape[0])
+
+        def accumulate(i0, i1, b0, b1, logits):
+            x_block = seq[b0:b1, i0:i1].t().reshape(-1)
+            total[b0:b1] += conditional_log_prob(logits.reshape(-1, self.bins), x_block).view(i1 - i0, -1).sum(0)
+
+        no_autocast(forward_sweep)(*_plain(seq, *self.params), self.config.activation, accumulate)
+        return total
+
+    def output_logits(self, h: Tensor, i: int) -> Tensor:
+        """b_i + V_i . h_i for one dimension: (B, H) -> (B, bins)."""
+        return h @ self.V[i].t() + self.b[i]
 
     @torch.no_grad()
     def fill(self, x: Tensor, y: Optional[Tensor], observed: Tensor, temperature: float = 1.0) -> Tensor:
         """Sequential sampling in O(HD) per example, carrying a_i forward."""
         seq = self.to_sequence(torch.where(observed, x, torch.zeros_like(x))).clone()
         known = self.to_sequence(observed)
-        a = self.c.expand(seq.shape[0], -1)
+        act = ACTIVATIONS[self.config.activation][0]
+        a, h = self.c.expand(seq.shape[0], -1).clone(), torch.empty(seq.shape[0], self.c.shape[0], device=seq.device)
         for i in range(self.data.dim):
             if not bool(known[:, i].all()):
-                logits = self.output_logits(self.act(a), i)
+                logits = self.output_logits(act(a, h), i)
                 drawn = self.draw(logits.squeeze(-1) if self.bins == 1 else logits, temperature)
                 seq[:, i] = torch.where(known[:, i], seq[:, i], drawn)
-            a = a + seq[:, i, None] * self.W[:, i]  # a_{i+1} = a_i + W[:, i] x_i
+            a.addcmul_(seq[:, i, None], self.W[:, i])  # a_{i+1} = a_i + W[:, i] x_i
         return self.from_sequence(seq)
