@@ -45,6 +45,9 @@ class GenerativeModel(nn.Module):
     family: ClassVar[str] = ""
     #: objective names this model trains with; the first is the default.
     objectives: ClassVar[tuple[str, ...]] = ()
+    #: the keys each objective's config may hold besides ``name``; any other is refused rather than
+    #: silently ignored. An objective missing here is not checked.
+    objective_keys: ClassVar[dict[str, set[str]]] = {}
     #: data representations the model can model; the first is its default.
     representations: ClassVar[tuple[str, ...]] = ()
     #: "exact", an estimator name ("iwae", "ais"), or None when there is no likelihood.
@@ -71,6 +74,11 @@ class GenerativeModel(nn.Module):
                 f"objective={name} does not fit a {type(self).__name__} ({self.family} family); "
                 f"objectives that do: {', '.join(self.objectives)}."
             )
+        extra = set(objective) - {"name"} - set(self.objective_keys.get(name, set(objective)))
+        if extra:
+            allowed = sorted({"name", *self.objective_keys[name]})
+            raise UserError(f"objective={name} takes only {', '.join(allowed)}; got {', '.join(sorted(extra))}, "
+                            "which it would ignore.")
         self.config = config
         self.data = data
         self.objective = dict(objective)

@@ -81,14 +81,13 @@ def conv_energy(shape: tuple, width: int) -> nn.Module:
 class EBM(GenerativeModel):
     family = "energy"
     objectives = ("ml",)
+    objective_keys = {"ml": set()}  # ml takes no keys
     representations = ("8bit", "continuous")
     likelihood = None
     Config = EBMConfig
 
     def __init__(self, config: EBMConfig, data, objective: dict):
         super().__init__(config, data, objective)
-        if set(objective) - {"name"}:
-            raise UserError(f"objective=ml takes only name; got {', '.join(sorted(set(objective) - {'name'}))}.")
         network = config.network if config.network != "auto" else ("conv" if data.is_image else "mlp")
         if network not in ("mlp", "conv") or (network == "conv" and not data.is_image):
             raise UserError(f"model.network={config.network!r} is not allowed here; allowed: auto, mlp"
