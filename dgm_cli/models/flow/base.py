@@ -93,7 +93,9 @@ class Flow(GenerativeModel):
 
     def _metrics(self, x: Tensor) -> tuple[Tensor, Metrics]:
         nll = -self.log_prob(x).mean()
-        metrics = {"nll": nll.detach()}
+        # -log p(x) of the density on [0,1)^D (or R^D): negative on images, and not the discrete NLL that
+        # `dgm eval` reports as nll_nats (which adds D ln 256); bits_per_dim is the discrete one, as in eval
+        metrics = {"nll_continuous": nll.detach()}
         loss = nll
         if self.data.is_image:  # optimise bits/dim, as Glow does: the same optimum, a size-independent scale
             loss = bits_per_dim(nll, self.data.dim)

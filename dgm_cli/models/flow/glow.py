@@ -5,7 +5,8 @@ parameterised) -> affine coupling. Images use the multi-scale architecture of
 Fig. 2b: L levels, each a squeeze and K steps; every level but the last factors
 out half of its channels, modelled by a learned conditional prior (``split_prior``)
 or by N(0, I). The coupling network is conv3x3 -> ReLU -> conv1x1 -> ReLU ->
-zero-initialised conv3x3, with scale sigmoid(raw + 2) (Glow code).
+zero-initialised conv3x3, with scale sigmoid(raw + 2) (Glow code), its log soft-clamped
+(layers.soft_clamp) so that sampling at temperature 1 stays finite.
 
 2-D toys: K steps of actnorm -> invertible linear map -> affine coupling with an MLP.
 """

@@ -44,6 +44,21 @@ def _channel_stat_dims(x: Tensor) -> tuple[int, ...]:
     return (0,) + tuple(range(2, x.dim()))
 
 
+#: the most a log-scale computed by a network may reach, either way (see ``soft_clamp``)
+MAX_LOG_SCALE = 3.0
+
+
+def soft_clamp(log_scale: Tensor, bound: float = MAX_LOG_SCALE) -> Tensor:
+    """bound * tanh(log_scale / bound): the identity near 0, never beyond +-bound ("soft clamping" of
+    a coupling's scale, Ardizzone et al. 2019, Sec. 3).
+
+    A log-scale that a network computes from the other half of the data is unbounded: at temperature 1
+    the sampler meets inputs the network never saw in training, a large input gives a large negative
+    log-scale, exp(-log_s) multiplies the next input by e^|log_s|, and after a few layers the values
+    are inf, then NaN. Bounded, each layer's inverse grows its input by at most e^bound times."""
+    return bound * torch.tanh(log_scale / bound)
+
+
 class FlowSequential(nn.Module):
     """A composition f = f_K o ... o f_1; log-determinants add up (chain rule)."""
 
@@ -174,7 +189,7 @@ class Split(nn.Module):
 
     def _conditional(self, h: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_std = self.prior(h).chunk(2, dim=1)
-        return mean, log_std
+        return mean, soft_clamp(log_std)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         out, kept = x.chunk(2, dim=1)
@@ -354,7 +369,9 @@ class AffineCoupling(nn.Module):
 
     scale="tanh": s = scale * tanh(raw), a learned per-channel scale (RealNVP code);
     scale="sigmoid": s = log sigmoid(raw + 2) (Glow, Kingma & Dhariwal 2018, code),
-    so each step can only contract, which keeps deep stacks stable.
+    so each step can only contract, which keeps deep stacks stable. Either way s is then
+    soft-clamped to (-MAX_LOG_SCALE, MAX_LOG_SCALE) (``soft_clamp``): log sigmoid alone is
+    unbounded below, so the inverse, x = (y - t) exp(-s), could still blow up when sampling.
     """
 
     def __init__(self, net: nn.Module, num_channels: int, mask: str = "channel", parity: int = 0,
@@ -376,7 +393,7 @@ class AffineCoupling(nn.Module):
             log_s = _per_channel(self.tanh_scale, raw) * torch.tanh(raw)
         else:
             log_s = F.logsigmoid(raw + 2.0)
-        return log_s * (1 - mask), shift * (1 - mask)
+        return soft_clamp(log_s) * (1 - mask), shift * (1 - mask)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mask = self._mask(x)
@@ -415,7 +432,7 @@ class MADE(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, alpha = self.net(x).chunk(2, dim=1)
-        return mu, alpha
+        return mu, soft_clamp(alpha)
 
 
 class MaskedAffineAutoregressive(nn.Module):

@@ -4,7 +4,8 @@ A stack of MADEs (Germain et al. 2015), each an affine autoregressive layer
 u_i = (x_i - mu_i(x_<i)) exp(-alpha_i(x_<i)) (Sec. 3.1), with the order reversed
 between layers (Sec. 3.4) and, optionally, batch normalisation between them
 (Sec. 3.4, Appendix B). Density evaluation is one pass per layer; sampling is
-D passes per layer. Images are flattened to vectors of D = C*H*W.
+D passes per layer. Images are flattened to vectors of D = C*H*W. alpha is soft-clamped to
+(-3, 3) (layers.soft_clamp): unbounded, one large alpha overflows the sampler.
 """
 from __future__ import annotations
 
