@@ -10,21 +10,55 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 PLOT_RANGE = 4.0  # 2-D toys are drawn on [-4, 4]^2
+MARK = (1.0, 0.0, 0.0)  # the colour of a grid cell whose sample holds NaN or inf
+
+
+def non_finite(samples: Tensor) -> Tensor:
+    """(N,) bool: which samples (images or points, along the first dimension) hold a NaN or inf."""
+    return ~torch.isfinite(samples.detach()).reshape(samples.shape[0], -1).all(dim=1)
+
+
+def check_finite(samples: Tensor, where: str) -> Optional[str]:
+    """None when every sample is finite; else one paragraph for the user that says how many are not,
+    how they are shown, and what to do. ``where`` names the samples ("dgm sample", "step 400")."""
+    if samples.dim() == 5:
+        samples = samples.flatten(0, 1)
+    bad = int(non_finite(samples).sum())
+    if bad == 0:
+        return None
+    shown = "drawn as red cells" if samples.dim() == 4 else "left out of the plot"
+    return (f"{where}: {bad} of {len(samples)} samples hold NaN or inf values ({shown}): the model's sampler "
+            f"overflowed on them. Early in training this is common and goes away with training; sampling at "
+            f"a lower temperature (dgm sample temperature=0.7) keeps the sampler in the region the model was "
+            f"trained on.")
+
+
+def _mark_non_finite(images: Tensor) -> Tensor:
+    """Images (N, C, H, W) with every one that holds a NaN or inf replaced by a red cell."""
+    bad = non_finite(images)
+    if not bad.any():
+        return images
+    images = images.expand(-1, 3, -1, -1).clone() if images.shape[1] == 1 else images.clone()
+    images[bad] = torch.tensor(MARK[: images.shape[1]], dtype=images.dtype).view(1, -1, 1, 1)
+    return images
 
 
 def grid(images: Tensor, nrow: Optional[int] = None) -> Tensor:
-    """(N, C, H, W) or (rows, cols, C, H, W) in [0, 1] -> one (3 or C, H', W') grid image."""
+    """(N, C, H, W) or (rows, cols, C, H, W) in [0, 1] -> one (3 or C, H', W') grid image. A sample that
+    holds NaN or inf is drawn as a red cell (``check_finite`` says how many there were)."""
     if images.dim() == 5:
         nrow = images.shape[1]
         images = images.flatten(0, 1)
     nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
-    return make_grid(images.float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=0.5)
+    images = _mark_non_finite(images.detach().float().cpu())
+    return make_grid(images.clamp(0, 1), nrow=nrow, padding=2, pad_value=0.5)
 
 
 def histogram(points: Tensor, bins: int = 200, extent: float = PLOT_RANGE) -> Tensor:
     """A 2-D histogram of points on [-extent, extent]^2 as a (1, bins, bins) image, y axis up,
     brightness proportional to the square root of the counts."""
     p = points.detach().float().cpu()
+    p = p[~non_finite(p)]  # NaN or inf points have no place on the plot (check_finite counts them)
     h, _ = torch.histogramdd(p, bins=[bins, bins], range=[-extent, extent, -extent, extent])
     img = h.T.flip(0).sqrt()
     return (img / img.max().clamp(min=1e-12)).unsqueeze(0)
@@ -32,7 +66,7 @@ def histogram(points: Tensor, bins: int = 200, extent: float = PLOT_RANGE) -> Te
 
 def heatmap(values: Tensor) -> Tensor:
     """A (bins, bins) grid of densities (x-major, as ``density_grid`` makes it) -> (1, bins, bins) image."""
-    img = values.T.flip(0)
+    img = torch.nan_to_num(values.T.flip(0), nan=0.0, posinf=0.0, neginf=0.0)
     return (img / img.max().clamp(min=1e-12)).unsqueeze(0)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
         raise UserError(f"mode={cfg.mode} is not available for model {model.name}; it offers: "
                         f"{', '.join(model.sample_modes)}.")
     if cfg.mode == "sample":
-        samples = model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label)
+        samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label))
         if not model.data.is_image:
             return toy_plot(model, samples, dataset)
         return images.grid(samples, cfg.nrow)
@@ -33,7 +34,17 @@ def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
         raise UserError(f"split={cfg.split} is empty for this run; use split=test.")
     x = pipeline.fixed(x[: cfg.num_samples], model.data.representation).to(device)
     y = None if y is None else y[: cfg.num_samples].to(device)
-    return images.grid(getattr(model, f"sample_{cfg.mode}")(x, y))
+    return images.grid(warn_non_finite(getattr(model, f"sample_{cfg.mode}")(x, y)))
+
+
+def warn_non_finite(samples: torch.Tensor) -> torch.Tensor:
+    """Say how many samples hold NaN or inf (they are drawn as red cells); refuse when all do."""
+    message = images.check_finite(samples, "dgm sample")
+    if message and bool(images.non_finite(samples.flatten(0, 1) if samples.dim() == 5 else samples).all()):
+        raise UserError(message.replace("dgm sample: ", "", 1) + " Nothing was written.")
+    if message:
+        sys.stderr.write(message + "\n")
+    return samples
 
 
 def toy_plot(model, samples: torch.Tensor, dataset) -> torch.Tensor:

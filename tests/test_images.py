@@ -1,0 +1,54 @@
+"""Image grids and plots never carry a NaN or inf into a PNG or TensorBoard: a sample that holds one
+is drawn as a red cell (images) or left out (points), and a message says how many there were."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dgm_cli import images
+from dgm_cli.errors import UserError
+
+
+def _samples_with_nan(n: int = 6, bad=(1, 4), channels: int = 1) -> torch.Tensor:
+    x = torch.rand(n, channels, 5, 5)
+    for i in bad:
+        x[i, 0, 2, 3] = float("nan") if i % 2 else float("inf")
+    return x
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grid_draws_non_finite_samples_as_red_cells(channels):
+    x = _samples_with_nan(channels=channels)
+    g = images.grid(x, nrow=6)
+    assert torch.isfinite(g).all()
+    cells = [g[:, 2:7, 2 + 7 * i:7 + 7 * i] for i in range(6)]  # padding 2, cells 5x5
+    red = torch.tensor(images.MARK).view(3, 1, 1)
+    assert [bool((c == red).all()) for c in cells] == [False, True, False, False, True, False]
+    torch.testing.assert_close(cells[0], x[0].expand(3, -1, -1))  # finite samples are drawn as they are
+
+
+def test_check_finite_counts_and_says_what_to_do():
+    assert images.check_finite(torch.rand(4, 1, 5, 5), "step 10") is None
+    msg = images.check_finite(_samples_with_nan(), "step 10")
+    assert msg.startswith("step 10: 2 of 6 samples") and "red cells" in msg and "temperature" in msg
+    points = torch.randn(10, 2)
+    points[3, 1] = float("nan")
+    assert "1 of 10" in images.check_finite(points, "dgm sample")
+
+
+def test_histogram_leaves_non_finite_points_out():
+    points = torch.zeros(5, 2)
+    points[0, 0] = float("inf")
+    points[1, 1] = float("nan")
+    h = images.histogram(points, bins=4)
+    assert torch.isfinite(h).all() and h.max() == 1.0
+
+
+def test_dgm_sample_warns_about_some_and_refuses_all_non_finite(capsys):
+    from dgm_cli.sample import warn_non_finite
+
+    x = _samples_with_nan()
+    assert warn_non_finite(x) is x
+    assert "dgm sample: 2 of 6 samples hold NaN or inf" in capsys.readouterr().err
+    with pytest.raises(UserError, match="6 of 6 samples .* Nothing was written"):
+        warn_non_finite(torch.full((6, 1, 5, 5), float("nan")))
