@@ -23,6 +23,7 @@ QUICK = ["trainer.max_steps=2", "trainer.batch_size=8", "trainer.num_samples=4",
          "trainer.sample_every=1", "data.val_size=100", "trainer.progress=false"]
 #: models whose every sample and likelihood costs T network passes: a short chain keeps the test quick
 QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"],
+               "row_lstm": ["trainer.sample_every=0"], "diagonal_bilstm": ["trainer.sample_every=0"],
                "rbm": ["model.hidden_units=16", "model.sample_steps=5"],
                "grbm": ["model.hidden_units=16", "model.sample_steps=5"],
                "dbn": ["model.hidden_units=[16,8]", "model.sample_steps=5"],
@@ -30,6 +31,8 @@ QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"],
                "ebm": ["model.width=8", "model.buffer_size=64", "model.sgld_steps=2", "model.sample_steps=5"]}
 #: estimator settings for the likelihood check (default: k=4, which exact models ignore)
 QUICK_AIS = {"ais_runs": 4, "ais_temperatures": [10, 10, 10], "reverse_burn_in": 5}
+#: models that sample one pixel per (slow, sequential) LSTM pass: one sample is enough to check it
+QUICK_SAMPLES = {"row_lstm": 1, "diagonal_bilstm": 1}
 QUICK_ESTIMATOR = {"rbm": QUICK_AIS, "grbm": QUICK_AIS, "dbn": {**QUICK_AIS, "bound_samples": 2}, "dbm": QUICK_AIS}
 
 pytestmark = pytest.mark.real_data
@@ -57,7 +60,7 @@ def test_train_sample_eval_every_model_on_mnist(name, tmp_path, data_root):
     state = checkpoint.load(str(tmp_path))
     assert state["step"] == 2 and set(state["optimizers"]) and state["config"]["model"]["name"] == name
     model, saved, dataset = model_from_checkpoint(state, torch.device("cpu"))
-    image = sample.draw(model, OmegaConf.create({"mode": "sample", "num_samples": 4, "temperature": 1.0,
+    image = sample.draw(model, OmegaConf.create({"mode": "sample", "num_samples": QUICK_SAMPLES.get(name, 4), "temperature": 1.0,
                                                  "label": None, "nrow": None}), dataset, "cpu")
     assert image.shape[0] == 3 and image.min() >= 0 and image.max() <= 1
     if model.likelihood is not None:

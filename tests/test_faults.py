@@ -252,3 +252,29 @@ def test_cuda_precisions_and_compile_train(tmp_path, precision):
     trainer = Trainer(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda"))
     trainer.fit()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sample_grids_stay_within_their_share_of_training_time(tmp_path, monkeypatch, caplog):
+    """A grid that costs more than the budget allows is skipped, with a log line saying why."""
+    import logging
+
+    model = regression()
+
+    def slow_samples(n, temperature=1.0, label=None):
+        time.sleep(0.05)
+        return torch.randn(n, 2)
+
+    monkeypatch.setattr(model, "sample_for_logging", slow_samples)
+    trainer = trainer_for(tmp_path, model, sample_every=1, max_steps=30, ckpt_every=1000)
+    with caplog.at_level(logging.INFO, logger="dgm.train"):
+        trainer.fit()
+    drawn = trainer._grid_seconds / 0.05
+    assert 1 <= drawn < 30 and "sample grid skipped" in caplog.text
+    elapsed = time.perf_counter() - trainer._fit_started
+    assert trainer._grid_seconds <= Trainer.GRID_BUDGET * elapsed + 0.06  # at most one grid over
+
+
+def test_sample_every_zero_draws_no_grid_at_all(tmp_path, monkeypatch):
+    model = regression()
+    monkeypatch.setattr(model, "sample_for_logging", lambda n: pytest.fail("a grid was drawn"))
+    trainer_for(tmp_path, model, sample_every=0).fit()

@@ -206,6 +206,7 @@ class Trainer:
                  self.total_steps, self.batches.steps_per_epoch, self.device,
                  f" x {self.world} processes" if self.world > 1 else "", self.run_dir)
         tick, tick_step = time.perf_counter(), self.step
+        self._fit_started, self._grid_seconds, self._last_grid_seconds = tick, 0.0, None
         self.model.train()
         while self.step < self.total_steps:
             x, y = next(self.batches)
@@ -290,15 +291,43 @@ class Trainer:
         self.model.train()
         return values
 
+    #: the share of training wall time that logged sample grids may take
+    GRID_BUDGET = 0.10
+
+    def grid_size(self) -> int:
+        """Samples per logged grid: ``trainer.num_samples``, or fewer for a model whose sampler costs
+        a network pass per dimension (``grid_samples``)."""
+        cap = self.model.grid_samples
+        return min(self.t.num_samples, cap) if cap else self.t.num_samples
+
+    def grid_affordable(self) -> bool:
+        """Whether one more grid keeps all grids within GRID_BUDGET of the run's wall time so far
+        (judged by the last grid's cost; the first grid is always drawn). Says so when it is not."""
+        if self._last_grid_seconds is None:
+            return True
+        elapsed = time.perf_counter() - self._fit_started
+        if self._grid_seconds + self._last_grid_seconds <= self.GRID_BUDGET * elapsed:
+            return True
+        log.info("step %d: sample grid skipped: grids took %.0f s of %.0f s so far and one takes ~%.0f s, over the "
+                 "%d%% budget (raise trainer.sample_every, lower trainer.num_samples, or set trainer.sample_every=0)",
+                 self.step, self._grid_seconds, elapsed, self._last_grid_seconds, round(100 * self.GRID_BUDGET))
+        return False
+
     @torch.no_grad()
     def log_images(self) -> None:
-        """Sample grid (and, where the model has them, reconstructions of fixed validation images).
-        Runs under a forked RNG, so how often it runs never changes the training trajectory."""
-        if not self.main:
+        """Sample grid (and, where the model has them, reconstructions of fixed validation images),
+        within the time budget above. Runs under a forked RNG, so how often it runs never changes the
+        training trajectory."""
+        if not self.main or not self.grid_affordable():
             return
+        start = time.perf_counter()
+        n = self.grid_size()
+        if n < self.t.num_samples and self._last_grid_seconds is None:
+            log.info("sample grids hold %d samples, not trainer.num_samples=%d: %s samples one pixel per network "
+                     "pass", n, self.t.num_samples, self.cfg.model.name)
         self.model.eval()
         with runtime.fork_rng(self.device), self.averaged():
-            samples = self.model.sample_for_logging(self.t.num_samples)
+            samples = self.model.sample_for_logging(n)
             if self.model.data.is_image:
                 self.logger.image("samples", images.grid(samples), self.step)
                 if "reconstruct" in self.model.sample_modes and self.val is not None:
@@ -307,6 +336,8 @@ class Trainer:
             else:
                 self.logger.image("samples", images.histogram(samples[:, :2]), self.step)
         self.model.train()
+        self._last_grid_seconds = time.perf_counter() - start
+        self._grid_seconds += self._last_grid_seconds
 
     # --- checkpoints -------------------------------------------------------------------------
     _saved_step = 0

@@ -52,6 +52,9 @@ class GenerativeModel(nn.Module):
     representations: ClassVar[tuple[str, ...]] = ()
     #: "exact", an estimator name ("iwae", "ais"), or None when there is no likelihood.
     likelihood: ClassVar[Optional[str]] = None
+    #: at most this many samples in a logged training grid (None: trainer.num_samples), for models
+    #: whose sampler costs a network pass per dimension
+    grid_samples: ClassVar[Optional[int]] = None
     #: what `dgm sample mode=...` can ask of this model (method ``sample_<mode>``
     #: for every mode but "sample").
     sample_modes: ClassVar[tuple[str, ...]] = ("sample",)
