@@ -40,7 +40,7 @@ class DataConfig:
     path: Optional[str] = None  # image_folder: a folder; npz: a file
     representation: Optional[str] = None  # null: the model's own; binary | 8bit | dequantized | continuous
     binarize: str = "dynamic"  # dynamic | static (binary representation only)
-    val_size: int = 5000  # examples held out of the training split for validation
+    val_size: Optional[int] = None  # examples held out of training for validation; null: 10%, at most 5000
     image_size: Optional[int] = None  # image_folder/npz: resize to this size
     channels: Optional[int] = None  # image_folder: 1 (grayscale) or 3 (RGB); null keeps the files'
     download: bool = True
@@ -106,8 +106,8 @@ class EvalConfig:
     num_samples: int = 10000  # generated samples for sample-quality metrics
     out: Optional[str] = None  # eval.json path; default: next to the checkpoint
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # random seed of the evaluation's samples and estimators
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
 
 @dataclass

@@ -77,7 +77,8 @@ def validate_train(cfg: DictConfig) -> None:
     if cfg.data.representation is not None:
         one_of(cfg, "data.representation", REPRESENTATIONS)
     one_of(cfg, "data.binarize", BINARIZE)
-    non_negative(cfg, "data.val_size")
+    check(cfg, "data.val_size", lambda v: v is None or v >= 0, "null (a tenth of the training examples, at most "
+          "5000) or a number >= 0")
     check(cfg, "data.channels", lambda v: v in (None, 1, 3), "null, 1 or 3")
 
 

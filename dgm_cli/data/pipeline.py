@@ -46,6 +46,16 @@ class Dataset:
         return self.train[0].dtype == torch.uint8
 
 
+VAL_FRACTION, VAL_MAX = 0.1, 5000  # data.val_size=null: a tenth of the training examples, at most 5,000
+
+
+def default_val_size(n: int) -> int:
+    """The validation examples held out of ``n`` training examples when data.val_size is null: a tenth,
+    at most 5,000 (so MNIST's 60,000 and CIFAR-10's 50,000 hold out 5,000), and at least one where there
+    are two or more, so that a few hundred images of your own are validated too."""
+    return min(VAL_MAX, max(int(n * VAL_FRACTION), 1 if n >= 2 else 0))
+
+
 def _holdout(x: Tensor, y: Optional[Tensor], n: int, seed: int) -> tuple[tuple, tuple]:
     if n <= 0:
         return (x, y), (x[:0], None if y is None else y[:0])
@@ -67,7 +77,8 @@ def load(cfg) -> Dataset:
     elif name == "cifar10":
         train, test = files.load_cifar10(cfg.root, cfg.download)
     elif name == "binarized_mnist":  # its validation split is fixed: no hold-out
-        train, val, test = files.load_binarized_mnist(cfg.root, cfg.download, cfg.val_size)
+        val_size = files.BINARIZED_MNIST_SPLITS["valid"] if cfg.val_size is None else cfg.val_size
+        train, val, test = files.load_binarized_mnist(cfg.root, cfg.download, val_size)
         return Dataset(train=train, val=val, test=test, num_classes=0)
     elif name in ("image_folder", "npz"):
         reader = files.load_image_folder if name == "image_folder" else files.load_npz
@@ -80,7 +91,8 @@ def load(cfg) -> Dataset:
         test = (draw(cfg.test_size, torch.Generator().manual_seed(1)), None)
     else:
         raise UserError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
-    train, val = _holdout(*train, cfg.val_size, SPLIT_SEED)
+    val_size = default_val_size(len(train[0])) if cfg.val_size is None else cfg.val_size
+    train, val = _holdout(*train, val_size, SPLIT_SEED)
     y = train[1]
     num_classes = int(y.max().item()) + 1 if y is not None and len(y) else 0
     return Dataset(train=train, val=val, test=test, num_classes=num_classes)
