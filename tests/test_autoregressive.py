@@ -207,40 +207,24 @@ def test_conditional_completion_needs_labels():
         model.sample_complete(x)
 
 
-def nade_recurrence_log_prob(model, x):
-    """log p(x) by the textbook loop: one conditional at a time, carrying a_i (Larochelle & Murray
-    2011, Sec. 3), through autograd -- the reference for NADE's sweeps."""
-    seq = model.to_sequence(x)
-    act = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}[model.config.activation]
-    a = model.c.expand(x.shape[0], -1)
-    total = torch.zeros(x.shape[0], dtype=model.W.dtype)
-    for i in range(model.data.dim):
-        logits = act(a) @ model.V[i].t() + model.b[i]  # (B, bins)
-        if model.bins == 1:
-            total = total - torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], seq[:, i], reduction="none")
-        else:
-            k = torch.round(seq[:, i] * 255).long()
-            total = total + torch.log_softmax(logits, -1).gather(1, k[:, None])[:, 0]
-        a = a + seq[:, i:i + 1] @ model.W[:, i:i + 1].t()
-    return total
-
-
 @pytest.mark.parametrize("representation,activation,shape", [
     ("binary", "sigmoid", (1, 5, 7)), ("8bit", "sigmoid", (1, 3, 4)), ("binary", "relu", (3, 3, 3)),
     ("binary", "tanh", (1, 4, 5)), ("8bit", "tanh", (2, 2, 3))])
-@pytest.mark.parametrize("rows,block", [(3, 5), (7, 16), (2, 1)])
-def test_nade_sweeps_equal_the_recurrence(representation, activation, shape, rows, block, monkeypatch):
+@pytest.mark.parametrize("rows,block,threads", [(3, 5, 2), (7, 16, 1), (2, 1, 3)])
+def test_nade_sweeps_equal_the_recurrence(representation, activation, shape, rows, block, threads, monkeypatch):
     """Log-likelihoods, the fused training gradient and the general backward (parameters and x)
     equal the per-pixel recurrence through autograd -- with batch chunks and blocks of dimensions
-    that do not divide the batch (7) or D, so that every boundary case runs."""
+    that do not divide the batch (7) or D, so that every boundary case runs, and chunks shared
+    among threads."""
     from dgm_cli.models.autoregressive import nade
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # how many chunks run at once
     model = make("nade", shape, representation, activation=activation).double()
     monkeypatch.setattr(nade, "CACHE_FLOATS", rows * model.config.hidden_units)  # chunks of `rows` examples
     monkeypatch.setattr(nade, "BLOCK", block)
     levels = 2 if representation == "binary" else 256
     x = (torch.randint(levels, (7, *shape)).double() / (levels - 1)).requires_grad_(True)
     params = list(model.parameters())
-    expected = nade_recurrence_log_prob(model, x)
+    expected = model.log_prob_by_recurrence(x)
     assert torch.allclose(model.log_likelihood(x), expected.detach(), rtol=1e-10, atol=1e-9)
     # any upstream gradient, and with respect to x (the reverse sweep behind model.logits)
     w = torch.randn(7, dtype=torch.double)
@@ -250,7 +234,7 @@ def test_nade_sweeps_equal_the_recurrence(representation, activation, shape, row
         assert torch.allclose(g, e, rtol=1e-9, atol=1e-9)
     # the training loss: mean NLL, its gradient computed inside the forward sweep
     loss, metrics = model.training_loss(x.detach(), None, "model")
-    expected_loss = -nade_recurrence_log_prob(model, x.detach()).mean()
+    expected_loss = -model.log_prob_by_recurrence(x.detach()).mean()
     assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-10)
     assert metrics["nll"].item() == pytest.approx(expected_loss.item(), rel=1e-10)
     for g, e in zip(torch.autograd.grad(2.0 * loss, params), torch.autograd.grad(2.0 * expected_loss, params)):

@@ -9,7 +9,8 @@ Because a_{i+1} = a_i + W[:, i] x_i (idem, the recurrence that makes NADE O(HD))
 dimensions, carrying a_i, computes every conditional. ``Sweep`` below runs it for a chunk of the batch
 at a time, so that a_i and the hidden layer of one dimension (rows x H) stay in cache, and never
 holds a batch x D x H tensor (the exclusive cumulative sum of W[:, i] x_i over i would be 800 MB
-at the paper's size: memory traffic, not arithmetic, would set the speed).
+at the paper's size: memory traffic, not arithmetic, would set the speed). On the CPU the chunks
+are shared among torch.get_num_threads() Python threads (``over_chunks``).
 
 Training takes the gradient in the same sweep. With d_i = dL/da_i (back through h_i), the
 weights W[:, j] reach every a_i with i > j, so
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -39,7 +41,7 @@ from ...errors import UserError
 from ..base import PhaseLoss
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
 from ..registry import register
-from .common import AutoregressiveModel
+from .common import LEVELS, AutoregressiveModel
 
 aten = torch.ops.aten
 #: activation, written into ``out``, and its backward from the activation's output
@@ -50,14 +52,37 @@ ACTIVATIONS = {
              lambda g, h, grad_input: aten.threshold_backward.grad_input(g, h, 0.0, grad_input=grad_input)),
 }
 CACHE_FLOATS = 2 ** 16  # a chunk of the batch has rows x H <= this (256 KiB of float32: about an L2 cache)
-BLOCK = 16  # dimensions whose logits are turned into losses at once
+GRAIN = 2 ** 15  # PyTorch splits an elementwise operation among threads from this size on
+BLOCK = 8  # dimensions whose logits and gradients go through one batched product
 
 
-def conditional_log_prob(logits: Tensor, x: Tensor) -> Tensor:
-    """log p(x_i | x_<i) of N conditionals: logits (N, bins), x (N,) -> (N,)."""
-    if logits.shape[1] == 1:
-        return bernoulli_log_prob(logits[:, 0], x)
-    return categorical_log_prob(logits, x)
+def block_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """sum_i log p(x_i | x_<i) over a block of dimensions: logits (k, n, bins), x (k, n) -> (n,)."""
+    k, n, bins = logits.shape
+    if bins == 1:
+        return bernoulli_log_prob(logits.reshape(-1), x.reshape(-1)).view(k, n).sum(0)
+    return categorical_log_prob(logits.reshape(-1, bins), x.reshape(-1)).view(k, n).sum(0)
+
+
+def block_score(logits: Tensor, x: Tensor) -> Tensor:
+    """d log p(x_i | x_<i) / d logits_i for a block (k, n, bins): x - sigmoid(l) for a Bernoulli,
+    onehot(x) - softmax(l) for a 256-way categorical -- the gradients of ``block_log_prob``, in closed
+    form (autograd on small blocks costs more than the arithmetic)."""
+    if logits.shape[-1] == 1:
+        return x[..., None] - torch.sigmoid(logits)
+    score = torch.softmax(logits, -1).neg_()
+    k = torch.round(x * (LEVELS - 1)).long()[..., None]
+    return score.scatter_add_(-1, k, torch.ones_like(score[..., :1]))
+
+
+def no_autocast(fn):
+    """Sweeps run in the parameters' dtype: mixed precision would round the running sums."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        device = next(a.device.type for a in args if isinstance(a, Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+    return run
 
 
 @dataclass
@@ -70,61 +95,109 @@ class Grads:
 
 
 class Sweep:
-    """The recurrence over a chunk of the batch at a time: x (B, D), W (H, D), c (H,), V (D, bins, H),
-    b (D, bins), detached. Every tensor the loops touch is a view made here, so that each step of a
-    loop is one Python call per arithmetic operation on a (rows, H) slice."""
+    """The recurrence over a chunk of the batch at a time (at most ``rows`` examples): x (B, D),
+    W (H, D), c (H,), V (D, bins, H), b (D, bins), detached. Every tensor the loops touch is a view
+    made here or in ``start``, so that each step of a loop is one Python call per arithmetic
+    operation on a (rows, H) slice."""
 
-    def __init__(self, x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, grads: bool):
+    def __init__(self, x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, rows: int,
+                 grads: bool):
         self.act, self.act_backward = ACTIVATIONS[activation]
-        (self.batch, self.dim), hidden, bins = x.shape, W.shape[0], V.shape[1]
-        self.rows = max(1, min(self.batch, CACHE_FLOATS // hidden))
+        self.dim, hidden, bins = x.shape[1], W.shape[0], V.shape[1]
         self.xt, self.Wt, self.c = x.t().contiguous(), W.t().contiguous(), c  # row i: dimension i
-        self.V, Vt = V, V.transpose(1, 2).contiguous()
+        self.V, self.Vt, self.b = V, V.transpose(1, 2).contiguous(), b
         new = lambda *shape: x.new_empty(*shape)  # noqa: E731
-        self.a, self.d, self.h, self.logits = new(self.rows, hidden), new(self.rows, hidden), \
-            new(BLOCK, self.rows, hidden), new(BLOCK, self.rows, bins)
-        self.W_i, self.V_i, self.Vt_i, self.b_i = self.Wt.unbind(0), V.unbind(0), Vt.unbind(0), b.unbind(0)
+        self.a, self.d, self.sum_d = new(rows, hidden), new(rows, hidden), new(rows, hidden)
+        self.h, self.logits = new(BLOCK, rows, hidden), new(BLOCK, rows, bins)
+        self.W_i, self.V_i = self.Wt.unbind(0), V.unbind(0)
         self.g = Grads(torch.zeros_like(self.Wt), torch.zeros_like(c), torch.zeros_like(V), torch.zeros_like(b)) \
             if grads else None
+        self.gW_i = self.g.W.unbind(0) if grads else None
+        self.checkpoints: Optional[Tensor] = None  # a at each block's start (reverse_sweep)
 
-    def chunks(self):
-        """(b0, b1) of each chunk, with the chunk's views made and a = c (a_1)."""
-        for b0 in range(0, self.batch, self.rows):
-            b1 = min(b0 + self.rows, self.batch)
-            n = b1 - b0
-            self.a_n, self.d_n, self.logits_n = self.a[:n], self.d[:n], self.logits[:, :n]
-            self.h_j, self.logits_j = self.h[:, :n].unbind(0), self.logits_n.unbind(0)
-            self.x_i, self.x_col_i = self.xt[:, b0:b1].unbind(0), self.xt[:, b0:b1, None].unbind(0)
-            self.a_n.copy_(self.c.expand(n, -1))
-            yield b0, b1
+    def start(self, b0: int, b1: int) -> None:
+        """Begin the chunk of rows b0..b1-1: its views, a = c (a_1) and no sum of d yet."""
+        n = b1 - b0
+        self.a_n, self.d_n, self.sum_d_n, self.logits_n = self.a[:n], self.d[:n], self.sum_d[:n], self.logits[:, :n]
+        self.h_n = self.h[:, :n]
+        self.h_j = self.h_n.unbind(0)
+        self.x_i, self.x_col_i = self.xt[:, b0:b1].unbind(0), self.xt[:, b0:b1, None].unbind(0)
+        self.a_n.copy_(self.c.expand(n, -1))
+        self.sum_d_n.zero_()
 
-    def blocks(self):
+    def blocks(self) -> list[tuple[int, int]]:
         return [(i0, min(i0 + BLOCK, self.dim)) for i0 in range(0, self.dim, BLOCK)]
 
     def forward(self, i0: int, i1: int) -> Tensor:
         """h_i and the logits of dimensions i0..i1-1, advancing a to a_{i1}; (i1 - i0, rows, bins)."""
+        act, a, advance, h_j, x_col_i, W_i = self.act, self.a_n, self.a_n.addcmul_, self.h_j, self.x_col_i, self.W_i
         for j, i in enumerate(range(i0, i1)):
-            self.act(self.a_n, out=self.h_j[j])  # h_i
-            torch.addmm(self.b_i[i], self.h_j[j], self.Vt_i[i], out=self.logits_j[j])  # b_i + V_i h_i
-            self.a_n.addcmul_(self.x_col_i[i], self.W_i[i])  # a_{i+1} = a_i + W[:, i] x_i
-        return self.logits_n[: i1 - i0]
+            act(a, out=h_j[j])  # h_i
+            advance(x_col_i[i], W_i[i])  # a_{i+1} = a_i + W[:, i] x_i
+        k = i1 - i0
+        return torch.baddbmm(self.b[i0:i1, None], self.h_n[:k], self.Vt[i0:i1], out=self.logits_n[:k])  # b_i + V_i h_i
+
+    def back_to_V(self, i0: int, i1: int, dlogits: Tensor) -> None:
+        """dL/dV_i and dL/db_i of a block from its dL/dlogits (i1 - i0, rows, bins)."""
+        self.g.V[i0:i1].baddbmm_(dlogits.transpose(1, 2), self.h_n[: i1 - i0])
+        self.g.b[i0:i1] += dlogits.sum(1)
 
     def back_through(self, i: int, j: int, dlogits: Tensor) -> Tensor:
-        """d_i = dL/da_i from dL/dlogits_i (rows, bins), the hidden layer h_i in slot j; adds
-        dL/dV_i and dL/db_i."""
-        self.g.V[i].addmm_(dlogits.t(), self.h_j[j])
-        self.g.b[i] += dlogits.sum(0)
+        """d_i = dL/da_i from dL/dlogits_i (rows, bins), the hidden layer h_i in slot j."""
         torch.mm(dlogits, self.V_i[i], out=self.d_n)
         return self.act_backward(self.d_n, self.h_j[j], grad_input=self.d_n)
 
-    def grads(self) -> Grads:
-        g = self.g
-        g.W, g.x = g.W.t(), None if g.x is None else g.x.t()
-        return g
+    def back_in_order(self, i0: int, i1: int, dlogits: Tensor) -> None:
+        """Dimensions i0..i1-1 of the forward-order gradient: P_i = P_{i-1} + d_i and
+        dL/dW[:, i] -= sum_b x_bi P_bi (the T_b terms come at the end of the chunk)."""
+        mm, d, act_backward, h_j, V_i = torch.mm, self.d_n, self.act_backward, self.h_j, self.V_i
+        add_to_P, P_t, gW_i, x_i = self.sum_d_n.add_, self.sum_d_n.t(), self.gW_i, self.x_i
+        for j, i in enumerate(range(i0, i1)):
+            mm(dlogits[j], V_i[i], out=d)
+            act_backward(d, h_j[j], grad_input=d)  # d_i
+            add_to_P(d)
+            gW_i[i].addmv_(P_t, x_i[i], alpha=-1.0)
+
+
+def over_chunks(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, grads: bool,
+                work: Callable[[Sweep, int, int], None]) -> Optional[Grads]:
+    """``work(sweep, b0, b1)`` for every chunk of the batch, and the sum of the sweeps' gradients.
+    On the CPU the chunks are shared among torch.get_num_threads() Python threads, each with its own
+    Sweep: PyTorch releases the GIL inside every operation, and chunks small enough that no single
+    operation is split among threads keep the threads from waiting on each other."""
+    batch, hidden = x.shape[0], W.shape[0]
+    threads = torch.get_num_threads() if x.device.type == "cpu" else 1
+    cache = CACHE_FLOATS if threads == 1 else min(CACHE_FLOATS, GRAIN)
+    rows = max(1, min(-(-batch // threads), cache // hidden))
+    chunks = [(b0, min(b0 + rows, batch)) for b0 in range(0, batch, rows)]
+    threads = min(threads, len(chunks))
+    sweeps = [Sweep(x, W, c, V, b, activation, rows, grads) for _ in range(threads)]
+    grad_mode = torch.is_grad_enabled()  # thread-local: a new thread has its own
+
+    def run(k: int) -> None:
+        with torch.set_grad_enabled(grad_mode):
+            for b0, b1 in chunks[k::threads]:
+                work(sweeps[k], b0, b1)
+
+    if threads == 1:
+        run(0)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, range(threads)))
+    if not grads:
+        return None
+    g = sweeps[0].g
+    for other in sweeps[1:]:
+        for name in ("W", "c", "V", "b", "x"):
+            if getattr(g, name) is not None:
+                getattr(g, name).add_(getattr(other.g, name))
+    g.W, g.x = g.W.t(), None if g.x is None else g.x.t()
+    return g
 
 
 #: ``on_logits(i0, i1, b0, b1, logits)`` sees the logits (i1 - i0, b1 - b0, bins) of dimensions i0..i1-1
-#: for batch rows b0..b1-1 and returns dL/dlogits of that block, or None
+#: for batch rows b0..b1-1 and returns dL/dlogits of that block, or None; called from several threads
+#: (each with its own rows)
 LogitsHook = Callable[[int, int, int, int, Tensor], Optional[Tensor]]
 
 
@@ -132,63 +205,70 @@ def forward_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activat
                   grads: bool = False) -> Optional[Grads]:
     """One pass over the dimensions in order, handing each block of logits to ``on_logits``; with
     ``grads``, the parameters' gradients from the dL/dlogits it returns (module docstring)."""
-    s = Sweep(x, W, c, V, b, activation, grads)
-    running = x.new_empty(s.rows, W.shape[0])
-    for b0, b1 in s.chunks():
-        run_n = running[: b1 - b0].zero_()  # P: sum of d_i so far
+
+    def work(s: Sweep, b0: int, b1: int) -> None:
+        s.start(b0, b1)
         for i0, i1 in s.blocks():
             dlogits = on_logits(i0, i1, b0, b1, s.forward(i0, i1))
             if s.g is None:
                 continue
-            for j, i in enumerate(range(i0, i1)):
-                run_n.add_(s.back_through(i, j, dlogits[j]))  # P_i
-                s.g.W[i].addmv_(run_n.t(), s.x_i[i], alpha=-1.0)  # - sum_b x_bi P_bi
+            s.back_to_V(i0, i1, dlogits)
+            s.back_in_order(i0, i1, dlogits)
         if s.g is not None:  # + sum_b x_bj T_b: P is now T
-            s.g.W.addmm_(s.xt[:, b0:b1], run_n)
-            s.g.c += run_n.sum(0)
-    return None if s.g is None else s.grads()
+            s.g.W.addmm_(s.xt[:, b0:b1], s.sum_d_n)
+            s.g.c += s.sum_d_n.sum(0)
+
+    return over_chunks(x, W, c, V, b, activation, grads, work)
+
+
+@no_autocast
+def log_likelihood_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str,
+                         grads: bool = False) -> tuple[Tensor, Optional[Grads]]:
+    """log p(x) per example (B,) by a forward sweep and, with ``grads``, the gradients of its mean."""
+    log_p, xt = x.new_zeros(x.shape[0]), x.t().contiguous()
+
+    def per_block(i0, i1, b0, b1, logits):
+        x_block = xt[i0:i1, b0:b1]  # (k, n) like the logits: a contiguous dL/dlogits
+        log_p[b0:b1] += block_log_prob(logits, x_block)
+        return block_score(logits, x_block).div_(x.shape[0]) if grads else None
+
+    return log_p, forward_sweep(x, W, c, V, b, activation, per_block, grads)
 
 
 def reverse_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, dlogits: Tensor,
                   x_grad: bool) -> Grads:
     """Gradients for any dL/dlogits (D, B, bins): blocks in reverse order, each recomputed from a
     checkpoint of a, carrying G = sum of d_i over the dimensions after the current one."""
-    s = Sweep(x, W, c, V, b, activation, grads=True)
-    s.g.x = torch.zeros_like(s.xt) if x_grad else None
-    blocks = s.blocks()
-    checkpoints, later = x.new_empty(len(blocks), s.rows, W.shape[0]), x.new_empty(s.rows, W.shape[0])
-    for b0, b1 in s.chunks():
-        n = b1 - b0
-        G = later[:n].zero_()
+
+    def work(s: Sweep, b0: int, b1: int) -> None:
+        if s.g.x is None and x_grad:
+            s.g.x = torch.zeros_like(s.xt)
+        blocks = s.blocks()
+        if s.checkpoints is None:
+            s.checkpoints = s.a.new_empty(len(blocks), *s.a.shape)
+        s.start(b0, b1)
+        G, n = s.sum_d_n, b1 - b0
         for k, (i0, i1) in enumerate(blocks):
-            checkpoints[k, :n] = s.a_n
+            s.checkpoints[k, :n] = s.a_n
             for i in range(i0, i1):
                 s.a_n.addcmul_(s.x_col_i[i], s.W_i[i])
         for k, (i0, i1) in reversed(list(enumerate(blocks))):
-            s.a_n.copy_(checkpoints[k, :n])
+            s.a_n.copy_(s.checkpoints[k, :n])
             s.forward(i0, i1)  # the same h_i as the forward pass
+            s.back_to_V(i0, i1, dlogits[i0:i1, b0:b1])
             for j, i in reversed(list(enumerate(range(i0, i1)))):
-                s.g.W[i].addmv_(G.t(), s.x_i[i])  # sum_b x_bi G_bi
+                s.gW_i[i].addmv_(G.t(), s.x_i[i])  # sum_b x_bi G_bi
                 if s.g.x is not None:
                     s.g.x[i, b0:b1].addmv_(G, s.W_i[i])
                 G.add_(s.back_through(i, j, dlogits[i, b0:b1]))
         s.g.c += G.sum(0)
-    return s.grads()
+
+    return over_chunks(x, W, c, V, b, activation, True, work)
 
 
 def _plain(x: Tensor, *params: Tensor) -> list[Tensor]:
     """Detached tensors for a sweep, x in the parameters' dtype."""
     return [x.detach().to(params[0].dtype), *(p.detach() for p in params)]
-
-
-def no_autocast(fn):
-    """Sweeps run in the parameters' dtype: mixed precision would round the running sums."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        device = next(a.device.type for a in args if isinstance(a, Tensor))
-        with torch.autocast(device, enabled=False):
-            return fn(*args, **kwargs)
-    return run
 
 
 class Logits(torch.autograd.Function):
@@ -224,20 +304,9 @@ class MeanLogLikelihood(torch.autograd.Function):
     @staticmethod
     @no_autocast
     def forward(ctx, x, W, c, V, b, activation):
-        x, *params = _plain(x, W, c, V, b)
-        total = x.new_zeros(())
-
-        def loss_gradient(i0, i1, b0, b1, logits):
-            with torch.enable_grad():
-                logits = logits.detach().requires_grad_(True)
-                log_p = conditional_log_prob(logits.reshape(-1, logits.shape[-1]), x[b0:b1, i0:i1].t().reshape(-1))
-                (d,) = torch.autograd.grad(log_p.sum(), logits)
-            total.add_(log_p.detach().sum())
-            return d / x.shape[0]
-
-        g = forward_sweep(x, *params, activation, loss_gradient, grads=True)
+        log_p, g = log_likelihood_sweep(*_plain(x, W, c, V, b), activation, grads=True)
         ctx.grads = g.W, g.c, g.V, g.b
-        return total / x.shape[0]
+        return log_p.mean()
 
     @staticmethod
     def backward(ctx, upstream):
@@ -280,14 +349,19 @@ class NADE(AutoregressiveModel):
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
         """log p(x) per example by one sweep, never holding all the logits (B, D, 256 for 8-bit data)."""
+        return log_likelihood_sweep(*_plain(self.to_sequence(x), *self.params), self.config.activation)[0]
+
+    def log_prob_by_recurrence(self, x: Tensor) -> Tensor:
+        """log p(x) by the textbook loop through autograd -- one conditional at a time, carrying a_i,
+        as pytorch-generative's NADE writes it: the reference that tests and benchmarks hold the
+        sweeps to. Autograd keeps every h_i, a batch x D x H tensor in all."""
         seq = self.to_sequence(x).to(self.W.dtype)
-        total = seq.new_zeros(seq.shape[0])
-
-        def accumulate(i0, i1, b0, b1, logits):
-            x_block = seq[b0:b1, i0:i1].t().reshape(-1)
-            total[b0:b1] += conditional_log_prob(logits.reshape(-1, self.bins), x_block).view(i1 - i0, -1).sum(0)
-
-        no_autocast(forward_sweep)(*_plain(seq, *self.params), self.config.activation, accumulate)
+        act = ACTIVATIONS[self.config.activation][0]
+        a, total = self.c.expand(seq.shape[0], -1), seq.new_zeros(seq.shape[0])
+        for i in range(self.data.dim):
+            logits = act(a, None) @ self.V[i].t() + self.b[i]  # (B, bins)
+            total = total + block_log_prob(logits[None], seq[None, :, i])
+            a = a + seq[:, i:i + 1] @ self.W[:, i:i + 1].t()  # a_{i+1} = a_i + W[:, i] x_i
         return total
 
     def output_logits(self, h: Tensor, i: int) -> Tensor:
