@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import cli
+from .config import docs
 from .config.schema import register_configs
 from .errors import UserError
 
@@ -18,22 +22,116 @@ CONFIG_PATH = "pkg://dgm_cli.configs"
 log = logging.getLogger("dgm")
 
 
+#: each command's check of its config (``validate_<command>``), run before Hydra makes a folder
+VALIDATORS: dict[str, Callable[[DictConfig], None]] = {}
+#: folders this process's Hydra makes for its run or sweep: the outermost one that did not exist before
+NEW_FOLDERS: list[Path] = []
+#: what Hydra itself writes into a run folder before the command runs (besides ``<command>.log``)
+HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+
+
+def check(command: str, cfg: DictConfig) -> None:
+    """Refuse a config that lacks a mandatory key or has a value the command cannot use."""
+    from .config.docs import known_keys
+
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    missing = sorted(OmegaConf.missing_keys(task))
+    if missing:
+        meaning = known_keys(command)
+        raise UserError("; ".join(f"{k}= must be given: {meaning.get(k) or 'it has no default'}" for k in missing)
+                        + f". `dgm {command} --help` lists the keys.")
+    VALIDATORS.get(command, lambda cfg: None)(cfg)
+
+
+def refuse(command: str, exc: UserError) -> None:
+    sys.stderr.write(f"dgm {command}: {exc}\n")
+    sys.exit(2)
+
+
+def _outermost_new(folder: str) -> Optional[Path]:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: it exists)."""
+    path, new = Path(folder).absolute(), None
+    while not path.exists():
+        path, new = path.parent, path
+    return new
+
+
+class RunFolder(Callback):
+    """Runs before Hydra makes the run (or sweep) folder: notes which folders will be new, so that a
+    command that is refused, or writes nothing there, can remove what Hydra made for it and nothing
+    else; and checks a single run's config, so that a bad value is refused before any folder exists."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._note(config, "hydra.run.dir")
+        try:
+            check(config.hydra.job.name, config)
+        except UserError as exc:
+            refuse(config.hydra.job.name, exc)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._note(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _note(config: DictConfig, key: str) -> None:
+        try:
+            new = _outermost_new(OmegaConf.select(config, key))
+        except Exception:  # a folder name that does not resolve yet: Hydra says why, later
+            return
+        if new is not None:
+            NEW_FOLDERS.append(new)
+
+
+def remove_if_unused(run_dir: Path, log_name: str) -> None:
+    """Remove ``run_dir`` if Hydra made it for this command (it did not exist when the command
+    started) and it holds nothing but Hydra's own files (.hydra/, the log); then each parent Hydra
+    made that is left empty (a sweep's, holding only multirun.yaml). A folder that existed before, or
+    that holds anything else, is left as it is."""
+    run_dir = Path(run_dir).absolute()
+    top = next((t for t in NEW_FOLDERS if t == run_dir or t in run_dir.parents), None)
+    if top is None:
+        return
+    ours = {*HYDRA_FILES, log_name}
+    try:
+        files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+        if any(p.relative_to(run_dir).as_posix() not in ours for p in files):
+            return
+        for p in files:
+            p.unlink()
+        (run_dir / ".hydra").exists() and (run_dir / ".hydra").rmdir()
+        folder = run_dir
+        while folder == top or top in folder.parents:
+            if [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
+                (folder / "multirun.yaml").unlink()
+            folder.rmdir()  # only if empty: stops at the first folder that holds something
+            folder = folder.parent
+    except OSError:
+        pass
+
+
 def command(config_name: str, validate: Callable[[DictConfig], None]):
     """Turn ``fn(cfg)`` into the Hydra app of ``dgm <config_name>``. A UserError raised by the
-    check or the command is printed as one paragraph, with exit status 2 and no traceback."""
+    check or the command is printed as one paragraph, with exit status 2 and no traceback; a folder
+    Hydra made for a command that was refused or wrote nothing into it is removed."""
     register_configs()
+    if not OmegaConf.has_resolver("dgm.help"):
+        OmegaConf.register_new_resolver("dgm.help", lambda name, _root_: docs.help_text(name, _root_))
+    VALIDATORS[config_name] = validate
 
     def decorate(fn: Callable[[DictConfig], object]):
         @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
         @functools.wraps(fn)
         def main(cfg: DictConfig):
             cli.job_started = True
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            log_name = f"{HydraConfig.get().job.name}.log"
             try:
-                validate(cfg)
-                return fn(cfg)
+                check(config_name, cfg)
+                result = fn(cfg)
             except UserError as exc:
-                sys.stderr.write(f"dgm {config_name}: {exc}\n")
-                sys.exit(2)
+                remove_if_unused(run_dir, log_name)
+                refuse(config_name, exc)
+            remove_if_unused(run_dir, log_name)
+            return result
 
         return main
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +24,7 @@ def toy_run(tmp_path_factory):
 
 
 def refused(proc, *needles: str) -> str:
+    """Exit 2, one paragraph naming ``needles``, no traceback (and, see below, no folder written)."""
     err = proc.stderr
     assert proc.returncode == 2, f"exit {proc.returncode}, expected 2\n{proc.stdout}\n{err}"
     assert "Traceback" not in err, err
@@ -30,6 +32,14 @@ def refused(proc, *needles: str) -> str:
     for needle in needles:
         assert needle in err, f"{needle!r} not in: {err}"
     return err
+
+
+@pytest.fixture(autouse=True)
+def no_folder_written(tmp_path):
+    """Every command in this file is refused: none may leave a run folder where it ran (tmp_path)."""
+    yield
+    left = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "outputs").rglob("*"))
+    assert not (tmp_path / "outputs").exists(), f"a refused command left {left}"
 
 
 @pytest.mark.parametrize(
@@ -45,10 +55,76 @@ def refused(proc, *needles: str) -> str:
         ("objective=hinge", ["objective=hinge", "elbo", "iwae"]),
         ("model.latent_dim=abc", ["model.latent_dim", "latent_dim"]),
         ("data.representation=rgb", ["data.representation", "binary"]),
+        # a key added with + would be read by nothing: refused, with what it was probably meant to be
+        ("+trainer.max_step=10", ["+trainer.max_step=10", "no key trainer.max_step", "Did you mean trainer.max_steps?"]),
+        ("+foo=1", ["+foo=1", "no key foo"]),
+        ("++trainer.max_step=10", ["no key trainer.max_step", "trainer.max_steps"]),
+        ("+trainer.max_steps=3", ["already", "`trainer.max_steps=3`"]),
+        ("+experiment=vae_burda2015", ["already", "`experiment=vae_burda2015`"]),
+        ("trainer.max_step=10", ["trainer.max_step", "Did you mean trainer.max_steps?"]),
+        ("model.latnt_dim=3", ["model.latnt_dim", "Did you mean model.latent_dim"]),
+        ("data.val_size=100000", ["data.val_size=100000", "2000 training examples"]),
+        ("data.val_size=-1", ["data.val_size", ">= 0"]),
+        ("resume=does/not/exist", ["no checkpoint at 'does/not/exist'"]),
     ],
 )
 def test_bad_train_config_is_refused(dgm, override, needles):
-    refused(dgm("train", *TOY, "trainer.max_steps=1", override, check=False), *needles)
+    err = refused(dgm("train", *TOY, "trainer.max_steps=1", override, check=False), *needles)
+    assert "To append" not in err  # Hydra's advice to add the key with + would only get it ignored
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused(dgm):
+    refused(dgm("train", *TOY, "trainer.max_steps=1", "trainer.device=cuda", check=False), "CUDA")
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_checkpoint_must_be_given(dgm, command):
+    refused(dgm(command, check=False), "checkpoint= must be given", "run folder")
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+@pytest.mark.parametrize("override, needles", [
+    ("+foo=1", ["no key foo"]),
+    ("+temprature=0.7", ["no key temprature"]),
+    ("model=vae", ["model"]),
+    ("num_sample=3", ["num_sample", "Did you mean num_samples?"]),
+])
+def test_sample_and_eval_refuse_keys_they_do_not_have(dgm, toy_run, command, override, needles):
+    refused(dgm(command, f"checkpoint={toy_run}", override, check=False), *needles)
+
+
+def test_a_text_file_as_checkpoint_says_what_it_is(dgm, tmp_path):
+    notes = tmp_path / "notes.pt"
+    notes.write_text("lr=1e-3 was the best\n")
+    for command in ("eval", "sample"):
+        err = refused(dgm(command, f"checkpoint={notes}", check=False), str(notes), "text file", "lr=1e-3")
+        assert "IndexError" not in err and "pop from" not in err
+
+
+def test_unreadable_npz_files(dgm, tmp_path):
+    text = tmp_path / "images.npz"
+    text.write_text("not numbers\n")
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, x=np.array([np.zeros(3), np.zeros(4)], dtype=object))
+    for path, needle in ((text, "text file"), (objects, "Python objects")):
+        refused(dgm("train", "dataset=npz", f"data.path={path}", "trainer.max_steps=1", check=False), str(path), needle)
+
+
+def test_an_unreadable_image_in_an_image_folder_is_named(dgm, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("L", (8, 8), color=40 * i).save(folder / f"{i}.png")
+    (folder / "3.png").write_text("oops")
+    refused(dgm("train", "dataset=image_folder", f"data.path={folder}", "trainer.max_steps=1", check=False),
+            str(folder / "3.png"), "not an image", "text file")
+
+
+def test_a_refused_sweep_leaves_no_folder(dgm):
+    refused(dgm("train", "-m", *TOY, "trainer.max_steps=1", "optimizer.lr=-1,1e-3", check=False), "optimizer.lr")
 
 
 def test_missing_data_names_the_files(dgm, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import run_dgm
 
 
@@ -49,3 +50,51 @@ def test_shell_completion_per_command(tmp_path):
     assert "model=gated_pixelcnn" in query("dgm train model=g")
     assert "trainer.max_epochs=" in query("dgm train trainer.max_e")
     assert "limit=" in query("dgm eval li")
+
+
+def test_version(tmp_path):
+    from dgm_cli import __version__
+
+    assert run_dgm("--version", cwd=tmp_path).stdout.strip() == f"dgm {__version__}"
+
+
+def test_sample_and_eval_help_list_only_their_own_keys_with_meanings(tmp_path):
+    for command, keys in (("sample", ("temperature", "num_samples", "mode", "out")),
+                          ("eval", ("split", "limit", "metrics", "num_samples"))):
+        out = run_dgm(command, "--help", cwd=tmp_path).stdout
+        for group in ("model:", "dataset:", "experiment:", "optimizer:"):
+            assert group not in out, f"dgm {command} --help offers {group} which dgm {command} refuses"
+        lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ")}
+        assert "???" in lines["checkpoint"] and "run folder" in lines["checkpoint"]
+        for key in keys:
+            assert len(lines[key].split()) > 3, f"{key} has no meaning: {lines[key]!r}"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_train_help_says_what_keys_mean_with_units(tmp_path):
+    out = run_dgm("train", "model=glow", "--help", cwd=tmp_path).stdout
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ")}
+    assert "0 means once per epoch" in lines["trainer.val_every"]
+    assert "steps" in lines["trainer.log_every"]
+    assert "model.hidden_channels" in lines and "model.latent_dim" not in lines  # the chosen model's keys
+
+
+@pytest.mark.slow
+def test_resume_logs_into_the_run_folder_and_sample_eval_write_no_empty_folder(tmp_path):
+    toy = ["dataset=moons", "model.hidden=[16]", "model.latent_dim=2", "trainer.batch_size=64",
+           "data.train_size=2000", "data.test_size=500", "trainer.progress=false"]
+    run_dgm("train", *toy, "trainer.max_steps=5", cwd=tmp_path)
+    (run,) = (tmp_path / "outputs" / "train").glob("*/*")
+    lines = len((run / "train.log").read_text().splitlines())
+    run_dgm("train", f"resume={run}", "trainer.max_steps=10", cwd=tmp_path)
+    assert list((tmp_path / "outputs" / "train").glob("*/*")) == [run], "resume made a new run folder"
+    log = (run / "train.log").read_text()
+    assert len(log.splitlines()) > lines and "resuming" in log and "step 10" in log
+    assert "resume=" not in (run / ".hydra" / "overrides.yaml").read_text(), "the run's own config was overwritten"
+
+    run_dgm("sample", f"checkpoint={run}", f"out={tmp_path / 'grid.png'}", cwd=tmp_path)
+    run_dgm("eval", f"checkpoint={run}", cwd=tmp_path)
+    assert (tmp_path / "grid.png").exists() and (run / "checkpoints" / "eval.json").exists()
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["train"], "an empty sample/eval folder"
+    run_dgm("sample", f"checkpoint={run}", cwd=tmp_path)  # the grid's default place is a folder of its own
+    assert len(list((tmp_path / "outputs" / "sample").glob("*/*/sample.png"))) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import UserError, describe_file
 
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -186,14 +187,28 @@ def _resize(x: Tensor, size: Optional[int]) -> Tensor:
 def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> Split:
     if not path or not Path(path).is_file():
         raise UserError(f"dataset=npz needs data.path=<file.npz>; {path!r} is not a file.")
-    with np.load(path) as f:
-        keys = list(f.keys())
-        ikey = next((k for k in ("x", "images", "arr_0") if k in f), None)
-        if ikey is None:
-            raise UserError(f"{path} has arrays {keys}; dgm reads images from 'x', 'images' or 'arr_0' and labels from 'y' or 'labels'.")
-        x = _to_nchw_uint8(f[ikey])
-        lkey = next((k for k in ("y", "labels") if k in f), None)
-        y = torch.from_numpy(np.asarray(f[lkey]).astype(np.int64)) if lkey else None
+    def unreadable(reason: str) -> UserError:
+        return UserError(f"dataset=npz cannot read data.path={path}: {reason}. dgm reads an .npz of numeric arrays: "
+                         "images in 'x' (or 'images', 'arr_0'), labels in 'y' (or 'labels').")
+
+    if not zipfile.is_zipfile(path):
+        raise unreadable(f"it seems to be {describe_file(path)}")
+    try:
+        with np.load(path, allow_pickle=False) as f:  # a pickled (object) array could run code: refused
+            keys = list(f.keys())
+            ikey = next((k for k in ("x", "images", "arr_0") if k in keys), None)
+            if ikey is None:
+                raise UserError(f"{path} has arrays {keys}; dgm reads images from 'x', 'images' or 'arr_0' and labels from 'y' or 'labels'.")
+            x = _to_nchw_uint8(f[ikey])
+            lkey = next((k for k in ("y", "labels") if k in keys), None)
+            y = torch.from_numpy(np.asarray(f[lkey]).astype(np.int64)) if lkey else None
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise unreadable(f"{exc}") from None
+        raise unreadable("it holds an array of Python objects, which numpy stores pickled, and unpickling can run "
+                         "code; save numbers instead, e.g. np.savez(path, x=np.asarray(images, dtype=np.uint8))") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise unreadable(f"it is a damaged zip archive ({exc})") from None
     return _convert_channels(_resize(x, image_size), channels), y
 
 
@@ -204,6 +219,19 @@ def _convert_channels(x: Tensor, channels: Optional[int]) -> Tensor:
         return x.expand(-1, 3, -1, -1).contiguous()
     w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def _read_image(path: Path):
+    """The image file at ``path``, decoded, or a UserError that names the file and what it seems to be."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path} in data.path is not an image dgm can read: it seems to be {describe_file(path)} "
+                        f"({exc}). Remove it from the folder or replace it.") from None
 
 
 def load_image_folder(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> Split:
@@ -222,17 +250,16 @@ def load_image_folder(path: Optional[str], image_size: Optional[int], channels: 
         files = [(p, -1) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {folder}.")
-    first = Image.open(files[0][0])
+    first = _read_image(files[0][0])
     mode = {1: "L", 3: "RGB"}.get(channels or 0, "L" if first.mode in ("L", "1", "I;16", "I") else "RGB")
     size = image_size or min(first.size)
     arrays = []
     for p, _ in files:
-        with Image.open(p) as im:
-            im = im.convert(mode)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
-            arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        im = _read_image(p).convert(mode)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.uint8)
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     x = torch.from_numpy(np.stack(arrays))
     y = torch.tensor([label for _, label in files]) if classes else None
     return x, y

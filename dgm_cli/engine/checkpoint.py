@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_atomically
-from ..errors import UserError
+from ..errors import UserError, describe_file
 
 FORMAT = "dgm-checkpoint-v1"
 
@@ -32,9 +32,10 @@ def load(path_or_run: str, map_location="cpu") -> dict:
     path = resolve(path_or_run)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable dgm checkpoint (truncated, corrupted, or not written by "
-                        f"`dgm train`): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    except Exception:
+        raise UserError(f"{path} is not a readable dgm checkpoint: it seems to be {describe_file(path)}. Give a "
+                        f".pt file written by `dgm train`, or its run folder; a truncated or corrupted checkpoint "
+                        f"cannot be read (checkpoints/best.pt may still be whole).") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is a torch file but not a dgm checkpoint (no '{FORMAT}' marker); "
                         f"give a checkpoint written by `dgm train`.")

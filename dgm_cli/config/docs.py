@@ -1,0 +1,176 @@
+"""What each key of a command means, read from one place: the trailing comment of its field in the
+schema dataclasses (``schema.py``, a model's ``Config``). `dgm <command> --help` lists the keys
+with their values and meanings, and a mistyped key is answered with the closest real ones."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import io
+import tokenize
+import typing
+from typing import Any, Iterable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import schema
+
+
+
+def command_schemas() -> dict[str, type]:
+    """Command -> the dataclass of its config: each Hydra command stores one as ``<command>_schema``."""
+    from hydra.core.config_store import ConfigStore
+
+    schema.register_configs()
+    suffix = "_schema.yaml"
+    return {name[:-len(suffix)]: OmegaConf.get_type(entry.node)
+            for name, entry in ConfigStore.instance().repo.items() if name.endswith(suffix)}
+
+
+#: the schema of each command's config
+SCHEMAS = command_schemas()
+#: the config groups of `dgm train` (each picks one YAML file of configs/<group>/)
+TRAIN_GROUPS = ("model", "dataset", "objective", "optimizer", "scheduler", "experiment")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment that ends each field's line in the source of dataclass ``cls``."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs: dict[str, str] = {}
+    line_start: Optional[str] = None  # the first name on the current logical line
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in (tokenize.NEWLINE, tokenize.NL):
+            line_start = None
+        elif tok.type == tokenize.NAME and line_start is None:
+            line_start = tok.string
+        elif tok.type == tokenize.COMMENT and line_start in names and line_start not in docs:
+            docs[line_start] = tok.string.lstrip("#").strip()
+    return docs
+
+
+def _dataclass_of(annotation: Any) -> Optional[type]:
+    """The dataclass an annotation names, looking through Optional[...]."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    return next((a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a)), None)
+
+
+def schema_keys(cls: type, prefix: str = "") -> dict[str, str]:
+    """Every dotted key under dataclass ``cls`` -> its comment ('' where it has none)."""
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    keys: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        inner = _dataclass_of(hints.get(f.name))
+        if inner is not None:
+            keys.update(schema_keys(inner, f"{prefix}{f.name}."))
+        else:
+            keys[prefix + f.name] = comments.get(f.name, "")
+    return keys
+
+
+def model_keys(name: Optional[str] = None) -> dict[str, str]:
+    """``model.*`` keys: of the model ``name``, or of every registered model."""
+    from ..models import load_all
+    from ..models.registry import MODELS
+
+    load_all()
+    classes = [MODELS[name]] if name in MODELS else list(MODELS.values())
+    keys = {"model.name": "the model (pick with model=<name>)",
+            "model.representation": "the data representation the model gets by default"}
+    for cls in classes:
+        keys.update({f"model.{k}": v for k, v in schema_keys(cls.Config).items()})
+    return keys
+
+
+def known_keys(command: str, cfg: Optional[DictConfig] = None, model: Optional[str] = None) -> dict[str, str]:
+    """The keys ``command`` accepts -> their meanings. For `dgm train`, the model and objective keys
+    are those of the composed ``cfg``'s choices (or of ``model``), else of every model and objective."""
+    keys = {k: v for k, v in schema_keys(SCHEMAS[command]).items() if k not in ("model", "objective")}
+    if command == "train":
+        keys.update(model_keys(OmegaConf.select(cfg, "model.name") if cfg is not None else model))
+        keys.update({f"objective.{k}": "" for k in _objective_keys(cfg)})
+    return keys
+
+
+def _objective_keys(cfg: Optional[DictConfig]) -> Iterable[str]:
+    if cfg is not None and OmegaConf.select(cfg, "objective") is not None:
+        return [k for k in cfg.objective if k != "name"]
+    from importlib import resources
+
+    folder = resources.files("dgm_cli.configs") / "objective"
+    names = set()
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml"):
+            names.update(OmegaConf.create(entry.read_text()).keys())
+    return sorted(names - {"name"})
+
+
+def closest(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> list[str]:
+    """The candidates most like ``word`` (difflib's ratio), best first: those within 0.1 of the best."""
+    scored = sorted(((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in set(candidates)), reverse=True)
+    return [c for r, c in scored[:3] if r >= max(cutoff, scored[0][0] - 0.1)] if scored else []
+
+
+def suggest(key: str, candidates: Iterable[str]) -> str:
+    """' Did you mean a or b?' for the candidates closest to ``key``, or ''."""
+    candidates = list(candidates)
+    section, _, last = key.rpartition(".")  # a mistyped last part under the right section comes first
+    under = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == section}
+    close = [under[c] for c in closest(last, under)] or closest(key, candidates)
+    return f" Did you mean {' or '.join(close)}?" if close else ""
+
+
+def _value(cfg: DictConfig, key: str) -> str:
+    parent, _, last = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if node is None or last not in node.keys():
+        return ""
+    if OmegaConf.is_missing(node, last):
+        return "???"
+    try:
+        value = OmegaConf.to_container(OmegaConf.create({"v": node[last]}), resolve=True)["v"]
+    except Exception:  # an interpolation that cannot be resolved here (an unset environment variable)
+        value = OmegaConf.to_container(node, resolve=False)[last]
+    text = "null" if value is None else str(value).replace(" ", "")
+    return text if len(text) <= 18 else text[:15] + "..."
+
+
+def key_table(keys: dict[str, str], cfg: DictConfig) -> str:
+    """One line per key: the key, its value in ``cfg`` (??? where it must be given), its meaning."""
+    rows = [(k, _value(cfg, k), doc) for k, doc in keys.items()]
+    kw, vw = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return "\n".join(f"  {k:<{kw}}  {v:<{vw}}  {doc}".rstrip() for k, v, doc in rows)
+
+
+def help_text(command: str, cfg: DictConfig) -> str:
+    """`dgm <command> --help`: what the command does, its groups (train) and every key it accepts,
+    with the value it has with the given overrides and what it means. A Hydra help template: Hydra
+    fills in $APP_CONFIG_GROUPS, so a literal dollar is written twice."""
+    from ..cli import COMMANDS
+
+    keys = known_keys(command, cfg)
+    lines = [f"dgm {command}: {COMMANDS[command][1]}", ""]
+    if command == "train":
+        from ..models.registry import MODELS
+
+        model = OmegaConf.select(cfg, "model.name")
+        if model in MODELS:  # show the model's defaults for the keys its YAML does not set
+            defaults = OmegaConf.to_container(OmegaConf.structured(MODELS[model].Config))
+            cfg = OmegaConf.merge(OmegaConf.create({"model": defaults}), cfg)
+        lines += ["usage: dgm train [group=option ...] [key=value ...] [-m]", "",
+                  "Groups (group=option; `experiment=` applies a published setting):", "$APP_CONFIG_GROUPS",
+                  f"Keys (key, value with these overrides, meaning; model.* are those of model={model}):"]
+    else:
+        required = "".join(f"{k}=<...> " for k in keys if _value(cfg, k) == "???")
+        lines += [f"usage: dgm {command} {required}[key=value ...] [-m]", "",
+                  "Keys (key, value with these overrides, meaning; ??? must be given):"]
+    table = key_table(keys, cfg).replace("$", "$$")
+    lines += [table, "",
+              f"`dgm {command} --cfg job` prints the composed config; -m runs a sweep (key=a,b); "
+              "--hydra-help lists Hydra's own flags."]
+    return "\n".join(lines)
