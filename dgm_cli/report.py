@@ -28,6 +28,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from .app import command
+from .atomic import write_text_atomically
 from .errors import UserError
 
 log = logging.getLogger("dgm.report")
@@ -280,8 +281,8 @@ def report(cfg: DictConfig, out: Path) -> dict[str, Path]:
     printed, markdown = render(rows, swept)
     out.mkdir(parents=True, exist_ok=True)
     written = {"csv": out / "report.csv", "markdown": out / "report.md"}
-    written["csv"].write_text(csv_text(rows))
-    written["markdown"].write_text(markdown)
+    write_text_atomically(written["csv"], csv_text(rows))
+    write_text_atomically(written["markdown"], markdown)
     if cfg.plot:
         x = cfg.x or (swept[0] if swept else "wall_time")
         written["plot"] = plot_metric(rows, runs, cfg.plot, x, swept, out)

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..atomic import write_atomically
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -177,15 +177,7 @@ def _load_cached(path: Path, rec: dict, model: SmallCNN) -> Optional[float]:
 
 
 def _save_atomic(path: Path, blob: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: torch.save(blob, f))
 
 
 def own_classifier(dataset_name: str, train_x: Tensor, train_y: Optional[Tensor], test_x: Tensor,
