@@ -80,6 +80,10 @@ def _schema_keys(full_key: str, args: tuple[str, ...] = ()) -> str:
 def condense(command: str, text: str, args: tuple[str, ...] = ()) -> str:
     """Hydra's composition error -> one paragraph naming the key and what is allowed (``args``: the
     command line, whose model= narrows the suggestions for a mistyped model key)."""
+    if "Traceback (most recent call last)" in text:  # Hydra failed on the file system (an unwritable run dir)
+        last = [ln for ln in text.splitlines() if re.match(r"^\w+(Error|Exception): ", ln)]
+        return (f"dgm {command}: Hydra stopped before the command ran: {last[-1] if last else text.strip()}. "
+                f"Check hydra.run.dir / hydra.sweep.dir, or run where the folder can be written.")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(NOISE)]
     full_key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
     lines = [ln for ln in lines if not ln.startswith("full_key:")]

@@ -67,8 +67,12 @@ def main(cfg: DictConfig) -> None:
     model, _, dataset = model_from_checkpoint(state, device, cfg.data_root)
     runtime.seed_everything(cfg.seed)
     image = draw(model, cfg, dataset, device)
-    out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / f"{cfg.mode}.png"
-    images.save_png(image, out)
+    out = Path(cfg.out).expanduser() if cfg.out else Path(HydraConfig.get().runtime.output_dir)
+    out = out / f"{cfg.mode}.png" if out.is_dir() or not cfg.out else out
+    try:
+        images.save_png(image, out)
+    except OSError as exc:
+        raise UserError(f"cannot write out={out}: {exc.strerror or exc}.") from None
     print(f"wrote {out}")
 
 

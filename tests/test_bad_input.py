@@ -66,6 +66,7 @@ def no_folder_written(tmp_path):
         ("data.val_size=100000", ["data.val_size=100000", "2000 training examples"]),
         ("data.val_size=-1", ["data.val_size", ">= 0"]),
         ("resume=does/not/exist", ["no checkpoint at 'does/not/exist'"]),
+        ("dataset=npz", ["data.path", "not set"]),
     ],
 )
 def test_bad_train_config_is_refused(dgm, override, needles):
@@ -121,6 +122,19 @@ def test_an_unreadable_image_in_an_image_folder_is_named(dgm, tmp_path):
     (folder / "3.png").write_text("oops")
     refused(dgm("train", "dataset=image_folder", f"data.path={folder}", "trainer.max_steps=1", check=False),
             str(folder / "3.png"), "not an image", "text file")
+
+
+def test_sample_out_must_be_an_image_file_or_folder_that_can_be_written(dgm, tmp_path, toy_run):
+    refused(dgm("sample", f"checkpoint={toy_run}", "out=grid.txt", check=False), "out='grid.txt'", ".png")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    refused(dgm("sample", f"checkpoint={toy_run}", f"out={blocker}/grid.png", check=False), "cannot write out=")
+
+
+def test_a_run_folder_that_cannot_be_made(dgm, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    refused(dgm("train", *TOY, f"hydra.run.dir={blocker}/run", check=False), "hydra.run.dir", str(blocker))
 
 
 def test_a_refused_sweep_leaves_no_folder(dgm):

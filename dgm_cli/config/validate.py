@@ -82,8 +82,15 @@ def validate_train(cfg: DictConfig) -> None:
     check(cfg, "data.channels", lambda v: v in (None, 1, 3), "null, 1 or 3")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 def validate_sample(cfg: DictConfig) -> None:
+    from pathlib import Path
+
     positive(cfg, "num_samples")
+    check(cfg, "out", lambda v: v is None or Path(v).expanduser().is_dir() or Path(v).suffix.lower() in IMAGE_SUFFIXES,
+          "null, a folder, or a file name ending in " + ", ".join(IMAGE_SUFFIXES))
     positive(cfg, "temperature")
     check_device(cfg, "device")
     one_of(cfg, "split", SPLITS)

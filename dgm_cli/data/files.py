@@ -186,7 +186,8 @@ def _resize(x: Tensor, size: Optional[int]) -> Tensor:
 
 def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> Split:
     if not path or not Path(path).is_file():
-        raise UserError(f"dataset=npz needs data.path=<file.npz>; {path!r} is not a file.")
+        raise UserError(f"dataset=npz needs data.path=<file.npz>; "
+                        + (f"{path!r} is not a file." if path else "it is not set."))
     def unreadable(reason: str) -> UserError:
         return UserError(f"dataset=npz cannot read data.path={path}: {reason}. dgm reads an .npz of numeric arrays: "
                          "images in 'x' (or 'images', 'arr_0'), labels in 'y' (or 'labels').")
@@ -240,7 +241,8 @@ def load_image_folder(path: Optional[str], image_size: Optional[int], channels: 
 
     folder = Path(path) if path else None
     if folder is None or not folder.is_dir():
-        raise UserError(f"dataset=image_folder needs data.path=<folder of images>; {path!r} is not a folder.")
+        raise UserError(f"dataset=image_folder needs data.path=<folder of images>; "
+                        + (f"{path!r} is not a folder." if path else "it is not set."))
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     files: list[tuple[Path, int]] = []
     if classes:
