@@ -155,7 +155,18 @@ def shell_completion(argv: list[str]) -> None:
         return
     os.environ["COMP_LINE"] = " ".join(["dgm", *parts[2:]])
     sys.argv = ["dgm", "-sc", request]
-    importlib.import_module(COMMANDS[parts[1]][0]).main()
+    if parts[1] == "train":
+        importlib.import_module(COMMANDS["train"][0]).main()
+        return
+    # the config groups (model=, dataset=, ...) share the search path of every command but are dgm
+    # train's alone: leave them out of the other commands' completions
+    from contextlib import redirect_stdout
+
+    from .config.docs import TRAIN_GROUPS
+
+    with redirect_stdout(io.StringIO()) as out:
+        importlib.import_module(COMMANDS[parts[1]][0]).main()
+    print(" ".join(w for w in out.getvalue().split() if w.split("=")[0].split("/")[0] not in TRAIN_GROUPS))
 
 
 def _torchrun_overrides(command: str, args: list[str]) -> list[str]:

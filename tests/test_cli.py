@@ -52,6 +52,19 @@ def test_shell_completion_per_command(tmp_path):
     assert "limit=" in query("dgm eval li")
 
 
+def test_sample_and_eval_completion_offer_no_train_groups(tmp_path):
+    import os
+
+    from conftest import dgm_executable
+
+    for command in ("sample", "eval"):
+        env = {**os.environ, "COMP_LINE": f"dgm {command} "}
+        words = subprocess.run([dgm_executable(), "-sc", "query=bash"], env=env, capture_output=True, text=True,
+                               cwd=tmp_path).stdout.split()
+        assert "checkpoint=" in words and "seed=" in words
+        assert not {"model=", "dataset=", "experiment=", "optimizer="} & set(words), words
+
+
 def test_version(tmp_path):
     from dgm_cli import __version__
 
