@@ -9,8 +9,8 @@ Because a_{i+1} = a_i + W[:, i] x_i (idem, the recurrence that makes NADE O(HD))
 dimensions, carrying a_i, computes every conditional. ``Sweep`` below runs it for a chunk of the batch
 at a time, so that a_i and the hidden layer of one dimension (rows x H) stay in cache, and never
 holds a batch x D x H tensor (the exclusive cumulative sum of W[:, i] x_i over i would be 800 MB
-at the paper's size: memory traffic, not arithmetic, would set the speed). On the CPU the chunks
-are shared among torch.get_num_threads() Python threads (``over_chunks``).
+at the paper's size: memory traffic, not arithmetic, would set the speed). Where x_i = 0, a_{i+1} = a_i:
+in binarized images most pixels are 0, so h_{i+1} is recomputed only in the rows whose x_i is not.
 
 Training takes the gradient in the same sweep. With d_i = dL/da_i (back through h_i), the
 weights W[:, j] reach every a_i with i > j, so
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -51,9 +50,9 @@ ACTIVATIONS = {
     "relu": (lambda a, out: torch.clamp_min(a, 0.0, out=out),
              lambda g, h, grad_input: aten.threshold_backward.grad_input(g, h, 0.0, grad_input=grad_input)),
 }
-CACHE_FLOATS = 2 ** 16  # a chunk of the batch has rows x H <= this (256 KiB of float32: about an L2 cache)
-GRAIN = 2 ** 15  # PyTorch splits an elementwise operation among threads from this size on
+CACHE_FLOATS = 2 ** 17  # a chunk of the batch has rows x H <= this (512 KiB of float32: about an L2 cache)
 BLOCK = 8  # dimensions whose logits and gradients go through one batched product
+SPARSE = 0.4  # where x_i is nonzero in at most this share of the rows, h_{i+1} is updated in those rows only
 
 
 def block_log_prob(logits: Tensor, x: Tensor) -> Tensor:
@@ -87,7 +86,7 @@ def no_autocast(fn):
 
 @dataclass
 class Grads:
-    W: Tensor  # (D, H) until ``Sweep.grads`` transposes it
+    W: Tensor  # (D, H) until ``over_chunks`` transposes it
     c: Tensor
     V: Tensor
     b: Tensor
@@ -116,24 +115,43 @@ class Sweep:
         self.checkpoints: Optional[Tensor] = None  # a at each block's start (reverse_sweep)
 
     def start(self, b0: int, b1: int) -> None:
-        """Begin the chunk of rows b0..b1-1: its views, a = c (a_1) and no sum of d yet."""
+        """Begin the chunk of rows b0..b1-1: its views, a = c (a_1) and no sum of d yet; and, for every
+        dimension i, the rows whose x_i is not 0 (``moved``): the only ones where a_{i+1} != a_i."""
         n = b1 - b0
         self.a_n, self.d_n, self.sum_d_n, self.logits_n = self.a[:n], self.d[:n], self.sum_d[:n], self.logits[:, :n]
         self.h_n = self.h[:, :n]
         self.h_j = self.h_n.unbind(0)
-        self.x_i, self.x_col_i = self.xt[:, b0:b1].unbind(0), self.xt[:, b0:b1, None].unbind(0)
+        x = self.xt[:, b0:b1]
+        self.x_i, self.x_col_i = x.unbind(0), x[..., None].unbind(0)
+        nonzero = x != 0
+        counts = nonzero.sum(1)
+        self.moved = nonzero.nonzero()[:, 1].split(counts.tolist())
+        self.sparse = (counts <= SPARSE * n).tolist()  # recompute h_{i+1} in those rows only
         self.a_n.copy_(self.c.expand(n, -1))
         self.sum_d_n.zero_()
 
     def blocks(self) -> list[tuple[int, int]]:
         return [(i0, min(i0 + BLOCK, self.dim)) for i0 in range(0, self.dim, BLOCK)]
 
-    def forward(self, i0: int, i1: int) -> Tensor:
-        """h_i and the logits of dimensions i0..i1-1, advancing a to a_{i1}; (i1 - i0, rows, bins)."""
-        act, a, advance, h_j, x_col_i, W_i = self.act, self.a_n, self.a_n.addcmul_, self.h_j, self.x_col_i, self.W_i
+    def advance(self, i0: int, i1: int) -> None:
+        """a_{i1} from a_{i0}."""
+        for i in range(i0, i1):
+            self.a_n.addcmul_(self.x_col_i[i], self.W_i[i])
+
+    def forward(self, i0: int, i1: int, h_before: Optional[Tensor]) -> Tensor:
+        """h_i and the logits of dimensions i0..i1-1, advancing a to a_{i1}; (i1 - i0, rows, bins).
+        ``h_before`` is h_{i0-1} (None: not at hand). Binarized images are mostly 0, and h_i equals
+        h_{i-1} in every row where x_{i-1} is 0: the activation is computed in the other rows only."""
+        act, a, h_j, moved, sparse, x_col_i, W_i = self.act, self.a_n, self.h_j, self.moved, self.sparse, \
+            self.x_col_i, self.W_i
         for j, i in enumerate(range(i0, i1)):
-            act(a, out=h_j[j])  # h_i
-            advance(x_col_i[i], W_i[i])  # a_{i+1} = a_i + W[:, i] x_i
+            if h_before is None or not sparse[i - 1]:
+                act(a, out=h_j[j])  # h_i
+            else:
+                rows = moved[i - 1]
+                h_j[j].copy_(h_before).index_copy_(0, rows, act(a.index_select(0, rows), None))
+            a.addcmul_(x_col_i[i], W_i[i])  # a_{i+1} = a_i + W[:, i] x_i
+            h_before = h_j[j]
         k = i1 - i0
         return torch.baddbmm(self.b[i0:i1, None], self.h_n[:k], self.Vt[i0:i1], out=self.logits_n[:k])  # b_i + V_i h_i
 
@@ -161,43 +179,22 @@ class Sweep:
 
 def over_chunks(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, grads: bool,
                 work: Callable[[Sweep, int, int], None]) -> Optional[Grads]:
-    """``work(sweep, b0, b1)`` for every chunk of the batch, and the sum of the sweeps' gradients.
-    On the CPU the chunks are shared among torch.get_num_threads() Python threads, each with its own
-    Sweep: PyTorch releases the GIL inside every operation, and chunks small enough that no single
-    operation is split among threads keep the threads from waiting on each other."""
+    """``work(sweep, b0, b1)`` for every chunk of the batch, and the sweep's gradients. With several
+    threads, PyTorch splits each operation on a chunk among them."""
     batch, hidden = x.shape[0], W.shape[0]
-    threads = torch.get_num_threads() if x.device.type == "cpu" else 1
-    cache = CACHE_FLOATS if threads == 1 else min(CACHE_FLOATS, GRAIN)
-    rows = max(1, min(-(-batch // threads), cache // hidden))
-    chunks = [(b0, min(b0 + rows, batch)) for b0 in range(0, batch, rows)]
-    threads = min(threads, len(chunks))
-    sweeps = [Sweep(x, W, c, V, b, activation, rows, grads) for _ in range(threads)]
-    grad_mode = torch.is_grad_enabled()  # thread-local: a new thread has its own
-
-    def run(k: int) -> None:
-        with torch.set_grad_enabled(grad_mode):
-            for b0, b1 in chunks[k::threads]:
-                work(sweeps[k], b0, b1)
-
-    if threads == 1:
-        run(0)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, range(threads)))
+    rows = max(1, min(batch, CACHE_FLOATS // hidden))
+    sweep = Sweep(x, W, c, V, b, activation, rows, grads)
+    for b0 in range(0, batch, rows):
+        work(sweep, b0, min(b0 + rows, batch))
     if not grads:
         return None
-    g = sweeps[0].g
-    for other in sweeps[1:]:
-        for name in ("W", "c", "V", "b", "x"):
-            if getattr(g, name) is not None:
-                getattr(g, name).add_(getattr(other.g, name))
+    g = sweep.g
     g.W, g.x = g.W.t(), None if g.x is None else g.x.t()
     return g
 
 
 #: ``on_logits(i0, i1, b0, b1, logits)`` sees the logits (i1 - i0, b1 - b0, bins) of dimensions i0..i1-1
-#: for batch rows b0..b1-1 and returns dL/dlogits of that block, or None; called from several threads
-#: (each with its own rows)
+#: for batch rows b0..b1-1 and returns dL/dlogits of that block, or None
 LogitsHook = Callable[[int, int, int, int, Tensor], Optional[Tensor]]
 
 
@@ -209,7 +206,7 @@ def forward_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activat
     def work(s: Sweep, b0: int, b1: int) -> None:
         s.start(b0, b1)
         for i0, i1 in s.blocks():
-            dlogits = on_logits(i0, i1, b0, b1, s.forward(i0, i1))
+            dlogits = on_logits(i0, i1, b0, b1, s.forward(i0, i1, None if i0 == 0 else s.h_j[BLOCK - 1]))
             if s.g is None:
                 continue
             s.back_to_V(i0, i1, dlogits)
@@ -250,11 +247,10 @@ def reverse_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activat
         G, n = s.sum_d_n, b1 - b0
         for k, (i0, i1) in enumerate(blocks):
             s.checkpoints[k, :n] = s.a_n
-            for i in range(i0, i1):
-                s.a_n.addcmul_(s.x_col_i[i], s.W_i[i])
+            s.advance(i0, i1)
         for k, (i0, i1) in reversed(list(enumerate(blocks))):
             s.a_n.copy_(s.checkpoints[k, :n])
-            s.forward(i0, i1)  # the same h_i as the forward pass
+            s.forward(i0, i1, None)  # the same h_i as the forward pass
             s.back_to_V(i0, i1, dlogits[i0:i1, b0:b1])
             for j, i in reversed(list(enumerate(range(i0, i1)))):
                 s.gW_i[i].addmv_(G.t(), s.x_i[i])  # sum_b x_bi G_bi
