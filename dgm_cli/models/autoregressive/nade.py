@@ -107,8 +107,9 @@ class Sweep:
         self.V, self.Vt, self.b = V, V.transpose(1, 2).contiguous(), b
         new = lambda *shape: x.new_empty(*shape)  # noqa: E731
         self.a, self.d, self.sum_d = new(rows, hidden), new(rows, hidden), new(rows, hidden)
-        self.h, self.logits = new(BLOCK, rows, hidden), new(BLOCK, rows, bins)
-        self.W_i, self.V_i = self.Wt.unbind(0), V.unbind(0)
+        # Gradients need every h_i of a block; without them one buffer, updated in place, serves all.
+        self.h, self.logits = new(BLOCK if grads else 1, rows, hidden), new(BLOCK, rows, bins)
+        self.W_i, self.V_i, self.Vt_i, self.b_i = self.Wt.unbind(0), V.unbind(0), self.Vt.unbind(0), b.unbind(0)
         self.g = Grads(torch.zeros_like(self.Wt), torch.zeros_like(c), torch.zeros_like(V), torch.zeros_like(b)) \
             if grads else None
         self.gW_i = self.g.W.unbind(0) if grads else None
@@ -120,7 +121,9 @@ class Sweep:
         n = b1 - b0
         self.a_n, self.d_n, self.sum_d_n, self.logits_n = self.a[:n], self.d[:n], self.sum_d[:n], self.logits[:, :n]
         self.h_n = self.h[:, :n]
-        self.h_j = self.h_n.unbind(0)
+        slots = self.h_n.unbind(0)
+        self.h_j = [slots[j % len(slots)] for j in range(BLOCK)]
+        self.logits_j = self.logits_n.unbind(0)
         x = self.xt[:, b0:b1]
         self.x_i, self.x_col_i = x.unbind(0), x[..., None].unbind(0)
         nonzero = x != 0
@@ -144,16 +147,17 @@ class Sweep:
         h_{i-1} in every row where x_{i-1} is 0: the activation is computed in the other rows only."""
         act, a, h_j, moved, sparse, x_col_i, W_i = self.act, self.a_n, self.h_j, self.moved, self.sparse, \
             self.x_col_i, self.W_i
+        addmm, logits_j, b_i, Vt_i = torch.addmm, self.logits_j, self.b_i, self.Vt_i
         for j, i in enumerate(range(i0, i1)):
             if h_before is None or not sparse[i - 1]:
                 act(a, out=h_j[j])  # h_i
-            else:
+            else:  # (a copy onto itself where one buffer serves: nothing)
                 rows = moved[i - 1]
                 h_j[j].copy_(h_before).index_copy_(0, rows, act(a.index_select(0, rows), None))
+            addmm(b_i[i], h_j[j], Vt_i[i], out=logits_j[j])  # b_i + V_i h_i
             a.addcmul_(x_col_i[i], W_i[i])  # a_{i+1} = a_i + W[:, i] x_i
             h_before = h_j[j]
-        k = i1 - i0
-        return torch.baddbmm(self.b[i0:i1, None], self.h_n[:k], self.Vt[i0:i1], out=self.logits_n[:k])  # b_i + V_i h_i
+        return self.logits_n[: i1 - i0]
 
     def back_to_V(self, i0: int, i1: int, dlogits: Tensor) -> None:
         """dL/dV_i and dL/db_i of a block from its dL/dlogits (i1 - i0, rows, bins)."""
