@@ -134,7 +134,12 @@ class EBM(GenerativeModel):
         fresh = torch.rand(n, device=start.device) < self.config.reinit_freq
         start = torch.where(fresh.view(-1, *[1] * (start.dim() - 1)), self.noise(n, start.device), start)
         x = self.langevin(start, self.config.sgld_steps)
-        self.replay[idx] = x
+        # A slot drawn twice takes its last draw's sample. ``replay[idx] = x`` would leave the winner
+        # to thread scheduling and make runs (and resumed runs) differ.
+        last = torch.full((len(self.replay),), -1, dtype=torch.long, device=idx.device)
+        last.scatter_reduce_(0, idx, torch.arange(n, device=idx.device), "amax")
+        written = last >= 0
+        self.replay[written] = x[last[written]]
         return x
 
     # --- training -----------------------------------------------------------------------------------
