@@ -14,8 +14,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import cli
-from .config import docs
-from .config.schema import register_configs
+from .settings import docs
+from .settings.schema import register_configs
 from .errors import UserError
 
 CONFIG_PATH = "pkg://dgm_cli.configs"
@@ -32,7 +32,7 @@ HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml
 
 def check(command: str, cfg: DictConfig) -> None:
     """Refuse a config that lacks a mandatory key or has a value the command cannot use."""
-    from .config.docs import known_keys
+    from .settings.docs import known_keys
 
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     missing = sorted(OmegaConf.missing_keys(task))

@@ -13,13 +13,13 @@ import re
 import sys
 
 COMMANDS = {
-    "train": ("dgm_cli.train", "train a model (Hydra overrides: model=vae dataset=mnist ...)"),
-    "sample": ("dgm_cli.sample", "write samples from a checkpoint (checkpoint=... num_samples=64)"),
-    "eval": ("dgm_cli.evaluate", "test log-likelihood and sample-quality metrics (checkpoint=...)"),
-    "report": ("dgm_cli.report", "one table of runs and sweeps, as text, CSV, Markdown and plots (<run folders>)"),
+    "train": ("dgm_cli.commands.train", "train a model (Hydra overrides: model=vae dataset=mnist ...)"),
+    "sample": ("dgm_cli.commands.sample", "write samples from a checkpoint (checkpoint=... num_samples=64)"),
+    "eval": ("dgm_cli.commands.evaluate", "test log-likelihood and sample-quality metrics (checkpoint=...)"),
+    "report": ("dgm_cli.commands.report", "one table of runs and sweeps, as text, CSV, Markdown and plots (<run folders>)"),
 }
 
-USAGE = "usage: dgm {train,sample,eval} [overrides ...] [--help] [-m]\n\ncommands:\n" + "".join(
+USAGE = "usage: dgm {train,sample,eval,report} [overrides ...] [--help] [-m]\n\ncommands:\n" + "".join(
     f"  {name:<8}{doc}\n" for name, (_, doc) in COMMANDS.items()
 ) + "\n`dgm <command> --help` lists the config groups and keys of that command; `dgm --version` the version.\n"
 
@@ -67,7 +67,7 @@ def _optimizer_keys(args: tuple[str, ...]) -> str:
 def _schema_keys(full_key: str, args: tuple[str, ...] = ()) -> str:
     from dataclasses import fields
 
-    from .config import schema
+    from .settings import schema
 
     section = full_key.split(".")[0]
     if section == "optimizer":
@@ -102,7 +102,7 @@ def condense(command: str, text: str, args: tuple[str, ...] = ()) -> str:
     if full_key:
         msg += f" (key: {full_key})." + _schema_keys(full_key, args)
     unknown = re.search(r"Could not override '([^']+)'", msg)
-    from .config import docs
+    from .settings import docs
 
     if unknown and command in docs.SCHEMAS:
         model = next((a.split("=", 1)[1] for a in args if a.startswith("model=")), None)
@@ -114,7 +114,7 @@ def refuse_added_keys(command: str, args: list[str]) -> None:
     """``+key=value`` (and ``++``) would add a key that no code reads, so the run would go on as if
     it had not been given: refuse it, with the keys it was probably meant to be. ``+hydra.*`` stays
     Hydra's own business."""
-    from .config import docs
+    from .settings import docs
 
     for arg in args:
         if not arg.startswith("+") or "=" not in arg:
@@ -162,7 +162,7 @@ def shell_completion(argv: list[str]) -> None:
     # train's alone: leave them out of the other commands' completions
     from contextlib import redirect_stdout
 
-    from .config.docs import TRAIN_GROUPS
+    from .settings.docs import TRAIN_GROUPS
 
     with redirect_stdout(io.StringIO()) as out:
         importlib.import_module(COMMANDS[parts[1]][0]).main()
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
 
     module = importlib.import_module(COMMANDS[command][0])
-    from .config.docs import SCHEMAS
+    from .settings.docs import SCHEMAS
 
     if command in SCHEMAS:  # a Hydra app
         refuse_added_keys(command, argv[1:])

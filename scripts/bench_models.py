@@ -95,7 +95,7 @@ def timed(fn) -> tuple[object, float, float]:
 def compose(name: str, *overrides: str):
     from hydra import compose as hydra_compose, initialize_config_module
 
-    from dgm_cli.config.schema import register_configs
+    from dgm_cli.settings.schema import register_configs
 
     register_configs()
     with initialize_config_module(config_module="dgm_cli.configs", version_base="1.3"):

@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from dgm_cli.config.schema import register_configs
-from dgm_cli.config.validate import validate_train
+from dgm_cli.settings.schema import register_configs
+from dgm_cli.settings.validate import validate_train
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.registry import MODELS, build_model, get_model_class
 

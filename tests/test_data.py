@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from dgm_cli.config.schema import DataConfig
+from dgm_cli.settings.schema import DataConfig
 from dgm_cli.data import pipeline
 from dgm_cli.errors import UserError
 

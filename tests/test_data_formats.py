@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_dgm
-from dgm_cli.config.schema import DataConfig
+from dgm_cli.settings.schema import DataConfig
 from dgm_cli.data import files, pipeline
 from dgm_cli.errors import UserError
 

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.distributions import Normal, kl_divergence
 
-from dgm_cli import sample
+from dgm_cli.commands import sample
 from dgm_cli.errors import UserError
 from dgm_cli.evaluation import estimators, likelihood
 from dgm_cli.models.base import DataSpec

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dgm_cli.config.schema import TrainConfig
+from dgm_cli.settings.schema import TrainConfig
 from dgm_cli.data import pipeline
 from dgm_cli.engine.checkpoint import load
 from dgm_cli.engine.loop import Trainer

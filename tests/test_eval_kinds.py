@@ -127,7 +127,7 @@ def test_a_conditional_model_without_its_prior_is_a_bug_not_a_number(tiny_condit
 
 def test_eval_json_keeps_the_other_section_of_the_same_protocol_only(tmp_path):
     """A likelihood, then sample metrics: one file holds both; under another protocol it is replaced."""
-    from dgm_cli.evaluate import merge_previous, write_json
+    from dgm_cli.commands.evaluate import merge_previous, write_json
 
     base = {"schema": "dgm-eval-v2", "checkpoint": "c.pt", "train_step": 10,
             "protocol": {"split": "test", "num_examples": 100}}

@@ -10,9 +10,9 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from dgm_cli import sample, train
+from dgm_cli.commands import sample, train
 from dgm_cli.app import model_from_checkpoint
-from dgm_cli.config.schema import register_configs
+from dgm_cli.settings.schema import register_configs
 from dgm_cli.data import pipeline
 from dgm_cli.engine import checkpoint
 from dgm_cli.evaluation.likelihood import evaluate_likelihood

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_autoregressive import make
 
-from dgm_cli.models.autoregressive import common
-from dgm_cli.models.autoregressive.common import PixelStepper
+from dgm_cli.models.autoregressive import base as autoregressive_base
+from dgm_cli.models.autoregressive.base import PixelStepper
 
 CONVOLUTIONAL = ["pixelcnn", "gated_pixelcnn"]
 CASES = [((1, 5, 6), "binary"), ((3, 4, 3), "binary"), ((3, 3, 3), "8bit"), ((1, 4, 4), "8bit")]
@@ -83,7 +83,7 @@ def test_cached_sampling_never_runs_the_whole_network(name, monkeypatch):
 
 def test_slow_sampling_reports_progress_in_the_log(monkeypatch, caplog):
     """Off a terminal, sampling that takes longer than PROGRESS_AFTER logs where it is and when it ends."""
-    monkeypatch.setattr(common, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(autoregressive_base, "PROGRESS_AFTER", 0.0)
     model = make("pixelcnn", (1, 3, 3))
     with caplog.at_level(logging.INFO, logger="dgm.sample"):
         model.sample(2)

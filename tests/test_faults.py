@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import TINY, dgm_executable, run_folders
-from dgm_cli.config.schema import TrainConfig
+from dgm_cli.settings.schema import TrainConfig
 from dgm_cli.data import pipeline
 from dgm_cli.engine import checkpoint
 from dgm_cli.engine.ema import WeightAverage

@@ -45,7 +45,7 @@ def test_histogram_leaves_non_finite_points_out():
 
 
 def test_dgm_sample_warns_about_some_and_refuses_all_non_finite(capsys):
-    from dgm_cli.sample import warn_non_finite
+    from dgm_cli.commands.sample import warn_non_finite
 
     x = _samples_with_nan()
     assert warn_non_finite(x) is x

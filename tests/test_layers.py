@@ -16,7 +16,7 @@ LAYERS = [
     ("dgm_cli.models.nn", 2),
     ("dgm_cli.models", 3), ("dgm_cli.images", 3),
     ("dgm_cli.evaluation", 4), ("dgm_cli.engine", 4),
-    ("dgm_cli", 5),  # the commands: cli, app, train, sample, evaluate, report, config
+    ("dgm_cli", 5),  # the command line: cli, app, commands/ (train, sample, evaluate, report), settings/
 ]
 
 

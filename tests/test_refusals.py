@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_module
 
-from dgm_cli.config.schema import register_configs
-from dgm_cli.config.validate import validate_train
+from dgm_cli.settings.schema import register_configs
+from dgm_cli.settings.validate import validate_train
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.registry import build_model

@@ -13,11 +13,11 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from conftest import run_dgm
-from dgm_cli.config.schema import ReportConfig
+from dgm_cli.settings.schema import ReportConfig
 from dgm_cli.errors import UserError
 from dgm_cli.evaluation.plots import PALETTE
 from dgm_cli.evaluation.runs import Run
-from dgm_cli.report import command_line, report
+from dgm_cli.commands.report import command_line, report
 
 LOWER = "stochastic lower bound on log p"
 BINARIZED = "one Bernoulli draw of the intensities, seed 1234"

@@ -2,4 +2,4 @@
 
 NADE (Larochelle & Murray 2011), MADE (Germain et al. 2015), PixelCNN and Gated PixelCNN
 (van den Oord et al. 2016a, 2016b); the shared likelihood, training step, sampling and
-completion live in ``common.py``."""
+completion live in ``base.py``."""

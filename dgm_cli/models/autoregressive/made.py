@@ -32,7 +32,7 @@ from ...errors import UserError
 from ..nn.masked import MaskedLinear, made_degrees, made_masks
 from ..nn.mlp import ACTIVATIONS, activation
 from ..registry import register
-from .common import AutoregressiveModel
+from .base import AutoregressiveModel
 
 
 @register("made")

@@ -40,7 +40,7 @@ from ...errors import UserError
 from ..base import PhaseLoss
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
 from ..registry import register
-from .common import LEVELS, AutoregressiveModel
+from .base import LEVELS, AutoregressiveModel
 
 aten = torch.ops.aten
 #: activation, written into ``out``, and its backward from the activation's output

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ...errors import UserError
 from ..nn.masked_conv import MaskedConv2d, PaddedMap, PixelConv, pointwise
 from ..registry import register
-from .common import AutoregressiveModel, PixelStepper
+from .base import AutoregressiveModel, PixelStepper
 
 
 class ResidualBlock(nn.Module):

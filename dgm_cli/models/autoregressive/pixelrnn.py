@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ...errors import UserError
 from ..nn.masked_conv import MaskedConv2d
 from ..registry import register
-from .common import AutoregressiveModel
+from .base import AutoregressiveModel
 from .pixelcnn import check_divisible, output_layers
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _sum_except_batch(t: Tensor) -> Tensor:
+def sum_except_batch(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)
 
 
@@ -21,22 +21,22 @@ def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     """log Bern(x | sigmoid(logits)) = x*logits - softplus(logits); x in {0,1}.
 
     Takes logits, never probabilities, so that no sigmoid is applied twice."""
-    return _sum_except_batch(-F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
+    return sum_except_batch(-F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
     """log N(x | mean, diag(exp(log_var)))."""
-    return _sum_except_batch(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)))
+    return sum_except_batch(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)))
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
-    return _sum_except_batch(-0.5 * (LOG_2PI + z**2))
+    return sum_except_batch(-0.5 * (LOG_2PI + z**2))
 
 
 def gaussian_kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     """KL(N(mean, diag(exp(log_var))) || N(0, I)) in closed form (Kingma & Welling 2014, App. B):
     0.5 * sum(mean^2 + var - log_var - 1)."""
-    return _sum_except_batch(0.5 * (mean**2 + torch.exp(log_var) - log_var - 1.0))
+    return sum_except_batch(0.5 * (mean**2 + torch.exp(log_var) - log_var - 1.0))
 
 
 def gaussian_kl_per_dim(mean: Tensor, log_var: Tensor) -> Tensor:
@@ -76,7 +76,7 @@ def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, bi
     log_sf_lower = F.logsigmoid(-lower)  # log P(X > a): the whole mass of bin bins-1
     mid = log_cdf_upper + log_sf_lower + log1mexp((2 * half) * inv_s)
     lp = torch.where(x < half, log_cdf_upper, torch.where(x > 1 - half, log_sf_lower, mid))
-    return _sum_except_batch(lp)
+    return sum_except_batch(lp)
 
 
 def bernoulli_sample(logits: Tensor) -> Tensor:
@@ -98,4 +98,4 @@ def categorical_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     """log Cat(k | softmax(logits)) with logits of shape (B, K, *dims), x = k/(K-1)."""
     k = logits.shape[1]
     target = torch.round(x * (k - 1)).long()
-    return _sum_except_batch(-F.cross_entropy(logits, target, reduction="none"))
+    return sum_except_batch(-F.cross_entropy(logits, target, reduction="none"))

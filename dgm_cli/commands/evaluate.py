@@ -10,10 +10,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .app import command, model_from_checkpoint
-from .config.validate import validate_eval
-from .atomic import write_text_atomically
-from .errors import UserError
+from ..app import command, model_from_checkpoint
+from ..settings.validate import validate_eval
+from ..atomic import write_text_atomically
+from ..errors import UserError
 
 log = logging.getLogger("dgm.eval")
 SCHEMA = "dgm-eval-v2"
@@ -81,7 +81,7 @@ def merge_previous(report: dict, path: Path) -> dict:
 def resolve_metrics(asked, model) -> tuple[bool, list[str]]:
     """(likelihood?, sample metrics): what was asked for, or, when nothing was, the model's own: its
     likelihood where it has one, sample-quality metrics where it has none."""
-    from .evaluation import samples
+    from ..evaluation import samples
 
     if asked is None:
         return (True, []) if model.likelihood is not None else (False, samples.default_metrics(model))
@@ -97,10 +97,10 @@ def resolve_metrics(asked, model) -> tuple[bool, list[str]]:
 
 @command("eval", validate_eval)
 def app(cfg: DictConfig) -> None:
-    from .data import pipeline
-    from .engine import checkpoint, distributed, runtime
-    from .evaluation import estimators, likelihood
-    from .evaluation.samples import sample_quality_report
+    from ..data import pipeline
+    from ..engine import checkpoint, distributed, runtime
+    from ..evaluation import estimators, likelihood
+    from ..evaluation.samples import sample_quality_report
 
     distributed.init()  # under torchrun, each process evaluates its part of the split
     device = runtime.pick_device(cfg.device, distributed.local_rank() if distributed.active() else None)

@@ -27,9 +27,9 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from .app import command
-from .atomic import write_text_atomically
-from .errors import UserError
+from ..app import command
+from ..atomic import write_text_atomically
+from ..errors import UserError
 
 log = logging.getLogger("dgm.report")
 #: Hydra flags that take the next argument as their value (so it is not read as a run folder)
@@ -61,7 +61,7 @@ def protocol_of(evaluation: dict) -> str:
 
 
 def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any]:
-    from .evaluation.runs import config_value, flatten
+    from ..evaluation.runs import config_value, flatten
 
     e = run.eval
     row: dict[str, Any] = {"run": label, "protocol": protocol_of(e), "model": config_value(run.config, "model"),
@@ -89,7 +89,7 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
 def labels(paths: list[Path]) -> list[str]:
     """Short names: a sweep's job as <sweep folder>/<job number> (its swept values are columns), any other
     run relative to the folder all runs share (the whole path of a lone run)."""
-    from .evaluation.runs import sweep_of
+    from ..evaluation.runs import sweep_of
 
     common = Path(os.path.commonpath([str(p) for p in paths])) if len(paths) > 1 else paths[0].parent
     out = []
@@ -182,7 +182,7 @@ def _numeric(v) -> Optional[float]:
 
 
 def x_value(row: dict, run, key: str):
-    from .evaluation.runs import config_value
+    from ..evaluation.runs import config_value
 
     if key == "wall_time":
         return row.get("wall_time_s")
@@ -190,7 +190,7 @@ def x_value(row: dict, run, key: str):
 
 
 def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[str], out: Path) -> Path:
-    from .evaluation.plots import Series, line_plot
+    from ..evaluation.plots import Series, line_plot
 
     numeric = sorted({k for r in rows for k, v in r.items() if _numeric(v) is not None})
     shown = ", ".join(k for k in numeric if not k.startswith("config."))
@@ -218,7 +218,7 @@ def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[s
 
 
 def plot_curves(runs: list, names: list[str], tag: str, x: str, out: Path) -> Path:
-    from .evaluation.plots import Series, line_plot
+    from ..evaluation.plots import Series, line_plot
 
     series = []
     for run, name in zip(runs, names):
@@ -261,7 +261,7 @@ def render(rows: list[dict], swept: list[str]) -> tuple[str, str]:
 
 def curve_names(rows: list[dict], runs: list, swept: list[str]) -> list[str]:
     """A sweep's job by its model and swept values (lr=0.001), any other run by its label."""
-    from .evaluation.runs import sweep_of
+    from ..evaluation.runs import sweep_of
 
     return [" ".join([r["run"] if sweep_of(run.path) is None else str(r["model"]),
                       *(f"{k.split('.')[-1]}={r[k]}" for k in swept if k != "model" and r.get(k) is not None)])
@@ -270,7 +270,7 @@ def curve_names(rows: list[dict], runs: list, swept: list[str]) -> list[str]:
 
 def report(cfg: DictConfig, out: Path) -> dict[str, Path]:
     """Gather, print and write; returns the files written."""
-    from .evaluation.runs import Run, find_runs, swept_keys
+    from ..evaluation.runs import Run, find_runs, swept_keys
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its reader chats about every event file
     paths = find_runs(list(cfg.runs))

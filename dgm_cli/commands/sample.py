@@ -9,17 +9,17 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from . import images
-from .app import command, model_from_checkpoint
-from .config.validate import validate_sample
-from .errors import UserError
+from .. import images
+from ..app import command, model_from_checkpoint
+from ..settings.validate import validate_sample
+from ..errors import UserError
 
 log = logging.getLogger("dgm.sample")
 
 
 def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
     """The image to write for ``cfg.mode``."""
-    from .data import pipeline
+    from ..data import pipeline
 
     if cfg.mode not in model.sample_modes:
         raise UserError(f"mode={cfg.mode} is not available for model {model.name}; it offers: "
@@ -60,7 +60,7 @@ def toy_plot(model, samples: torch.Tensor, dataset) -> torch.Tensor:
 
 @command("sample", validate_sample)
 def main(cfg: DictConfig) -> None:
-    from .engine import checkpoint, runtime
+    from ..engine import checkpoint, runtime
 
     device = runtime.pick_device(cfg.device)
     state = checkpoint.load(cfg.checkpoint)

@@ -9,9 +9,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .app import command
-from .config.validate import validate_train
-from .errors import UserError
+from ..app import command
+from ..settings.validate import validate_train
+from ..errors import UserError
 
 log = logging.getLogger("dgm.train")
 #: what a resumed run may change: how long and where it runs, how often it logs
@@ -38,10 +38,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     """Train as ``cfg`` says into ``run_dir`` (or, with ``cfg.resume``, continue that run in its own
     folder, where ``overrides`` are the command line's, checked against what a resume may change)."""
 
-    from .data import pipeline
-    from .engine import checkpoint, distributed, faults, runtime
-    from .engine.loop import Trainer
-    from .models.registry import build_model
+    from ..data import pipeline
+    from ..engine import checkpoint, distributed, faults, runtime
+    from ..engine.loop import Trainer
+    from ..models.registry import build_model
 
     distributed.init()
     state = None
