@@ -188,6 +188,44 @@ def test_rbm_samples_and_reconstructions_are_images():
     assert model.sample_reconstruct(x).shape == (2, 8, 1, 3, 3)  # rows: inputs, reconstructions
 
 
+@pytest.mark.parametrize("name,objective,chains", [("rbm", {"name": "pcd", "k": 1, "chains": 12}, True),
+                                                    ("dbn", {"name": "cd", "k": 1}, False)])
+def test_training_logs_the_weights_as_filter_images(name, objective, chains, tmp_path):
+    """A tiny run through the engine writes the first layer's weights as a "filters" image (one cell
+    per hidden unit, each unit's weights scaled to [0, 1]) beside the sample grid, which for PCD shows
+    the persistent chains' current states."""
+    import numpy as np
+    from omegaconf import OmegaConf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dgm_cli.data import pipeline
+    from dgm_cli.engine.loop import Trainer
+    from dgm_cli.settings.schema import TrainConfig
+
+    path = tmp_path / "bars.npz"
+    np.savez(path, x=np.tile(bars_and_stripes(3).numpy().astype(np.uint8) * 255, (10, 1, 1, 1))[:, 0])
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
+        "model": {"name": name}, "objective": objective,
+        "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1},
+        "data": {"name": "npz", "path": str(path), "representation": "binary"},
+        "trainer": {"batch_size": 10, "max_steps": 4, "log_every": 2, "progress": False, "sample_every": 2,
+                    "num_samples": 9}})
+    dataset = pipeline.load(cfg.data)
+    sizes = {"hidden_units": [5, 3], "steps_per_layer": 2} if name == "dbn" else {"hidden_units": 5}
+    model = build(name, objective=objective, sample_steps=2, **sizes)
+    Trainer(cfg, model, dataset, tmp_path, torch.device("cpu")).fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert {"samples", "filters"} <= set(events.Tags()["images"])
+    filters = model.images(9)["filters"]
+    first = model.layers[0].W if name == "dbn" else model.W
+    assert filters.shape == (5, 1, 3, 3) and torch.allclose(filters.amin((1, 2, 3)), torch.zeros(5))
+    assert torch.allclose(filters[2].flatten() * (first[:, 2].max() - first[:, 2].min()) + first[:, 2].min(),
+                          first[:, 2].detach(), atol=1e-6)
+    assert events.Images("filters")[0].step == 2
+    if chains:
+        assert torch.equal(model.sample_for_logging(9), model.chains[:9].view(9, 1, 3, 3))
+
+
 # --- DBN -----------------------------------------------------------------------------------------
 def test_dbn_bound_is_below_its_exact_log_likelihood():
     """Tiny DBN (6 visible, hidden [4, 3]): the variational bound, enumerated over h1 and estimated

@@ -333,6 +333,8 @@ class Trainer:
                 if "reconstruct" in self.model.sample_modes and self.val is not None:
                     x = self.val[0][: min(32, self.t.num_samples)].to(self.device)
                     self.logger.image("reconstructions", images.grid(self.model.sample_reconstruct(x)), self.step)
+                for tag, extra in self.model.images(n).items():  # e.g. an RBM's filters
+                    self.logger.image(tag, images.grid(extra), self.step)
             else:
                 self.logger.image("samples", images.histogram(samples[:, :2]), self.step)
         self.model.train()

@@ -161,6 +161,12 @@ class GenerativeModel(nn.Module):
         return self.sample(n)
 
     @torch.no_grad()
+    def images(self, n: int) -> dict[str, Tensor]:
+        """Extra images logged beside each sample grid, by TensorBoard tag: ``(N, C, H, W)`` in [0, 1],
+        at most ``n`` each (an RBM's weights as filters). None by default."""
+        return {}
+
+    @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
         """Per-example ``log p(x)`` in nats, in the representation's own space
         (binary pixels, 8-bit values, or the density of dequantized data on [0,1)^D),

@@ -69,6 +69,16 @@ def flat(x: Tensor) -> Tensor:
     return x.reshape(len(x), -1)
 
 
+def filter_images(W: Tensor, data, n: int) -> dict[str, Tensor]:
+    """``{"filters": ...}``: the first ``n`` columns of the visible-to-hidden weights ``W`` (V x H), each
+    shown as an image of the data's shape and scaled to [0, 1] on its own; nothing for non-image data."""
+    if not data.is_image:
+        return {}
+    w = W.detach()[:, :n].t().float()
+    lo, hi = w.min(1, keepdim=True)[0], w.max(1, keepdim=True)[0]
+    return {"filters": ((w - lo) / (hi - lo).clamp(min=1e-12)).view(-1, *data.shape)}
+
+
 class BoltzmannMachine(GenerativeModel):
     family = "energy"
     objectives = ("cd", "pcd")

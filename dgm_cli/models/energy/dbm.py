@@ -28,7 +28,7 @@ from ...errors import UserError
 from ..base import Metrics, PhaseLoss
 from ..registry import register
 from . import ais
-from .base import BoltzmannMachine, flat
+from .base import BoltzmannMachine, filter_images, flat
 from .rbm import bernoulli_free_energy, gibbs_sweeps
 
 
@@ -147,3 +147,8 @@ class DBM(BoltzmannMachine):
         if self.persistent and bool(self.chains_started) and n <= self.num_chains:
             return self.chains[:n, : self.data.dim].view(n, *self.data.shape)
         return self.sample(n)
+
+    @torch.no_grad()
+    def images(self, n: int) -> dict[str, Tensor]:
+        """The first layer's weights W1 as filter images."""
+        return filter_images(self.W1, self.data, n)

@@ -30,7 +30,7 @@ from ...errors import UserError
 from ..base import Metrics, PhaseLoss
 from ..registry import register
 from . import ais
-from .base import AISEstimator, BoltzmannMachine, flat, weight_decay_groups
+from .base import AISEstimator, BoltzmannMachine, filter_images, flat, weight_decay_groups
 from .rbm import bernoulli_free_energy, gibbs_sweeps, reconstruction_error
 
 
@@ -178,3 +178,8 @@ class DBN(BoltzmannMachine):
             h = torch.bernoulli(layer.down(h))
         v = self.layers[0].down(h) if len(self.layers) > 1 else top.down(torch.bernoulli(top.up(h)))
         return v.view(n, *self.data.shape)
+
+    @torch.no_grad()
+    def images(self, n: int) -> dict[str, Tensor]:
+        """The first layer's weights as filter images."""
+        return filter_images(self.layers[0].W, self.data, n)

@@ -29,7 +29,7 @@ from ...errors import UserError
 from ..base import Metrics, PhaseLoss
 from ..registry import register
 from . import ais
-from .base import BoltzmannMachine, flat
+from .base import BoltzmannMachine, filter_images, flat
 
 
 def bernoulli_free_energy(v: Tensor, W: Tensor, b: Tensor, c: Tensor) -> Tensor:
@@ -219,8 +219,7 @@ class RBM(BoltzmannMachine):
         cols = min(8, n)
         return torch.stack([x.view(-1, cols, *x.shape[1:]), rec.view(-1, cols, *x.shape[1:])], 1).flatten(0, 1)
 
-    def filters(self) -> Tensor:
-        """The weights of each hidden unit as an image (for a filter grid), scaled to [0, 1]."""
-        W = self.W.t()
-        lo, hi = W.min(1, keepdim=True)[0], W.max(1, keepdim=True)[0]
-        return ((W - lo) / (hi - lo + 1e-12)).view(-1, *self.data.shape)
+    @torch.no_grad()
+    def images(self, n: int) -> dict[str, Tensor]:
+        """The first ``n`` hidden units' weights as filter images (Hinton 2010, Sec. 15)."""
+        return filter_images(self.W, self.data, n)
