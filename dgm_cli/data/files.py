@@ -9,6 +9,7 @@ fixed binarization of Larochelle & Murray 2011 (``binarized_mnist/*.amat``, text
 """
 from __future__ import annotations
 
+import os
 import pickle
 import urllib.request
 import zipfile
@@ -29,6 +30,12 @@ BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binar
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 Split = tuple[Tensor, Optional[Tensor]]
+
+
+def cache_root() -> Path:
+    """``$DGM_CACHE``, default ``~/.cache/dgm``: what dgm computes once and keeps (feature networks, parsed
+    music), never in the repository."""
+    return Path(os.environ.get("DGM_CACHE") or Path.home() / ".cache" / "dgm")
 
 
 def _missing(folder: Path, names: list[str]) -> list[str]:

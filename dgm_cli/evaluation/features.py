@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..atomic import write_atomically
+from ..data import files
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def _unit_float(x: Tensor) -> Tensor:
 
 # --- the project's own classifier ---------------------------------------------------
 def cache_dir() -> Path:
-    return Path(os.environ.get("DGM_CACHE") or Path.home() / ".cache" / "dgm") / "feature_nets"
+    return files.cache_root() / "feature_nets"
 
 
 def _fingerprint(*tensors: Tensor) -> str:
