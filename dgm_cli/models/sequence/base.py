@@ -33,6 +33,16 @@ MIN_STD = 1e-3
 
 
 @dataclass
+class SequenceConfig:
+    """The hyperparameters of VRNN, STORN and SRNN (DMM names its networks' widths apart)."""
+
+    z_dim: int = 16
+    hidden: int = 64  # width of the networks around the RNN (prior, posterior, emission, feature extractors)
+    rnn_hidden: int = 64
+    emission: str = "auto"  # auto: bernoulli for binary data and piano rolls, else gaussian | bernoulli | gaussian
+
+
+@dataclass
 class TrajectoryEstimator:
     """`dgm eval estimator.k=...`: latent trajectories per sequence in the importance-weighted bound."""
 
@@ -117,6 +127,20 @@ class SequenceModel(GenerativeModel):
     def trajectory(self, x: Tensor, mask: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(log p(x|z), log p(z), log q(z|x)) per sequence for z drawn with ``noise`` (B, T, z_dim)."""
         raise NotImplementedError
+
+    def markov_trajectory(self, x: Tensor, mask: Tensor, noise: Tensor, transition, emission) -> tuple[Tensor, Tensor, Tensor]:
+        """``trajectory`` of a model whose latents form a Markov chain from z_0 = ``self.z0`` (DMM, SRNN):
+        ``transition(t, z_{t-1})`` gives the posterior's and the prior's (mean, std) of z_t, ``emission(t,
+        z_t)`` the emission's parameters."""
+        z_prev = self.z0.expand(len(x), -1)
+        totals = (x.new_zeros(len(x)),) * 3
+        for t in range(x.shape[1]):
+            (q_mean, q_std), prior = transition(t, z_prev)
+            z = q_mean + q_std * noise[:, t]
+            totals = add_step(totals, mask[:, t], z, (q_mean, q_std), prior,
+                              self.emission_log_prob(x[:, t], emission(t, z)))
+            z_prev = z
+        return totals
 
     def as_sequences(self, x: Tensor) -> Tensor:
         """(B, T, D) as they are; images (B, C, H, W) as their rows, (B, H, C W)."""

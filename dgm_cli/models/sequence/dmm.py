@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..base import DataSpec
 from ..nn.mlp import mlp
 from ..registry import register
-from .base import SequenceModel, add_step, backward_rnn, diagonal_gaussian, positive
+from .base import SequenceModel, backward_rnn, diagonal_gaussian, positive
 
 
 @dataclass
@@ -58,16 +58,12 @@ class DMM(SequenceModel):
 
     def trajectory(self, x: Tensor, mask: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         h = backward_rnn(self.rnn, x, mask)  # h_t summarises x_{t:T}
-        z_prev = self.z0.expand(len(x), -1)
-        totals = (x.new_zeros(len(x)),) * 3
-        for t in range(x.shape[1]):
+
+        def transition(t: int, z_prev: Tensor):
             combined = 0.5 * (torch.tanh(self.combiner_z(z_prev)) + h[:, t])  # Krishnan et al. eq. 8
-            q_mean, q_std = diagonal_gaussian(self.combiner_out, combined)
-            z = q_mean + q_std * noise[:, t]
-            totals = add_step(totals, mask[:, t], z, (q_mean, q_std), self.transition(z_prev),
-                              self.emission_log_prob(x[:, t], self.emission(z)))
-            z_prev = z
-        return totals
+            return diagonal_gaussian(self.combiner_out, combined), self.transition(z_prev)
+
+        return self.markov_trajectory(x, mask, noise, transition, lambda t, z: self.emission(z))
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:

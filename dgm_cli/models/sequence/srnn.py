@@ -4,7 +4,6 @@ inference runs a backward RNN a_t over [d_t, x_t] and q(z_t | z_{t-1}, a_t) shif
 (the "resq" parameterisation, Sec. 3)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -13,22 +12,14 @@ from torch import Tensor, nn
 from ..base import DataSpec
 from ..nn.mlp import mlp
 from ..registry import register
-from .base import SequenceModel, add_step, backward_rnn, diagonal_gaussian, shifted
-
-
-@dataclass
-class SRNNConfig:
-    z_dim: int = 16
-    hidden: int = 64  # prior, posterior and emission networks
-    rnn_hidden: int = 64
-    emission: str = "auto"  # auto: bernoulli for binary data and piano rolls, else gaussian | bernoulli | gaussian
+from .base import SequenceConfig, SequenceModel, backward_rnn, diagonal_gaussian, shifted
 
 
 @register("srnn")
 class SRNN(SequenceModel):
-    Config = SRNNConfig
+    Config = SequenceConfig
 
-    def __init__(self, config: SRNNConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: SequenceConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
         z, h, r = config.z_dim, config.hidden, config.rnn_hidden
         self.forward_rnn = nn.GRU(self.x_dim, r, batch_first=True)
@@ -41,16 +32,13 @@ class SRNN(SequenceModel):
     def trajectory(self, x: Tensor, mask: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         d, _ = self.forward_rnn(shifted(x))
         a = backward_rnn(self.backward_rnn, torch.cat([d, x], -1), mask)
-        z_prev = self.z0.expand(len(x), -1)
-        totals = (x.new_zeros(len(x)),) * 3
-        for t in range(x.shape[1]):
+
+        def transition(t: int, z_prev: Tensor):
             p_mean, p_std = diagonal_gaussian(self.prior, z_prev, d[:, t])
             shift, q_std = diagonal_gaussian(self.posterior, z_prev, a[:, t])
-            z = p_mean + shift + q_std * noise[:, t]
-            totals = add_step(totals, mask[:, t], z, (p_mean + shift, q_std), (p_mean, p_std),
-                              self.emission_log_prob(x[:, t], self.emission(torch.cat([z, d[:, t]], -1))))
-            z_prev = z
-        return totals
+            return (p_mean + shift, q_std), (p_mean, p_std)
+
+        return self.markov_trajectory(x, mask, noise, transition, lambda t, z: self.emission(torch.cat([z, d[:, t]], -1)))
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:

@@ -3,7 +3,6 @@ z_t ~ N(0, I) drive a generative RNN h_t = GRU([x_{t-1}, z_t], h_{t-1}) with emi
 recognition RNN over x_{1:t} gives q(z_t | x_{1:t})."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -12,22 +11,14 @@ from torch import Tensor, nn
 from ..base import DataSpec
 from ..nn.mlp import mlp
 from ..registry import register
-from .base import SequenceModel, diagonal_gaussian, normal_log_prob, shifted
-
-
-@dataclass
-class STORNConfig:
-    z_dim: int = 16
-    hidden: int = 64  # emission and recognition output networks
-    rnn_hidden: int = 64
-    emission: str = "auto"  # auto: bernoulli for binary data and piano rolls, else gaussian | bernoulli | gaussian
+from .base import SequenceConfig, SequenceModel, diagonal_gaussian, normal_log_prob, shifted
 
 
 @register("storn")
 class STORN(SequenceModel):
-    Config = STORNConfig
+    Config = SequenceConfig
 
-    def __init__(self, config: STORNConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: SequenceConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
         z, h, r = config.z_dim, config.hidden, config.rnn_hidden
         self.generator = nn.GRUCell(self.x_dim + z, r)

@@ -3,7 +3,6 @@ GRU state h_{t-1} conditions the prior p(z_t | h_{t-1}), the approximate posteri
 and the emission p(x_t | z_t, h_{t-1}); then h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1}) (eq. 5-9)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -12,22 +11,14 @@ from torch import Tensor, nn
 from ..base import DataSpec
 from ..nn.mlp import mlp
 from ..registry import register
-from .base import SequenceModel, add_step, diagonal_gaussian
-
-
-@dataclass
-class VRNNConfig:
-    z_dim: int = 16
-    hidden: int = 64  # feature extractors, prior, encoder and decoder networks
-    rnn_hidden: int = 64
-    emission: str = "auto"  # auto: bernoulli for binary data and piano rolls, else gaussian | bernoulli | gaussian
+from .base import SequenceConfig, SequenceModel, add_step, diagonal_gaussian
 
 
 @register("vrnn")
 class VRNN(SequenceModel):
-    Config = VRNNConfig
+    Config = SequenceConfig
 
-    def __init__(self, config: VRNNConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: SequenceConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
         h, r, z = config.hidden, config.rnn_hidden, config.z_dim
         self.phi_x = mlp([self.x_dim, h, h], last_act=True)
