@@ -63,6 +63,86 @@ def test_command_line_objective_beats_the_model_default():
     assert compose_train("model=vae", "objective=iwae").objective.name == "iwae"
 
 
+def built_optimizer(cfg):
+    """The optimizer the engine builds from ``cfg.optimizer``, over one weight."""
+    import torch
+
+    from dgm_cli.engine.optim import optimizer_factory
+
+    return optimizer_factory(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2, 2))])
+
+
+def test_the_optimizer_group_holds_optimizers_only():
+    """Each file of configs/optimizer is one optimizer under its own name; a model's settings of one
+    (a GAN's Adam) live in configs/model/optimizer, not beside the optimizers as another choice."""
+    from dgm_cli.engine.optim import optimizer_class
+
+    targets = {}
+    for path in sorted((CONFIGS / "optimizer").glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        assert cfg.name == path.stem
+        targets.setdefault(optimizer_class(cfg), []).append(path.stem)
+    assert all(len(names) == 1 for names in targets.values()), targets
+
+
+#: the papers' optimizer settings each model gets with no optimizer key given (the values the
+#: adam_gan, adam_wgan_gp, rmsprop_wgan, sgd_rbm, sgd_grbm and adam_ebm files gave before)
+PAPER_OPTIMIZERS = {
+    "dcgan": ("Adam", {"lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 0.0}),
+    "sngan": ("Adam", {"lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 0.0}),
+    "wgan_gp": ("Adam", {"lr": 1e-4, "betas": (0.5, 0.9), "weight_decay": 0.0}),
+    "wgan": ("RMSprop", {"lr": 5e-5, "alpha": 0.99, "momentum": 0.0, "weight_decay": 0.0}),
+    "rbm": ("SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False}),
+    "dbn": ("SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False}),
+    "dbm": ("SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False}),
+    "grbm": ("SGD", {"lr": 1e-3, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False}),
+    "ebm": ("Adam", {"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.0, "amsgrad": False}),
+    "vae": ("Adam", {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_OPTIMIZERS))
+def test_model_gets_its_papers_optimizer_settings(name):
+    kind, expected = PAPER_OPTIMIZERS[name]
+    opt = built_optimizer(compose_train(f"model={name}"))
+    assert type(opt).__name__ == kind
+    assert {k: opt.param_groups[0][k] for k in expected} == expected
+
+
+def test_another_optimizer_comes_with_its_own_defaults_and_keys_beat_the_model():
+    wgan_adam = built_optimizer(compose_train("model=wgan", "optimizer=adam"))
+    assert type(wgan_adam).__name__ == "Adam"
+    assert (wgan_adam.param_groups[0]["lr"], wgan_adam.param_groups[0]["betas"]) == (1e-3, (0.9, 0.999))
+    rbm_adam = built_optimizer(compose_train("model=rbm", "optimizer=adam"))
+    assert type(rbm_adam).__name__ == "Adam" and rbm_adam.param_groups[0]["weight_decay"] == 0.0
+    dcgan = built_optimizer(compose_train("model=dcgan", "optimizer.lr=1e-3")).param_groups[0]
+    assert (dcgan["lr"], dcgan["betas"]) == (1e-3, (0.5, 0.999))
+
+
+def test_model_optimizer_settings_name_a_model_and_an_optimizer_they_fit():
+    from dgm_cli.engine.optim import check_optimizer
+
+    optimizers = {p.stem for p in (CONFIGS / "optimizer").glob("*.yaml")}
+    for path in sorted((CONFIGS / "model" / "optimizer").glob("*.yaml")):
+        model, optimizer = next((m, path.stem[len(m) + 1:]) for m in sorted(MODEL_NAMES, key=len, reverse=True)
+                                if path.stem.startswith(m + "_"))
+        assert optimizer in optimizers, path.name
+        cfg = compose_train(f"model={model}", f"optimizer={optimizer}")
+        check_optimizer(cfg.optimizer)  # only keys the optimizer's constructor takes
+        assert cfg.optimizer != compose_train("model=vae", f"optimizer={optimizer}").optimizer, path.name
+
+
+def test_boltzmann_machines_decay_their_weights_only():
+    """rbm.m's weight cost (model/optimizer/rbm_sgd.yaml) reaches the weights, never the biases."""
+    from dgm_cli.engine.optim import optimizer_factory
+
+    cfg = compose_train("model=rbm", "model.hidden_units=3")
+    model = build_model(cfg.model, cfg.objective, DataSpec((1, 2, 2), "binary", 0, "mnist"))
+    (opt,) = model.configure_optimizers(optimizer_factory(cfg.optimizer)).values()
+    decay = {p.dim(): group["weight_decay"] for group in opt.param_groups for p in group["params"]}
+    assert decay == {2: 2e-4, 1: 0.0}
+
+
 def test_data_root_defaults_to_the_environment(monkeypatch):
     monkeypatch.setenv("DGM_DATA_ROOT", "/somewhere/data")
     assert OmegaConf.to_container(compose_train(), resolve=True)["data"]["root"] == "/somewhere/data"

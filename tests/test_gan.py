@@ -309,7 +309,8 @@ def test_model_yaml_matches_the_config_dataclass(name):
     cfg = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
     assert cfg.pop("name") == name and cfg.pop("representation") in cls.representations
     assert cfg.pop("defaults") == [{"override /objective@_global_.objective": cls.objectives[0]},
-                                   {"override /optimizer@_global_.optimizer": "adam_wgan_gp" if name == "wgan_gp" else "adam_gan"}]
+                                   {"override /optimizer@_global_.optimizer": "adam"}]
+    assert (CONFIGS / "model" / "optimizer" / f"{name}_adam.yaml").is_file()  # the paper's Adam settings
     defaults = dataclasses.asdict(cls.Config())
     assert cfg == defaults
     for objective_name in cls.objectives:

@@ -61,11 +61,11 @@ def test_configs_hold_the_papers_settings():
     cfg = yaml.safe_load((CONFIGS / "model" / "wgan.yaml").read_text())
     assert cfg.pop("name") == "wgan" and cfg.pop("representation") in WGAN.representations
     assert cfg.pop("defaults") == [{"override /objective@_global_.objective": "wgan"},
-                                   {"override /optimizer@_global_.optimizer": "rmsprop_wgan"}]
+                                   {"override /optimizer@_global_.optimizer": "rmsprop"}]
     assert WGAN.Config(**cfg) == WGAN.Config() and WGAN.Config().n_critic == 5
     assert yaml.safe_load((CONFIGS / "objective" / "wgan.yaml").read_text()) == {"name": "wgan", "clip_value": 0.01}
-    opt = yaml.safe_load((CONFIGS / "optimizer" / "rmsprop_wgan.yaml").read_text())
-    assert opt["name"] == "rmsprop" and float(opt["lr"]) == 5e-5 and opt["momentum"] == 0.0
+    opt = yaml.safe_load((CONFIGS / "model" / "optimizer" / "wgan_rmsprop.yaml").read_text())["optimizer"]
+    assert float(opt["lr"]) == 5e-5 and opt["momentum"] == 0.0
     # the toy preset differs from WGAN-GP's only in what makes the two methods differ
     wgan = yaml.safe_load((CONFIGS / "experiment" / "wgan_eight_gaussians.yaml").read_text())
     gp = yaml.safe_load((CONFIGS / "experiment" / "gan_eight_gaussians.yaml").read_text())
