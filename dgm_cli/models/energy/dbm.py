@@ -10,8 +10,17 @@ biases and uniform h2; Salakhutdinov & Hinton 2009, Sec. 4) all use that view (`
 Training (their Sec. 3): the data term at the mean-field posterior q(h1) q(h2) (fixed-point updates
 μ1 = σ(v W1 + μ2 W2ᵀ + c1), μ2 = σ(μ1 W2 + c2)), the model term from persistent chains (PCD) or from
 k sweeps started at (v, h2 ~ q) (CD). The loss mean E(v, μ1, μ2) - mean F(v⁻, h2⁻) has the DBM's
-stochastic-approximation gradient (F: the joint view's free energy, h1 summed out). The paper's
-greedy pretraining with doubled-input RBMs is not done here.
+stochastic-approximation gradient (F: the joint view's free energy, h1 summed out).
+
+Pretraining (their Sec. 3.1), with ``model.pretrain_steps`` > 0, in the same run before the joint
+training, one optimizer per phase as the DBN's layers have (``pretrain1``, ``pretrain2``, then
+``model``): the first RBM (v, h1) has its visible layer doubled with tied weights, so
+p(h1|v) = σ(2 v W1 + c1) while p(v|h1) = σ(W1 h1 + b); the second (h1, h2), trained on samples of
+that p(h1|v), has its hidden layer doubled, so p(h1|h2) = σ(2 W2 h2 + b') and p(h2|h1) = σ(h1 W2 + c2).
+Each is a plain RBM over its doubled layer (weights [W1; W1], resp. [W2, W2]), trained by CD-k. When
+the two are composed into the DBM, h1's input from each side is halved: p(h1|v, h2) = σ(v W1 + W2 h2 +
+(c1 + b')/2), i.e. the DBM takes W1, W2 as they are and the mean of the two biases of h1. This makes
+the pretrained DBM's h1 see as much input as each RBM's did, neither double-counted nor lost.
 
 Likelihood: the mean-field lower bound log p(v) >= -E(v, μ1, μ2) + H(μ1) + H(μ2) - log Z, with log Z
 estimated by AIS: a variational bound with an estimated constant, named so by ``dgm eval``.
@@ -28,8 +37,8 @@ from ...errors import UserError
 from ..base import Metrics, PhaseLoss
 from ..registry import register
 from . import ais
-from .base import BoltzmannMachine, filter_images, flat
-from .rbm import bernoulli_free_energy, gibbs_sweeps
+from .base import BoltzmannMachine, filter_images, flat, weight_decay_groups
+from .rbm import bernoulli_free_energy, gibbs_sweeps, reconstruction_error
 
 
 def bernoulli_entropy(mu: Tensor) -> Tensor:
@@ -44,6 +53,9 @@ class DBMConfig:
     init_std: float = 0.01
     data_init_visible_bias: bool = True
     sample_steps: int = 1000  # Gibbs sweeps per image of dgm sample
+    pretrain_steps: int = 0  # > 0: batches of greedy pretraining for each of the two RBMs (Salakhutdinov & Hinton 2009)
+    pretrain_k: int = 1  # Gibbs sweeps of the pretraining RBMs' CD
+    pretrain_lr: Optional[float] = None  # the pretraining optimizers' learning rate (None: optimizer.lr)
 
 
 @register("dbm")
@@ -58,6 +70,9 @@ class DBM(BoltzmannMachine):
         if len(config.hidden_units) != 2 or min(config.hidden_units) < 1 or config.mean_field_steps < 1:
             raise UserError("model.hidden_units must name two positive layer sizes [h1, h2] "
                             "and model.mean_field_steps be >= 1.")
+        if config.pretrain_steps < 0 or config.pretrain_k < 1 or (config.pretrain_lr is not None and config.pretrain_lr <= 0):
+            raise UserError("model.pretrain_steps must be >= 0, model.pretrain_k >= 1 and model.pretrain_lr > 0 "
+                            "(or null for optimizer.lr).")
         V, (H1, H2) = data.dim, config.hidden_units
         self.W1 = nn.Parameter(torch.randn(V, H1) * config.init_std)
         self.W2 = nn.Parameter(torch.randn(H1, H2) * config.init_std)
@@ -65,6 +80,9 @@ class DBM(BoltzmannMachine):
         self.register_buffer("chains", torch.zeros(self.num_chains, V + H2))  # states of (v, h2)
         self.register_buffer("chains_started", torch.zeros((), dtype=torch.bool))
         self.register_statistics(V)
+        if config.pretrain_steps:
+            self.pretrain_b2 = nn.Parameter(torch.zeros(H1))  # the second RBM's biases of h1
+            self.register_buffer("composed", torch.zeros((), dtype=torch.bool))
 
     def joint(self) -> tuple[Tensor, Tensor, Tensor]:
         """The RBM over (v, h2) x h1 that this DBM is once h1 is summed out."""
@@ -81,6 +99,53 @@ class DBM(BoltzmannMachine):
     def energy(self, v: Tensor, h1: Tensor, h2: Tensor) -> Tensor:
         return -(v @ self.b) - h1 @ self.c1 - h2 @ self.c2 - ((v @ self.W1) * h1).sum(-1) - ((h1 @ self.W2) * h2).sum(-1)
 
+    # --- greedy pretraining (Salakhutdinov & Hinton 2009, Sec. 3.1) ------------------------------------
+    PRETRAIN_PHASES = ("pretrain1", "pretrain2")
+
+    def configure_optimizers(self, build) -> dict[str, torch.optim.Optimizer]:
+        joint = [p for n, p in self.named_parameters() if n != "pretrain_b2"]
+        optimizers = {"model": build(weight_decay_groups(joint))}
+        if self.config.pretrain_steps:
+            lr = {} if self.config.pretrain_lr is None else {"lr": self.config.pretrain_lr}
+            for phase in self.PRETRAIN_PHASES:
+                optimizers[phase] = build(weight_decay_groups(self.pretrain_params(phase)), **lr)
+        return optimizers
+
+    def phases(self, step: int) -> tuple[str, ...]:
+        stage = (step - 1) // self.config.pretrain_steps if self.config.pretrain_steps else 2
+        return (self.PRETRAIN_PHASES[stage],) if stage < 2 else ("model",)
+
+    def pretrain_params(self, phase: str) -> list[Tensor]:
+        return [self.W1, self.b, self.c1] if phase == "pretrain1" else [self.W2, self.pretrain_b2, self.c2]
+
+    def pretrain_rbm(self, phase: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(W, b, c) of the pretraining RBM over its doubled layer: [W1; W1] over (v, v) x h1, or
+        [W2, W2] over h1 x (h2, h2')."""
+        if phase == "pretrain1":
+            return torch.cat([self.W1, self.W1]), torch.cat([self.b, self.b]), self.c1
+        return torch.cat([self.W2, self.W2], 1), self.pretrain_b2, torch.cat([self.c2, self.c2])
+
+    def pretrain_loss(self, v: Tensor, phase: str) -> PhaseLoss:
+        """CD-k on the doubled RBM; the second one's data are samples of the first's p(h1|v) = σ(2 v W1 + c1)."""
+        with torch.no_grad():
+            inputs = torch.cat([v, v], 1) if phase == "pretrain1" else \
+                torch.bernoulli(torch.sigmoid(2 * v @ self.W1 + self.c1))
+            negative = gibbs_sweeps(inputs, *self.pretrain_rbm(phase), self.config.pretrain_k)
+        W, b, c = self.pretrain_rbm(phase)
+        loss = bernoulli_free_energy(inputs, W, b, c).mean() - bernoulli_free_energy(negative, W, b, c).mean()
+        with torch.no_grad():
+            hidden = torch.sigmoid(inputs @ W + c)
+            rec = reconstruction_error(inputs, hidden, W, b).mean()
+        return loss, {f"{phase}_loss": loss.detach(), f"{phase}_reconstruction_error": rec,
+                      f"{phase}_hidden_mean": hidden.mean()}
+
+    @torch.no_grad()
+    def compose(self) -> None:
+        """The pretrained RBMs as one DBM: W1, W2 as they are (each doubled input halved), h1's bias the
+        mean of the two RBMs' (c1 + b') / 2. Once, when the joint training starts."""
+        self.c1.copy_((self.c1 + self.pretrain_b2) / 2)
+        self.composed.fill_(True)
+
     # --- training -----------------------------------------------------------------------------------
     @torch.no_grad()
     def initialize(self, x: Tensor, y: Optional[Tensor]) -> None:
@@ -91,6 +156,10 @@ class DBM(BoltzmannMachine):
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
         v = flat(x)
         self.observe(v)
+        if phase in self.PRETRAIN_PHASES:
+            return self.pretrain_loss(v, phase)
+        if self.config.pretrain_steps and not bool(self.composed):
+            self.compose()
         with torch.no_grad():
             mu1, mu2 = self.mean_field(v)
             start = torch.cat([v, torch.bernoulli(mu2)], 1)
