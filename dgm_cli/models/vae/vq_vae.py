@@ -14,7 +14,8 @@ with the squared norms summed over the code grid: the codebook term moves e towa
 assigned to it, the commitment term keeps the encoder close to its codes. Stage 2 (after
 ``model.prior_start`` steps: ``phases`` switches from the "model" optimizer to the "prior" one) fits
 the autoregressive prior p(z), a PixelCNN over the K-way codes of the frozen encoder (Sec. 3.1 and 4.2),
-by maximum likelihood. ``sample`` draws codes from the prior and decodes them.
+by maximum likelihood. ``sample`` draws codes from the prior and decodes them. The codebook starts as
+encoder outputs of the first batch (``initialize``).
 
 The two-stage likelihood. The encoder is deterministic: q(z|x) is a point mass on z_q(x), whose
 entropy is zero, so the ELBO (Kingma & Welling 2014, eq. 3) becomes
@@ -169,6 +170,15 @@ class VQVAE(GenerativeModel):
 
     def phases(self, step: int) -> tuple[str, ...]:
         return ("model",) if step <= self.config.prior_start else ("prior",)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, y: Optional[Tensor]) -> None:
+        """The codebook starts as K encoder outputs of the first batch, evenly spaced over its vectors
+        (a data-dependent start, as k-means initialisation does, Łańcucki et al. 2020): from a small
+        random codebook, every vector is nearest to the same few entries and the rest never train."""
+        flat = self.encoder(x).permute(0, 2, 3, 1).reshape(-1, self.config.code_dim)
+        pick = torch.linspace(0, len(flat) - 1, self.config.num_codes, device=flat.device).round().long()
+        self.codebook.copy_(flat[pick])
 
     # --- the pieces ---------------------------------------------------------------------------
     def quantize(self, z_e: Tensor) -> tuple[Tensor, Tensor]:
