@@ -78,12 +78,19 @@ def merge_previous(report: dict, path: Path) -> dict:
     return report
 
 
-def resolve_metrics(asked, model) -> tuple[bool, list[str]]:
+def resolve_metrics(asked, model, settings: dict | None = None) -> tuple[bool, list[str]]:
     """(likelihood?, sample metrics): what was asked for, or, when nothing was, the model's own: its
-    likelihood where it has one, sample-quality metrics where it has none."""
+    likelihood where it has one, sample-quality metrics where it has none. A model whose estimator
+    settings hold an ``ais`` switch (the deep EBM) estimates its likelihood only when that is true."""
     from ..evaluation import samples
 
+    on_request = (settings or {}).get("ais")
+    if on_request is False and asked is not None and "nll" in asked:
+        raise UserError(f"model {model.name}'s log-likelihood is an AIS estimate computed only on request: add "
+                        "estimator.ais=true.")
     if asked is None:
+        if on_request is not None:
+            return (True, []) if on_request else (False, samples.default_metrics(model))
         return (True, []) if model.likelihood is not None else (False, samples.default_metrics(model))
     asked = list(asked)
     unknown = [m for m in asked if m not in LIKELIHOOD_METRICS + samples.METRICS]
@@ -106,8 +113,8 @@ def app(cfg: DictConfig) -> None:
     device = runtime.pick_device(cfg.device, distributed.local_rank() if distributed.active() else None)
     state = checkpoint.load(cfg.checkpoint)
     model, train_cfg, dataset = model_from_checkpoint(state, device, cfg.data_root)
-    want_nll, sample_metrics = resolve_metrics(cfg.metrics, model)
     settings = estimators.estimator_settings(model, OmegaConf.to_container(cfg.estimator))
+    want_nll, sample_metrics = resolve_metrics(cfg.metrics, model, settings)
     runtime.seed_everything(cfg.seed)
     x, y = getattr(dataset, cfg.split)
     if len(x) == 0:

@@ -37,15 +37,12 @@ REFERENCE_SIZE = 500  # training examples kept for the free-energy gap
 
 
 @dataclass
-class AISEstimator:
-    """`dgm eval estimator.<key>=...`: how log Z is estimated (Salakhutdinov & Murray 2008)."""
+class AISSchedule:
+    """The annealing runs and temperatures of AIS (`dgm eval estimator.<key>=...`)."""
 
     ais_runs: int = 100  # independent annealing runs
     ais_temperatures: List[int] = field(default_factory=lambda: list(ais.DEFAULT_TEMPERATURES))  # per segment
     ais_segment_ends: List[float] = field(default_factory=lambda: list(ais.DEFAULT_SEGMENT_ENDS))
-    reverse: bool = True  # reverse AIS from model samples: the other side of the bracket
-    reverse_burn_in: int = 1000  # Gibbs sweeps that draw reverse AIS's starting samples
-    exact: bool = True  # enumerate log Z where one layer has <= 20 units
 
     def __post_init__(self):
         if self.ais_runs < 2:
@@ -54,6 +51,21 @@ class AISEstimator:
             ais.schedule(self.ais_temperatures, self.ais_segment_ends)
         except ValueError as exc:
             raise UserError(f"estimator.ais_temperatures / estimator.ais_segment_ends: {exc}.") from None
+
+    def betas(self):
+        return ais.schedule(self.ais_temperatures, self.ais_segment_ends)
+
+
+@dataclass
+class AISEstimator(AISSchedule):
+    """`dgm eval estimator.<key>=...`: how log Z is estimated (Salakhutdinov & Murray 2008)."""
+
+    reverse: bool = True  # reverse AIS from model samples: the other side of the bracket
+    reverse_burn_in: int = 1000  # Gibbs sweeps that draw reverse AIS's starting samples
+    exact: bool = True  # enumerate log Z where one layer has <= 20 units
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.reverse_burn_in < 0:
             raise UserError(f"estimator.reverse_burn_in={self.reverse_burn_in} is not allowed: it must be >= 0.")
 
@@ -63,6 +75,12 @@ def weight_decay_groups(params) -> list[dict]:
     params = list(params)
     return [{"params": [p for p in params if p.dim() >= 2]},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def estimate_key(model, settings: dict) -> tuple:
+    """What a cached log Z estimate depends on: the weights and buffers as they are now, and the settings."""
+    versions = tuple(t._version for t in list(model.parameters()) + list(model.buffers()))
+    return versions, repr(sorted(settings.items()))
 
 
 def flat(x: Tensor) -> Tensor:
@@ -173,16 +191,13 @@ class BoltzmannMachine(GenerativeModel):
         return "-F(x) - log Z"
 
     # --- evaluation -----------------------------------------------------------------------------
-    def _key(self, settings: dict) -> tuple:
-        versions = tuple(t._version for t in list(self.parameters()) + list(self.buffers()))
-        return versions, repr(sorted(settings.items()))
 
     @torch.no_grad()
     def prepare_eval(self, x: Optional[Tensor] = None, y: Optional[Tensor] = None, **settings) -> dict:
         """Estimate log Z once (forward AIS), bracket it (reverse AIS), enumerate it if small."""
         s = self.Estimator(**settings)
         start = time.perf_counter()
-        betas = ais.schedule(s.ais_temperatures, s.ais_segment_ends)
+        betas = s.betas()
         path = self.ais_path()
         forward = ais.forward_ais(path, s.ais_runs, betas)
         out = {**forward.as_dict(""), "ais_runs": s.ais_runs, "ais_temperatures": len(betas) - 1,
@@ -199,11 +214,11 @@ class BoltzmannMachine(GenerativeModel):
             out["exact_log_z"] = exact
         out["shared_error_nats"] = forward.stderr
         out["log_z_seconds"] = round(time.perf_counter() - start, 2)
-        self._log_z = (self._key(settings), forward.log_z)
+        self._log_z = (estimate_key(self, settings), forward.log_z)
         return out
 
     def log_z(self, **settings) -> float:
-        if self._log_z is None or self._log_z[0] != self._key(settings):
+        if self._log_z is None or self._log_z[0] != estimate_key(self, settings):
             self.prepare_eval(**settings)
         return self._log_z[1]
 
