@@ -28,7 +28,8 @@ QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"],
                "grbm": ["model.hidden_units=16", "model.sample_steps=5"],
                "dbn": ["model.hidden_units=[16,8]", "model.sample_steps=5"],
                "dbm": ["model.hidden_units=[16,8]", "model.sample_steps=5"],
-               "ebm": ["model.width=8", "model.buffer_size=64", "model.sgld_steps=2", "model.sample_steps=5"]}
+               "ebm": ["model.width=8", "model.buffer_size=64", "model.sgld_steps=2", "model.sample_steps=5"],
+               "cyclegan": ["model.width=4", "model.residual_blocks=1"]}
 #: estimator settings for the likelihood check (default: k=4, which exact models ignore)
 QUICK_AIS = {"ais_runs": 4, "ais_temperatures": [10, 10, 10], "reverse_burn_in": 5}
 #: models that sample one pixel per (slow, sequential) LSTM pass: one sample is enough to check it
@@ -60,8 +61,9 @@ def test_train_sample_eval_every_model_on_mnist(name, tmp_path, data_root):
     state = checkpoint.load(str(tmp_path))
     assert state["step"] == 2 and set(state["optimizers"]) and state["config"]["model"]["name"] == name
     model, saved, dataset = model_from_checkpoint(state, torch.device("cpu"))
-    image = sample.draw(model, OmegaConf.create({"mode": "sample", "num_samples": QUICK_SAMPLES.get(name, 4), "temperature": 1.0,
-                                                 "label": None, "nrow": None}), dataset, "cpu")
+    mode = model.sample_modes[0]  # "sample", or a translation model's "translate" (of the test split)
+    image = sample.draw(model, OmegaConf.create({"mode": mode, "num_samples": QUICK_SAMPLES.get(name, 4), "temperature": 1.0,
+                                                 "label": None, "nrow": None, "split": "test"}), dataset, "cpu")
     assert image.shape[0] == 3 and image.min() >= 0 and image.max() <= 1
     if model.likelihood is not None:
         x = pipeline.fixed(dataset.test[0][:6], model.data.representation)

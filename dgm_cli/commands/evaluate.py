@@ -128,7 +128,8 @@ def app(cfg: DictConfig) -> None:
         "objective": train_cfg.objective.name, "dataset": train_cfg.data.name, "train_step": int(state["step"]),
         "num_parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "seed": cfg.seed,
         "protocol": {"dataset": train_cfg.data.name, "split": cfg.split, "num_examples": len(x),
-                     "representation": rep, "binarization": eval_binarization},
+                     "representation": rep, "binarization": eval_binarization,
+                     **({"domain_b": dataset.domain_names[1]} if dataset.domains else {})},
         "training_binarization": train_binarization,
     }
     if want_nll:

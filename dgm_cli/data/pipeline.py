@@ -13,6 +13,10 @@ Representations (what a model sees):
   dequantized  x = (k + u)/256 with u ~ U[0,1)^D, fresh for every training batch,
                fixed-seed for validation and test (for continuous densities).
   continuous   real vectors (2-D toys), used as they are.
+
+Unpaired two-domain data (``data.domain_b``, for translation models such as CycleGAN): every split
+holds (domain A images, domain B images) in the (x, y) slots, and ``BatchIterator`` draws the B
+batch by its own permutation, independently of A's, with the same representation.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from . import files, sequences, toy
 
 EVAL_SEED = 1234  # fixed: the binarization/dequantization noise of the val and test sets
 SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
+DOMAIN_B_SEED = 1_000_003  # offsets the seed of domain B's permutations from domain A's
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "image_folder", "npz")
 DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES)
 
@@ -40,6 +45,10 @@ class Dataset:
     val: tuple[Tensor, Optional[Tensor]]
     test: tuple[Tensor, Optional[Tensor]]
     num_classes: int
+    #: two-domain data (data.domain_b): each domain's own splits, labels included, and its name;
+    #: then train/val/test hold (domain A images, domain B images)
+    domains: tuple["Dataset", "Dataset"] | tuple = ()
+    domain_names: tuple[str, str] | tuple = ()
 
     @property
     def is_image(self) -> bool:
@@ -68,7 +77,50 @@ def _holdout(x: Tensor, y: Optional[Tensor], n: int, seed: int) -> tuple[tuple, 
 
 
 def load(cfg) -> Dataset:
-    """Read the dataset named by ``cfg.name`` (a data config) into memory."""
+    """Read the dataset named by ``cfg.name`` (a data config) into memory; with ``cfg.domain_b``, the
+    two domains of unpaired translation (see the module docstring)."""
+    if cfg.get("domain_b"):
+        return load_two_domains(cfg)
+    return load_one(cfg)
+
+
+def domain_b_config_name(value: str) -> str:
+    """The dataset config that reads ``data.domain_b``: a dataset name, or image_folder / npz for a path."""
+    if value in IMAGE_DATASETS and value not in ("image_folder", "npz"):
+        return value
+    return "npz" if value.endswith(".npz") else "image_folder"
+
+
+def _domain_b_config(cfg):
+    """The data config of domain B: a dataset, or an image folder / .npz file read at A's size."""
+    from omegaconf import OmegaConf
+
+    value = str(cfg.domain_b)
+    name = domain_b_config_name(value)
+    keys = {"name": name, "path": None if name == value else value, "domain_b": None}
+    return OmegaConf.merge(cfg, keys), value
+
+
+def load_two_domains(cfg) -> Dataset:
+    """Domain A (``cfg.name``) and domain B (``cfg.domain_b``), each split as it would be alone; their
+    images must have the same channels and size."""
+    a_cfg = cfg.copy()
+    a_cfg.domain_b = None
+    b_cfg, b_name = _domain_b_config(cfg)
+    a, b = load_one(a_cfg), load_one(b_cfg)
+    if not (a.is_image and b.is_image) or a.train[0].shape[1:] != b.train[0].shape[1:]:
+        shape = lambda ds: "x".join(map(str, ds.train[0].shape[1:])) if ds.is_image else "points"  # noqa: E731
+        raise UserError(f"data.domain_b: the two domains of an unpaired translation must be images of the same "
+                        f"channels and size; dataset={cfg.name} has {shape(a)}, data.domain_b={b_name} has "
+                        f"{shape(b)} (channels x height x width). Pick two matching datasets, or read image folders at one size "
+                        "(data.image_size, data.channels).")
+    pair = lambda split: (getattr(a, split)[0], getattr(b, split)[0])  # noqa: E731
+    return Dataset(train=pair("train"), val=pair("val"), test=pair("test"), num_classes=0, domains=(a, b),
+                   domain_names=(str(cfg.name), b_name))
+
+
+def load_one(cfg) -> Dataset:
+    """One dataset, ``cfg.name``."""
     name = cfg.name
     if name == "mnist":
         train, test = files.load_idx(cfg.root, "MNIST", cfg.download)
@@ -110,7 +162,8 @@ def spec(ds: Dataset, representation: str, dataset: str = "") -> DataSpec:
     if ds.is_image == (representation == "continuous"):
         allowed = "binary, 8bit, dequantized" if ds.is_image else "continuous"
         raise UserError(f"data.representation={representation} does not fit this dataset; allowed: {allowed}.")
-    return DataSpec(shape=tuple(x.shape[1:]), representation=representation, num_classes=ds.num_classes, dataset=dataset)
+    return DataSpec(shape=tuple(x.shape[1:]), representation=representation, num_classes=ds.num_classes, dataset=dataset,
+                    domain_b=ds.domain_names[1] if ds.domains else "")
 
 
 def transform(x: Tensor, representation: str, generator: Optional[torch.Generator]) -> Tensor:
@@ -154,8 +207,13 @@ class BatchIterator:
                  batch_size: int, device: torch.device, seed: int, on_device: bool = True):
         if len(x) < batch_size:
             raise UserError(f"trainer.batch_size={batch_size} is larger than the {len(x)} training examples.")
+        #: y holds a second image domain (unpaired: drawn by its own permutation, see the module docstring)
+        self.two_domains = y is not None and y.dim() == 4
+        if self.two_domains and len(y) < batch_size:
+            raise UserError(f"trainer.batch_size={batch_size} is larger than the {len(y)} training images of data.domain_b.")
         if representation == "binary" and binarize == "static":
             x, representation = fixed(x, "binary").to(torch.uint8), "8bit_binary"
+            y = fixed(y, "binary").to(torch.uint8) if self.two_domains else y
         store = device if on_device else torch.device("cpu")
         self.x = x.to(store)
         self.y = None if y is None else y.to(store)
@@ -168,12 +226,27 @@ class BatchIterator:
         self.epoch = 0
         self.position = 0
         self._perm: Optional[Tensor] = None
+        self.epoch_b, self.position_b, self._perm_b = 0, 0, None  # domain B's own pass (two_domains)
 
     def _permutation(self) -> Tensor:
         if self._perm is None:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             self._perm = torch.randperm(len(self.x), generator=g).to(self.x.device)
         return self._perm
+
+    def _domain_b_indices(self) -> Tensor:
+        """The next batch of domain B: its own epochs over its own permutations (seeded apart from A's),
+        so that which B images meet which A images changes from epoch to epoch."""
+        if self.position_b >= len(self.y) // self.batch_size:
+            self.epoch_b, self.position_b, self._perm_b = self.epoch_b + 1, 0, None
+        if self._perm_b is None:
+            g = torch.Generator().manual_seed(self.seed + DOMAIN_B_SEED + self.epoch_b)
+            self._perm_b = torch.randperm(len(self.y), generator=g).to(self.y.device)
+        self.position_b += 1
+        return self._perm_b[(self.position_b - 1) * self.batch_size:self.position_b * self.batch_size]
+
+    def _represent(self, x: Tensor) -> Tensor:
+        return x.float() if self.representation == "8bit_binary" else transform(x, self.representation, self.noise)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Optional[Tensor]]]:
         return self
@@ -183,19 +256,21 @@ class BatchIterator:
             self.epoch, self.position, self._perm = self.epoch + 1, 0, None
         idx = self._permutation()[self.position * self.batch_size:(self.position + 1) * self.batch_size]
         self.position += 1
-        x = self.x[idx].to(self.device, non_blocking=True)
-        if self.representation == "8bit_binary":
-            xb = x.float()
-        else:
-            xb = transform(x, self.representation, self.noise)
+        xb = self._represent(self.x[idx].to(self.device, non_blocking=True))
+        if self.two_domains:
+            return xb, self._represent(self.y[self._domain_b_indices()].to(self.device, non_blocking=True))
         yb = None if self.y is None else self.y[idx].to(self.device, non_blocking=True)
         return xb, yb
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "noise": self.noise.get_state()}
+        state = {"epoch": self.epoch, "position": self.position, "noise": self.noise.get_state()}
+        if self.two_domains:
+            state.update(epoch_b=self.epoch_b, position_b=self.position_b)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
+        self.epoch_b, self.position_b, self._perm_b = int(state.get("epoch_b", 0)), int(state.get("position_b", 0)), None
         self.noise.set_state(state["noise"])
 
 

@@ -12,12 +12,14 @@ class DataSpec:
     representation: "binary" (values in {0, 1}), "8bit" (k/255 for k in 0..255),
         "dequantized" ((k + u)/256 with u ~ U[0,1)), or "continuous" (real vectors).
     num_classes: number of labels (0 when the data has none).
+    domain_b: the second domain of unpaired two-domain data (data.domain_b), "" for one dataset.
     """
 
     shape: tuple[int, ...]
     representation: str
     num_classes: int = 0
     dataset: str = ""  # the dataset's config name (mnist, eight_gaussians, ...)
+    domain_b: str = ""  # data.domain_b: the second image domain (fashion_mnist, a folder, ...)
 
     @property
     def dim(self) -> int:

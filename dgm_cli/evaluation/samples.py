@@ -70,21 +70,50 @@ def sample_quality_report(model, dataset: pipeline.Dataset, train_cfg, cfg, metr
         raise UserError("sample-quality metrics are defined for image datasets; on 2-D toys look at "
                         "`dgm sample`, metrics=[modes] on the Gaussian mixtures, and the modes_covered scalars "
                         "logged during training.")
-    needs_net = any(m != "parzen" for m in metrics)
-    net = None
-    if needs_net:
-        if dataset.train[1] is None:
-            raise UserError("FID/KID/PR/IS need a feature network, which dgm trains on the dataset's labels; "
-                            "this dataset has none. metrics=[parzen] works without labels.")
-        net = get_feature_network(train_cfg.data.name, dataset.train[0], dataset.train[1], dataset.test[0],
-                                  dataset.test[1], device)
+    if dataset.domains:
+        return translation_quality_report(model, dataset, cfg, metrics, device)
+    net = feature_network(train_cfg.data.name, dataset, metrics, device)
     rep = model.data.representation
-    reference = pipeline.fixed(getattr(dataset, cfg.split)[0], rep).cpu()
-    train_reference = pipeline.fixed(dataset.train[0][: cfg.num_samples], rep).cpu()
     log.info("drawing %d samples", cfg.num_samples)
     generated, how = draw_samples(model, cfg.num_samples)
-    out = evaluate_samples(generated, reference, cfg.split, train_reference, net, metrics, cfg.seed)
+    out = score_against(generated, dataset, rep, net, metrics, cfg)
     out["samples"] = how
     out["reference"] = f"the {cfg.split} split in the model's representation: {rep}" + (
         f" ({reference_note})" if reference_note else "")
+    return out
+
+
+def feature_network(name: str, dataset: pipeline.Dataset, metrics: list[str], device):
+    """The feature network of ``dataset`` (named ``name``) when a metric needs one (all but Parzen)."""
+    if not any(m != "parzen" for m in metrics):
+        return None
+    if dataset.train[1] is None:
+        raise UserError("FID/KID/PR/IS need a feature network, which dgm trains on the dataset's labels; "
+                        "this dataset has none. metrics=[parzen] works without labels.")
+    return get_feature_network(name, dataset.train[0], dataset.train[1], dataset.test[0], dataset.test[1], device)
+
+
+def score_against(generated: torch.Tensor, dataset: pipeline.Dataset, rep: str, net, metrics: list[str], cfg) -> dict:
+    """``generated`` against ``dataset``'s ``cfg.split``, with the floor of as many of its training images,
+    both in the model's representation ``rep``."""
+    reference = pipeline.fixed(getattr(dataset, cfg.split)[0], rep).cpu()
+    train_reference = pipeline.fixed(dataset.train[0][: cfg.num_samples], rep).cpu()
+    return evaluate_samples(generated, reference, cfg.split, train_reference, net, metrics, cfg.seed)
+
+
+@torch.no_grad()
+def translation_quality_report(model, dataset: pipeline.Dataset, cfg, metrics: list[str], device) -> dict:
+    """Unpaired translation (data.domain_b): the model's translations of domain A's first ``cfg.num_samples``
+    ``cfg.split`` images, G(a), scored against domain B's ``cfg.split`` on domain B's feature network (the one
+    a model trained on B alone is scored with); the floor is B's split against as many B training images."""
+    (name_a, name_b), (a, b) = dataset.domain_names, dataset.domains
+    net = feature_network(pipeline.domain_b_config_name(name_b), b, metrics, device)
+    rep = model.data.representation
+    source = pipeline.fixed(getattr(a, cfg.split)[0][: cfg.num_samples], rep)
+    log.info("translating %d images", len(source))
+    generated = torch.cat([model.translate(s.to(device)).cpu() for s in source.split(SAMPLE_BATCH)])
+    out = score_against(generated, b, rep, net, metrics, cfg)
+    out["samples"] = (f"G(a): translations of the first {len(generated)} {cfg.split} images of domain A "
+                      f"({name_a}); {rep} representation")
+    out["reference"] = f"domain B's ({name_b}) {cfg.split} split in the model's representation: {rep}"
     return out

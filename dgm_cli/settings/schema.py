@@ -43,6 +43,7 @@ class DataConfig:
     val_size: Optional[int] = None  # examples held out of training for validation; null: 10%, at most 5000
     image_size: Optional[int] = None  # image_folder/npz: resize to this size
     channels: Optional[int] = None  # image_folder: 1 (grayscale) or 3 (RGB); null keeps the files'
+    domain_b: Optional[str] = None  # unpaired translation (CycleGAN): a second image domain, a dataset name (fashion_mnist) or an image folder / .npz file, sized like dataset=
     download: bool = True
     on_device: bool = True  # hold the dataset on the training device when it fits
     train_size: int = 50000  # 2-D toys: points drawn for training

@@ -80,6 +80,21 @@ def validate_train(cfg: DictConfig) -> None:
     check(cfg, "data.val_size", lambda v: v is None or v >= 0, "null (a tenth of the training examples, at most "
           "5000) or a number >= 0")
     check(cfg, "data.channels", lambda v: v in (None, 1, 3), "null, 1 or 3")
+    check_domains(cfg)
+
+
+def check_domains(cfg: DictConfig) -> None:
+    """data.domain_b (a second image domain) goes with a translation model, and a translation model needs it."""
+    from ..models.registry import get_model_class
+
+    translates = getattr(get_model_class(cfg.model.name), "two_domains", False)
+    if cfg.data.get("domain_b") and not translates:
+        raise UserError(f"data.domain_b={cfg.data.domain_b} names a second image domain, which only translation "
+                        f"models (model=cyclegan) use; model={cfg.model.name} would ignore it. Drop data.domain_b.")
+    if translates and not cfg.data.get("domain_b"):
+        raise UserError(f"model={cfg.model.name} translates between two image domains: name the second with "
+                        "data.domain_b=<dataset name, image folder or .npz file>, e.g. dataset=mnist "
+                        "data.domain_b=fashion_mnist (the default).")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
