@@ -35,6 +35,7 @@ CASES = {
     "vq_vae": ["model=vq_vae", "dataset=npz", "model.hidden_channels=8", "model.num_codes=8", "model.code_dim=4",
                "model.prior_start=9", "model.prior_channels=4", "model.prior_blocks=1", "model.prior_head_channels=8",
                "data.val_size=30"],
+    "draw": ["model=draw", "dataset=npz", "model.steps=3", "model.hidden=16", "model.latent_dim=4", "data.val_size=30"],
 }
 
 
