@@ -54,6 +54,36 @@ def grid(images: Tensor, nrow: Optional[int] = None) -> Tensor:
     return make_grid(images.clamp(0, 1), nrow=nrow, padding=2, pad_value=0.5)
 
 
+def piano_rolls(rolls: Tensor) -> Tensor:
+    """(N, T, 88) piano rolls -> (N, 1, 88, T) images: time to the right, the highest key at the top, a
+    sounding key white."""
+    return rolls.detach().float().cpu().transpose(1, 2).flip(1).unsqueeze(1)
+
+
+def trajectories(sequences: Tensor, bins: int = 200, extent: float = PLOT_RANGE, between: int = 16) -> Tensor:
+    """(N, T, D) sequences -> a (1, bins, bins) histogram of the paths their first two coordinates trace
+    (``between`` points on each segment from one step to the next; NaN padding ends a path)."""
+    p = sequences.detach().float().cpu()[..., :2]
+    w = torch.linspace(0, 1, between + 1)[:-1].view(1, 1, -1, 1)
+    path = p[:, :-1, None] * (1 - w) + p[:, 1:, None] * w  # (N, T-1, between, 2)
+    return histogram(torch.cat([path.reshape(-1, 2), p.reshape(-1, 2)]), bins, extent)
+
+
+def of_samples(samples: Tensor, dataset: str, nrow: Optional[int] = None) -> Tensor:
+    """The picture of a batch of samples: images as a grid, piano rolls as a grid of time x keys pictures
+    (``dataset`` one of data.sequences.PIANO_ROLLS), other sequences (N, T, D) as their trajectories,
+    2-D points as a histogram."""
+    from .data.sequences import PIANO_ROLLS
+
+    if samples.dim() in (4, 5):
+        return grid(samples, nrow)
+    if dataset in PIANO_ROLLS:
+        return grid(piano_rolls(samples), nrow or max(1, int(math.ceil(math.sqrt(samples.shape[0] / 2)))))
+    if samples.dim() == 3:
+        return trajectories(samples)
+    return histogram(samples[:, :2])
+
+
 def histogram(points: Tensor, bins: int = 200, extent: float = PLOT_RANGE) -> Tensor:
     """A 2-D histogram of points on [-extent, extent]^2 as a (1, bins, bins) image, y axis up,
     brightness proportional to the square root of the counts."""

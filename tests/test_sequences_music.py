@@ -1,14 +1,26 @@
 """Polyphonic music: a music21 score as an 88-key piano roll, the chorales' cache (plain arrays, opened
-without running code) and split by piece."""
+without running code) and split by piece, the polyphonic pickles through the training pipeline."""
 from __future__ import annotations
+
+import pickle
 
 import music21 as m21
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from dgm_cli.data import music
+from conftest import run_folders
+from dgm_cli import images
+from dgm_cli.app import model_from_checkpoint
+from dgm_cli.commands import train
+from dgm_cli.engine import checkpoint
+from dgm_cli.evaluation.likelihood import evaluate_likelihood
+from dgm_cli.data import music, pipeline
+from dgm_cli.data import sequences as S
 from dgm_cli.errors import UserError
+from dgm_cli.models.base import DataSpec
+from dgm_cli.models.sequence.dmm import DMM
 
 
 def tiny_score():
@@ -77,6 +89,58 @@ def test_the_corpus_file_of_a_chorale_is_the_exact_name_in_musicxml(tmp_path):
     assert music.chorale_file("bach/bwv1.6", tmp_path / "bwv1.6.mxl") == tmp_path / "bwv1.6.mxl"
 
 
+def write_pickle(path, splits=(3, 2, 2)):
+    """A small file in the Boulanger-Lewandowski format: sequences of tuples of MIDI notes."""
+    rng = np.random.default_rng(0)
+    song = lambda n: [tuple(int(k) for k in rng.choice(range(40, 80), size=rng.integers(0, 4), replace=False))  # noqa: E731
+                      for _ in range(n)]
+    data = {name: [song(int(rng.integers(3, 9))) for _ in range(count)]
+            for name, count in zip(S.POLYPHONIC_SPLITS, splits)}
+    path.write_bytes(pickle.dumps(data, protocol=2))
+    return data
+
+
+def test_polyphonic_files_load_as_padded_rolls_with_their_own_splits(tmp_path):
+    raw = write_pickle(tmp_path / "JSB Chorales.pickle")
+    cfg = OmegaConf.create({"name": "jsb_chorales", "root": str(tmp_path), "path": None, "val_size": None})
+    ds = pipeline.load(cfg)
+    lengths = [len(s) for s in raw["train"]]
+    assert ds.train[0].shape == (3, max(lengths), 88) and S.lengths_of(ds.train[0]).tolist() == lengths
+    assert len(ds.val[0]) == 2 and len(ds.test[0]) == 2 and not ds.is_image
+    first = ds.train[0][0, : lengths[0]]
+    assert torch.equal(first, S.piano_roll(raw["train"][0]))
+    spec = pipeline.spec(ds, pipeline.resolve_representation(OmegaConf.create({"representation": None}),
+                                                             OmegaConf.create({"representation": "binary"}), ds),
+                         "jsb_chorales")
+    model = DMM(DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8), spec, {"name": "elbo"})
+    assert model.emission_kind == "bernoulli" and model.x_dim == 88
+    merged = pipeline.load(OmegaConf.merge(cfg, {"val_size": 0, "path": str(tmp_path / "JSB Chorales.pickle")}))
+    assert len(merged.train[0]) == 5 and len(merged.val[0]) == 0
+    with pytest.raises(UserError, match="fixed split by piece"):
+        pipeline.load(OmegaConf.merge(cfg, {"val_size": 1}))
+
+
+def test_a_missing_polyphonic_file_names_what_is_expected(tmp_path):
+    cfg = OmegaConf.create({"name": "nottingham", "root": str(tmp_path), "path": None, "val_size": None})
+    with pytest.raises(UserError) as err:
+        pipeline.load(cfg)
+    message = str(err.value)
+    assert "Nottingham.pickle" in message and "JSB Chorales.pickle" in message and "data.path" in message
+    assert "\n" not in message
+
+
+def test_a_ragged_batch_computes_no_step_past_its_longest_sequence():
+    model = DMM(DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8),
+                DataSpec((12, 88), "continuous", 0, "jsb_chorales"), {"name": "elbo"})
+    rolls = [torch.bernoulli(torch.full((n, 88), 0.1)) for n in (3, 5)]
+    calls = []
+    model.emission.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        padded = torch.cat([S.pad(rolls), torch.full((2, 7, 88), float("nan"))], 1)  # padded to 12 steps
+        model.log_weights(padded, 1)
+    assert len(calls) == 5
+
+
 @pytest.mark.slow
 def test_the_real_chorales_parse_into_rolls(tmp_path):
     """Parses music21's whole corpus of chorales (minutes on one core) into a fresh cache."""
@@ -86,3 +150,51 @@ def test_the_real_chorales_parse_into_rolls(tmp_path):
     voices = torch.cat(rolls).sum(1)
     assert voices.max() <= 6 and float(voices.mean()) > 3  # four-part chorales, a few with more voices
     assert music.load_rolls(tmp_path / music.CACHE_NAME)[0] == names
+
+
+# --- pictures, training --------------------------------------------------------------------------
+
+
+def test_piano_rolls_are_drawn_time_by_keys_with_the_highest_key_on_top():
+    rolls = torch.zeros(3, 5, 88)
+    rolls[0, 2, 87] = 1  # C8 at step 2
+    rolls[1, 4, 0] = 1  # A0 at step 4
+    pictures = images.piano_rolls(rolls)
+    assert pictures.shape == (3, 1, 88, 5)
+    assert pictures[0, 0, 0, 2] == 1 and pictures[1, 0, 87, 4] == 1 and pictures.sum() == 2
+    grid = images.of_samples(rolls, "bach_chorales")  # wide pictures: two to a row
+    assert grid.shape == (3, 2 * (88 + 2) + 2, 2 * (5 + 2) + 2)
+
+
+def test_sequence_paths_are_drawn_through_their_steps_and_stop_at_padding():
+    path = S.pad([torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.tensor([[0.0, 3.0]])])
+    picture = images.of_samples(path, "linear_gaussian")[0]
+    row = picture[100]  # y = 0 (just above): the first sequence's segment from x = -2 to x = 2
+    lit = row.nonzero().flatten()
+    assert 45 <= lit.min() <= 55 and 145 <= lit.max() <= 155 and picture[:, :40].sum() == 0
+
+
+@pytest.mark.parametrize("name", ["dmm", "vrnn", "storn", "srnn"])
+def test_every_sequence_model_trains_on_music_and_reports_nats_per_step(tmp_path, name):
+    from test_families import compose_train
+
+    write_pickle(tmp_path / "JSB Chorales.pickle", (24, 6, 6))
+    cfg = compose_train(f"model={name}", "dataset=jsb_chorales", f"data.root={tmp_path}", "trainer.max_steps=2",
+                        "trainer.batch_size=8", "trainer.sample_every=1", "trainer.num_samples=2",
+                        "trainer.progress=false", "model.z_dim=4", "model.rnn_hidden=16")
+    train.run(cfg, tmp_path)
+    model, _, dataset = model_from_checkpoint(checkpoint.load(str(tmp_path)), torch.device("cpu"))
+    assert model.emission_kind == "bernoulli" and list((tmp_path / "tensorboard").iterdir())
+    report = evaluate_likelihood(model, dataset.test[0], None, 3, "cpu", k=4)
+    terms = report["bound_terms"]
+    steps = float(S.lengths_of(dataset.test[0]).float().mean())
+    assert terms["steps_per_sequence"] == pytest.approx(steps)
+    assert terms["nll_nats_per_step"] == pytest.approx(report["nll_nats"] / steps)
+    assert 0 < terms["nll_nats_per_step"] < 88 * 1.5  # untrained: about ln 2 per key and step
+
+
+@pytest.mark.slow
+def test_missing_music_files_exit_2_naming_them(dgm, tmp_path):
+    proc = dgm("train", "model=dmm", "dataset=musedata", f"data.root={tmp_path}", check=False)
+    assert proc.returncode == 2 and "MuseData.pickle" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists() or not run_folders(tmp_path)

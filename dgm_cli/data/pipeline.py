@@ -28,13 +28,13 @@ from torch import Tensor
 
 from ..errors import UserError
 from .spec import DataSpec
-from . import files, sequences, toy
+from . import files, music, sequences, toy
 
 EVAL_SEED = 1234  # fixed: the binarization/dequantization noise of the val and test sets
 SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
 DOMAIN_B_SEED = 1_000_003  # offsets the seed of domain B's permutations from domain A's
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "image_folder", "npz")
-DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES)
+DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES) + sequences.PIANO_ROLLS
 
 
 @dataclass
@@ -132,6 +132,10 @@ def load_one(cfg) -> Dataset:
         val_size = files.BINARIZED_MNIST_SPLITS["valid"] if cfg.val_size is None else cfg.val_size
         train, val, test = files.load_binarized_mnist(cfg.root, cfg.download, val_size)
         return Dataset(train=train, val=val, test=test, num_classes=0)
+    elif name in sequences.PIANO_ROLLS:  # split by piece in the files (bach_chorales: with a fixed seed)
+        splits = (music.load_bach_chorales() if name == "bach_chorales"
+                  else sequences.load_polyphonic(name, cfg.root, cfg.path))
+        return piano_roll_dataset(name, splits, cfg.val_size)
     elif name in ("image_folder", "npz"):
         reader = files.load_image_folder if name == "image_folder" else files.load_npz
         x, y = reader(cfg.path, cfg.image_size, cfg.channels)
@@ -148,6 +152,21 @@ def load_one(cfg) -> Dataset:
     y = train[1]
     num_classes = int(y.max().item()) + 1 if y is not None and len(y) else 0
     return Dataset(train=train, val=val, test=test, num_classes=num_classes)
+
+
+def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Optional[int]) -> Dataset:
+    """Rolls padded with NaN (data/sequences.py) per split. The pieces' own valid split validates
+    (data.val_size=null), or joins the training split (data.val_size=0)."""
+    if val_size not in (None, 0):
+        raise UserError(f"data.val_size={val_size}: dataset={name} has a fixed split by piece; use data.val_size=null "
+                        "(validate on its valid pieces) or 0 (train on train and valid).")
+    train = splits["train"] + (splits["valid"] if val_size == 0 else [])
+
+    def padded(rolls: list[Tensor]) -> tuple[Tensor, None]:
+        return (sequences.pad(rolls) if rolls else torch.zeros(0, 1, sequences.KEYS)), None
+
+    return Dataset(train=padded(train), val=padded([] if val_size == 0 else splits["valid"]),
+                   test=padded(splits["test"]), num_classes=0)
 
 
 def resolve_representation(data_cfg, model_cfg, ds: Dataset) -> str:

@@ -83,6 +83,26 @@ def read_polyphonic(path: str | Path) -> dict[str, list[Tensor]]:
     return {split: [piano_roll(seq) for seq in raw[split]] for split in POLYPHONIC_SPLITS}
 
 
+#: dataset= name -> the file name of its pickle as Boulanger-Lewandowski et al. (2012) distribute it
+POLYPHONIC_FILES = {"jsb_chorales": "JSB Chorales.pickle", "piano_midi": "Piano-midi.de.pickle",
+                    "musedata": "MuseData.pickle", "nottingham": "Nottingham.pickle"}
+POLYPHONIC_SOURCE = "http://www-etud.iro.umontreal.ca/~boulanni/icml2012"
+
+
+def load_polyphonic(name: str, root: str, path: Optional[str]) -> dict[str, list[Tensor]]:
+    """``dataset=jsb_chorales|piano_midi|musedata|nottingham``: the file data.path names, else
+    ``<data.root>/<its usual file name>``."""
+    file = Path(path).expanduser() if path else Path(root) / POLYPHONIC_FILES[name]
+    if not file.is_file():
+        expected = ", ".join(f"{n}: '{f}'" for n, f in POLYPHONIC_FILES.items())
+        raise UserError(
+            f"dataset={name} reads the polyphonic-music pickle {file}, which does not exist. dgm does not "
+            f"download these files: get them from Boulanger-Lewandowski et al. 2012 ({POLYPHONIC_SOURCE}) and put "
+            f"them in data.root (the environment variable DGM_DATA_ROOT) under their usual names ({expected}), or "
+            f"give the file with data.path=<file>. dataset=bach_chorales needs no file: music21 ships it.")
+    return read_polyphonic(file)
+
+
 # --- the linear-Gaussian state-space toy ------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ class TrainerConfig:
 class DataConfig:
     name: str = MISSING  # mnist | fashion_mnist | cifar10 | image_folder | npz | moons | ...
     root: str = "${oc.env:DGM_DATA_ROOT,./data}"  # the folder that holds the datasets (env DGM_DATA_ROOT, else ./data)
-    path: Optional[str] = None  # image_folder: a folder; npz: a file
+    path: Optional[str] = None  # image_folder: a folder; npz, jsb_chorales, piano_midi, musedata, nottingham: a file
     representation: Optional[str] = None  # null: the model's own; binary | 8bit | dequantized | continuous
     binarize: str = "dynamic"  # dynamic | static (binary representation only)
     val_size: Optional[int] = None  # examples held out of training for validation; null: 10%, at most 5000

@@ -170,7 +170,9 @@ class SequenceModel(GenerativeModel):
         """(log p(x|z), log p(z), log q(z|x)), each (k, B), for k trajectories per sequence."""
         x = self.as_sequences(x)
         mask = mask_of(x)
+        mask = mask[:, : int(mask.sum(1).max())]  # no step past the batch's longest sequence is computed
         b, t = mask.shape
+        x = x[:, :t]
         x = torch.nan_to_num(x).repeat(k, 1, 1)
         if noise is None:
             noise = torch.randn(k * b, t, self.config.z_dim, device=x.device)
