@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 
-from dgm_cli.evaluation.estimators import LOWER_BOUND, likelihood_kind
+from dgm_cli.errors import UserError
+from dgm_cli.evaluation.estimators import LOWER_BOUND, estimator_settings, likelihood_kind
 from dgm_cli.evaluation.likelihood import evaluate_likelihood
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.nn import distributions as D
@@ -130,3 +132,8 @@ def test_8bit_data_get_a_discretized_logistic_decoder_and_samples_in_range():
     assert torch.isfinite(model.log_likelihood(x)).all()
     s = model.sample(3)
     assert s.shape == (3, 1, 8, 8) and s.min() >= 0 and s.max() <= 1
+
+
+def test_eval_refuses_estimator_settings_naming_the_bound():
+    with pytest.raises(UserError, match="its bound is computed without sampling"):
+        estimator_settings(tiny(), {"k": 3})

@@ -55,7 +55,8 @@ def estimator_settings(model, given: Mapping[str, Any]) -> dict:
     name = type(model).__name__
     if cls is None:
         if given:
-            how = "its likelihood is exact" if model.likelihood == "exact" else "it has no likelihood"
+            how = ("it has no likelihood" if model.likelihood is None else "its likelihood is exact"
+                   if model.likelihood == "exact" else "its bound is computed without sampling")
             raise UserError(f"{name} takes no estimator settings ({how}); drop "
                             f"{', '.join('estimator.' + k for k in given)}.")
         return {}
