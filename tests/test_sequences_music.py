@@ -2,6 +2,7 @@
 without running code) and split by piece, the polyphonic pickles through the training pipeline."""
 from __future__ import annotations
 
+import json
 import pickle
 
 import music21 as m21
@@ -152,7 +153,7 @@ def test_the_real_chorales_parse_into_rolls(tmp_path):
     assert music.load_rolls(tmp_path / music.CACHE_NAME)[0] == names
 
 
-# --- pictures, training --------------------------------------------------------------------------
+# --- pictures and MIDI -----------------------------------------------------------------------------
 
 
 def test_piano_rolls_are_drawn_time_by_keys_with_the_highest_key_on_top():
@@ -174,6 +175,50 @@ def test_sequence_paths_are_drawn_through_their_steps_and_stop_at_padding():
     assert 45 <= lit.min() <= 55 and 145 <= lit.max() <= 155 and picture[:, :40].sum() == 0
 
 
+def test_dgm_sample_draws_music_as_piano_rolls_and_other_sequences_as_paths():
+    from types import SimpleNamespace
+
+    from dgm_cli.commands import sample
+
+    cfg = OmegaConf.create({"mode": "sample", "num_samples": 4, "temperature": 1.0, "label": None, "nrow": None})
+    config = DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8)
+    music_model = DMM(config, DataSpec((6, 88), "continuous", 0, "bach_chorales"), {"name": "elbo"})
+    assert sample.draw(music_model, cfg, None, "cpu").shape == (3, 2 * 90 + 2, 2 * 8 + 2)
+    toy = DMM(config, DataSpec((5, 2), "continuous", 0, "linear_gaussian"), {"name": "elbo"})
+    data = SimpleNamespace(test=(S.LinearGaussianSSM.toy().sample(4, 5), None))
+    picture = sample.draw(toy, cfg, data, "cpu")
+    assert picture.shape == (3, 200 + 8, 2 * 200 + 12)  # the data's paths | the samples'
+
+
+def test_a_roll_written_as_midi_reads_back_as_the_same_roll(tmp_path):
+    roll = torch.bernoulli(torch.full((24, 88), 0.08), generator=torch.Generator().manual_seed(0))
+    roll[-1, 40] = 1  # sounding at the end, so the file's length is the roll's
+    roll[:, 60] = 1  # a note held through the whole roll
+    music.write_midi(roll, tmp_path / "x.mid")
+    back = music.read_midi(tmp_path / "x.mid")
+    assert torch.equal(back, roll)
+
+
+def test_dgm_sample_writes_a_models_samples_as_midi_and_refuses_it_for_images(tmp_path, monkeypatch):
+    from dgm_cli.commands import sample
+
+    model = DMM(DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8),
+                DataSpec((6, 88), "continuous", 0, "bach_chorales"), {"name": "elbo"})
+    drawn = []
+    original = model.sample
+    monkeypatch.setattr(model, "sample", lambda *a, **k: drawn.append(original(*a, **k)) or drawn[-1])
+    cfg = OmegaConf.create({"num_samples": 3, "temperature": 1.0, "label": None, "mode": "sample", "out": "x.mid"})
+    torch.manual_seed(0)
+    sample.write_midi(model, cfg, tmp_path / "x.mid")
+    rest = torch.zeros(sample.MIDI_REST_STEPS, 88)
+    expected = torch.cat([torch.cat([s, rest]) for s in drawn[0]])
+    back = music.read_midi(tmp_path / "x.mid")
+    assert torch.equal(back, expected[: len(back)]) and expected[len(back):].sum() == 0  # the last rest has no event
+    image_model = DMM(model.config, DataSpec((1, 4, 4), "binary", 0, "mnist"), {"name": "elbo"})
+    with pytest.raises(UserError, match="MIDI file holds samples of music"):
+        sample.write_midi(image_model, cfg, tmp_path / "y.mid")
+
+
 @pytest.mark.parametrize("name", ["dmm", "vrnn", "storn", "srnn"])
 def test_every_sequence_model_trains_on_music_and_reports_nats_per_step(tmp_path, name):
     from test_families import compose_train
@@ -191,6 +236,21 @@ def test_every_sequence_model_trains_on_music_and_reports_nats_per_step(tmp_path
     assert terms["steps_per_sequence"] == pytest.approx(steps)
     assert terms["nll_nats_per_step"] == pytest.approx(report["nll_nats"] / steps)
     assert 0 < terms["nll_nats_per_step"] < 88 * 1.5  # untrained: about ln 2 per key and step
+
+
+@pytest.mark.slow
+def test_music_trains_samples_as_midi_and_evaluates_end_to_end(dgm, tmp_path):
+    write_pickle(tmp_path / "JSB Chorales.pickle", (24, 6, 6))
+    dgm("train", "model=dmm", "dataset=jsb_chorales", f"data.root={tmp_path}", "trainer.max_steps=4",
+        "trainer.batch_size=8", "trainer.progress=false", "model.z_dim=4", "model.rnn_hidden=16")
+    run = run_folders(tmp_path)[0]
+    dgm("sample", f"checkpoint={run}", "num_samples=2", f"out={tmp_path / 'music.mid'}")
+    assert music.read_midi(tmp_path / "music.mid").shape[1] == 88
+    dgm("sample", f"checkpoint={run}", "num_samples=4", f"out={tmp_path / 'rolls.png'}")
+    assert (tmp_path / "rolls.png").stat().st_size > 0
+    dgm("eval", f"checkpoint={run}", "estimator.k=4")
+    terms = json.loads((run / "checkpoints" / "eval.json").read_text())["likelihood"]["bound_terms"]
+    assert terms["nll_nats_per_step"] > 0 and terms["steps_per_sequence"] < 9
 
 
 @pytest.mark.slow

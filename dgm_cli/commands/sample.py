@@ -1,4 +1,5 @@
-"""`dgm sample`: images (or, for 2-D toys, a density plot) from a checkpoint."""
+"""`dgm sample`: images (for 2-D toys a density plot, for sequences their paths, for music piano rolls or a
+MIDI file) from a checkpoint."""
 from __future__ import annotations
 
 import logging
@@ -11,10 +12,12 @@ from omegaconf import DictConfig
 
 from .. import images
 from ..app import command, model_from_checkpoint
-from ..settings.validate import validate_sample
+from ..settings.validate import MIDI_SUFFIXES, validate_sample
+from ..data.sequences import PIANO_ROLLS
 from ..errors import UserError
 
 log = logging.getLogger("dgm.sample")
+MIDI_REST_STEPS = 2  # silent steps between two samples in a MIDI file
 
 
 def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
@@ -26,15 +29,31 @@ def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
                         f"{', '.join(model.sample_modes)}.")
     if cfg.mode == "sample":
         samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label))
-        if not model.data.is_image:
-            return toy_plot(model, samples, dataset)
-        return images.grid(samples, cfg.nrow)
+        if model.data.is_image or model.data.dataset in PIANO_ROLLS:
+            return images.of_samples(samples, model.data.dataset, cfg.nrow)
+        if len(model.data.shape) == 2:  # sequences: the test split's paths beside the samples'
+            return images.side_by_side(images.trajectories(dataset.test[0][: cfg.num_samples]), images.trajectories(samples))
+        return toy_plot(model, samples, dataset)
     x, y = getattr(dataset, cfg.split)
     if len(x) == 0:
         raise UserError(f"split={cfg.split} is empty for this run; use split=test.")
     x = pipeline.fixed(x[: cfg.num_samples], model.data.representation).to(device)
     y = None if y is None else y[: cfg.num_samples].to(device)
     return images.grid(warn_non_finite(getattr(model, f"sample_{cfg.mode}")(x, y)))
+
+
+def write_midi(model, cfg: DictConfig, out: Path) -> None:
+    """``out=<file>.mid``: the samples of a model of piano rolls, one after another with a rest between
+    them, as one MIDI file (a step is a quarter note at 120 per minute)."""
+    from ..data import music
+
+    if model.data.dataset not in PIANO_ROLLS or cfg.mode != "sample":
+        raise UserError(f"out={cfg.out}: a MIDI file holds samples of music (dataset={', '.join(PIANO_ROLLS)}) with "
+                        f"mode=sample; this is mode={cfg.mode} of a model of dataset={model.data.dataset}. Give out= a "
+                        ".png file or a folder.")
+    samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label)).cpu()
+    rest = samples.new_zeros(MIDI_REST_STEPS, samples.shape[-1])
+    music.write_midi(torch.cat([torch.cat([s, rest]) for s in samples]), out)
 
 
 def warn_non_finite(samples: torch.Tensor) -> torch.Tensor:
@@ -66,11 +85,13 @@ def main(cfg: DictConfig) -> None:
     state = checkpoint.load(cfg.checkpoint)
     model, _, dataset = model_from_checkpoint(state, device, cfg.data_root)
     runtime.seed_everything(cfg.seed)
-    image = draw(model, cfg, dataset, device)
     out = Path(cfg.out).expanduser() if cfg.out else Path(HydraConfig.get().runtime.output_dir)
     out = out / f"{cfg.mode}.png" if out.is_dir() or not cfg.out else out
     try:
-        images.save_png(image, out)
+        if out.suffix.lower() in MIDI_SUFFIXES:
+            write_midi(model, cfg, out)
+        else:
+            images.save_png(draw(model, cfg, dataset, device), out)
     except OSError as exc:
         raise UserError(f"cannot write out={out}: {exc.strerror or exc}.") from None
     print(f"wrote {out}")

@@ -78,8 +78,34 @@ def write_midi(roll: Tensor, path: Path, step: float = STEP) -> None:
 
 
 def read_midi(path: Path, step: float = STEP) -> Tensor:
-    """A MIDI file -> (T, 88) roll (music21 quantizes onsets to sixteenths and triplets)."""
-    return stream_to_roll(_music21().converter.parse(str(path), format="midi", forceSource=True), step)
+    """A MIDI file -> (T, 88) roll, from its note-on and note-off events as they are (music21's score import
+    would quantize and re-voice them): a note sounds at the steps whose start falls in [on, off)."""
+    m21 = _music21()
+    midi = m21.midi.MidiFile()
+    try:
+        midi.open(str(path))
+        midi.read()
+    except (OSError, m21.midi.MidiException) as exc:
+        raise UserError(f"{path} is not a MIDI file dgm can read ({exc}).") from None
+    finally:
+        midi.close()
+    ticks = midi.ticksPerQuarterNote * step
+    notes, end = [], 0.0
+    for track in midi.tracks:
+        time, sounding = 0, {}
+        for event in track.events:
+            if event.isDeltaTime():
+                time += event.time
+            elif event.isNoteOn() and event.velocity > 0:
+                sounding[event.pitch] = time
+            elif (event.isNoteOff() or event.isNoteOn()) and event.pitch in sounding:
+                notes.append((event.pitch, sounding.pop(event.pitch) / ticks, time / ticks))
+                end = max(end, time / ticks)
+    steps: list[list[int]] = [[] for _ in range(math.ceil(end - 1e-9))]
+    for pitch, on, off in notes:
+        for t in range(math.ceil(on - 1e-9), math.ceil(off - 1e-9)):
+            steps[t].append(pitch)
+    return piano_roll(steps)
 
 
 # --- dataset=bach_chorales ------------------------------------------------------------------------------

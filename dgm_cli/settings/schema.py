@@ -86,7 +86,7 @@ class SampleConfig:
     checkpoint: str = MISSING  # a .pt file written by dgm train, or its run folder (checkpoints/last.pt)
     num_samples: int = 64  # images to draw (reconstruct/complete/interpolate: data examples to start from)
     mode: str = "sample"  # sample | reconstruct | interpolate | complete (as the model allows)
-    out: Optional[str] = None  # PNG path; null: <mode>.png in a new outputs/sample/<date>/<time>-<pid>/
+    out: Optional[str] = None  # PNG path (music: or a .mid file); null: <mode>.png in a new outputs/sample/<date>/<time>-<pid>/
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
     temperature: float = 1.0  # scales the std of the noise sampling starts from: 1 as trained, < 1 smoother (Glow)
     label: Optional[int] = None  # class to sample from, for class-conditional models

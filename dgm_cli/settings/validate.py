@@ -98,14 +98,17 @@ def check_domains(cfg: DictConfig) -> None:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIDI_SUFFIXES = (".mid", ".midi")  # dgm sample out=: samples of music as a MIDI file
 
 
 def validate_sample(cfg: DictConfig) -> None:
     from pathlib import Path
 
     positive(cfg, "num_samples")
-    check(cfg, "out", lambda v: v is None or Path(v).expanduser().is_dir() or Path(v).suffix.lower() in IMAGE_SUFFIXES,
-          "null, a folder, or a file name ending in " + ", ".join(IMAGE_SUFFIXES))
+    check(cfg, "out", lambda v: v is None or Path(v).expanduser().is_dir()
+          or Path(v).suffix.lower() in IMAGE_SUFFIXES + MIDI_SUFFIXES,
+          "null, a folder, a file name ending in " + ", ".join(IMAGE_SUFFIXES) + ", or (samples of music) a MIDI "
+          "file name ending in " + ", ".join(MIDI_SUFFIXES))
     positive(cfg, "temperature")
     check_device(cfg, "device")
     one_of(cfg, "split", SPLITS)
