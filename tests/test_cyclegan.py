@@ -120,8 +120,9 @@ def test_the_pools_are_checkpointed():
     assert model.state_dict()["pool_b.images"].shape == (7, 1, 28, 28)
 
 
-def write_images(path, size=16, channels=1, kind="square", n=64, seed=0):
-    """n images as an npz: a bright square (domain A) or a bright horizontal bar (domain B) on noise."""
+def write_images(path, size=16, channels=1, kind="square", n=64, seed=0, labels=False):
+    """n images as an npz: a bright square (domain A) or a bright horizontal bar (domain B) on noise;
+    ``labels``: the bar's (square's) upper or lower half as a class."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 40, (n, size, size, channels)).astype(np.uint8)
     for img, (i, j) in zip(x, rng.integers(0, size - 6, (n, 2))):
@@ -129,7 +130,9 @@ def write_images(path, size=16, channels=1, kind="square", n=64, seed=0):
             img[i:i + 6, j:j + 6] = 230
         else:
             img[i:i + 2, :] = 230
-    np.savez(path, x=x if channels > 1 else x[..., 0])
+    x = x if channels > 1 else x[..., 0]
+    y = (np.argmax(x.reshape(n, size, -1).max(-1) > 200, axis=1) >= size // 2 - 3).astype(np.int64)
+    np.savez(path, **({"x": x, "y": y} if labels else {"x": x}))
     return str(path)
 
 
@@ -173,6 +176,22 @@ def test_domain_b_only_with_a_translation_model_and_always_with_one():
         check_domains(OmegaConf.create({"model": {"name": "dcgan"}, "data": {"domain_b": "fashion_mnist"}}))
     with pytest.raises(UserError, match="data.domain_b="):
         check_domains(OmegaConf.create({"model": {"name": "cyclegan"}, "data": {"domain_b": None}}))
+
+
+def test_eval_scores_translations_of_domain_a_against_domain_b_on_its_feature_network(tmp_path, monkeypatch):
+    from dgm_cli.evaluation.samples import sample_quality_report
+
+    monkeypatch.setenv("DGM_CACHE", str(tmp_path / "cache"))
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {
+        "name": "npz", "path": write_images(tmp_path / "a.npz", labels=True), "val_size": 4,
+        "domain_b": write_images(tmp_path / "b.npz", kind="bar", n=80, labels=True)})
+    ds = pipeline.load(cfg)
+    model = tiny((1, 16, 16)).eval()
+    eval_cfg = OmegaConf.create({"split": "test", "num_samples": 6, "seed": 0})
+    out = sample_quality_report(model, ds, OmegaConf.create({"data": cfg}), eval_cfg, ["fid", "kid"], "cpu")
+    assert math.isfinite(out["fid"]) and out["fid"] >= 0
+    assert "G(a)" in out["samples"] and "b.npz" in out["reference"]
+    assert (tmp_path / "cache" / "feature_nets").is_dir()  # domain B's classifier, trained on its labels
 
 
 TRAIN = ["model=cyclegan", "dataset=npz", "model.width=4", "model.residual_blocks=1", "model.pool_size=6",

@@ -101,7 +101,6 @@ def score_against(generated: torch.Tensor, dataset: pipeline.Dataset, rep: str, 
     return evaluate_samples(generated, reference, cfg.split, train_reference, net, metrics, cfg.seed)
 
 
-@torch.no_grad()
 def translation_quality_report(model, dataset: pipeline.Dataset, cfg, metrics: list[str], device) -> dict:
     """Unpaired translation (data.domain_b): the model's translations of domain A's first ``cfg.num_samples``
     ``cfg.split`` images, G(a), scored against domain B's ``cfg.split`` on domain B's feature network (the one
