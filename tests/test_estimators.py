@@ -73,12 +73,12 @@ def test_iwae_approaches_exact_log_likelihood_from_below(linear_gaussian):
 def test_exact_posterior_gives_exact_likelihood_in_any_chunking(linear_gaussian, monkeypatch):
     """With q(z|x) = p(z|x) every importance weight equals p(x): the estimate is exact for every k,
     whichever way evaluation splits the k samples into chunks (k=37 leaves a ragged last chunk)."""
-    import dgm_cli.models.vae.vae as vae_module
+    import dgm_cli.models.vae.importance as importance_module
 
     vae, x, exact = linear_gaussian
     vae.encoder.shift, vae.encoder.inflate = 0.0, 1.0
     for rows in (1 << 16, 5 * len(x), len(x)):
-        monkeypatch.setattr(vae_module, "ROWS_PER_CHUNK", rows)
+        monkeypatch.setattr(importance_module, "ROWS_PER_CHUNK", rows)
         assert torch.allclose(vae.log_likelihood(x, k=37), exact, atol=1e-9)
 
 

@@ -34,7 +34,15 @@ TRAIN_GROUPS = ("model", "dataset", "objective", "optimizer", "scheduler", "expe
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The comment that ends each field's line in the source of dataclass ``cls``."""
+    """The comment that ends each field's line in the source of dataclass ``cls``, or of the
+    dataclass it inherits the field from (a subclass that changes a default may restate it)."""
+    docs: dict[str, str] = {}
+    for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        docs.update(_own_field_comments(base))
+    return docs
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):

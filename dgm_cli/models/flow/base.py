@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ...errors import UserError
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import standard_normal_log_prob
-from .layers import FlowSequential, LogitTransform, Shift
+from .layers import Flatten, FlowSequential, LogitTransform, Shift
 
 LOG_256 = math.log(256.0)
 PREPROCESSING = ("logit", "center")
@@ -136,3 +136,16 @@ class Flow(GenerativeModel):
             raise UserError(f"{type(self).__name__} is unconditional; sample without label=.")
         x, _ = self.flow.inverse(self.base_sample(n, temperature))
         return x.clamp(0.0, 1.0) if self.data.is_image else x
+
+
+class VectorFlow(Flow):
+    """A flow over vectors (MAF, NICE): an image is flattened after preprocessing, so its layers and
+    z ~ p_Z have shape (D,)."""
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.data.dim,)
+
+    def preprocessing(self) -> list[nn.Module]:
+        layers = super().preprocessing()
+        return [*layers, Flatten(self.data.shape)] if self.data.is_image else layers

@@ -18,8 +18,8 @@ from torch import nn
 from ...errors import UserError
 from ..nn.mlp import ACTIVATIONS
 from ..registry import register
-from .base import Flow, FlowConfig
-from .layers import BatchNorm, Flatten, MaskedAffineAutoregressive
+from .base import FlowConfig, VectorFlow
+from .layers import BatchNorm, MaskedAffineAutoregressive
 
 
 @dataclass
@@ -33,12 +33,8 @@ class MAFConfig(FlowConfig):
 
 
 @register("maf")
-class MAF(Flow):
+class MAF(VectorFlow):
     Config = MAFConfig
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return (self.data.dim,)
 
     def build_layers(self) -> list[nn.Module]:
         c, d = self.config, self.data.dim
@@ -46,7 +42,7 @@ class MAF(Flow):
             raise UserError(f"model.activation={c.activation!r} is not allowed; allowed: {', '.join(ACTIVATIONS)}.")
         if c.num_layers < 1 or not c.hidden or min(c.hidden) < 1:
             raise UserError("model.num_layers must be >= 1 and model.hidden a non-empty list of sizes >= 1.")
-        layers: list[nn.Module] = [Flatten(self.data.shape)] if self.data.is_image else []
+        layers: list[nn.Module] = []
         natural = torch.arange(1, d + 1)
         for k in range(c.num_layers):
             order = natural if k % 2 == 0 else natural.flip(0)  # reverse the order between layers

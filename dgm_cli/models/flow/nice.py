@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ..registry import register
-from .base import Flow, FlowConfig
-from .layers import Flatten, zero_initialized
+from .base import FlowConfig, VectorFlow
+from .layers import zero_initialized
 from ..nn.mlp import mlp
 
 PRIORS = ("logistic", "gaussian")
@@ -95,12 +95,8 @@ class NICEConfig(FlowConfig):
 
 
 @register("nice")
-class NICE(Flow):
+class NICE(VectorFlow):
     Config = NICEConfig
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return (self.data.dim,)
 
     def build_layers(self) -> list[nn.Module]:
         c, d = self.config, self.data.dim
@@ -110,9 +106,8 @@ class NICE(Flow):
             raise UserError("model.num_couplings, model.hidden_features and model.hidden_layers must be >= 1.")
         if d < 2:
             raise UserError(f"NICE needs data of at least 2 dimensions to partition; got shape {self.data.shape}.")
-        layers: list[nn.Module] = [Flatten(self.data.shape)] if self.data.is_image else []
-        layers += [AdditiveCoupling(d, i % 2, c.hidden_features, c.hidden_layers) for i in range(c.num_couplings)]
-        return [*layers, DiagonalScaling(d)]
+        couplings = [AdditiveCoupling(d, i % 2, c.hidden_features, c.hidden_layers) for i in range(c.num_couplings)]
+        return [*couplings, DiagonalScaling(d)]
 
     def base_log_prob(self, z: Tensor) -> Tensor:
         return logistic_log_prob(z) if self.config.prior == "logistic" else super().base_log_prob(z)

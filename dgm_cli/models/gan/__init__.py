@@ -1,6 +1,7 @@
 """Generative adversarial networks: one shared model (base.py) and its variants.
 
 * dcgan.py   - Radford et al. 2016: batch-normalised CNN critic, cross-entropy losses
+* wgan.py    - Arjovsky et al. 2017: Wasserstein critic with weight clipping
 * wgan_gp.py - Gulrajani et al. 2017: Wasserstein critic with a gradient penalty
 * sngan.py   - Miyato et al. 2018: spectrally normalised critic, hinge loss
 * cyclegan.py - Zhu et al. 2017: unpaired image translation, two ResNet generators, PatchGAN

@@ -13,8 +13,8 @@ backpropagates and steps only the optimizer of the phase, so
 
 Images are 8-bit data in [0, 1]; G and D work in [-1, 1] (G ends in tanh) and
 ``sample`` maps back. 2-D toys are used as they are. There is no likelihood.
-Subclasses (dcgan.py, wgan_gp.py, sngan.py) choose the objectives, the critic's
-normalisation and the defaults.
+Subclasses (dcgan.py, sngan.py; wgan.py and wgan_gp.py through ``WassersteinGAN``) choose the
+objectives, the critic's normalisation and the defaults.
 """
 from __future__ import annotations
 
@@ -150,15 +150,11 @@ class GAN(GenerativeModel):
         return loss, {"loss_generator": loss.detach()}
 
     def _scores(self, d_real: Tensor, d_fake: Tensor) -> Metrics:
-        """Mean D(x) and D(G(z)): probabilities for the cross-entropy objectives, raw scores
-        otherwise, and the critic's Wasserstein estimate E D(x) - E D(G(z)) for WGAN-GP."""
+        """Mean D(x) and D(G(z)): probabilities for the cross-entropy objectives, raw scores otherwise."""
         d_real, d_fake = d_real.detach(), d_fake.detach()
         if self.loss.logits:
             return {"d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
-        metrics = {"d_real": d_real.mean(), "d_fake": d_fake.mean()}
-        if self.loss.penalized:
-            metrics["wasserstein"] = metrics["d_real"] - metrics["d_fake"]
-        return metrics
+        return {"d_real": d_real.mean(), "d_fake": d_fake.mean()}
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
@@ -214,3 +210,21 @@ class GAN(GenerativeModel):
         centers, std = mixture
         z = self.latents(modes.NUM_SAMPLES, generator=torch.Generator().manual_seed(FIXED_SEED + 2))
         return modes.mode_coverage(self.to_data_space(self.generator(z)), centers, std)
+
+
+@dataclass
+class WassersteinConfig(GANConfig):
+    n_critic: int = 5  # critic steps (fresh real batches) per generator step (Arjovsky et al. 2017 and Gulrajani et al. 2017, Algorithm 1)
+
+
+class WassersteinGAN(GAN):
+    """A critic that estimates the Wasserstein-1 distance (WGAN, WGAN-GP): five critic steps per
+    generator step, and the estimate E D(x) - E D(G(z)) logged as ``wasserstein`` (up to the
+    critic's Lipschitz constant; Arjovsky et al. 2017, Sec. 4.2: it falls as the samples improve)."""
+
+    Config = WassersteinConfig
+
+    def _scores(self, d_real: Tensor, d_fake: Tensor) -> Metrics:
+        metrics = super()._scores(d_real, d_fake)
+        metrics["wasserstein"] = metrics["d_real"] - metrics["d_fake"]
+        return metrics

@@ -4,17 +4,12 @@ convolutional discriminator trained with the cross-entropy game of Goodfellow et
 beta1 = 0.5, one discriminator step per generator step."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..registry import register
-from .base import GAN, GANConfig
+from .base import GAN
 
 
 @register("dcgan")
 class DCGAN(GAN):
     objectives = ("nonsaturating", "minimax")
     critic_norm = "batch"
-
-    @dataclass
-    class Config(GANConfig):
-        pass  # GANConfig's defaults are DCGAN's (Radford et al. 2016, sec. 4)
+    # Config: GANConfig, whose defaults are DCGAN's (Radford et al. 2016, sec. 4)

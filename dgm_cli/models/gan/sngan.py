@@ -5,17 +5,12 @@ by default; one critic step per generator step with Adam lr 2e-4, betas (0.5, 0.
 projection discriminator (Miyato & Koyama 2018)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..registry import register
-from .base import GAN, GANConfig
+from .base import GAN
 
 
 @register("sngan")
 class SNGAN(GAN):
     objectives = ("hinge", "nonsaturating")
     critic_norm = "spectral"
-
-    @dataclass
-    class Config(GANConfig):
-        pass  # GANConfig's defaults are Miyato et al. 2018's setting C
+    # Config: GANConfig, whose defaults are Miyato et al. 2018's setting C

@@ -10,29 +10,22 @@ clipping is what WGAN-GP (Gulrajani et al. 2017) replaces by a gradient penalty:
 critic towards simple functions (their Fig. 1) -- ``experiment=wgan_eight_gaussians`` beside
 ``experiment=gan_eight_gaussians`` shows both on one toy.
 
-The critic's ``wasserstein`` metric, E D(x) - E D(G(z)), is the paper's loss curve (Sec. 4.2,
+The critic's ``wasserstein`` metric (``WassersteinGAN``), E D(x) - E D(G(z)), is the paper's loss curve (Sec. 4.2,
 Fig. 3): up to the unknown constant K it estimates W and falls as the samples improve.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ...errors import UserError
-from ..base import Metrics
 from ..registry import register
-from .base import GAN, GANConfig
+from .base import WassersteinGAN
 
 
 @register("wgan")
-class WGAN(GAN):
+class WGAN(WassersteinGAN):
     objectives = ("wgan",)
     critic_norm = "batch"
-
-    @dataclass
-    class Config(GANConfig):
-        n_critic: int = 5
 
     def _check(self, config, data, objective: dict) -> None:
         super()._check(config, data, {k: v for k, v in objective.items() if k != "clip_value"})
@@ -47,8 +40,3 @@ class WGAN(GAN):
         if phase == "critic":
             for p in self.critic.parameters():
                 p.clamp_(-self.clip_value, self.clip_value)
-
-    def _scores(self, d_real, d_fake) -> Metrics:
-        metrics = super()._scores(d_real, d_fake)
-        metrics["wasserstein"] = metrics["d_real"] - metrics["d_fake"]
-        return metrics

@@ -2,20 +2,14 @@
 its 1-Lipschitz constraint enforced softly by a gradient penalty on interpolates;
 no normalisation in the critic (the penalty is per example); n_critic = 5 and Adam
 with lr 1e-4, betas (0.5, 0.9) (Miyato et al. 2018, Table 1, setting A), which the model
-config picks as its default optimizer (configs/optimizer/adam_wgan_gp.yaml)."""
+config's optimizer=adam gets (configs/model/optimizer/wgan_gp_adam.yaml)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..registry import register
-from .base import GAN, GANConfig
+from .base import WassersteinGAN
 
 
 @register("wgan_gp")
-class WGANGP(GAN):
+class WGANGP(WassersteinGAN):
     objectives = ("wgan_gp",)
     critic_norm = "none"
-
-    @dataclass
-    class Config(GANConfig):
-        n_critic: int = 5

@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import UserError
-from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
+from ..base import DataSpec, Metrics, PhaseLoss
 from ..nn import distributions as D
 from ..nn.mlp import ACTIVATIONS, mlp
 from ..registry import register
 from .importance import importance_log_likelihood
+from .base import LatentVariableModel
 from .networks import MLPDecoder
-from .vae import IWAEEstimator
 
 
 def gumbel_softmax(logits: Tensor, temperature: float, hard: bool = False) -> Tensor:
@@ -80,13 +80,10 @@ class GumbelVAEConfig:
 
 
 @register("gumbel_vae")
-class GumbelVAE(GenerativeModel):
-    family = "vae"
+class GumbelVAE(LatentVariableModel):
     objectives = ("elbo",)
     representations = ("binary",)
-    likelihood = "iwae"
     Config = GumbelVAEConfig
-    Estimator = IWAEEstimator
 
     def __init__(self, config: GumbelVAEConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
@@ -175,8 +172,7 @@ class GumbelVAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
         """Means of p(x|c) for codes c drawn from the uniform prior."""
-        if label is not None or temperature != 1.0:
-            raise UserError("model=gumbel_vae samples its discrete prior as it is: drop label= and temperature=.")
+        self.check_plain_sampling(temperature, label, "its discrete prior")
         device = self.step.device
         idx = torch.randint(self.code[1], (n, self.code[0]), device=device)
         code = F.one_hot(idx, self.code[1]).float()

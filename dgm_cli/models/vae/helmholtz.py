@@ -33,11 +33,11 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
+from ..base import DataSpec, Metrics, PhaseLoss
 from ..nn import distributions as D
 from ..registry import register
+from .base import LatentVariableModel
 from .importance import importance_log_likelihood
-from .vae import IWAEEstimator
 
 #: the objective keys each objective reads
 OBJECTIVE_KEYS = {"wake_sleep": {"name"}, "rws": {"name", "k", "q_sleep"}}
@@ -49,14 +49,11 @@ class HelmholtzConfig:
 
 
 @register("helmholtz")
-class HelmholtzMachine(GenerativeModel):
-    family = "vae"
+class HelmholtzMachine(LatentVariableModel):
     objectives = ("rws", "wake_sleep")
     objective_keys = OBJECTIVE_KEYS
     representations = ("binary",)
-    likelihood = "iwae"
     Config = HelmholtzConfig
-    Estimator = IWAEEstimator
 
     def __init__(self, config: HelmholtzConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
@@ -170,7 +167,6 @@ class HelmholtzMachine(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
         """Means of p(x | h_1) for h drawn ancestrally from the generative model."""
-        if label is not None or temperature != 1.0:
-            raise UserError("model=helmholtz samples its generative model as it is: drop label= and temperature=.")
+        self.check_plain_sampling(temperature, label, "its generative model")
         _, _, logits = self.dream(n)
         return torch.sigmoid(logits).view(n, *self.data.shape)

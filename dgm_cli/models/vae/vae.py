@@ -18,9 +18,11 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
-from ..base import DataSpec, GenerativeModel, Metrics
+from ..base import DataSpec, Metrics
 from ..nn import distributions as D
 from ..registry import register
+from .base import LatentVariableModel
+from .importance import importance_log_likelihood
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 #: likelihood p(x|z) -> (parameters per data dimension, representations it fits)
@@ -30,8 +32,6 @@ LIKELIHOODS = {
     "discretized_logistic": (2, ("8bit",)),
 }
 DEFAULT_LIKELIHOOD = {"binary": "bernoulli", "8bit": "discretized_logistic", "dequantized": "gaussian", "continuous": "gaussian"}
-#: rows (samples x examples) pushed through the decoder at once when estimating log p(x)
-ROWS_PER_CHUNK = 1 << 16
 MIN_LOG_SCALE = -7.0
 #: the objective keys each objective reads; any other is refused, not silently ignored
 OBJECTIVE_KEYS = {"elbo": {"name", "kl_warmup_steps", "free_bits"},
@@ -52,27 +52,13 @@ class VAEConfig:
     hidden_2: list = field(default_factory=lambda: [100, 100])  # stochastic_layers=2: deterministic units between h1 and h2
 
 
-@dataclass
-class IWAEEstimator:
-    """`dgm eval estimator.k=...`: importance samples of the IWAE estimate of log p(x)."""
-
-    k: int = 5000  # Burda et al. 2015 evaluate with k = 5000
-
-    def __post_init__(self):
-        if self.k < 1:
-            raise UserError(f"estimator.k={self.k} is not allowed: it must be >= 1.")
-
-
 @register("vae")
-class VAE(GenerativeModel):
-    family = "vae"
+class VAE(LatentVariableModel):
     objectives = ("elbo", "beta_elbo", "iwae")
     objective_keys = OBJECTIVE_KEYS
     representations = ("binary", "8bit", "dequantized", "continuous")
-    likelihood = "iwae"
     sample_modes = ("sample", "reconstruct", "interpolate")
     Config = VAEConfig
-    Estimator = IWAEEstimator
 
     def __new__(cls, config: VAEConfig, *args, **kwargs):
         """``model.stochastic_layers=2`` builds the two-stochastic-layer model (hierarchical.py)."""
@@ -185,9 +171,7 @@ class VAE(GenerativeModel):
         """IWAE estimate of log p(x) with k importance samples, in chunks of samples so memory stays bounded.
         Its expectation is a lower bound on log p(x) that tightens as k grows (Burda et al. 2015, Thm. 1)."""
         mean, log_var = self.encoder(x)
-        chunk = max(1, min(k, ROWS_PER_CHUNK // max(1, x.shape[0])))
-        parts = [torch.logsumexp(self._log_weights(x, mean, log_var, min(chunk, k - i)), dim=0) for i in range(0, k, chunk)]
-        return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
+        return importance_log_likelihood(lambda m: self._log_weights(x, mean, log_var, m), k, x.shape[0])
 
     def estimator(self, k: int = 5000, **_) -> str:
         return f"IWAE, k={k} importance samples (Burda et al. 2015)"
