@@ -42,6 +42,28 @@ def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
     return images.grid(warn_non_finite(getattr(model, f"sample_{cfg.mode}")(x, y)))
 
 
+#: dgm sample's sampler keys -> the model setting each one replaces for this command only
+SAMPLER_KEYS = {"steps": "sample_steps", "sampler": "sampler", "eta": "eta"}
+
+
+def sampler_settings(cfg: DictConfig, model_cfg: dict) -> dict:
+    """The model settings that ``steps=``, ``sampler=`` and ``eta=`` give (those not null), refused for a model
+    that has no such setting (its saved config ``model_cfg`` lacks model.sample_steps, ...)."""
+    given = {key: cfg.get(key) for key in SAMPLER_KEYS if cfg.get(key) is not None}
+    takes = [key for key, field in SAMPLER_KEYS.items() if field in model_cfg]
+    refused = [key for key in given if key not in takes]
+    if refused:
+        raise UserError(f"{' and '.join(k + '=' for k in refused)} cannot be used with model={model_cfg.get('name')}: "
+                        f"it has no model.{SAMPLER_KEYS[refused[0]]} to set. "
+                        + (f"It takes {', '.join(k + '=' for k in takes)}." if takes else
+                           "Its sampler has no steps, choice of sampler or noise to set; leave these keys out."))
+    settings = {SAMPLER_KEYS[key]: value for key, value in given.items()}
+    if "eta" in settings and settings.get("sampler", model_cfg.get("sampler")) != "ddim":
+        raise UserError(f"eta={settings['eta']} is DDIM's noise, but this model samples with "
+                        f"sampler={model_cfg.get('sampler')}; add sampler=ddim.")
+    return settings
+
+
 def write_midi(model, cfg: DictConfig, out: Path) -> None:
     """``out=<file>.mid``: the samples of a model of piano rolls, one after another with a rest between
     them, as one MIDI file (a step is a quarter note at 120 per minute)."""
@@ -83,7 +105,11 @@ def main(cfg: DictConfig) -> None:
 
     device = runtime.pick_device(cfg.device)
     state = checkpoint.load(cfg.checkpoint)
+    settings = sampler_settings(cfg, state["config"]["model"])
+    state["config"]["model"].update(settings)  # checked as the model is built, like any model.* value
     model, _, dataset = model_from_checkpoint(state, device, cfg.data_root)
+    if settings:
+        log.info("sampling with %s", ", ".join(f"model.{k}={v}" for k, v in settings.items()))
     runtime.seed_everything(cfg.seed)
     out = Path(cfg.out).expanduser() if cfg.out else Path(HydraConfig.get().runtime.output_dir)
     out = out / f"{cfg.mode}.png" if out.is_dir() or not cfg.out else out

@@ -99,6 +99,7 @@ def check_domains(cfg: DictConfig) -> None:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIDI_SUFFIXES = (".mid", ".midi")  # dgm sample out=: samples of music as a MIDI file
+SAMPLERS = ("ddpm", "ddim")  # dgm sample sampler=: diffusion's samplers
 
 
 def validate_sample(cfg: DictConfig) -> None:
@@ -110,6 +111,9 @@ def validate_sample(cfg: DictConfig) -> None:
           "null, a folder, a file name ending in " + ", ".join(IMAGE_SUFFIXES) + ", or (samples of music) a MIDI "
           "file name ending in " + ", ".join(MIDI_SUFFIXES))
     positive(cfg, "temperature")
+    check(cfg, "steps", lambda v: v is None or v >= 1, "null or >= 1")
+    check(cfg, "sampler", lambda v: v is None or v in SAMPLERS, "null or one of " + ", ".join(SAMPLERS))
+    check(cfg, "eta", lambda v: v is None or v >= 0, "null or >= 0")
     check_device(cfg, "device")
     one_of(cfg, "split", SPLITS)
 
