@@ -349,6 +349,8 @@ def test_dbm_pretraining_composes_two_doubled_rbms_into_a_better_start():
 @pytest.mark.parametrize("model_args", [
     ["model=rbm", "objective=pcd", "objective.chains=16", "model.hidden_units=10"],
     ["model=ebm", "model.network=mlp", "model.hidden=32", "model.buffer_size=64", "model.sgld_steps=3"],
+    # resumed in the middle of the second pretraining phase; composed once the joint training starts
+    ["model=dbm", "model.hidden_units=[10,5]", "model.pretrain_steps=15", "objective.chains=16"],
 ])
 def test_resume_restores_chains_and_buffers_exactly(model_args, dgm, tmp_path, data_root):
     """Two stages (20 steps, then resumed to 40) end where 40 uninterrupted steps end: parameters,
@@ -370,7 +372,9 @@ def test_resume_restores_chains_and_buffers_exactly(model_args, dgm, tmp_path, d
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
     if "chains" in b["model"]:
-        assert bool(b["model"]["chains_started"]) and b["model"]["chains"].shape == (16, 784)
+        assert bool(b["model"]["chains_started"]) and b["model"]["chains"].shape[0] == 16
+    if "composed" in b["model"]:
+        assert bool(b["model"]["composed"]) and set(b["optimizers"]) == {"pretrain1", "pretrain2", "model"}
 
 
 # --- GRBM ----------------------------------------------------------------------------------------
