@@ -25,6 +25,8 @@ CASES = {
     "helmholtz_wake_sleep": (["model=helmholtz", "objective=wake_sleep"], ["estimator.k=7"], LOWER_BOUND),
     "row_lstm": (["model=row_lstm"], [], "exact"),
     "diagonal_bilstm": (["model=diagonal_bilstm"], [], "exact"),
+    "vq_vae": (["model=vq_vae", "model.prior_start=1"], [], LOWER_BOUND),  # steps 2 and 3 train the prior
+    "draw": (["model=draw"], ["estimator.k=2"], LOWER_BOUND),
 }
 
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from dgm_cli.commands import sample
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.nn import distributions as D
 from dgm_cli.models.vae.draw import DRAW, Attention, read_glimpse, write_patch
@@ -99,3 +102,10 @@ def test_canvas_mode_returns_the_canvas_after_each_of_the_t_steps():
     last = model.canvases(2)[:, -1]
     torch.manual_seed(0)
     assert torch.allclose(model.sample(2), last)
+
+
+def test_dgm_sample_mode_canvas_draws_one_row_per_drawing_and_one_column_per_step():
+    model = tiny(steps=5)
+    cfg = OmegaConf.create({"mode": "canvas", "num_samples": 3, "split": "test"})
+    image = sample.draw(model, cfg, SimpleNamespace(test=(digits(3), None)), "cpu")
+    assert image.shape == (3, 3 * (8 + 2) + 2, 5 * (8 + 2) + 2)  # 8-px cells, 2-px gaps
