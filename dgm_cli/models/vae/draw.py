@@ -45,6 +45,7 @@ from ...errors import UserError
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn import distributions as D
 from ..registry import register
+from .base import IWAEEstimator
 from .importance import importance_log_likelihood
 
 
@@ -59,14 +60,10 @@ class DRAWConfig:
 
 
 @dataclass
-class DRAWEstimator:
+class DRAWEstimator(IWAEEstimator):
     """`dgm eval estimator.k=...`: trajectories per example; 1 is the ELBO, k > 1 the importance-weighted bound."""
 
     k: int = 1  # each trajectory is T steps of both LSTMs: the paper's bound is one
-
-    def __post_init__(self):
-        if self.k < 1:
-            raise UserError(f"estimator.k={self.k} is not allowed: it must be >= 1.")
 
 
 def filterbank(gx: Tensor, gy: Tensor, log_var: Tensor, delta: Tensor, n: int, height: int,
