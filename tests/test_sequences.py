@@ -3,6 +3,7 @@ log-likelihood that tighten with k and with training, masks that make ragged bat
 polyphonic-music reader on small written files."""
 from __future__ import annotations
 
+import math
 import os
 import pickle
 
@@ -173,3 +174,16 @@ def test_eval_reports_nats_per_sequence_and_per_step_without_padding():
     assert parts["steps_per_sequence"] == pytest.approx(20 / 3)
     assert parts["nll_nats_per_step"] == pytest.approx(report["nll_nats"] * 3 / 20)
     assert parts["elbo_nats_per_step"] == pytest.approx(parts["elbo_nats_per_sequence"] * 3 / 20)
+    # bits/dim divide by the real values (20 steps x 2), not the padded 3 x 10 x 2; the sequences differ
+    # in length, so the ratio's standard error is not the NLL's over a constant
+    assert report["bits_per_dim"] == pytest.approx(report["nll_nats"] * 3 / (20 * 2 * math.log(2)))
+    nll = -model.log_likelihood(ragged, None, k=8).double()  # a fresh draw: only the error's scale is checked
+    assert 0 < report["bits_per_dim_stderr"] < 10 * float(nll.std()) / (40 / 3 * math.log(2))
+
+
+def test_bits_per_dim_of_equal_sizes_is_the_mean_over_d():
+    nll = torch.tensor([10.0, 12.0, 17.0], dtype=torch.float64)
+    ragged, fixed = likelihood.summary(nll, torch.tensor([8, 8, 8])), likelihood.summary(nll, 8)
+    assert fixed["bits_per_dim"] == pytest.approx(13.0 / (8 * math.log(2)))
+    assert fixed["bits_per_dim_stderr"] == pytest.approx(float(nll.std()) / math.sqrt(3) / (8 * math.log(2)))
+    assert ragged == pytest.approx(fixed)

@@ -79,6 +79,7 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     for key in LIKELIHOOD_COLUMNS:
         row[key] = lik.get(key)
     row["conditional_nll_nats"] = (lik.get("conditional") or {}).get("nll_nats")
+    row["nll_nats_per_step"] = (lik.get("bound_terms") or {}).get("nll_nats_per_step")  # sequences
     sq = e.get("sample_quality") or {}
     for key in SAMPLE_COLUMNS:
         row[key] = sq.get(key)
@@ -132,6 +133,7 @@ def display(rows: list[dict], swept: list[str]) -> tuple[list[str], list[list[st
         *[(tag, lambda r, tag=tag: _number(r.get(tag))) for tag in val_tags],
         ("NLL (nats)", lambda r: _plus_minus(r["nll_nats"], r["nll_nats_stderr"])),
         ("bits/dim", lambda r: _number(r["bits_per_dim"])),
+        ("nats/step", lambda r: _number(r["nll_nats_per_step"])),
         ("shared error", lambda r: _number(r["shared_error_nats"])),
         ("conditional NLL", lambda r: _number(r["conditional_nll_nats"])),
         ("estimator", lambda r: r["estimator"] or ""),

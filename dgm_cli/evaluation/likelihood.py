@@ -69,12 +69,21 @@ def marginal_log_likelihood(model, x: torch.Tensor, log_prior: torch.Tensor, **s
     return torch.logsumexp(torch.stack(per_class), dim=0)
 
 
-def summary(nll: torch.Tensor, dim: int) -> dict:
-    """Mean NLL in nats and bits/dim with standard errors over the examples."""
+def summary(nll: torch.Tensor, dims) -> dict:
+    """Mean NLL in nats and bits/dim with standard errors over the examples.
+
+    ``dims``: the values per example, an int or (N,) where examples differ in size (sequences). Bits/dim
+    is then the data set's total nats over its total dimensions, sum(nll) / (sum(dims) ln 2), whose
+    standard error is the ratio estimator's (the delta method): sqrt(sum(e_i^2) / (n (n-1))) / mean(d)
+    with e_i = nll_i - r d_i; for equal dims both reduce to mean(nll) / (D ln 2) and stderr / (D ln 2)."""
     n = len(nll)
     stderr = float(nll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    d = torch.as_tensor(dims, dtype=torch.float64).expand(n).to(nll.device)
+    rate = float(nll.sum() / d.sum())
+    rate_stderr = (float((((nll - rate * d) ** 2).sum() / (n * (n - 1))).sqrt() / d.mean()) if n > 1
+                   else float("nan"))
     return {"nll_nats": float(nll.mean()), "nll_nats_stderr": stderr,
-            "bits_per_dim": float(nll.mean()) / (dim * math.log(2)), "bits_per_dim_stderr": stderr / (dim * math.log(2))}
+            "bits_per_dim": rate / math.log(2), "bits_per_dim_stderr": rate_stderr / math.log(2)}
 
 
 def is_conditional(model) -> bool:
@@ -93,20 +102,25 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
     conditional = is_conditional(model)
     if conditional and (log_prior is None or y is None):
         raise ValueError("a class-conditional model's NLL needs the labels and the label prior p(y)")
-    marginal, own, sums = [], [], {}  # own: log p(x), or log p(x|y) of a conditional model
+    marginal, own, sums, dims = [], [], {}, []  # own: log p(x), or log p(x|y) of a conditional model
     part = distributed.shard(len(x))  # under torchrun, each process takes its part; gathered below
     for xb, yb in pipeline.eval_batches(x[part], None if y is None else y[part], batch_size, device):
         if conditional:
             marginal.append(marginal_log_likelihood(model, xb, log_prior, **settings))
         own.append(model.log_likelihood(xb, yb, **settings).double().cpu())
+        varying = model.example_dims(xb)
+        if varying is not None:
+            dims.append(varying.double().cpu())
         for k, v in model.extra_eval(xb, yb).items():
             sums[k] = sums[k] + v.double() if k in sums else v.double()
     if distributed.active():
         mine = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)  # noqa: E731
         own = [distributed.all_gather_cat(mine(own))]
+        dims = [distributed.all_gather_cat(mine(dims))] if dims else dims
         marginal = [distributed.all_gather_cat(mine(marginal))] if conditional else marginal
         sums = {k: distributed.all_reduce_sum(torch.as_tensor(v, device=device).double()) for k, v in sums.items()}
     rep, dim = model.data.representation, model.data.dim
+    per_example = torch.cat(dims) if dims else dim
     offset = nll_offset(rep, dim)
     nll = -torch.cat(marginal if conditional else own) + offset
     report = {
@@ -115,8 +129,8 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
         "estimator_settings": dict(settings),
         "data": REPRESENTATION_NOTES[rep],
         "num_examples": len(nll),
-        "dim": dim,
-        **summary(nll, dim),
+        "dim": dim if not dims else f"varies: {float(per_example.mean()):.1f} on average (padding excluded)",
+        **summary(nll, per_example),
     }
     shared = prepared.pop("shared_error_nats", None)
     if shared is not None:
@@ -128,7 +142,7 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
         report["label_prior"] = "training label frequencies"
         report["conditional"] = {"kind": estimators.CONDITIONAL,
                                  "what": "-log p(x|y) with the true labels; not comparable with -log p(x)",
-                                 **summary(-torch.cat(own) + offset, dim)}
+                                 **summary(-torch.cat(own) + offset, per_example)}
     if sums:
         report["bound_terms"] = {k: v if isinstance(v, (int, float)) else float(v)
                                  for k, v in model.finalize_eval(sums, len(nll)).items()}

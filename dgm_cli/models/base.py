@@ -173,6 +173,11 @@ class GenerativeModel(nn.Module):
         exact or estimated as ``likelihood`` says."""
         raise UserError(f"{type(self).__name__} has no likelihood; use sample-quality metrics.")
 
+    def example_dims(self, x: Tensor) -> Optional[Tensor]:
+        """How many scalar values each example of ``x`` holds, (B,), where that varies (sequences of
+        different lengths); ``None``: every example has ``data.dim``. Bits/dim divide by it."""
+        return None
+
     def prepare_eval(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> dict:
         """A pass run once before the per-example one (AIS's log Z); returns fields for the report,
         ``shared_error_nats`` for an error every example shares."""

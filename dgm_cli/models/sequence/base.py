@@ -220,6 +220,10 @@ class SequenceModel(GenerativeModel):
     def estimator(self, k: int = 100, **_) -> str:
         return f"IWAE over latent trajectories, k={k} (Burda et al. 2015); a lower bound on log p(x_1:T)"
 
+    def example_dims(self, x: Tensor) -> Tensor:
+        """Real time steps times the values per step: padding holds no dimension."""
+        return mask_of(self.as_sequences(x)).sum(1) * self.x_dim
+
     @torch.no_grad()
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
         """Real time steps, the single-trajectory ELBO and the bound ``log_likelihood`` just gave this
