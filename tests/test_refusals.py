@@ -1,6 +1,8 @@
 """Settings that would fail later (a division by zero, a NaN) are refused up front."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -21,6 +23,24 @@ def test_checkpoint_interval_zero_is_refused():
     with pytest.raises(UserError, match=r"trainer.ckpt_every=0.*> 0"):
         validate_train(compose_train("trainer.ckpt_every=0"))
     validate_train(compose_train("trainer.ckpt_every=1"))
+
+
+def test_every_trainer_key_declares_its_rule_and_a_bad_value_is_refused():
+    """A trainer key is declared once (settings/schema.TrainerConfig: type, default, rule, meaning):
+    every key but the switches has a rule, the default meets it, and a value that breaks it is
+    refused naming the key and what it must be."""
+    import dataclasses
+
+    from dgm_cli.settings.schema import TrainerConfig
+
+    for f in dataclasses.fields(TrainerConfig):
+        if f.type in (bool, "bool"):
+            continue
+        ok, allowed = f.metadata["rule"]
+        assert ok(f.default), f.name
+        bad = next(v for v in ((-2, 0, 1) if f.type in ("int", "float") else ("nope",)) if not ok(v))
+        with pytest.raises(UserError, match=rf"trainer\.{f.name}=.* must be {re.escape(allowed)}"):
+            validate_train(compose_train(f"trainer.{f.name}={bad}"))
 
 
 @pytest.mark.parametrize("alpha", [0.0, -0.1, 0.5])

@@ -11,25 +11,31 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .validate import DEVICE, NON_NEGATIVE, POSITIVE, checked, choice
+
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 10  # passes over the training split
-    max_steps: int = -1  # > 0 stops after this many steps, whatever max_epochs says
-    batch_size: int = 128  # the global batch: split over processes (torchrun) and accumulation micro-batches
-    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
-    eval_batch_size: int = 1000  # examples per batch in validation
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "32"  # 32 | bf16 | 16 (16 uses a gradient scaler; CUDA only)
-    grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    """A trainer key is one line here: its type, its default with the rule its value must meet
+    (``checked``: validate.py refuses other values before anything runs), and its meaning (the
+    comment, which `dgm train --help` prints)."""
+
+    max_epochs: int = checked(10, NON_NEGATIVE)  # passes over the training split
+    max_steps: int = checked(-1, (lambda v: v == -1 or v > 0, "-1 (train for max_epochs) or > 0"))  # > 0 stops after this many steps, whatever max_epochs says
+    batch_size: int = checked(128, POSITIVE)  # the global batch: split over processes (torchrun) and accumulation micro-batches
+    accumulate: int = checked(1, POSITIVE)  # micro-batches per optimizer step (gradient accumulation)
+    eval_batch_size: int = checked(1000, POSITIVE)  # examples per batch in validation
+    device: str = checked("auto", DEVICE)  # auto | cpu | cuda | cuda:N | mps
+    precision: str = checked("32", choice(("32", "bf16", "16")))  # 32 | bf16 | 16 (16 uses a gradient scaler; CUDA only)
+    grad_clip: float = checked(0.0, NON_NEGATIVE)  # max global gradient norm; 0 turns clipping off
     compile: bool = False  # torch.compile the model's loss computation (what every training step runs)
-    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights for sampling and eval
-    nan: str = "stop"  # a non-finite loss: stop (keep the last good checkpoint) | skip (drop the batch's update)
-    log_every: int = 50  # steps between TensorBoard scalar writes
-    sample_every: int = 1000  # steps between sample grids; 0 turns them off
-    ckpt_every: int = 1000  # steps between last.pt writes (also written each epoch and at the end)
-    val_every: int = 0  # steps between validations; 0 means once per epoch
-    num_samples: int = 64  # images in each logged sample grid
+    ema_decay: float = checked(0.0, (lambda v: 0 <= v < 1, "in [0, 1) (0 turns the weight average off)"))  # > 0: keep an exponential moving average of the weights for sampling and eval
+    nan: str = checked("stop", choice(("stop", "skip")))  # a non-finite loss: stop (keep the last good checkpoint) | skip (drop the batch's update)
+    log_every: int = checked(50, POSITIVE)  # steps between TensorBoard scalar writes
+    sample_every: int = checked(1000, NON_NEGATIVE)  # steps between sample grids; 0 turns them off
+    ckpt_every: int = checked(1000, POSITIVE)  # steps between last.pt writes (also written each epoch and at the end)
+    val_every: int = checked(0, NON_NEGATIVE)  # steps between validations; 0 means once per epoch
+    num_samples: int = checked(64, POSITIVE)  # images in each logged sample grid
     progress: bool = True  # tqdm bar (quiet anyway when stderr is not a terminal)
 
 

@@ -1,6 +1,7 @@
 """Value checks that types alone cannot express, run before anything is written."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig
@@ -8,7 +9,6 @@ from omegaconf import DictConfig
 from ..errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("32", "bf16", "16")
 SCHEDULERS = ("cosine", "step", "exponential", "constant", "burda2015")
 REPRESENTATIONS = ("binary", "8bit", "dequantized", "continuous")
 BINARIZE = ("dynamic", "static")
@@ -22,6 +22,32 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return node
 
 
+#: a rule on a key's value: (ok(value), what the value must be), for the message that refuses it
+Rule = tuple[Callable[[Any], bool], str]
+POSITIVE: Rule = (lambda v: v > 0, "> 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
+DEVICE: Rule = (lambda v: v in DEVICES or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()),
+                "one of auto, cpu, cuda, cuda:N, mps")
+
+
+def choice(choices: Iterable[str]) -> Rule:
+    choices = tuple(choices)
+    return (lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def checked(default: Any, rule: Rule) -> Any:
+    """A schema field declared with its rule, so a key's type, default, check and meaning (its
+    comment) sit on one line; ``check_declared`` applies the rules."""
+    return dataclasses.field(default=default, metadata={"rule": rule})
+
+
+def check_declared(cfg: DictConfig, section: str, schema: type) -> None:
+    """Apply the rule of every field of dataclass ``schema`` that declares one to ``cfg.<section>``."""
+    for f in dataclasses.fields(schema):
+        if "rule" in f.metadata:
+            check(cfg, f"{section}.{f.name}", *f.metadata["rule"])
+
+
 def check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
     value = _get(cfg, key)
     if not ok(value):
@@ -29,39 +55,25 @@ def check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) ->
 
 
 def one_of(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
-    choices = tuple(choices)
-    check(cfg, key, lambda v: v in choices, "one of " + ", ".join(choices))
+    check(cfg, key, *choice(choices))
 
 
 def check_device(cfg: DictConfig, key: str) -> None:
-    check(
-        cfg,
-        key,
-        lambda v: v in DEVICES or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()),
-        "one of auto, cpu, cuda, cuda:N, mps",
-    )
+    check(cfg, key, *DEVICE)
 
 
 def positive(cfg: DictConfig, key: str) -> None:
-    check(cfg, key, lambda v: v > 0, "> 0")
+    check(cfg, key, *POSITIVE)
 
 
 def non_negative(cfg: DictConfig, key: str) -> None:
-    check(cfg, key, lambda v: v >= 0, ">= 0")
+    check(cfg, key, *NON_NEGATIVE)
 
 
 def validate_train(cfg: DictConfig) -> None:
-    t = "trainer."
-    for key in ("batch_size", "accumulate", "eval_batch_size", "log_every", "num_samples"):
-        positive(cfg, t + key)
-    for key in ("max_epochs", "sample_every", "val_every", "grad_clip"):
-        non_negative(cfg, t + key)
-    positive(cfg, t + "ckpt_every")  # steps between checkpoints: 0 would divide by zero
-    check(cfg, t + "max_steps", lambda v: v == -1 or v > 0, "-1 (train for max_epochs) or > 0")
-    check_device(cfg, t + "device")
-    one_of(cfg, t + "precision", PRECISIONS)
-    one_of(cfg, t + "nan", ("stop", "skip"))
-    check(cfg, t + "ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0 turns the weight average off)")
+    from .schema import TrainerConfig
+
+    check_declared(cfg, "trainer", TrainerConfig)
     from ..engine.optim import check_optimizer  # (torch: imported only when a run is checked)
 
     check_optimizer(cfg.optimizer)
