@@ -43,6 +43,15 @@ def test_every_trainer_key_declares_its_rule_and_a_bad_value_is_refused():
             validate_train(compose_train(f"trainer.{f.name}={bad}"))
 
 
+
+def test_an_optimizer_name_that_is_another_optimizer_is_refused():
+    """optimizer.name labels the config; _target_ picks the class, so optimizer.name=rmsprop over
+    Adam would train with Adam under RMSProp's name (an experiment preset once did)."""
+    with pytest.raises(UserError, match=r"optimizer.name=rmsprop.*torch.optim.Adam.*optimizer=rmsprop"):
+        validate_train(compose_train("optimizer.name=rmsprop"))
+    validate_train(compose_train("optimizer=rmsprop"))
+    validate_train(compose_train("optimizer.name=my_adam"))  # a label of one's own is fine
+
 @pytest.mark.parametrize("alpha", [0.0, -0.1, 0.5])
 def test_logit_alpha_outside_the_open_interval_is_refused(alpha):
     with pytest.raises(UserError, match=rf"model.alpha={alpha}.*0 < alpha < 0.5"):

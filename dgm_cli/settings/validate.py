@@ -77,6 +77,7 @@ def validate_train(cfg: DictConfig) -> None:
     from ..engine.optim import check_optimizer  # (torch: imported only when a run is checked)
 
     check_optimizer(cfg.optimizer)
+    check_optimizer_name(cfg.optimizer)
     positive(cfg, "optimizer.lr")
     if "weight_decay" in cfg.optimizer:
         non_negative(cfg, "optimizer.weight_decay")
@@ -108,6 +109,22 @@ def check_domains(cfg: DictConfig) -> None:
                         "data.domain_b=<dataset name, image folder or .npz file>, e.g. dataset=mnist "
                         "data.domain_b=fashion_mnist (the default).")
 
+
+
+def check_optimizer_name(optimizer: DictConfig) -> None:
+    """``optimizer.name`` only labels the config; ``_target_`` picks the class. A name that is one of
+    configs/optimizer's files with another class (optimizer.name=rmsprop over Adam) would run one
+    optimizer while the run's folder, TensorBoard and report name another: refuse it."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    shipped = resources.files("dgm_cli.configs") / "optimizer" / f"{optimizer.get('name')}.yaml"
+    target = OmegaConf.create(shipped.read_text()).get("_target_") if shipped.is_file() else None
+    if target is not None and target != optimizer.get("_target_"):
+        raise UserError(f"optimizer.name={optimizer.name} names configs/optimizer/{optimizer.name}.yaml ({target}), "
+                        f"but the optimizer is {optimizer.get('_target_')}: the name only labels the config. Pick "
+                        f"the optimizer with optimizer={optimizer.name} (the group), not optimizer.name=.")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIDI_SUFFIXES = (".mid", ".midi")  # dgm sample out=: samples of music as a MIDI file
