@@ -34,7 +34,8 @@ QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"],
 QUICK_AIS = {"ais_runs": 4, "ais_temperatures": [10, 10, 10], "reverse_burn_in": 5}
 #: models that sample one pixel per (slow, sequential) LSTM pass: one sample is enough to check it
 QUICK_SAMPLES = {"row_lstm": 1, "diagonal_bilstm": 1}
-QUICK_ESTIMATOR = {"rbm": QUICK_AIS, "grbm": QUICK_AIS, "dbn": {**QUICK_AIS, "bound_samples": 2}, "dbm": QUICK_AIS}
+QUICK_ESTIMATOR = {"rbm": QUICK_AIS, "grbm": QUICK_AIS, "dbn": {**QUICK_AIS, "bound_samples": 2}, "dbm": QUICK_AIS,
+                   "ebm": {"ais_runs": 4, "ais_temperatures": [10, 10, 10], "ais": True, "ais_pilot_runs": 2}}  # the EBM's likelihood: on request
 
 pytestmark = pytest.mark.real_data
 

@@ -5,7 +5,7 @@
     p(h_j = 1 | v) = σ(c_j + v·W_j),   p(v_i = 1 | h) = σ(b_i + W_i·h)
 
 Training: CD-k or PCD (base.py) on the surrogate mean F(v_data) - mean F(v_model), with SGD, momentum
-and weight decay on W from the optimizer config (optimizer=sgd_rbm; Hinton 2010, Sec. 9-10), an
+and weight decay on W from the optimizer config (model=rbm's settings of optimizer=sgd, configs/model/optimizer/rbm_sgd.yaml; Hinton 2010, Sec. 9-10), an
 optional sparsity penalty (Hinton 2010, Sec. 11: cross-entropy between a target and the mean hidden
 activation), and optional centering (Melchior, Fischer & Wiskott 2016): the energy is written with
 offsets μ (visible) and λ (hidden),
