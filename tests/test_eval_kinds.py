@@ -68,9 +68,6 @@ class AISLike:
     def extra_eval(self, x, y=None):
         return {}
 
-    def example_dims(self, x):
-        return None
-
 
 def test_a_shared_error_is_not_divided_by_the_square_root_of_n():
     m = AISLike()

@@ -108,7 +108,7 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
         if conditional:
             marginal.append(marginal_log_likelihood(model, xb, log_prior, **settings))
         own.append(model.log_likelihood(xb, yb, **settings).double().cpu())
-        varying = model.example_dims(xb)
+        varying = model.example_dims(xb) if hasattr(model, "example_dims") else None  # optional in the interface
         if varying is not None:
             dims.append(varying.double().cpu())
         for k, v in model.extra_eval(xb, yb).items():
