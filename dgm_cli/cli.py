@@ -55,8 +55,14 @@ def _optimizer_keys(args: tuple[str, ...]) -> str:
 
     import yaml
 
-    name = next((a.split("=", 1)[1] for a in args if a.startswith("optimizer=")), "adam")
-    path = Path(__file__).parent / "configs" / "optimizer" / f"{name}.yaml"
+    configs = Path(__file__).parent / "configs"
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("optimizer=")), None)
+    if name is None:  # the model's own default (WGAN: rmsprop), else train.yaml's
+        model = next((a.split("=", 1)[1] for a in args if a.startswith("model=")), "vae")
+        model_yaml = configs / "model" / f"{model}.yaml"
+        defaults = (yaml.safe_load(model_yaml.read_text()) or {}).get("defaults", []) if model_yaml.is_file() else []
+        name = next((v for d in defaults if isinstance(d, dict) for k, v in d.items() if "optimizer" in k), "adam")
+    path = configs / "optimizer" / f"{name}.yaml"
     if not path.is_file():
         return ""
     keys = yaml.safe_load(path.read_text())

@@ -74,6 +74,15 @@ def test_bad_train_config_is_refused(dgm, override, needles):
     assert "To append" not in err  # Hydra's advice to add the key with + would only get it ignored
 
 
+@pytest.mark.parametrize("args, optimizer, key", [((), "adam", "betas"), (("model=wgan",), "rmsprop", "alpha"),
+                                                  (("model=wgan", "optimizer=sgd"), "sgd", "nesterov")])
+def test_mistyped_optimizer_key_lists_the_keys_of_the_optimizer_in_use(dgm, args, optimizer, key):
+    """WGAN defaults to RMSProp: the keys offered are RMSProp's, not train.yaml's Adam's."""
+    err = refused(dgm("train", "dataset=moons", *args, "trainer.max_steps=1", "optimizer.lrr=1", check=False),
+                  "optimizer.lrr", f"optimizer={optimizer} are:", key)
+    assert ("betas" in err) == (optimizer == "adam")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_refused(dgm):
     refused(dgm("train", *TOY, "trainer.max_steps=1", "trainer.device=cuda", check=False), "CUDA")
