@@ -190,6 +190,23 @@ def test_dgm_sample_draws_music_as_piano_rolls_and_other_sequences_as_paths():
     assert picture.shape == (3, 200 + 8, 2 * 200 + 12)  # the data's paths | the samples'
 
 
+def test_length_sets_how_long_a_sequence_models_samples_run_and_is_refused_for_images():
+    from dgm_cli.commands import sample
+
+    config = DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8)
+    music_model = DMM(config, DataSpec((6, 88), "continuous", 0, "bach_chorales"), {"name": "elbo"})
+    cfg = OmegaConf.create({"mode": "sample", "num_samples": 4, "temperature": 1.0, "label": None, "nrow": None,
+                            "length": 20})
+    sample.set_length(music_model, cfg)
+    assert music_model.sample(3).shape == (3, 20, 88)
+    assert sample.draw(music_model, cfg, None, "cpu").shape == (3, 2 * 90 + 2, 2 * 22 + 2)  # 20 steps, not 6
+    image_model = DMM(config, DataSpec((1, 4, 4), "binary", 0, "mnist"), {"name": "elbo"})  # rows as steps
+    with pytest.raises(UserError, match="length=20 .* fixed shape"):
+        sample.set_length(image_model, cfg)
+    with pytest.raises(UserError, match="mode=reconstruct"):
+        sample.set_length(music_model, OmegaConf.merge(cfg, {"mode": "reconstruct"}))
+
+
 def test_a_roll_written_as_midi_reads_back_as_the_same_roll(tmp_path):
     roll = torch.bernoulli(torch.full((24, 88), 0.08), generator=torch.Generator().manual_seed(0))
     roll[-1, 40] = 1  # sounding at the end, so the file's length is the roll's
@@ -246,6 +263,8 @@ def test_music_trains_samples_as_midi_and_evaluates_end_to_end(dgm, tmp_path):
     run = run_folders(tmp_path)[0]
     dgm("sample", f"checkpoint={run}", "num_samples=2", f"out={tmp_path / 'music.mid'}")
     assert music.read_midi(tmp_path / "music.mid").shape[1] == 88
+    dgm("sample", f"checkpoint={run}", "num_samples=2", "length=30", f"out={tmp_path / 'long.mid'}")
+    assert music.read_midi(tmp_path / "long.mid").shape[0] > 2 * 9 + 2  # past anything the training length gives
     dgm("sample", f"checkpoint={run}", "num_samples=4", f"out={tmp_path / 'rolls.png'}")
     assert (tmp_path / "rolls.png").stat().st_size > 0
     dgm("eval", f"checkpoint={run}", "estimator.k=4")

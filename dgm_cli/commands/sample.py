@@ -64,6 +64,16 @@ def sampler_settings(cfg: DictConfig, model_cfg: dict) -> dict:
     return settings
 
 
+def set_length(model, cfg: DictConfig) -> None:
+    """``length=``: how many time steps a sequence model's samples run for (its default: the training
+    data's length). Images, even those a sequence model reads row by row, keep their size."""
+    if model.family != "sequence" or model.data.is_image or cfg.mode != "sample":
+        raise UserError(f"length={cfg.length} sets how many time steps the samples of a model of sequences have "
+                        f"(mode=sample); this is mode={cfg.mode} of model={model.name} on dataset="
+                        f"{model.data.dataset}, whose samples have the data's fixed shape. Leave length out.")
+    model.length = cfg.length
+
+
 def write_midi(model, cfg: DictConfig, out: Path) -> None:
     """``out=<file>.mid``: the samples of a model of piano rolls, one after another with a rest between
     them, as one MIDI file (a step is a quarter note at 120 per minute)."""
@@ -110,6 +120,8 @@ def main(cfg: DictConfig) -> None:
     model, _, dataset = model_from_checkpoint(state, device, cfg.data_root)
     if settings:
         log.info("sampling with %s", ", ".join(f"model.{k}={v}" for k, v in settings.items()))
+    if cfg.length is not None:
+        set_length(model, cfg)
     runtime.seed_everything(cfg.seed)
     out = Path(cfg.out).expanduser() if cfg.out else Path(HydraConfig.get().runtime.output_dir)
     out = out / f"{cfg.mode}.png" if out.is_dir() or not cfg.out else out

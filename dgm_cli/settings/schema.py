@@ -98,6 +98,7 @@ class SampleConfig:
     steps: Optional[int] = None  # sampler steps (model.sample_steps): DDPM/DDIM denoising steps (fewer: a respaced chain), EBM Langevin steps, RBM/DBN/DBM Gibbs sweeps; null: the model's
     sampler: Optional[str] = None  # diffusion: ddpm (ancestral) | ddim (model.sampler); null: the model's
     eta: Optional[float] = None  # DDIM's noise (model.eta): 0 deterministic, 1 ancestral-like; needs sampler=ddim; null: the model's
+    length: Optional[int] = None  # sequence models (piano rolls, paths): time steps per sample; null: the training data's length
     label: Optional[int] = None  # class to sample from, for class-conditional models
     nrow: Optional[int] = None  # images per grid row; null: a square grid
     split: str = "test"  # data that reconstruct/complete/interpolate start from

@@ -143,6 +143,7 @@ def validate_sample(cfg: DictConfig) -> None:
     check(cfg, "steps", lambda v: v is None or v >= 1, "null or >= 1")
     check(cfg, "sampler", lambda v: v is None or v in SAMPLERS, "null or one of " + ", ".join(SAMPLERS))
     check(cfg, "eta", lambda v: v is None or v >= 0, "null or >= 0")
+    check(cfg, "length", lambda v: v is None or v >= 1, "null or >= 1")
     check_device(cfg, "device")
     one_of(cfg, "split", SPLITS)
 
