@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_autoregressive import make
 
-from dgm_cli.models.autoregressive import base as autoregressive_base
+from dgm_cli import progress
 from dgm_cli.models.autoregressive.base import PixelStepper
 
 CONVOLUTIONAL = ["pixelcnn", "gated_pixelcnn"]
@@ -81,11 +81,37 @@ def test_cached_sampling_never_runs_the_whole_network(name, monkeypatch):
     assert len(calls) == model.data.dim
 
 
-def test_slow_sampling_reports_progress_in_the_log(monkeypatch, caplog):
+def sampler_under_test(name: str):
+    """(model, draw two samples) for a sampler of each kind: pixels, denoising steps, Langevin steps."""
+    if name == "pixelcnn":
+        model = make("pixelcnn", (1, 3, 3))
+        return lambda: model.sample(2), model
+    if name == "ddpm":
+        from test_diffusion import tiny
+
+        model = tiny()
+        return lambda: model.sample(2), model
+    from test_energy import build
+
+    model = build("ebm", shape=(1, 8, 8), buffer_size=32, sgld_steps=2, sample_steps=3, width=4)
+    return lambda: model.sample(2), model
+
+
+@pytest.mark.parametrize("name, unit", [("pixelcnn", "px"), ("ddpm", "step"), ("ebm", "step")])
+def test_slow_sampling_reports_progress_in_the_log(monkeypatch, caplog, name, unit):
     """Off a terminal, sampling that takes longer than PROGRESS_AFTER logs where it is and when it ends."""
-    monkeypatch.setattr(autoregressive_base, "PROGRESS_AFTER", 0.0)
-    model = make("pixelcnn", (1, 3, 3))
+    monkeypatch.setattr(progress, "PROGRESS_AFTER", 0.0)
+    draw, _ = sampler_under_test(name)
     with caplog.at_level(logging.INFO, logger="dgm.sample"):
-        model.sample(2)
+        draw()
     lines = [r.getMessage() for r in caplog.records]
-    assert any("dimensions after" in m and "left" in m for m in lines) and any("done in" in m for m in lines)
+    assert any(f" {unit} after" in m and "left" in m for m in lines) and any("done in" in m for m in lines), lines
+
+
+def test_a_training_steps_langevin_chain_logs_no_progress(monkeypatch, caplog):
+    """The EBM's negatives in a training step run the same sampler, silently: the step is timed, not shown."""
+    monkeypatch.setattr(progress, "PROGRESS_AFTER", 0.0)
+    _, model = sampler_under_test("ebm")
+    with caplog.at_level(logging.INFO, logger="dgm.sample"):
+        model(torch.rand(4, 1, 8, 8), None, "model")
+    assert not caplog.records

@@ -18,53 +18,19 @@ that sequence position s = (h * W + w) * C + c. MADE may use other orders
 """
 from __future__ import annotations
 
-import logging
 import math
-import sys
-import time
 from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ...errors import UserError
 from ..base import GenerativeModel, Metrics, PhaseLoss
+from ...progress import SamplingProgress
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
 
 LEVELS = 256  # values of an 8-bit pixel
-PROGRESS_AFTER = 3.0  # seconds: sampling that takes longer shows its progress
-log = logging.getLogger("dgm.sample")
-
-
-class SamplingProgress:
-    """Progress of sequential sampling: on a terminal a tqdm bar, shown once sampling has taken
-    PROGRESS_AFTER seconds; otherwise a log line at that point (with the time left) and one at the end."""
-
-    def __init__(self, total: int, what: str):
-        self.total, self.what, self.done, self.logged = total, what, 0, False
-        self.start = time.perf_counter()
-        self.bar = tqdm(total=total, desc=what, unit="px", delay=PROGRESS_AFTER, leave=False, dynamic_ncols=True,
-                        disable=not sys.stderr.isatty())
-
-    def __enter__(self) -> "SamplingProgress":
-        return self
-
-    def update(self) -> None:
-        self.done += 1
-        self.bar.update()
-        if self.bar.disable and not self.logged:
-            elapsed = time.perf_counter() - self.start
-            if elapsed > PROGRESS_AFTER:
-                self.logged = True
-                log.info("%s: %d/%d dimensions after %.0f s, about %.0f s left", self.what, self.done, self.total,
-                         elapsed, elapsed * (self.total - self.done) / self.done)
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
-        if self.logged and exc[0] is None:
-            log.info("%s: done in %.1f s", self.what, time.perf_counter() - self.start)
 
 
 class PixelStepper:

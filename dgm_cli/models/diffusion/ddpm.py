@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
+from ...progress import SamplingProgress
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..registry import register
 from .gaussian_diffusion import SCHEDULES, VARIANCES, GaussianDiffusion, betas_for
@@ -268,16 +269,18 @@ class DDPM(GenerativeModel):
         device = next(self.parameters()).device
         x = temperature * torch.randn(n, *self.data.shape, device=device)
         yield x
-        for i in reversed(range(chain.num_steps)):
-            t = torch.full((n,), i, dtype=torch.long, device=device)
-            eps, v = self.predict(x, chain.timesteps[t])
-            mean, log_var, x0 = chain.p_mean_variance(eps, x, t, self.variance, v, self.config.clip_denoised)
-            noise = temperature * torch.randn_like(x) * (i > 0)
-            if self.config.sampler == "ddim":
-                x = chain.ddim_step(x, t, x0, self.config.eta, noise)
-            else:
-                x = mean + torch.exp(0.5 * log_var) * noise
-            yield x
+        with SamplingProgress(chain.num_steps, f"sampling {n} x DDPM ({self.config.sampler})", "step") as progress:
+            for i in reversed(range(chain.num_steps)):
+                t = torch.full((n,), i, dtype=torch.long, device=device)
+                eps, v = self.predict(x, chain.timesteps[t])
+                mean, log_var, x0 = chain.p_mean_variance(eps, x, t, self.variance, v, self.config.clip_denoised)
+                noise = temperature * torch.randn_like(x) * (i > 0)
+                if self.config.sampler == "ddim":
+                    x = chain.ddim_step(x, t, x0, self.config.eta, noise)
+                else:
+                    x = mean + torch.exp(0.5 * log_var) * noise
+                progress.update()
+                yield x
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ...errors import UserError
+from ...progress import SamplingProgress
 from ..base import GenerativeModel, Metrics, PhaseLoss
 from ..registry import register
 from . import ais
@@ -142,16 +143,19 @@ class EBM(GenerativeModel):
         return torch.rand(n, *self.data.shape, device=device) * 2 - 1
 
     # --- the sampler --------------------------------------------------------------------------------
-    def langevin(self, x: Tensor, steps: int) -> Tensor:
-        """``steps`` SGLD steps x <- x - α ∇E(x) + σ ε (gradients w.r.t. x only; the weights get none)."""
+    def langevin(self, x: Tensor, steps: int, show_progress: bool = False) -> Tensor:
+        """``steps`` SGLD steps x <- x - α ∇E(x) + σ ε (gradients w.r.t. x only; the weights get none);
+        ``show_progress``: a bar or log lines when it takes a while (sampling, not a training step)."""
         c = self.config
-        with torch.enable_grad():
+        what = f"sampling {len(x)} x EBM (Langevin)"
+        with torch.enable_grad(), SamplingProgress(steps, what, "step", show_progress) as progress:
             for _ in range(steps):
                 x = x.detach().requires_grad_(True)
                 grad = torch.autograd.grad(self.energy(x).sum(), x)[0]
                 if c.sampler_grad_clip > 0:
                     grad = grad.clamp(-c.sampler_grad_clip, c.sampler_grad_clip)
                 x = x - c.sgld_step_size * grad + c.sgld_noise * torch.randn_like(x)
+                progress.update()
         return x.detach()
 
     @torch.no_grad()
@@ -208,7 +212,7 @@ class EBM(GenerativeModel):
             raise UserError(f"temperature={temperature}: an EBM samples by Langevin dynamics; leave temperature at 1.")
         self.sample_labels(1, label, False)
         device = self.replay.device
-        return self.to_data_space(self.langevin(self.noise(n, device), self.config.sample_steps))
+        return self.to_data_space(self.langevin(self.noise(n, device), self.config.sample_steps, show_progress=True))
 
     @torch.no_grad()
     def sample_for_logging(self, n: int) -> Tensor:
