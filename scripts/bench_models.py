@@ -310,6 +310,8 @@ def run_job(job: dict, timeout: float) -> dict:
         return {"error": f"over the {timeout:.0f} s limit (--timeout)"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
+            print(f"  {job['kind']} {job.get('name', '')} {job['threads']} thread(s): {line[len('RESULT '):]}",
+                  file=sys.stderr, flush=True)  # each row as it ends: a stopped run keeps what it measured
             return json.loads(line[len("RESULT "):])
     return {"error": (proc.stderr.strip().splitlines() or ["no result"])[-1][:160]}
 
