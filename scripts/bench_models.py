@@ -263,26 +263,36 @@ def dgm_train(name: str, steps: int, threads: int, *overrides: str) -> float:
         return statistics.fmean(e.value for e in events[1:])
 
 
+def steps_for(job: dict) -> int:
+    """Steps per run: at least --engine-steps, and as many as a bare loop takes --engine-seconds for
+    (a 10,000 images/s VAE needs thousands of steps before a few percent shows above the timer's noise)."""
+    cfg, dataset, model = build(job["name"])
+    rate = bare_loop(cfg, dataset, model, steps=3, warmup=1) / cfg.trainer.batch_size
+    return max(job["steps"], min(20000, int(job["seconds"] * rate)))
+
+
 def overhead_row(job: dict) -> dict:
     """`dgm train` against the bare loop of the same model, alternating."""
     bare, ours = [], []
+    steps = steps_for(job)
     for _ in range(job["repeats"]):
         cfg, dataset, model = build(job["name"])
-        bare.append(bare_loop(cfg, dataset, model, job["steps"]))
-        ours.append(dgm_train(job["name"], job["steps"], job["threads"]))
+        bare.append(bare_loop(cfg, dataset, model, steps))
+        ours.append(dgm_train(job["name"], steps, job["threads"]))
     ratios = [o / b for o, b in zip(ours, bare)]
     return {"bare": max(bare), "dgm": max(ours), "ratio": statistics.median(ratios),
-            "ratio_range": (min(ratios), max(ratios))}
+            "ratio_range": (min(ratios), max(ratios)), "steps": steps}
 
 
 def compile_row(job: dict) -> dict:
     eager, compiled = [], []
+    steps = steps_for(job)
     for _ in range(job["repeats"]):
-        eager.append(dgm_train(job["name"], job["steps"], job["threads"]))
-        compiled.append(dgm_train(job["name"], job["steps"], job["threads"], "trainer.compile=true"))
+        eager.append(dgm_train(job["name"], steps, job["threads"]))
+        compiled.append(dgm_train(job["name"], steps, job["threads"], "trainer.compile=true"))
     ratios = [c / e for c, e in zip(compiled, eager)]
     return {"eager": max(eager), "compiled": max(compiled), "ratio": statistics.median(ratios),
-            "ratio_range": (min(ratios), max(ratios))}
+            "ratio_range": (min(ratios), max(ratios)), "steps": steps}
 
 
 WORKERS = {"model": model_row, "nade": nade_row, "sampler": sampler_row, "overhead": overhead_row,
@@ -425,16 +435,18 @@ def section_engine(args, threads: int, kind: str) -> list[str]:
     else:
         names, cols = COMPILE_MODELS, ("eager", "compiled")
         title = "**trainer.compile=true against eager `dgm train`** (ratio = compiled / eager)"
-    lines = [f"{title} ({threads} thread(s); {args.engine_steps} steps, images/s after the first log window; "
-             f"{args.repeats} alternating runs)", "",
-             f"| model | {cols[0]} img/s | {cols[1]} img/s | ratio (median, range) |", "|---|---|---|---|"]
+    lines = [f"{title} ({threads} thread(s); per run the steps a bare loop takes {args.engine_seconds:g} s for, at "
+             f"least {args.engine_steps}; `dgm train`'s images/s after its first log window; {args.repeats} "
+             "alternating runs)", "",
+             f"| model | steps | {cols[0]} img/s | {cols[1]} img/s | ratio (median, range) |", "|---|---|---|---|---|"]
+    names = args.models.split(",") if args.models else names
     for name in names:
         r = run_job({"kind": kind, "name": name, "threads": threads, "steps": args.engine_steps,
-                     "repeats": args.repeats}, args.timeout * args.repeats * 2)
+                     "seconds": args.engine_seconds, "repeats": args.repeats}, args.timeout * args.repeats * 2)
         if "error" in r:
-            lines.append(f"| {name} | not run: {r['error']} | | |")
+            lines.append(f"| {name} | not run: {r['error']} | | | |")
             continue
-        lines.append(f"| {name} | {fmt(r[cols[0]])} | {fmt(r[cols[1]])} | {ratio(r)} |")
+        lines.append(f"| {name} | {r['steps']:,} | {fmt(r[cols[0]])} | {fmt(r[cols[1]])} | {ratio(r)} |")
     return lines + [""]
 
 
@@ -446,11 +458,14 @@ SECTIONS = {"models": section_models, "nade": section_nade, "samplers": section_
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
-    p.add_argument("--models", default="", help="models section: comma-separated names (default: all registered)")
+    p.add_argument("--models", default="", help="models, overhead, compile: comma-separated names (default: all "
+                   "registered; one per family; vae,pixelcnn,glow)")
     p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("--steps", type=int, default=5, help="training steps per model (models section)")
     p.add_argument("--eval", type=int, default=32, help="test images per model (models section)")
-    p.add_argument("--engine-steps", type=int, default=100, help="training steps per run (overhead, compile)")
+    p.add_argument("--engine-steps", type=int, default=30, help="fewest training steps per run (overhead, compile)")
+    p.add_argument("--engine-seconds", type=float, default=20,
+                   help="overhead, compile: steps per run = what a bare loop does in this many seconds")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs where two things are compared")
     p.add_argument("--timeout", type=float, default=600, help="seconds per worker before its row says so")
     p.add_argument("--out", help="also write the tables to this file")
