@@ -165,3 +165,19 @@ def test_report_of_a_sweep_and_two_other_families(tmp_path):
     assert (tmp_path / "rep" / "report.md").read_text().count("\n## P") == 3
     for name in ("plot_nll_nats_vs_optimizer.lr.png", "curves_val_loss.png"):
         assert Image.open(tmp_path / "rep" / name).size == (960, 560)
+
+
+def test_an_ais_estimate_shows_the_other_end_of_its_bracket(tmp_path):
+    """AIS errs towards too good a likelihood: beside the forward NLL the report gives the NLL that the
+    reverse-AIS log Z implies, NLL + (log Z_reverse - log Z_forward)."""
+    ais = evaluation(193.0, kind="estimate with its own error")
+    ais["likelihood"].update(shared_error_nats=0.11, prepared={"log_z": 509.97, "reverse_log_z": 512.51})
+    single = tmp_path / "outputs" / "train" / "day"
+    fake_run(single / "rbm", "rbm", "cd", 0.01, [], [5.0], ais)
+    fake_run(single / "vae", "vae", "elbo", 0.001, [], [98.0], evaluation(95.0))  # no bracket: cell left empty
+    written = make_report(tmp_path)
+    rows = {r["run"]: r for r in csv.DictReader(written["csv"].open())}
+    assert float(rows["rbm"]["nll_nats_reverse_end"]) == pytest.approx(193.0 + 512.51 - 509.97)
+    assert rows["vae"]["nll_nats_reverse_end"] == ""
+    (section,) = [s for s in written["markdown"].read_text().split("## P") if "| rbm |" in s]
+    assert "| NLL, reverse-AIS end |" in section and "195.54" in section

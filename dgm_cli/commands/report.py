@@ -80,6 +80,10 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
         row[key] = lik.get(key)
     row["conditional_nll_nats"] = (lik.get("conditional") or {}).get("nll_nats")
     row["nll_nats_per_step"] = (lik.get("bound_terms") or {}).get("nll_nats_per_step")  # sequences
+    prepared = lik.get("prepared") or {}
+    row["nll_nats_reverse_end"] = (  # AIS's bracket: the NLL with the reverse-AIS log Z in place of the forward one
+        row["nll_nats"] + prepared["reverse_log_z"] - prepared["log_z"]
+        if row["nll_nats"] is not None and {"log_z", "reverse_log_z"} <= set(prepared) else None)
     sq = e.get("sample_quality") or {}
     for key in SAMPLE_COLUMNS:
         row[key] = sq.get(key)
@@ -135,6 +139,7 @@ def display(rows: list[dict], swept: list[str]) -> tuple[list[str], list[list[st
         ("bits/dim", lambda r: _number(r["bits_per_dim"])),
         ("nats/step", lambda r: _number(r["nll_nats_per_step"])),
         ("shared error", lambda r: _number(r["shared_error_nats"])),
+        ("NLL, reverse-AIS end", lambda r: "" if r.get("nll_nats_reverse_end") is None else f"{r['nll_nats_reverse_end']:.2f}"),
         ("conditional NLL", lambda r: _number(r["conditional_nll_nats"])),
         ("estimator", lambda r: r["estimator"] or ""),
         ("FID (floor)", lambda r: "" if r["fid"] is None else f"{r['fid']:.4g} ({_number(r['fid_floor'])})"),
