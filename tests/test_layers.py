@@ -11,7 +11,7 @@ import dgm_cli
 ROOT = Path(dgm_cli.__file__).parent
 # lower number = lower layer; a module may import its own layer or lower ones
 LAYERS = [
-    ("dgm_cli.errors", 0), ("dgm_cli.atomic", 0),
+    ("dgm_cli.errors", 0), ("dgm_cli.atomic", 0), ("dgm_cli.progress", 0),
     ("dgm_cli.data", 1),
     ("dgm_cli.models.nn", 2),
     ("dgm_cli.models", 3), ("dgm_cli.images", 3),
