@@ -1,4 +1,5 @@
-"""Image grids and 2-D plots as tensors, written as PNG without matplotlib."""
+"""Image grids and 2-D plots as tensors, written as PNG without matplotlib (or torchvision: importing it
+pulls in torch._dynamo, about 3 s of every dgm command's start-up)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
 
 PLOT_RANGE = 4.0  # 2-D toys are drawn on [-4, 4]^2
 MARK = (1.0, 0.0, 0.0)  # the colour of a grid cell whose sample holds NaN or inf
@@ -43,6 +43,23 @@ def _mark_non_finite(images: Tensor) -> Tensor:
     return images
 
 
+def tile(images: Tensor, nrow: int, padding: int, pad_value: float) -> Tensor:
+    """(N, C, H, W) -> one (C', H', W') image: rows of ``nrow`` images, ``padding`` pixels of ``pad_value``
+    around each; grayscale becomes RGB (torchvision's make_grid layout)."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    n, c, h, w = images.shape
+    if n == 1:
+        return images[0].clone()
+    rows = math.ceil(n / nrow)
+    cols = min(nrow, n)
+    out = images.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    for i in range(n):
+        top, left = (i // nrow) * (h + padding) + padding, (i % nrow) * (w + padding) + padding
+        out[:, top:top + h, left:left + w] = images[i]
+    return out
+
+
 def grid(images: Tensor, nrow: Optional[int] = None) -> Tensor:
     """(N, C, H, W) or (rows, cols, C, H, W) in [0, 1] -> one (3 or C, H', W') grid image. A sample that
     holds NaN or inf is drawn as a red cell (``check_finite`` says how many there were)."""
@@ -51,7 +68,7 @@ def grid(images: Tensor, nrow: Optional[int] = None) -> Tensor:
         images = images.flatten(0, 1)
     nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
     images = _mark_non_finite(images.detach().float().cpu())
-    return make_grid(images.clamp(0, 1), nrow=nrow, padding=2, pad_value=0.5)
+    return tile(images.clamp(0, 1), nrow, padding=2, pad_value=0.5)
 
 
 def piano_rolls(rolls: Tensor) -> Tensor:
@@ -108,9 +125,14 @@ def density_grid(bins: int = 200, extent: float = PLOT_RANGE) -> tuple[Tensor, f
 
 
 def side_by_side(*panels: Tensor) -> Tensor:
-    return make_grid(torch.stack([p.expand(3, -1, -1) for p in panels]), nrow=len(panels), padding=4, pad_value=1.0)
+    return tile(torch.stack([p.expand(3, -1, -1) for p in panels]), len(panels), padding=4, pad_value=1.0)
 
 
 def save_png(image: Tensor, path: Path) -> None:
+    """A (C, H, W) image in [0, 1] as an 8-bit PNG (rounded to the nearest level)."""
+    from PIL import Image
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(image, str(path))
+    pixels = image.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    pixels = pixels.expand(3, -1, -1) if pixels.shape[0] == 1 else pixels
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path, format="PNG")

@@ -52,3 +52,23 @@ def test_dgm_sample_warns_about_some_and_refuses_all_non_finite(capsys):
     assert "dgm sample: 2 of 6 samples hold NaN or inf" in capsys.readouterr().err
     with pytest.raises(UserError, match="6 of 6 samples .* Nothing was written"):
         warn_non_finite(torch.full((6, 1, 5, 5), float("nan")))
+
+
+@pytest.mark.parametrize("n, channels, nrow", [(64, 1, 8), (10, 3, 4), (7, 1, 3), (1, 1, 1)])
+def test_tile_lays_out_grids_as_torchvision_does(n, channels, nrow):
+    """dgm draws its own grids (importing torchvision costs every command seconds); the layout users
+    know from torchvision's make_grid, padding, grayscale-to-RGB and a lone image included, stays."""
+    from torchvision.utils import make_grid
+
+    x = torch.rand(n, channels, 5, 6)
+    assert torch.equal(images.tile(x, nrow, 2, 0.5), make_grid(x, nrow=nrow, padding=2, pad_value=0.5))
+
+
+def test_save_png_writes_the_8_bit_levels_of_the_image(tmp_path):
+    from PIL import Image
+
+    image = torch.rand(3, 4, 5)
+    images.save_png(image, tmp_path / "a" / "grid.png")
+    with Image.open(tmp_path / "a" / "grid.png") as png:
+        read = torch.from_numpy(__import__("numpy").asarray(png.convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(read, (image * 255 + 0.5).floor().to(torch.uint8))

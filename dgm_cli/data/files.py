@@ -1,6 +1,7 @@
 """Readers of image datasets on disk, each returning uint8 images (N, C, H, W) and labels.
 
-MNIST and Fashion-MNIST use torchvision's own folder layout and readers; CIFAR-10
+MNIST and Fashion-MNIST use torchvision's folder layout and our reader of LeCun's IDX files (importing
+torchvision would cost every command ~3 s of start-up: it pulls in torch._dynamo); CIFAR-10
 is read from torchvision's layout (``cifar-10-batches-py``) by our own reader of its
 pickle files, so that small files a test writes in that format load too. That reader
 is a restricted unpickler: it builds only the dicts, lists, strings, numbers and numpy
@@ -9,6 +10,7 @@ fixed binarization of Larochelle & Murray 2011 (``binarized_mnist/*.amat``, text
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import urllib.request
@@ -58,19 +60,40 @@ def _download_or_explain(name: str, folder: Path, missing: list[str], download: 
     )
 
 
-def load_idx(root: str, name: str, download: bool) -> tuple[Split, Split]:
-    """MNIST or FashionMNIST through torchvision (``<root>/<name>/raw/*-ubyte``)."""
-    import torchvision
+def read_idx(path: Path) -> Tensor:
+    """An IDX file of unsigned bytes (LeCun et al.'s MNIST format, also Fashion-MNIST's): the magic
+    ``00 00 08 <ndim>``, ``ndim`` big-endian int32 sizes, then the bytes in C order."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] == 0:
+        raise UserError(f"{path} is not an IDX file of unsigned bytes (it must start with 00 00 08 and a "
+                        f"dimension count); replace it with the original MNIST/Fashion-MNIST file.")
+    ndim = data[3]
+    sizes = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    body = data[4 + 4 * ndim:]
+    if len(body) != math.prod(sizes):
+        raise UserError(f"{path} is truncated or padded: its header says {' x '.join(map(str, sizes))} = "
+                        f"{math.prod(sizes)} bytes, it holds {len(body)}; replace it with the original file.")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(sizes)
 
-    cls = {"MNIST": torchvision.datasets.MNIST, "FashionMNIST": torchvision.datasets.FashionMNIST}[name]
+
+def load_idx(root: str, name: str, download: bool) -> tuple[Split, Split]:
+    """MNIST or FashionMNIST in torchvision's layout (``<root>/<name>/raw/*-ubyte``)."""
     raw = Path(root) / name / "raw"
     missing = _missing(raw, IDX_FILES)
     if missing:
-        _download_or_explain(name, raw, missing, download, lambda: cls(root, train=True, download=True))
+        def fetch():
+            import torchvision
+
+            getattr(torchvision.datasets, name)(root, train=True, download=True)
+
+        _download_or_explain(name, raw, missing, download, fetch)
     out = []
-    for train in (True, False):
-        ds = cls(root, train=train, download=False)
-        out.append((ds.data.unsqueeze(1).contiguous(), ds.targets.long()))
+    for prefix in ("train", "t10k"):
+        x, y = read_idx(raw / f"{prefix}-images-idx3-ubyte"), read_idx(raw / f"{prefix}-labels-idx1-ubyte")
+        if x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
+            raise UserError(f"{raw}: {prefix}-images holds {tuple(x.shape)} and {prefix}-labels {tuple(y.shape)}; "
+                            "expected (N, H, W) images and N labels.")
+        out.append((x.unsqueeze(1).contiguous(), y.long()))
     return out[0], out[1]
 
 

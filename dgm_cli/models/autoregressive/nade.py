@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from ...errors import UserError
 from ..base import PhaseLoss
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
+from ..nn.eager import eager_only
 from ..registry import register
 from .base import LEVELS, AutoregressiveModel
 
@@ -335,13 +336,13 @@ class NADE(AutoregressiveModel):
     def params(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.W, self.c, self.V, self.b
 
-    @torch.compiler.disable  # a Python loop over the dimensions: nothing for a compiler to fuse
+    @eager_only  # a Python loop over the dimensions: nothing for a compiler to fuse
     def logits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         out = Logits.apply(self.to_sequence(x), *self.params, self.config.activation)  # (B, D, bins)
         out = out.squeeze(-1) if self.bins == 1 else out.transpose(1, 2)  # (B, D) | (B, bins, D)
         return self.from_sequence(out)
 
-    @torch.compiler.disable
+    @eager_only
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
         nll = -MeanLogLikelihood.apply(self.to_sequence(x), *self.params, self.config.activation)
         return nll, self.metrics(nll)
