@@ -15,7 +15,7 @@ one-hot label). The horizontal stack's skip outputs are summed into PixelCNN's
 output layers. Within a pixel the horizontal stack's taps on the pixel itself carry
 the R, G, B channel masks (nn/masked_conv.py; mask A in the first layer, B after).
 
-Sampling (``Stepper``) follows Ramachandran et al. 2017: the horizontal stack is computed at each
+Sampling (``GatedPixelCNNStepper``) follows Ramachandran et al. 2017: the horizontal stack is computed at each
 new pixel only, the vertical stack one row at a time once the row is complete (its output at row i
 is used from row i + 1 on), both from cached inputs.
 """
@@ -97,7 +97,7 @@ class LayerCache:
             self.from_above[:, 0] = bias
 
 
-class Stepper(PixelStepper):
+class GatedPixelCNNStepper(PixelStepper):
     """Gated PixelCNN from cached activations (see ``PixelStepper`` and the module docstring)."""
 
     def __init__(self, model: "GatedPixelCNN", x: Tensor, y: Optional[Tensor]):
@@ -176,5 +176,5 @@ class GatedPixelCNN(AutoregressiveModel):
             skips = skips + skip
         return self.image_logits(self.output(skips))
 
-    def stepper(self, x: Tensor, y: Optional[Tensor]) -> Stepper:
-        return Stepper(self, x, y)
+    def stepper(self, x: Tensor, y: Optional[Tensor]) -> GatedPixelCNNStepper:
+        return GatedPixelCNNStepper(self, x, y)

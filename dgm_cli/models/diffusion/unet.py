@@ -33,7 +33,7 @@ def zero(module: nn.Module) -> nn.Module:
     return module
 
 
-class ResidualBlock(nn.Module):
+class TimestepResidualBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
         super().__init__()
         self.in_layers = nn.Sequential(group_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
@@ -107,7 +107,7 @@ class UNet(nn.Module):
         self.down, skips, ch, size = nn.ModuleList(), [channels], channels, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                blocks = [ResidualBlock(ch, channels * mult, emb_dim, dropout)]
+                blocks = [TimestepResidualBlock(ch, channels * mult, emb_dim, dropout)]
                 ch = channels * mult
                 if size in attention_resolutions:
                     blocks.append(AttentionBlock(ch))
@@ -117,12 +117,12 @@ class UNet(nn.Module):
                 self.down.append(Level([Downsample(ch)]))
                 skips.append(ch)
                 size //= 2
-        self.middle = Level([ResidualBlock(ch, ch, emb_dim, dropout), AttentionBlock(ch),
-                             ResidualBlock(ch, ch, emb_dim, dropout)])
+        self.middle = Level([TimestepResidualBlock(ch, ch, emb_dim, dropout), AttentionBlock(ch),
+                             TimestepResidualBlock(ch, ch, emb_dim, dropout)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
-                blocks = [ResidualBlock(ch + skips.pop(), channels * mult, emb_dim, dropout)]
+                blocks = [TimestepResidualBlock(ch + skips.pop(), channels * mult, emb_dim, dropout)]
                 ch = channels * mult
                 if size in attention_resolutions:
                     blocks.append(AttentionBlock(ch))

@@ -35,7 +35,7 @@ class RealNVPConfig(FlowConfig):
     hidden_features: int = 64  # 2-D toys: width of the coupling MLPs
 
 
-class ResidualBlock(nn.Module):
+class ResNetBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
@@ -51,7 +51,7 @@ class ResNet(nn.Module):
     def __init__(self, in_channels: int, hidden: int, out_channels: int, num_blocks: int):
         super().__init__()
         self.inp = nn.Conv2d(in_channels, hidden, 3, padding=1)
-        self.blocks = nn.Sequential(*[ResidualBlock(hidden) for _ in range(num_blocks)])
+        self.blocks = nn.Sequential(*[ResNetBlock(hidden) for _ in range(num_blocks)])
         self.out = zero_initialized(nn.Conv2d(hidden, out_channels, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -58,7 +58,7 @@ def conv_norm_relu(c_in: int, c_out: int, kernel: int, stride: int = 1, transpos
     return [conv, nn.InstanceNorm2d(c_out), nn.ReLU(True)]
 
 
-class ResidualBlock(nn.Module):
+class GeneratorResidualBlock(nn.Module):
     """Rk: two 3x3 convolutions with reflection padding and instance norm, x + f(x)."""
 
     def __init__(self, channels: int):
@@ -81,7 +81,7 @@ class ResnetGenerator(nn.Module):
         self.net = nn.Sequential(
             *conv_norm_relu(channels, k, 7),
             *conv_norm_relu(k, 2 * k, 3, 2), *conv_norm_relu(2 * k, 4 * k, 3, 2),
-            *[ResidualBlock(4 * k) for _ in range(blocks)],
+            *[GeneratorResidualBlock(4 * k) for _ in range(blocks)],
             *conv_norm_relu(4 * k, 2 * k, 3, 2, transposed=True), *conv_norm_relu(2 * k, k, 3, 2, transposed=True),
             nn.ReflectionPad2d(3), nn.Conv2d(k, channels, 7), nn.Tanh())
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ..autoregressive.pixelcnn import ResidualBlock as MaskedResidualBlock
+from ..autoregressive.pixelcnn import MaskedResidualBlock
 from ..autoregressive.pixelcnn import output_layers
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn import distributions as D
