@@ -237,6 +237,28 @@ def test_compile_captures_the_loss_computation_of_every_step(tmp_path, monkeypat
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("pays_after, max_steps, compiled", [(100, 100, True), (100, 99, False), (None, 5000, False)])
+def test_compile_auto_compiles_cpu_runs_long_enough_to_pay(tmp_path, monkeypatch, pays_after, max_steps, compiled):
+    """trainer.compile=auto (the default) compiles only where it was measured to pay: a model that
+    says after how many steps, on a CPU, for a run at least that long; false never compiles."""
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: ("compiled", module))
+    model = regression()
+    monkeypatch.setattr(type(model), "compile_pays_after", pays_after)
+    with torch._dynamo.config.patch(suppress_errors=False):  # auto sets it where it compiles
+        trainer = trainer_for(tmp_path, model, max_steps=max_steps)
+    assert trainer.t.compile == "auto"
+    assert (trainer.net[1] is trainer.ddp if compiled else trainer.net is trainer.ddp)
+    off = trainer_for(tmp_path / "off", model, max_steps=max_steps, compile=False)
+    assert off.net is off.ddp
+
+
+def test_compile_auto_is_on_for_the_models_measured_to_pay():
+    from dgm_cli.models.registry import MODELS, get_model_class
+
+    get_model_class("vae")  # loads every family
+    assert {n for n in MODELS if get_model_class(n).compile_pays_after} == {"pixelcnn", "glow"}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["bf16", "16"])
 def test_cuda_precisions_and_compile_train(tmp_path, precision):

@@ -58,6 +58,10 @@ class GenerativeModel(nn.Module):
     #: what `dgm sample mode=...` can ask of this model (method ``sample_<mode>``
     #: for every mode but "sample").
     sample_modes: ClassVar[tuple[str, ...]] = ("sample",)
+    #: a CPU run of at least this many steps earns back torch.compile's cold compilation (measured:
+    #: scripts/bench_models.py --sections compile, and a cold-cache 3-step run), so trainer.compile=auto
+    #: compiles it; None: compiling was not measured to pay for this model
+    compile_pays_after: ClassVar[Optional[int]] = None
 
     #: the model's hyperparameters: a dataclass, so that config keys are typed and checked.
     Config: ClassVar[type]

@@ -28,6 +28,7 @@ POSITIVE: Rule = (lambda v: v > 0, "> 0")
 NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
 DEVICE: Rule = (lambda v: v in DEVICES or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()),
                 "one of auto, cpu, cuda, cuda:N, mps")
+COMPILE: Rule = (lambda v: v is True or v is False or v == "auto", "true, false or auto")
 
 
 def choice(choices: Iterable[str]) -> Rule:
