@@ -16,7 +16,7 @@ Sections (``--sections``, default all):
   nade      dgm's NADE against the per-pixel recurrence through autograd (pytorch-generative's loop) at
             the paper's size (batch 512, 500 hidden units) and dgm's default (128, 200): one Adam step
             on a batch of binarized MNIST, sigmoid units; evaluation likewise
-  samplers  PixelCNN and Gated PixelCNN at their default configs: a 64-sample grid from cached
+  samplers  PixelCNN and Gated PixelCNN at their default configs: a 64-sample grid (``--grid``) from cached
             activations against 784 full network passes, and whether the two drew the same samples
             from one seed
   overhead  `dgm train` (its logged images/s) against the bare loop of the same model, one per family
@@ -414,11 +414,11 @@ def section_nade(args, threads: int) -> list[str]:
 
 def section_samplers(args, threads: int) -> list[str]:
     lines = [f"**Autoregressive sampling: cached activations against one full pass per pixel** ({threads} "
-             "thread(s); default configs, a 64-sample grid, one seed)", "",
+             f"thread(s); default configs, a {args.grid}-sample grid, one seed)", "",
              "| model | naive img/s | cached img/s | speed-up | same samples | peak MiB naive / cached |",
              "|---|---|---|---|---|---|"]
-    for name in SAMPLERS:
-        r = run_job({"kind": "sampler", "name": name, "threads": threads, "samples": 64, "repeats": args.repeats},
+    for name in args.models.split(",") if args.models else SAMPLERS:
+        r = run_job({"kind": "sampler", "name": name, "threads": threads, "samples": args.grid, "repeats": args.repeats},
                     args.timeout)
         if "error" in r:
             lines.append(f"| {name} | not run: {r['error']} | | | | |")
@@ -458,7 +458,7 @@ SECTIONS = {"models": section_models, "nade": section_nade, "samplers": section_
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
-    p.add_argument("--models", default="", help="models, overhead, compile: comma-separated names (default: all "
+    p.add_argument("--models", default="", help="models, samplers, overhead, compile: comma-separated names (default: all "
                    "registered; one per family; vae,pixelcnn,glow)")
     p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("--steps", type=int, default=5, help="training steps per model (models section)")
@@ -466,6 +466,7 @@ def main() -> None:
     p.add_argument("--engine-steps", type=int, default=30, help="fewest training steps per run (overhead, compile)")
     p.add_argument("--engine-seconds", type=float, default=20,
                    help="overhead, compile: steps per run = what a bare loop does in this many seconds")
+    p.add_argument("--grid", type=int, default=64, help="samplers: samples in the grid each sampler draws")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs where two things are compared")
     p.add_argument("--timeout", type=float, default=600, help="seconds per worker before its row says so")
     p.add_argument("--out", help="also write the tables to this file")
