@@ -103,6 +103,9 @@ class BoltzmannMachine(GenerativeModel):
     objective_keys = OBJECTIVE_KEYS
     likelihood = "ais"
     Estimator = AISEstimator
+    # A grid is a long Gibbs chain per sample and a step is ~20 ms: at 64 samples a DBN's grids took 24%
+    # of a run, an RBM's 10% (scripts/bench_models.py --sections models); at 16, 8% and 4%.
+    grid_samples = 16
 
     def __init__(self, config, data, objective: dict):
         super().__init__(config, data, objective)
