@@ -70,5 +70,5 @@ def test_save_png_writes_the_8_bit_levels_of_the_image(tmp_path):
     image = torch.rand(3, 4, 5)
     images.save_png(image, tmp_path / "a" / "grid.png")
     with Image.open(tmp_path / "a" / "grid.png") as png:
-        read = torch.from_numpy(__import__("numpy").asarray(png.convert("RGB"))).permute(2, 0, 1)
+        read = torch.from_numpy(__import__("numpy").array(png.convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(read, (image * 255 + 0.5).floor().to(torch.uint8))
