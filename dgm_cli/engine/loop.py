@@ -50,7 +50,6 @@ from .optim import build_scheduler, optimizer_factory
 from .tb import Logger, NullLogger
 
 log = logging.getLogger("dgm.train")
-
 # A generator stepped every n_critic batches has its schedule advanced before its first step: intended.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
