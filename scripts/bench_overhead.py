@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 
 def bare_loop(root: str, steps: int, batch_size: int, device: str, seed: int = 0) -> float:
@@ -28,7 +27,9 @@ def bare_loop(root: str, steps: int, batch_size: int, device: str, seed: int = 0
     from dgm_cli.models.vae.vae import VAE, VAEConfig
 
     torch.manual_seed(seed)
-    x_all = torchvision.datasets.MNIST(root, train=True).data.unsqueeze(1).to(device)
+    from dgm_cli.data import files
+
+    x_all = files.load_idx(root, "MNIST", download=False)[0][0].to(device)  # (N, 1, 28, 28) uint8
     model = VAE(VAEConfig(), DataSpec((1, 28, 28), "binary"), {"name": "elbo"}).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     per_epoch = len(x_all) // batch_size

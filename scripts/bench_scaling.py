@@ -41,7 +41,6 @@ def bare_worker(steps: int, batch_size: int) -> None:
     """One process of the bare loop (run under torchrun): DDP over the same VAE, Adam, its shard of
     each global batch; rank 0 prints the global images/s."""
     import torch.distributed as dist
-    import torchvision
     from torch.nn.parallel import DistributedDataParallel
 
     from dgm_cli.models.base import DataSpec
@@ -52,8 +51,9 @@ def bare_worker(steps: int, batch_size: int) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
     torch.manual_seed(0)
-    x_all = torchvision.datasets.MNIST(os.environ.get("DGM_DATA_ROOT", "./data"), train=True).data
-    x_all = x_all.unsqueeze(1).to(device)
+    from dgm_cli.data import files
+
+    x_all = files.load_idx(os.environ.get("DGM_DATA_ROOT", "./data"), "MNIST", download=False)[0][0].to(device)
     model = VAE(VAEConfig(), DataSpec((1, 28, 28), "binary"), {"name": "elbo"}).to(device)
     net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
