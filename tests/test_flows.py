@@ -76,10 +76,17 @@ LAYERS = {
     "invconv_vector": (lambda: L.InvertibleConv1x1(2), (2,), "real"),
     "coupling_checkerboard": (lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, "checkerboard", 1, "tanh"),
                               (1, 4, 4), "real"),
-    "coupling_channel": (lambda: L.AffineCoupling(coupling_cnn(4, 8, 8), 4, "channel", 0, "sigmoid"),
+    # packed halves with an odd number of rows; the masked form where the width is odd (no packing)
+    "coupling_checkerboard_odd_rows": (lambda: L.AffineCoupling(ResNet(2, 8, 4, 1), 2, "checkerboard", 0, "tanh"),
+                                       (2, 3, 4), "real"),
+    "coupling_checkerboard_odd_width": (lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, "checkerboard", 0, "sigmoid"),
+                                        (1, 3, 3), "real"),
+    "coupling_channel": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 4), 4, "channel", 0, "sigmoid"),
                          (4, 2, 2), "real"),
-    "coupling_vector": (lambda: L.AffineCoupling(L.coupling_mlp(2, 8), 2, "channel", 1, "tanh"), (2,), "real"),
-    "split": (lambda: L.Split(L.AffineCoupling(coupling_cnn(2, 8, 4), 2, "channel", 1, "tanh")), (4, 2, 2), "real"),
+    "coupling_channel_odd": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 2), 3, "channel", 1, "tanh"),
+                             (3, 2, 2), "real"),
+    "coupling_vector": (lambda: L.AffineCoupling(L.coupling_mlp(1, 2, 8), 2, "channel", 1, "tanh"), (2,), "real"),
+    "split": (lambda: L.Split(L.AffineCoupling(coupling_cnn(1, 8, 2), 2, "channel", 1, "tanh")), (4, 2, 2), "real"),
     "split_prior": (lambda: L.Split(L.InvertibleConv1x1(2), nn.Conv2d(2, 4, 3, padding=1)), (4, 2, 2), "real"),
     "made": (lambda: _made(5, torch.arange(1, 6)), (5,), "real"),
     "made_reversed": (lambda: _made(5, torch.arange(5, 0, -1)), (5,), "real"),
@@ -119,6 +126,62 @@ def test_layer_log_det_is_log_abs_det_of_jacobian(name):
     _, inv_log_det = layer.inverse(z)
     expected = log_abs_det_jacobian(lambda v: layer.inverse(v)[0], z[:1])
     torch.testing.assert_close(inv_log_det[0], expected, atol=1e-8, rtol=1e-8)
+
+
+class _Recording(nn.Module):
+    """A coupling network that records its input and returns a fixed function of it with ``out`` channels."""
+
+    def __init__(self, out: int):
+        super().__init__()
+        self.out, self.seen = out, []
+
+    def forward(self, h):
+        self.seen.append(h.detach().clone())
+        return torch.sin(h.sum(dim=1, keepdim=True)).expand(h.shape[0], self.out, *h.shape[2:]) * 0.1
+
+
+@pytest.mark.parametrize("mask,channels,parity,shape", [
+    ("channel", 4, 0, (4, 2, 2)), ("channel", 4, 1, (4, 2, 2)), ("channel", 3, 0, (3, 2, 2)),
+    ("channel", 3, 1, (3, 2, 2)), ("channel", 5, 1, (5,)), ("checkerboard", 2, 0, (2, 4, 6)),
+    ("checkerboard", 1, 1, (1, 3, 4))])
+def test_coupling_network_sees_the_conditioning_half_and_computes_the_other(mask, channels, parity, shape):
+    """The network's input is the conditioning half only (a checkerboard half packed into H x W/2), its
+    output the transformed half's raw scale and shift; the conditioning half passes through unchanged."""
+    conditioning, transformed = L.coupling_halves(channels, mask, parity)
+    net = _Recording(2 * transformed)
+    layer = L.AffineCoupling(net, channels, mask, parity, "tanh")
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    y, _ = layer(x)
+    (seen,) = net.seen
+    if mask == "channel":
+        kept = slice(0, channels // 2) if parity == 0 else slice(channels // 2, channels)
+        assert conditioning + transformed == channels and conditioning == kept.stop - kept.start
+        torch.testing.assert_close(seen, x[:, kept])
+        torch.testing.assert_close(y[:, kept], x[:, kept])
+        changed = torch.ones(channels, dtype=torch.bool)
+        changed[kept] = False
+        assert not torch.allclose(y[:, changed], x[:, changed])
+    else:
+        h, w = shape[1:]
+        assert conditioning == transformed == channels and seen.shape == (3, channels, h, w // 2)
+        kept = L.checkerboard_mask(x, parity).bool().expand_as(x)
+        # the packed half holds the pixels with (i + j) % 2 == parity, row by row
+        torch.testing.assert_close(seen.flatten(), x[kept])
+        torch.testing.assert_close(y[kept], x[kept])
+        assert not torch.allclose(y[~kept], x[~kept])
+    assert layer.tanh_scale.shape == (transformed,)
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 1, 1, 2), (2, 2, 5, 4)])
+def test_checkerboard_split_and_merge_are_inverse(shape, parity):
+    x = torch.randn(*shape)
+    first, second = L.checkerboard_split(x, parity)
+    assert first.shape == second.shape == (*shape[:3], shape[3] // 2)
+    torch.testing.assert_close(L.checkerboard_merge(first, second, parity), x, atol=0, rtol=0)
+    kept = L.checkerboard_mask(x, parity).bool().expand_as(x)
+    torch.testing.assert_close(first.flatten(), x[kept], atol=0, rtol=0)
+    torch.testing.assert_close(second.flatten(), x[~kept], atol=0, rtol=0)
 
 
 def test_logit_transform_jacobian_by_finite_differences():
@@ -321,6 +384,50 @@ def test_wrong_representation_is_refused():
         Glow(Glow.Config(num_levels=3), DataSpec(shape=(1, 4, 4), representation="dequantized"), NLL)
 
 
+@pytest.mark.parametrize("name", ["glow", "realnvp"])
+def test_model_coupling_networks_map_one_half_to_the_others_parameters(name):
+    """At the default configs every image coupling's first convolution reads the conditioning half's
+    channels and its last writes twice the transformed half's; the weights are channels-last."""
+    cls = {"glow": Glow, "realnvp": RealNVP}[name]
+    model = cls(cls.Config(), DataSpec((1, 28, 28), "dequantized", dataset="mnist"), NLL)
+    couplings = [m for m in model.modules() if isinstance(m, L.AffineCoupling)]
+    assert len(couplings) == {"glow": 8, "realnvp": 10}[name]
+    for layer in couplings:
+        convs = [m for m in layer.net.modules() if isinstance(m, nn.Conv2d)]
+        assert convs[0].in_channels == layer.conditioning and convs[-1].out_channels == 2 * layer.transformed
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        if layer.mask_type == "channel":
+            assert layer.conditioning + layer.transformed == convs[-1].out_channels
+    # the toys' MLPs too
+    toy = cls(cls.Config(), TOY, NLL)
+    for layer in (m for m in toy.modules() if isinstance(m, L.AffineCoupling)):
+        linears = [m for m in layer.net.modules() if isinstance(m, nn.Linear)]
+        assert (linears[0].in_features, linears[-1].out_features) == (1, 2)
+
+
+@pytest.mark.parametrize("name", ["glow", "realnvp"])
+def test_checkpoint_of_the_old_coupling_layout_is_refused_in_one_paragraph(name):
+    """A state dict saved before the couplings' networks took only their conditioning half (its
+    couplings' version 1) is refused with a UserError that says why, never loaded into wrong places;
+    today's round-trips through torch.save and a weights-only load."""
+    import io
+
+    model = make_model(name, IMAGE)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)["model"]
+    fresh = make_model(name, IMAGE)
+    fresh.load_state_dict(saved)
+    old = model.state_dict()
+    for prefix, module in model.named_modules():
+        if isinstance(module, L.AffineCoupling):
+            old._metadata[prefix]["version"] = 1
+    with pytest.raises(UserError, match="earlier dgm") as err:
+        make_model(name, IMAGE).load_state_dict(old)
+    assert "\n" not in str(err.value) and "Retrain" in str(err.value)
+
+
 # --- configs -----------------------------------------------------------------------------------
 
 
@@ -363,7 +470,7 @@ def test_coupling_inverse_grows_its_input_by_at_most_e_to_the_bound(scale):
     (Before the clamp, log sigmoid(-1e4 + 2) = -1e4 and the inverse was inf.)"""
     z = torch.randn(3, 4, 2, 2)
     for raw in (-1e4, 1e4):
-        layer = L.AffineCoupling(_Constant(4, raw, 0.0), 4, "channel", 0, scale)
+        layer = L.AffineCoupling(_Constant(2, raw, 0.0), 4, "channel", 0, scale)
         if scale == "tanh":
             layer.tanh_scale.data.fill_(abs(raw))  # the learned scale, grown large
         _grows_at_most(layer, z)

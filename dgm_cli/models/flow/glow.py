@@ -5,7 +5,8 @@ parameterised) -> affine coupling. Images use the multi-scale architecture of
 Fig. 2b: L levels, each a squeeze and K steps; every level but the last factors
 out half of its channels, modelled by a learned conditional prior (``split_prior``)
 or by N(0, I). The coupling network is conv3x3 -> ReLU -> conv1x1 -> ReLU ->
-zero-initialised conv3x3, with scale sigmoid(raw + 2) (Glow code), its log soft-clamped
+zero-initialised conv3x3 from the conditioning half of the channels to the scale and shift of the
+other half (Sec. 3.3), with scale sigmoid(raw + 2) (Glow code), its log soft-clamped
 (layers.soft_clamp) so that sampling at temperature 1 stays finite.
 
 2-D toys: K steps of actnorm -> invertible linear map -> affine coupling with an MLP.
@@ -13,6 +14,7 @@ zero-initialised conv3x3, with scale sigmoid(raw + 2) (Glow code), its log soft-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import nn
 
@@ -20,7 +22,7 @@ from ...errors import UserError
 from ..registry import register
 from .base import Flow, FlowConfig
 from .layers import (ActNorm, AffineCoupling, FlowSequential, InvertibleConv1x1, Split, Squeeze, Unsqueeze,
-                     coupling_mlp, zero_initialized)
+                     coupling_halves, coupling_mlp, zero_initialized)
 
 
 @dataclass
@@ -49,16 +51,19 @@ class Glow(Flow):
     compile_pays_after = 2000
     Config = GlowConfig
 
-    def _step(self, channels: int, net: nn.Module) -> list[nn.Module]:
-        """One step of flow (Table 1): actnorm, invertible 1x1 conv, affine coupling."""
-        return [ActNorm(channels), InvertibleConv1x1(channels), AffineCoupling(net, channels, "channel", 0, "sigmoid")]
+    def _step(self, channels: int, network: Callable[[int, int], nn.Module]) -> list[nn.Module]:
+        """One step of flow (Table 1): actnorm, invertible 1x1 conv, affine coupling, whose NN() maps
+        the conditioning half's channels a to the transformed half's scale and shift, ``network(a, 2b)``."""
+        a, b = coupling_halves(channels, "channel", 0)
+        coupling = AffineCoupling(network(a, 2 * b), channels, "channel", 0, "sigmoid")
+        return [ActNorm(channels), InvertibleConv1x1(channels), coupling]
 
     def _level(self, channels: int, index: int) -> FlowSequential:
         """Squeeze, K steps, and (but for the last level) split off half the channels."""
         c, width = self.config, 4 * channels
         layers: list[nn.Module] = [Squeeze()]
         for _ in range(c.depth):
-            layers += self._step(width, coupling_cnn(width, c.hidden_channels, 2 * width))
+            layers += self._step(width, lambda n_in, n_out: coupling_cnn(n_in, c.hidden_channels, n_out))
         if index < c.num_levels - 1:
             prior = zero_initialized(nn.Conv2d(width // 2, width, 3, padding=1)) if c.split_prior else None
             layers.append(Split(self._level(width // 2, index + 1), prior))
@@ -69,7 +74,8 @@ class Glow(Flow):
         c = self.config
         if not self.data.is_image:
             d = self.data.dim
-            return [layer for _ in range(c.depth) for layer in self._step(d, coupling_mlp(d, c.hidden_features))]
+            return [layer for _ in range(c.depth)
+                    for layer in self._step(d, lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features))]
         channels, h, w = self.data.shape
         factor = 2 ** c.num_levels
         if c.num_levels < 1 or h % factor or w % factor:

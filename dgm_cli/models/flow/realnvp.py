@@ -4,14 +4,17 @@ Images: the multi-scale architecture of Sec. 3.6. Each scale but the last is
 3 checkerboard couplings, a squeeze, 3 channel-wise couplings, after which half of
 the channels are factored out; the last scale is 4 checkerboard couplings. Mask
 parities alternate so that every dimension is transformed. Coupling networks are
-ResNets (Sec. 4.1); s = scale * tanh(raw). Batch normalisation of the coupling
-outputs (Sec. 3.7) is optional.
+ResNets (Sec. 4.1) that see only the conditioning half (a checkerboard half packed
+into H x W/2, where W is even; layers.checkerboard_split) and compute s and t of the
+other half; s = scale * tanh(raw). Batch normalisation of the coupling outputs
+(Sec. 3.7) is optional.
 
 2-D toys: a stack of affine couplings with MLP networks, masks alternating.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,8 +22,8 @@ from torch import Tensor, nn
 from ...errors import UserError
 from ..registry import register
 from .base import Flow, FlowConfig
-from .layers import (AffineCoupling, BatchNorm, FlowSequential, Split, Squeeze, Unsqueeze, coupling_mlp,
-                     zero_initialized)
+from .layers import (AffineCoupling, BatchNorm, FlowSequential, Split, Squeeze, Unsqueeze, coupling_halves,
+                     coupling_mlp, zero_initialized)
 
 
 @dataclass
@@ -46,7 +49,7 @@ class ResNetBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """The coupling network (s, t) = NN(b*x): conv, residual blocks, zero-initialised conv."""
+    """The coupling network (s, t) = NN(x_a): conv, residual blocks, zero-initialised conv."""
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int, num_blocks: int):
         super().__init__()
@@ -62,8 +65,12 @@ class ResNet(nn.Module):
 class RealNVP(Flow):
     Config = RealNVPConfig
 
-    def _coupling(self, channels: int, mask: str, parity: int, net: nn.Module) -> list[nn.Module]:
-        layers: list[nn.Module] = [AffineCoupling(net, channels, mask, parity, scale="tanh")]
+    def _coupling(self, channels: int, mask: str, parity: int,
+                  network: Callable[[int, int], nn.Module]) -> list[nn.Module]:
+        """A coupling whose network, ``network(a, 2b)``, maps the conditioning half's a channels to the
+        transformed half's scale and shift (2b channels)."""
+        a, b = coupling_halves(channels, mask, parity)
+        layers: list[nn.Module] = [AffineCoupling(network(a, 2 * b), channels, mask, parity, scale="tanh")]
         if self.config.batch_norm:
             layers.append(BatchNorm(channels))
         return layers
@@ -72,7 +79,7 @@ class RealNVP(Flow):
         """``count`` couplings with ResNet networks, mask parity alternating."""
         c = self.config
         return [layer for i in range(count) for layer in self._coupling(
-            channels, mask, i % 2, ResNet(channels, c.hidden_channels, 2 * channels, c.num_blocks))]
+            channels, mask, i % 2, lambda n_in, n_out: ResNet(n_in, c.hidden_channels, n_out, c.num_blocks))]
 
     def _scale(self, channels: int, index: int) -> FlowSequential:
         """One scale of the multi-scale architecture (Sec. 3.6) on ``channels`` channels."""
@@ -91,7 +98,8 @@ class RealNVP(Flow):
         if not self.data.is_image:
             d = self.data.dim
             return [layer for i in range(c.num_couplings)
-                    for layer in self._coupling(d, "channel", i % 2, coupling_mlp(d, c.hidden_features))]
+                    for layer in self._coupling(d, "channel", i % 2,
+                                                lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features))]
         channels, h, w = self.data.shape
         factor = 2 ** (c.num_scales - 1)
         if c.num_scales < 1 or h % factor or w % factor:
