@@ -21,6 +21,11 @@ Sections (``--sections``, default all):
             from one seed
   overhead  `dgm train` (its logged images/s) against the bare loop of the same model, one per family
   compile   `dgm train` with trainer.compile=true against false: vae, pixelcnn, glow
+  flows_vs_normflows
+            dgm's Glow and RealNVP at their defaults against normflows' (``pip install -e ".[bench]"``)
+            built to the same structure: training images/s of a plain loop (zero_grad, -log p(x),
+            backward, Adam) on batches of 128 dequantized MNIST images, dgm and normflows in alternating
+            fresh processes; ratio = dgm / normflows
 
 Each measurement runs in a fresh worker process with the thread count set before torch starts.
 Peak memory: the worker's peak resident set during the measurement (Linux VmHWM, reset through
@@ -52,6 +57,7 @@ COMPILE_MODELS = ["vae", "pixelcnn", "glow"]
 NADE_SIZES = [(512, 500), (128, 200)]
 SAMPLERS = ["pixelcnn", "gated_pixelcnn"]
 GRID_EVERY, GRID_BUDGET = 1000, 0.10  # trainer.sample_every's default; the share grids may take
+FLOW_PEERS = {"glow": 40, "realnvp": 15}  # flows_vs_normflows: timed steps per run (~10 s of one core each)
 
 
 # --- in the worker ---------------------------------------------------------------------------------
@@ -299,7 +305,98 @@ def compile_row(job: dict) -> dict:
             "ratio_range": (min(ratios), max(ratios)), "steps": steps}
 
 
-WORKERS = {"model": model_row, "nade": nade_row, "sampler": sampler_row, "overhead": overhead_row,
+def normflows_glow(levels: int, depth: int, hidden: int, alpha: float, shape: tuple[int, int, int]):
+    """normflows' Glow as its example builds it (examples/glow.ipynb), at dgm's defaults: L levels of K
+    GlowBlocks (actnorm, LU 1x1 convolution, affine coupling with sigmoid(raw + 2) scale whose
+    conv3x3-conv1x1-conv3x3 network maps the conditioning half to the other half's scale and shift),
+    the logit transform, and a learned per-channel Gaussian (GlowBase) for each level's latent, where dgm
+    has a learned conditional prior (a 3x3 convolution) for the factored-out half."""
+    import normflows as nf
+
+    c, h, w = shape
+    q0, merges, flows = [], [], []
+    for i in range(levels):  # coarsest level first: normflows' flows run from z to x
+        flows.append([nf.flows.GlowBlock(c * 2 ** (levels + 1 - i), hidden, split_mode="channel", scale=True)
+                      for _ in range(depth)] + [nf.flows.Squeeze()])
+        if i > 0:
+            merges.append(nf.flows.Merge())
+            latent = (c * 2 ** (levels - i), h // 2 ** (levels - i), w // 2 ** (levels - i))
+        else:
+            latent = (c * 2 ** (levels + 1), h // 2 ** levels, w // 2 ** levels)
+        q0.append(nf.distributions.GlowBase(latent))
+    return nf.MultiscaleFlow(q0, flows, merges, transform=nf.transforms.Logit(alpha=alpha), class_cond=False)
+
+
+def normflows_realnvp(config, shape: tuple[int, int, int]):
+    """dgm's default RealNVP (two scales: 3 checkerboard couplings, squeeze, 3 channel couplings, factor
+    out half; then 4 checkerboard couplings) from normflows' AffineCouplingBlocks (its checkerboard
+    split packs each half into H x W/2, as dgm's does), with dgm's coupling ResNet (plain convolutions)
+    as each block's network, the logit transform and N(0, I) latents. normflows' scale is exp(raw) (it
+    has no tanh scale): dgm's s = scale * tanh(raw), soft-clamped, costs a little more."""
+    import normflows as nf
+
+    from dgm_cli.models.flow.realnvp import ResNet
+
+    if config.num_scales != 2:
+        raise ValueError("normflows_realnvp builds dgm's default two scales")
+    c, h, w = shape
+
+    def couplings(channels: int, mode: str, count: int) -> list:
+        out = []
+        for i in range(count):
+            split = mode if i % 2 == 0 else f"{mode}_inv"
+            n_in, n_out = (channels, 2 * channels) if mode == "checkerboard" else (channels // 2, channels)
+            net = ResNet(n_in, config.hidden_channels, n_out, config.num_blocks)
+            out.append(nf.flows.AffineCouplingBlock(net, scale=True, scale_map="exp", split_mode=split))
+        return out
+
+    coarse = (2 * c, h // 2, w // 2)  # the half that goes on to the second scale, and the half factored out
+    flows = [couplings(2 * c, "checkerboard", 4),
+             couplings(4 * c, "channel", 3) + [nf.flows.Squeeze()] + couplings(c, "checkerboard", 3)]
+    q0 = [nf.distributions.DiagGaussian(coarse, trainable=False), nf.distributions.DiagGaussian(coarse, trainable=False)]
+    return nf.MultiscaleFlow(q0, flows, [nf.flows.Merge()], transform=nf.transforms.Logit(alpha=config.alpha),
+                             class_cond=False)
+
+
+def flow_peer_row(job: dict) -> dict:
+    """One library's model in a plain loop: training images/s over ``steps`` steps after 2 warm-up steps
+    (the first initialises ActNorm), batches of 128 dequantized MNIST images drawn once."""
+    import torch
+
+    from dgm_cli.models.base import DataSpec
+    from dgm_cli.models.registry import get_model_class
+
+    torch.manual_seed(0)
+    shape, batch = (1, 28, 28), 128
+    cls = get_model_class(job["name"])
+    config = cls.Config()
+    if job["lib"] == "dgm":
+        model = cls(config, DataSpec(shape, "dequantized", dataset="mnist"), {"name": "nll"})
+        nll = lambda x: -model.log_prob(x).mean()  # noqa: E731
+    elif job["name"] == "glow":
+        model = normflows_glow(config.num_levels, config.depth, config.hidden_channels, config.alpha, shape)
+        nll = model.forward_kld
+    else:
+        model = normflows_realnvp(config, shape)
+        nll = model.forward_kld
+    images = mnist_images(4 * batch)
+    batches = [((k + torch.rand(k.shape)) / 256).contiguous() for k in images.split(batch)]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    warmup, steps = 2, job["steps"]
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = nll(batches[step % len(batches)])
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - start
+    return {"images_per_s": steps * batch / seconds, "params": sum(p.numel() for p in model.parameters()),
+            "loss": float(loss.detach())}
+
+
+WORKERS = {"flow_peer": flow_peer_row, "model": model_row, "nade": nade_row, "sampler": sampler_row, "overhead": overhead_row,
            "compile": compile_row}
 
 
@@ -454,22 +551,57 @@ def section_engine(args, threads: int, kind: str) -> list[str]:
     return lines + [""]
 
 
+def section_flows_vs_normflows(args, threads: int) -> list[str]:
+    try:
+        import normflows
+    except ImportError:
+        return ["**dgm's flows against normflows**: not run: normflows is not installed "
+                '(`pip install -e ".[bench]"`)', ""]
+    lines = [f"**dgm's flows against normflows {normflows.__version__}** ({threads} thread(s); default configs, "
+             "normflows built to the same structure; a plain loop: zero_grad, -log p(x), backward, Adam; batch "
+             f"128 of dequantized MNIST; {args.repeats} pairs of alternating fresh processes; ratio = dgm / "
+             "normflows)", "",
+             "| model | steps | params dgm / normflows | normflows img/s | dgm img/s | ratio (median, range) |",
+             "|---|---|---|---|---|---|"]
+    names = args.models.split(",") if args.models else list(FLOW_PEERS)
+    for name in names:
+        steps = args.flow_steps or FLOW_PEERS[name]
+        runs = {"dgm": [], "normflows": []}
+        for i in range(args.repeats):
+            order = ("dgm", "normflows") if i % 2 == 0 else ("normflows", "dgm")  # neither always goes first
+            for lib in order:
+                runs[lib].append(run_job({"kind": "flow_peer", "lib": lib, "name": name, "threads": threads,
+                                          "steps": steps}, args.timeout))
+        errors = [r["error"] for rs in runs.values() for r in rs if "error" in r]
+        if errors:
+            lines.append(f"| {name} | not run: {errors[0]} | | | | |")
+            continue
+        ratios = [d["images_per_s"] / n["images_per_s"] for d, n in zip(runs["dgm"], runs["normflows"])]
+        r = {"ratio": statistics.median(ratios), "ratio_range": (min(ratios), max(ratios))}
+        best = {lib: max(x["images_per_s"] for x in rs) for lib, rs in runs.items()}
+        lines.append(f"| {name} | {steps} | {runs['dgm'][0]['params']:,} / {runs['normflows'][0]['params']:,} | "
+                     f"{fmt(best['normflows'])} | {fmt(best['dgm'])} | {ratio(r)} |")
+    return lines + [""]
+
+
 SECTIONS = {"models": section_models, "nade": section_nade, "samplers": section_samplers,
             "overhead": lambda a, t: section_engine(a, t, "overhead"),
-            "compile": lambda a, t: section_engine(a, t, "compile")}
+            "compile": lambda a, t: section_engine(a, t, "compile"), "flows_vs_normflows": section_flows_vs_normflows}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
-    p.add_argument("--models", default="", help="models, samplers, overhead, compile: comma-separated names (default: all "
-                   "registered; one per family; vae,pixelcnn,glow)")
+    p.add_argument("--models", default="", help="models, samplers, overhead, compile, flows_vs_normflows: "
+                   "comma-separated names (default: all registered; one per family; vae,pixelcnn,glow; glow,realnvp)")
     p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("--steps", type=int, default=5, help="training steps per model (models section)")
     p.add_argument("--eval", type=int, default=32, help="test images per model (models section)")
     p.add_argument("--engine-steps", type=int, default=30, help="fewest training steps per run (overhead, compile)")
     p.add_argument("--engine-seconds", type=float, default=20,
                    help="overhead, compile: steps per run = what a bare loop does in this many seconds")
+    p.add_argument("--flow-steps", type=int, default=0,
+                   help=f"flows_vs_normflows: timed steps per run (default {FLOW_PEERS})")
     p.add_argument("--grid", type=int, default=64, help="samplers: samples in the grid each sampler draws")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs where two things are compared")
     p.add_argument("--timeout", type=float, default=600, help="seconds per worker before its row says so")
