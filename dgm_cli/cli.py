@@ -8,8 +8,12 @@ well as ours (:class:`dgm_cli.errors.UserError`).
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import os
 import re
+import signal
 import sys
 
 COMMANDS = {
@@ -25,8 +29,11 @@ USAGE = "usage: dgm {train,sample,eval,report} [overrides ...] [--help] [-m]\n\n
 
 # Set by a command once Hydra has composed its config and the job has started:
 # a SystemExit(1) from Hydra before that point is a composition error (user input).
+# Reset by every call of main().
 job_started = False
-_real_stderr = sys.stderr
+#: calls of main() in this process: the second and later calls name their run folders
+#: ``<time>-<pid>-<call>`` (a fresh process would have had a pid of its own)
+_calls = 0
 
 NOISE = ("Config search path", "provider=", "Set the environment variable HYDRA_FULL_ERROR",
          "reference_type=", "object_type=")
@@ -34,18 +41,22 @@ NOISE = ("Config search path", "provider=", "Set the environment variable HYDRA_
 
 class _HeldStderr(io.StringIO):
     """Holds what Hydra writes to stderr before the job starts, so that a composition error
-    can be reworded into one paragraph; passes everything through once the job runs."""
+    can be reworded into one paragraph; passes everything through to ``real`` once the job runs."""
+
+    def __init__(self, real) -> None:
+        super().__init__()
+        self.real = real
 
     def write(self, text: str) -> int:
         if job_started:
-            return _real_stderr.write(text)
+            return self.real.write(text)
         return super().write(text)
 
     def flush(self) -> None:
-        _real_stderr.flush()
+        self.real.flush()
 
     def isatty(self) -> bool:  # so tqdm still shows its bar on a terminal
-        return _real_stderr.isatty()
+        return self.real.isatty()
 
 
 def _optimizer_keys(args: tuple[str, ...]) -> str:
@@ -256,8 +267,93 @@ def version() -> str:
         return __version__
 
 
-def main(argv: list[str] | None = None) -> None:
+def _forget_hydra() -> None:
+    """Clear Hydra's process-wide singletons (the initialised app, the running job's config), so
+    that the next Hydra app in this process starts as in a fresh one."""
+    if "hydra.core.global_hydra" not in sys.modules:
+        return
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+
+
+@contextlib.contextmanager
+def _fresh_process():
+    """Run one command as if in a process of its own: on the way in, no state of an earlier call
+    (this module's and app.py's flags, Hydra's singletons); on the way out, the caller's sys.argv,
+    stderr, environment, signal handlers and root-logger handlers back as they were (the
+    handlers Hydra opened on the run's log file closed)."""
+    global job_started, _calls
+    argv, stderr, environ = sys.argv, sys.stderr, dict(os.environ)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    import threading
+
+    signals = {}
+    if threading.current_thread() is threading.main_thread():
+        signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    app = sys.modules.get(f"{__package__}.app")
+    job_started = False
+    if app is not None:
+        app.NEW_FOLDERS.clear()
+    _forget_hydra()
+    _calls += 1
+    _stamp_run()
+    try:
+        yield
+    finally:
+        job_started = False
+        _forget_hydra()
+        sys.argv, sys.stderr = argv, stderr
+        if dict(os.environ) != environ:
+            os.environ.clear()
+            os.environ.update(environ)
+        for sig, handler in signals.items():
+            signal.signal(sig, handler)
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _stamp_run() -> None:
+    """The start time and id that name this command's run folder (``${dgm.now:}``, ``${dgm.pid:}``),
+    fixed once per command and handed to the processes it starts (a launcher's workers resolve the
+    same sweep folder); a ``dgm`` started by one that already set them keeps them (torchrun's ranks
+    then agree on rank 0's, engine/distributed.agree_on_run)."""
+    import time
+
+    if "DGM_RUN_TIME" not in os.environ:
+        os.environ["DGM_RUN_TIME"] = repr(time.time())
+        os.environ["DGM_RUN_PID"] = str(os.getpid()) if _calls == 1 else f"{os.getpid()}-{_calls}"
+
+
+def _exit_status(code) -> int:
+    """``SystemExit.code`` as a process's exit status (a message: printed, status 1)."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``dgm <argv>`` (default: ``sys.argv[1:]``): run one command and return its exit status
+    (0 done, 2 refused with a one-paragraph message, 1 failed). Each call is as independent as a
+    fresh process, so a notebook or a test may call it any number of times in one process; the
+    console script exits with what it returns."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _fresh_process():
+        try:
+            _dispatch(argv)
+        except SystemExit as exc:
+            return _exit_status(exc.code)
+    return 0
+
+
+def _dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
         return
@@ -285,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [f"dgm {command}"] + args[:at] + hydra_overrides(command, argv[1:]) + args[at:]
     else:
         sys.argv = [f"dgm {command}"] + argv[1:]
-    held = _HeldStderr()
+    real_stderr = sys.stderr
+    held = _HeldStderr(real_stderr)
     sys.stderr = held
     try:
         module.main()
@@ -294,13 +391,13 @@ def main(argv: list[str] | None = None) -> None:
             text = held.getvalue()
             held.seek(0)
             held.truncate(0)
-            _real_stderr.write(condense(command, text, tuple(argv[1:])) + "\n")
+            real_stderr.write(condense(command, text, tuple(argv[1:])) + "\n")
             sys.exit(2)
         raise
     finally:
-        sys.stderr = _real_stderr
-        _real_stderr.write(held.getvalue())  # warnings Hydra printed before a job that then ran
+        sys.stderr = real_stderr
+        real_stderr.write(held.getvalue())  # warnings Hydra printed before a job that then ran
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

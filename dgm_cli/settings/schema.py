@@ -130,8 +130,8 @@ class ReportConfig:
     curves: Optional[str] = None  # a TensorBoard scalar tag (val/loss): every run's learning curve on one axis
 
 
-#: when this command started; under torchrun, rank 0's start and pid (see engine/distributed.py),
-#: so that every process of one run resolves the same run folder
+#: when this process started: the run folder's time where no command stamped one (cli._stamp_run
+#: sets DGM_RUN_TIME / DGM_RUN_PID per command; under torchrun, rank 0's: engine/distributed.py)
 _STARTED = time.time()
 
 
