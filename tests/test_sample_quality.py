@@ -29,21 +29,18 @@ from dgm_cli.evaluation.sample_quality import (
 # --- real MNIST (the `data_root` fixture of conftest.py) and a quickly trained feature network ---
 @pytest.fixture(scope="module")
 def mnist(data_root):
-    import torchvision
+    from dgm_cli.data import files
 
-    out = {}
-    for split, train in (("train", True), ("test", False)):
-        ds = torchvision.datasets.MNIST(str(data_root), train=train, download=False)
-        out[split] = (ds.data.unsqueeze(1), ds.targets)
-    return out
+    (train_x, train_y), (test_x, test_y) = files.load_idx(str(data_root), "MNIST", download=False)
+    return {"train": (train_x, train_y), "test": (test_x, test_y)}
 
 
 @pytest.fixture(scope="module")
-def net(mnist, tmp_path_factory):
-    """Trained on 6,000 training images for 3 epochs (141 steps): about 93% test accuracy."""
+def net(mnist):
+    """Trained on 6,000 training images for 3 epochs (141 steps): about 93% test accuracy. Cached in
+    the session's DGM_CACHE, so the second xdist worker that needs it loads it."""
     (tx, ty), (vx, vy) = mnist["train"], mnist["test"]
-    return feats.get_feature_network("mnist", tx[:6000], ty[:6000], vx[:2000], vy[:2000], "cpu", epochs=3,
-                                     cache=tmp_path_factory.mktemp("cache"))
+    return feats.get_feature_network("mnist", tx[:6000], ty[:6000], vx[:2000], vy[:2000], "cpu", epochs=3)
 
 
 def _test_images(mnist, start, n):
@@ -314,6 +311,35 @@ def test_training_is_reproducible_and_leaves_the_callers_rng_alone(tmp_path):
     b = feats.get_feature_network("tiny", x, y, x, y, "cpu", epochs=1, cache=tmp_path / "b")
     probe = x[:4]
     assert torch.equal(a.features(probe), b.features(probe))
+
+
+def test_a_network_another_process_is_training_is_waited_for_not_trained_again(tmp_path, monkeypatch):
+    """Parallel jobs (a joblib sweep evaluating at once) share the cache: while one holds the
+    network's lock, another waits, then loads what the first cached instead of training."""
+    import shutil
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    x, y = _tiny_data()
+    feats.get_feature_network("tiny", x, y, x, y, "cpu", epochs=1, cache=tmp_path / "first")
+    (cached,) = (tmp_path / "first").glob("*.pt")
+    path = tmp_path / "second" / cached.name
+    path.parent.mkdir()
+    monkeypatch.setattr(feats, "train_classifier", lambda *a, **k: pytest.fail("trained although cached"))
+    holder = FileLock(f"{path}.lock")
+    holder.acquire()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(
+        feats.get_feature_network("tiny", x, y, x, y, "cpu", epochs=1, cache=path.parent)))
+    waiter.start()
+    time.sleep(0.3)  # the other process is still training: nothing cached yet
+    assert not got
+    shutil.copy(cached, path)  # ... it caches the network and lets go
+    holder.release()
+    waiter.join(60)
+    assert len(got) == 1 and got[0].test_accuracy is not None
 
 
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):

@@ -24,6 +24,7 @@ file that cannot be read is retrained, not crashed on.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -181,6 +182,26 @@ def _save_atomic(path: Path, blob: dict) -> None:
     write_atomically(path, lambda f: torch.save(blob, f))
 
 
+@contextlib.contextmanager
+def _one_trainer(path: Path):
+    """Held while this process loads or trains-and-caches the network at ``path``: another process
+    that needs the same network (a parallel sweep's jobs evaluating at once) waits and then loads
+    it, instead of training it too. Where the cache cannot be written, nothing is held."""
+    from filelock import FileLock
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.lock")
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def own_classifier(dataset_name: str, train_x: Tensor, train_y: Optional[Tensor], test_x: Tensor,
                    test_y: Optional[Tensor], device, epochs: int, cache: Optional[Path] = None) -> FeatureNetwork:
     if train_y is None or test_y is None:
@@ -197,7 +218,7 @@ def own_classifier(dataset_name: str, train_x: Tensor, train_y: Optional[Tensor]
     path = (cache or cache_dir()) / f"{dataset_name}-{key}.pt"
     dev = torch.device(device)
     # a network that depends on the recipe only, and a caller's random stream left untouched
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+    with _one_trainer(path), torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         torch.manual_seed(rec["seed"])
         model = SmallCNN(shape, num_classes)
         acc = _load_cached(path, rec, model)
