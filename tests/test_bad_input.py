@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_dgm
-
-TOY = ["dataset=moons", "model.hidden=[16]", "model.latent_dim=2", "trainer.batch_size=64",
-       "data.train_size=2000", "data.test_size=500", "data.val_size=200", "trainer.progress=false"]
+from conftest import TOY, copy_run
 
 
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """A finished tiny run on a 2-D toy (no real data needed)."""
-    folder = tmp_path_factory.mktemp("toy")
-    run_dgm("train", *TOY, "trainer.max_steps=5", cwd=folder)
-    (ckpt,) = folder.glob("outputs/train/*/*/checkpoints/last.pt")
-    return ckpt
+@pytest.fixture
+def toy_run(toy_run):
+    """The session's tiny toy run (conftest), as its checkpoint file."""
+    return toy_run / "checkpoints" / "last.pt"
 
 
 def refused(proc, *needles: str) -> str:
@@ -168,8 +162,8 @@ def test_truncated_and_foreign_checkpoints_are_refused(dgm, tmp_path, toy_run):
     refused(dgm("eval", f"checkpoint={tmp_path / 'nothing.pt'}", check=False), "no checkpoint")
 
 
-def test_refused_resume_leaves_the_run_untouched(dgm, toy_run):
-    run = toy_run.parent.parent
+def test_refused_resume_leaves_the_run_untouched(dgm, toy_run, tmp_path):
+    run = copy_run(toy_run.parent.parent, tmp_path)
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
     refused(dgm("train", f"resume={run}", "optimizer.lr=0.5", check=False), "resume", "trainer.max_steps")
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
@@ -184,10 +178,5 @@ def test_unknown_eval_metric(dgm, toy_run):
     refused(dgm("eval", f"checkpoint={toy_run}", "metrics=[nll,fidd]", check=False), "fidd", "kid")
 
 
-def test_unknown_command():
-    import subprocess
-
-    from conftest import dgm_executable
-
-    proc = subprocess.run([dgm_executable(), "trian"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "train" in proc.stderr
+def test_unknown_command(dgm):
+    refused(dgm("trian", check=False), "unknown command 'trian'", "train")

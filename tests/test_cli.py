@@ -4,8 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-from conftest import run_dgm
+from conftest import copy_run, dgm_executable, run_dgm
 
 
 def test_top_level_help_lists_the_commands(tmp_path):
@@ -13,6 +12,49 @@ def test_top_level_help_lists_the_commands(tmp_path):
     assert all(c in out for c in ("train", "sample", "eval"))
     module = subprocess.run([sys.executable, "-m", "dgm_cli", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert module.returncode == 0 and module.stdout == out
+
+
+def test_the_console_script_exits_with_the_commands_status(tmp_path):
+    """The installed `dgm` is a process: its exit status is what cli.main returns (2: refused)."""
+    proc = subprocess.run([dgm_executable(), "trian"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "choose one of: train" in proc.stderr and "Traceback" not in proc.stderr
+    module = subprocess.run([sys.executable, "-m", "dgm_cli", "train", "model=vea"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert module.returncode == 2 and "model/vea" in module.stderr and "Traceback" not in module.stderr
+
+
+def test_main_can_be_called_again_and_again_in_one_process(tmp_path, capsys):
+    """cli.main(argv) returns the exit status, and each call is as independent as a fresh process:
+    a refusal is worded the same the second time (Hydra's global state is cleared), two runs
+    started within a second get folders of their own, and the caller's sys.argv, stderr, logging
+    handlers and signal handlers are as they were."""
+    import logging
+    import os
+    import signal
+
+    from dgm_cli import cli
+
+    before = (sys.argv[:], sys.stderr, logging.getLogger().handlers[:], signal.getsignal(signal.SIGINT),
+              dict(os.environ))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        messages = []
+        for _ in range(2):
+            assert cli.main(["train", "model=vea"]) == 2
+            messages.append(capsys.readouterr().err)
+        assert messages[0] == messages[1] and messages[0].startswith("dgm train: ") and "conv_vae" in messages[0]
+        toy = ["dataset=moons", "model.hidden=[8]", "model.latent_dim=2", "data.train_size=256", "data.val_size=64",
+               "data.test_size=64", "trainer.max_steps=2", "trainer.progress=false", "trainer.sample_every=0"]
+        assert [cli.main(["train", *toy]) for _ in range(2)] == [0, 0]
+        assert cli.main(["train", "trainer.batch_size=0"]) == 2 and "trainer.batch_size" in capsys.readouterr().err
+        assert cli.main(["--version"]) == 0
+    finally:
+        os.chdir(cwd)
+    runs = sorted((tmp_path / "outputs" / "train").glob("*/*"))
+    assert len(runs) == 2 and all((r / "checkpoints" / "last.pt").exists() for r in runs)
+    after = (sys.argv, sys.stderr, logging.getLogger().handlers, signal.getsignal(signal.SIGINT), dict(os.environ))
+    assert after == before
 
 
 def test_train_help_lists_groups_and_models(tmp_path):
@@ -32,19 +74,18 @@ def test_sample_and_eval_have_their_own_configs(tmp_path):
     assert "estimator: {}" in run_dgm("eval", "--cfg", "job", cwd=tmp_path).stdout
 
 
-def test_shell_completion_per_command(tmp_path):
-    import os
+def completions(line: str, cwd, monkeypatch) -> list[str]:
+    """What `dgm -sc query=bash` offers the shell for the command line ``line``."""
+    monkeypatch.setenv("COMP_LINE", line)
+    return run_dgm("-sc", "query=bash", cwd=cwd).stdout.split()
 
-    from conftest import dgm_executable
 
+def test_shell_completion_per_command(tmp_path, monkeypatch):
     script = run_dgm("-sc", "install=bash", cwd=tmp_path).stdout
     assert "-F hydra_bash_completion dgm" in script
 
     def query(line: str) -> list[str]:
-        env = {**os.environ, "COMP_LINE": line}
-        proc = subprocess.run([dgm_executable(), "-sc", "query=bash"], env=env, capture_output=True, text=True,
-                              cwd=tmp_path)
-        return proc.stdout.split()
+        return completions(line, tmp_path, monkeypatch)
 
     assert query("dgm tr") == ["train"]
     assert "model=gated_pixelcnn" in query("dgm train model=g")
@@ -52,15 +93,9 @@ def test_shell_completion_per_command(tmp_path):
     assert "limit=" in query("dgm eval li")
 
 
-def test_sample_and_eval_completion_offer_no_train_groups(tmp_path):
-    import os
-
-    from conftest import dgm_executable
-
+def test_sample_and_eval_completion_offer_no_train_groups(tmp_path, monkeypatch):
     for command in ("sample", "eval"):
-        env = {**os.environ, "COMP_LINE": f"dgm {command} "}
-        words = subprocess.run([dgm_executable(), "-sc", "query=bash"], env=env, capture_output=True, text=True,
-                               cwd=tmp_path).stdout.split()
+        words = completions(f"dgm {command} ", tmp_path, monkeypatch)
         assert "checkpoint=" in words and "seed=" in words
         assert not {"model=", "dataset=", "experiment=", "optimizer="} & set(words), words
 
@@ -92,12 +127,9 @@ def test_train_help_says_what_keys_mean_with_units(tmp_path):
     assert "model.hidden_channels" in lines and "model.latent_dim" not in lines  # the chosen model's keys
 
 
-@pytest.mark.slow
-def test_resume_logs_into_the_run_folder_and_sample_eval_write_no_empty_folder(tmp_path):
-    toy = ["dataset=moons", "model.hidden=[16]", "model.latent_dim=2", "trainer.batch_size=64",
-           "data.train_size=2000", "data.test_size=500", "trainer.progress=false"]
-    run_dgm("train", *toy, "trainer.max_steps=5", cwd=tmp_path)
-    (run,) = (tmp_path / "outputs" / "train").glob("*/*")
+def test_resume_logs_into_the_run_folder_and_sample_eval_write_no_empty_folder(tmp_path, toy_run):
+    (tmp_path / "outputs" / "train" / "day").mkdir(parents=True)
+    run = copy_run(toy_run, tmp_path / "outputs" / "train" / "day")
     lines = len((run / "train.log").read_text().splitlines())
     run_dgm("train", f"resume={run}", "trainer.max_steps=10", cwd=tmp_path)
     assert list((tmp_path / "outputs" / "train").glob("*/*")) == [run], "resume made a new run folder"

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from dgm_cli.settings.schema import register_configs
+from conftest import compose_train
 from dgm_cli.settings.validate import validate_train
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.registry import MODELS, build_model, get_model_class
@@ -17,12 +16,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "dgm_cli" / "configs"
 MODEL_NAMES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 IMAGE_SHAPE = {"mnist": (1, 28, 28), "binarized_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
-
-def compose_train(*overrides: str):
-    register_configs()
-    with initialize_config_module(config_module="dgm_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def test_every_registered_model_has_a_config_and_back():

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from conftest import compose_train
 from dgm_cli.commands import sample, train
 from dgm_cli.app import model_from_checkpoint
-from dgm_cli.settings.schema import register_configs
 from dgm_cli.data import pipeline
 from dgm_cli.engine import checkpoint
 from dgm_cli.evaluation.likelihood import evaluate_likelihood
@@ -23,7 +22,8 @@ QUICK = ["trainer.max_steps=2", "trainer.batch_size=8", "trainer.num_samples=4",
          "trainer.sample_every=1", "data.val_size=100", "trainer.progress=false"]
 #: models whose every sample and likelihood costs T network passes: a short chain keeps the test quick
 QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"],
-               "row_lstm": ["trainer.sample_every=0"], "diagonal_bilstm": ["trainer.sample_every=0"],
+               "row_lstm": ["trainer.sample_every=0"],
+               "diagonal_bilstm": ["trainer.sample_every=0", "model.num_layers=1"],  # 55 diagonals a layer and pass
                "rbm": ["model.hidden_units=16", "model.sample_steps=5"],
                "grbm": ["model.hidden_units=16", "model.sample_steps=5"],
                "dbn": ["model.hidden_units=[16,8]", "model.sample_steps=5"],
@@ -38,21 +38,6 @@ QUICK_ESTIMATOR = {"rbm": QUICK_AIS, "grbm": QUICK_AIS, "dbn": {**QUICK_AIS, "bo
                    "ebm": {"ais_runs": 4, "ais_temperatures": [10, 10, 10], "ais": True, "ais_pilot_runs": 2}}  # the EBM's likelihood: on request
 
 pytestmark = pytest.mark.real_data
-
-
-def compose_train(*overrides):
-    register_configs()
-    with initialize_config_module(config_module="dgm_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many tiny models: threads only add overhead here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -26,16 +26,6 @@ TOY = DataSpec((2,), "continuous", dataset="eight_gaussians")
 MODELS = {"dcgan": DCGAN, "wgan_gp": WGANGP, "sngan": SNGAN}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: with a busy machine, intra-op threads cost far more than they save
-    (the eight-Gaussians run took 221 s with 2 threads under load, 8.5 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def objective(cls) -> dict:
     name = cls.objectives[0]
     return {"name": name, "gp_weight": 10.0} if OBJECTIVES[name].penalized else {"name": name}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -52,11 +54,10 @@ def test_multirun_sweep(dgm, tmp_path, data_root):
     assert all("multirun" in str(r) for r in runs)
 
 
-def test_gan_checkpoint_gets_sample_quality_metrics(dgm, tmp_path, data_root, monkeypatch):
+def test_gan_checkpoint_gets_sample_quality_metrics(dgm, tmp_path, data_root):
     """`dgm eval` of a model without a likelihood: by default its sample-quality metrics, FID/KID/PR/IS
     against the test split, with the real-data floor and the feature network named (trained once,
-    cached in DGM_CACHE); metrics=[nll] is refused."""
-    monkeypatch.setenv("DGM_CACHE", str(tmp_path / "cache"))
+    cached in DGM_CACHE: the session's, see conftest); metrics=[nll] is refused."""
     dgm("train", "model=dcgan", "model.width=8", "trainer.max_steps=3", "trainer.progress=false")
     (run,) = run_folders(tmp_path)
     refused = dgm("eval", f"checkpoint={run}", "metrics=[nll]", check=False)
@@ -67,4 +68,4 @@ def test_gan_checkpoint_gets_sample_quality_metrics(dgm, tmp_path, data_root, mo
     assert report["num_generated"] == 200 and report["reference_split"] == "test"
     assert report["fid"] > report["fid_floor"] > 0  # 3 steps of training: far from the data
     assert "MNIST classifier" in report["feature_network"] and report["feature_network_test_accuracy"] > 0.95
-    assert list((tmp_path / "cache").rglob("*.pt")), "the feature network was not cached"
+    assert list(Path(os.environ["DGM_CACHE"]).rglob("mnist-*.pt")), "the feature network was not cached"

@@ -4,19 +4,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from hydra import compose, initialize_config_module
+from conftest import compose_train
 
-from dgm_cli.settings.schema import register_configs
 from dgm_cli.settings.validate import validate_train
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.registry import build_model
-
-
-def compose_train(*overrides):
-    register_configs()
-    with initialize_config_module(config_module="dgm_cli.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def test_checkpoint_interval_zero_is_refused():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import run_folders
+from conftest import compose_train, run_folders
 from dgm_cli.app import model_from_checkpoint
 from dgm_cli.commands import sample, train
 from dgm_cli.engine import checkpoint
@@ -48,8 +48,6 @@ def test_keys_a_model_does_not_take_are_refused_with_what_it_takes():
 @pytest.fixture
 def tiny_ddpm(tmp_path):
     """A DDPM (T = 10, width 8) trained 2 steps on 40 written 8x8 images: its checkpoint folder."""
-    from test_families import compose_train
-
     images = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "tiny.npz", x=images)
     cfg = compose_train("model=ddpm", "dataset=npz", f"data.path={tmp_path / 'tiny.npz'}", "model.timesteps=10",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import run_folders
+from conftest import compose_train, run_folders
 from dgm_cli import images
 from dgm_cli.app import model_from_checkpoint
 from dgm_cli.commands import train
@@ -238,8 +238,6 @@ def test_dgm_sample_writes_a_models_samples_as_midi_and_refuses_it_for_images(tm
 
 @pytest.mark.parametrize("name", ["dmm", "vrnn", "storn", "srnn"])
 def test_every_sequence_model_trains_on_music_and_reports_nats_per_step(tmp_path, name):
-    from test_families import compose_train
-
     write_pickle(tmp_path / "JSB Chorales.pickle", (24, 6, 6))
     cfg = compose_train(f"model={name}", "dataset=jsb_chorales", f"data.root={tmp_path}", "trainer.max_steps=2",
                         "trainer.batch_size=8", "trainer.sample_every=1", "trainer.num_samples=2",

@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 import torch
 
-from conftest import TINY, run_folders
+from conftest import TINY, run_dgm_process, run_folders
 
 pytestmark = pytest.mark.slow
 SHORT = [*TINY, "trainer.max_steps=300", "trainer.sample_every=0"]
@@ -20,10 +20,14 @@ def started_and_finished(run) -> tuple[datetime, datetime]:
     return stamps[0], stamps[-1]
 
 
-def test_a_joblib_sweep_runs_its_jobs_in_parallel(tmp_path, dgm, data_root):
-    dgm("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SHORT, "seed=1,2")
+def test_a_joblib_sweep_runs_its_jobs_in_parallel(tmp_path, data_root):
+    """The launcher starts worker processes: `dgm` runs as a process of its own here."""
+    run_dgm_process("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SHORT, "seed=1,2",
+                    cwd=tmp_path)
     runs = run_folders(tmp_path)
     assert len(runs) == 2
+    sweep = {r.parent for r in runs}
+    assert len(sweep) == 1 and (sweep.pop() / "multirun.yaml").exists(), "the jobs went where the sweep is"
     names = sorted(r.name for r in runs)  # sweep folders say what ran: <job>_<overrides>
     assert names[0].startswith("0_") and "seed=1" in names[0] and "model.latent_dim=8" in names[0]
     assert names[1].startswith("1_") and "seed=2" in names[1] and "trainer.progress" not in names[1]
@@ -31,8 +35,9 @@ def test_a_joblib_sweep_runs_its_jobs_in_parallel(tmp_path, dgm, data_root):
     assert a_start < b_end and b_start < a_end, "each job started before the other ended"
 
 
-def test_a_submitit_local_sweep_finishes(tmp_path, dgm, data_root):
-    dgm("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *SHORT, "seed=4")
+def test_a_submitit_local_sweep_finishes(tmp_path, data_root):
+    run_dgm_process("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *SHORT, "seed=4",
+                    cwd=tmp_path)
     (run,) = run_folders(tmp_path)
     assert run.name.startswith("0_") and "seed=4" in run.name and (run / "checkpoints" / "last.pt").exists()
 

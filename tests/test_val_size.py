@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_configs import compose_train
+from conftest import compose_train
 
 from dgm_cli.data import pipeline
 
