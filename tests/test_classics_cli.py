@@ -10,8 +10,7 @@ from conftest import run_folders
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
-QUICK = ["dataset=mnist", "trainer.max_steps=3", "trainer.batch_size=16", "trainer.sample_every=0", "trainer.num_samples=4",
-         "trainer.eval_batch_size=100", "data.val_size=100", "trainer.progress=false"]
+QUICK = ["dataset=mnist", "debug=tiny"]  # 3 steps of 16 images, a 100-image validation split
 
 LOWER_BOUND = "stochastic lower bound on log p"
 #: case -> (train arguments, eval arguments, the likelihood's kind, or None for a model scored by samples)

@@ -165,3 +165,12 @@ def test_model_yaml_restates_its_dataclass_defaults(name):
                                             f"dataclass-only {set(defaults) - set(cfg)}"
     for key, value in defaults.items():
         assert cfg[key] == value or (isinstance(value, tuple) and list(value) == cfg[key]), f"{key}: {cfg[key]} != {value}"
+
+
+def test_debug_tiny_shrinks_any_run_and_what_the_command_line_says_wins():
+    """debug=tiny: a few steps of everything, over a preset too; keys given beside it still win."""
+    tiny = compose_train("experiment=made_mnist", "debug=tiny")
+    assert (tiny.trainer.max_steps, tiny.trainer.batch_size, tiny.data.val_size) == (3, 16, 100)
+    assert tiny.model.hidden_sizes == [8000], "the model keeps its size"
+    assert compose_train("debug=tiny", "trainer.max_steps=10").trainer.max_steps == 10
+    validate_train(tiny)

@@ -18,8 +18,7 @@ from dgm_cli.evaluation.likelihood import evaluate_likelihood
 
 CONFIGS = Path(__file__).resolve().parents[1] / "dgm_cli" / "configs"
 MODEL_NAMES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
-QUICK = ["trainer.max_steps=2", "trainer.batch_size=8", "trainer.num_samples=4", "trainer.eval_batch_size=100",
-         "trainer.sample_every=1", "data.val_size=100", "trainer.progress=false"]
+QUICK = ["debug=tiny", "trainer.max_steps=2", "trainer.batch_size=8", "trainer.sample_every=1"]
 #: models whose every sample and likelihood costs T network passes: a short chain keeps the test quick
 QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"],
                "row_lstm": ["trainer.sample_every=0"],
