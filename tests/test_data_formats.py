@@ -57,7 +57,6 @@ def test_binarized_mnist_refuses_another_validation_size_and_bad_files(tmp_path)
         pipeline.load(data_cfg(name="binarized_mnist", root=str(tmp_path), val_size=4, download=False))
 
 
-@pytest.mark.slow
 def test_missing_binarized_mnist_offline_names_the_files(tmp_path):
     write_amat(tmp_path, {"train": 3})
     proc = run_dgm("train", "dataset=binarized_mnist", f"data.root={tmp_path}", "data.download=false", cwd=tmp_path,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_train, run_folders
+from conftest import run_dgm, run_folders
 from dgm_cli.app import model_from_checkpoint
-from dgm_cli.commands import sample, train
+from dgm_cli.commands import sample
 from dgm_cli.engine import checkpoint
 from dgm_cli.errors import UserError
 from dgm_cli.models.diffusion.ddpm import DDPMConfig
@@ -45,16 +45,18 @@ def test_keys_a_model_does_not_take_are_refused_with_what_it_takes():
     assert sample.sampler_settings(keys(eta=0.5), saved(DDPMConfig(sampler="ddim"), "ddpm")) == {"eta": 0.5}
 
 
-@pytest.fixture
-def tiny_ddpm(tmp_path):
-    """A DDPM (T = 10, width 8) trained 2 steps on 40 written 8x8 images: its checkpoint folder."""
+@pytest.fixture(scope="module")
+def tiny_ddpm(tmp_path_factory):
+    """A DDPM (T = 10, width 8) trained 2 steps by `dgm train` on 40 written 8x8 images: its run folder
+    (read-only: both tests below sample from it)."""
+    folder = tmp_path_factory.mktemp("tiny_ddpm")
     images = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8), dtype=np.uint8)
-    np.savez(tmp_path / "tiny.npz", x=images)
-    cfg = compose_train("model=ddpm", "dataset=npz", f"data.path={tmp_path / 'tiny.npz'}", "model.timesteps=10",
-                        "model.channels=8", "model.channel_mult=[1]", "trainer.max_steps=2", "trainer.batch_size=8",
-                        "trainer.sample_every=0", "trainer.progress=false")
-    train.run(cfg, tmp_path / "run")
-    return tmp_path / "run"
+    np.savez(folder / "tiny.npz", x=images)
+    run_dgm("train", "model=ddpm", "dataset=npz", f"data.path={folder / 'tiny.npz'}", "model.timesteps=10",
+            "model.channels=8", "model.channel_mult=[1]", "trainer.max_steps=2", "trainer.batch_size=8",
+            "trainer.sample_every=0", "trainer.progress=false", cwd=folder)
+    (run,) = run_folders(folder)
+    return run
 
 
 def test_the_keys_reach_the_sampler_of_a_model_built_from_a_checkpoint(tiny_ddpm):
@@ -76,13 +78,8 @@ def test_the_keys_reach_the_sampler_of_a_model_built_from_a_checkpoint(tiny_ddpm
 
 
 @pytest.mark.slow
-def test_dgm_sample_takes_the_keys_and_refuses_them_in_one_paragraph(dgm, tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8), dtype=np.uint8)
-    np.savez(tmp_path / "tiny.npz", x=images)
-    dgm("train", "model=ddpm", "dataset=npz", f"data.path={tmp_path / 'tiny.npz'}", "model.timesteps=10",
-        "model.channels=8", "model.channel_mult=[1]", "trainer.max_steps=2", "trainer.batch_size=8",
-        "trainer.sample_every=0", "trainer.progress=false")
-    run = run_folders(tmp_path)[0]
+def test_dgm_sample_takes_the_keys_and_refuses_them_in_one_paragraph(dgm, tmp_path, tiny_ddpm):
+    run = tiny_ddpm
     dgm("sample", f"checkpoint={run}", "num_samples=4", "steps=3", "sampler=ddim", "eta=0.5", f"out={tmp_path / 'x.png'}")
     assert (tmp_path / "x.png").exists()
     for bad, says in ((["eta=0.5"], "add sampler=ddim"), (["sampler=plms"], "sampler must be null or one of ddpm, ddim"),

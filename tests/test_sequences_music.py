@@ -270,7 +270,6 @@ def test_music_trains_samples_as_midi_and_evaluates_end_to_end(dgm, tmp_path):
     assert terms["nll_nats_per_step"] > 0 and terms["steps_per_sequence"] < 9
 
 
-@pytest.mark.slow
 def test_missing_music_files_exit_2_naming_them(dgm, tmp_path):
     proc = dgm("train", "model=dmm", "dataset=musedata", f"data.root={tmp_path}", check=False)
     assert proc.returncode == 2 and "MuseData.pickle" in proc.stderr and "Traceback" not in proc.stderr
