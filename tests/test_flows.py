@@ -76,11 +76,8 @@ LAYERS = {
     "invconv_vector": (lambda: L.InvertibleConv1x1(2), (2,), "real"),
     "coupling_checkerboard": (lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, "checkerboard", 1, "tanh"),
                               (1, 4, 4), "real"),
-    # packed halves with an odd number of rows; the masked form where the width is odd (no packing)
-    "coupling_checkerboard_odd_rows": (lambda: L.AffineCoupling(ResNet(2, 8, 4, 1), 2, "checkerboard", 0, "tanh"),
-                                       (2, 3, 4), "real"),
-    "coupling_checkerboard_odd_width": (lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, "checkerboard", 0, "sigmoid"),
-                                        (1, 3, 3), "real"),
+    "coupling_checkerboard_odd": (lambda: L.AffineCoupling(ResNet(2, 8, 4, 1), 2, "checkerboard", 0, "sigmoid"),
+                                  (2, 3, 3), "real"),
     "coupling_channel": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 4), 4, "channel", 0, "sigmoid"),
                          (4, 2, 2), "real"),
     "coupling_channel_odd": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 2), 3, "channel", 1, "tanh"),
@@ -137,7 +134,8 @@ class _Recording(nn.Module):
 
     def forward(self, h):
         self.seen.append(h.detach().clone())
-        return torch.sin(h.sum(dim=1, keepdim=True)).expand(h.shape[0], self.out, *h.shape[2:]) * 0.1
+        total = h.flatten(1).sum(1).view(-1, *[1] * (h.dim() - 1))  # every position depends on all inputs
+        return torch.sin(h.sum(dim=1, keepdim=True) + total).expand(h.shape[0], self.out, *h.shape[2:]) * 0.1
 
 
 @pytest.mark.parametrize("mask,channels,parity,shape", [
@@ -145,8 +143,9 @@ class _Recording(nn.Module):
     ("channel", 3, 1, (3, 2, 2)), ("channel", 5, 1, (5,)), ("checkerboard", 2, 0, (2, 4, 6)),
     ("checkerboard", 1, 1, (1, 3, 4))])
 def test_coupling_network_sees_the_conditioning_half_and_computes_the_other(mask, channels, parity, shape):
-    """The network's input is the conditioning half only (a checkerboard half packed into H x W/2), its
-    output the transformed half's raw scale and shift; the conditioning half passes through unchanged."""
+    """A channel-wise coupling's network reads the conditioning half's channels only and writes the
+    transformed half's raw scale and shift; a checkerboard coupling's reads the masked image. The
+    conditioning half passes through unchanged."""
     conditioning, transformed = L.coupling_halves(channels, mask, parity)
     net = _Recording(2 * transformed)
     layer = L.AffineCoupling(net, channels, mask, parity, "tanh")
@@ -162,26 +161,13 @@ def test_coupling_network_sees_the_conditioning_half_and_computes_the_other(mask
         changed[kept] = False
         assert not torch.allclose(y[:, changed], x[:, changed])
     else:
-        h, w = shape[1:]
-        assert conditioning == transformed == channels and seen.shape == (3, channels, h, w // 2)
-        kept = L.checkerboard_mask(x, parity).bool().expand_as(x)
-        # the packed half holds the pixels with (i + j) % 2 == parity, row by row
-        torch.testing.assert_close(seen.flatten(), x[kept])
+        mask_b = L.checkerboard_mask(x, parity)
+        assert conditioning == transformed == channels
+        torch.testing.assert_close(seen, x * mask_b)  # eq. 9: the network sees b*x
+        kept = mask_b.bool().expand_as(x)
         torch.testing.assert_close(y[kept], x[kept])
         assert not torch.allclose(y[~kept], x[~kept])
     assert layer.tanh_scale.shape == (transformed,)
-
-
-@pytest.mark.parametrize("parity", [0, 1])
-@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 1, 1, 2), (2, 2, 5, 4)])
-def test_checkerboard_split_and_merge_are_inverse(shape, parity):
-    x = torch.randn(*shape)
-    first, second = L.checkerboard_split(x, parity)
-    assert first.shape == second.shape == (*shape[:3], shape[3] // 2)
-    torch.testing.assert_close(L.checkerboard_merge(first, second, parity), x, atol=0, rtol=0)
-    kept = L.checkerboard_mask(x, parity).bool().expand_as(x)
-    torch.testing.assert_close(first.flatten(), x[kept], atol=0, rtol=0)
-    torch.testing.assert_close(second.flatten(), x[~kept], atol=0, rtol=0)
 
 
 def test_logit_transform_jacobian_by_finite_differences():
@@ -387,7 +373,8 @@ def test_wrong_representation_is_refused():
 @pytest.mark.parametrize("name", ["glow", "realnvp"])
 def test_model_coupling_networks_map_one_half_to_the_others_parameters(name):
     """At the default configs every image coupling's first convolution reads the conditioning half's
-    channels and its last writes twice the transformed half's; the weights are channels-last."""
+    channels and its last writes twice the transformed half's (a checkerboard coupling: C and 2C); the
+    weights are channels-last."""
     cls = {"glow": Glow, "realnvp": RealNVP}[name]
     model = cls(cls.Config(), DataSpec((1, 28, 28), "dequantized", dataset="mnist"), NLL)
     couplings = [m for m in model.modules() if isinstance(m, L.AffineCoupling)]
@@ -407,8 +394,8 @@ def test_model_coupling_networks_map_one_half_to_the_others_parameters(name):
 
 @pytest.mark.parametrize("name", ["glow", "realnvp"])
 def test_checkpoint_of_the_old_coupling_layout_is_refused_in_one_paragraph(name):
-    """A state dict saved before the couplings' networks took only their conditioning half (its
-    couplings' version 1) is refused with a UserError that says why, never loaded into wrong places;
+    """A state dict saved before the channel-wise couplings' networks took only their conditioning half
+    (its couplings' version 1) is refused with a UserError that says why, never loaded into wrong places;
     today's round-trips through torch.save and a weights-only load."""
     import io
 

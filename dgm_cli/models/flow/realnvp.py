@@ -4,10 +4,10 @@ Images: the multi-scale architecture of Sec. 3.6. Each scale but the last is
 3 checkerboard couplings, a squeeze, 3 channel-wise couplings, after which half of
 the channels are factored out; the last scale is 4 checkerboard couplings. Mask
 parities alternate so that every dimension is transformed. Coupling networks are
-ResNets (Sec. 4.1) that see only the conditioning half (a checkerboard half packed
-into H x W/2, where W is even; layers.checkerboard_split) and compute s and t of the
-other half; s = scale * tanh(raw). Batch normalisation of the coupling outputs
-(Sec. 3.7) is optional.
+ResNets (Sec. 4.1); a channel-wise coupling's sees only the conditioning half of the
+channels and computes s and t of the other half, a checkerboard coupling's sees the
+masked image (layers.AffineCoupling says why); s = scale * tanh(raw). Batch
+normalisation of the coupling outputs (Sec. 3.7) is optional.
 
 2-D toys: a stack of affine couplings with MLP networks, masks alternating.
 """

@@ -5,22 +5,20 @@
     reshaping       Squeeze, Unsqueeze, Flatten, Split (multi-scale, with a learned prior)
     normalization   ActNorm, BatchNorm
     mixing          InvertibleConv1x1
-    coupling        AffineCoupling (the network sees the conditioning half only), its partitions and networks
+    coupling        AffineCoupling (a channel-wise one's network sees the conditioning half only), its masks and networks
     autoregressive  MaskedAffineAutoregressive (MAF) and its MADEConditioner
 
 Every layer has ``forward(x) -> (z, log_det)`` and ``inverse(z) -> (x, log_det)``; see ``base``.
 """
 from .autoregressive import MADEConditioner, MaskedAffineAutoregressive
 from .base import MAX_LOG_SCALE, FlowSequential, soft_clamp, sum_except_batch
-from .coupling import (AffineCoupling, checkerboard_mask, checkerboard_merge, checkerboard_split, coupling_halves,
-                       coupling_mlp, zero_initialized)
+from .coupling import AffineCoupling, checkerboard_mask, coupling_halves, coupling_mlp, zero_initialized
 from .mixing import InvertibleConv1x1
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import LogitTransform, Shift
 from .reshaping import Flatten, Split, Squeeze, Unsqueeze
 
 __all__ = ["MADEConditioner", "MaskedAffineAutoregressive", "MAX_LOG_SCALE", "FlowSequential", "soft_clamp",
-           "sum_except_batch", "AffineCoupling", "checkerboard_mask", "checkerboard_merge", "checkerboard_split",
-           "coupling_halves", "coupling_mlp",
+           "sum_except_batch", "AffineCoupling", "checkerboard_mask", "coupling_halves", "coupling_mlp",
            "zero_initialized", "InvertibleConv1x1", "ActNorm", "BatchNorm", "LogitTransform", "Shift", "Flatten",
            "Split", "Squeeze", "Unsqueeze"]
