@@ -15,6 +15,8 @@ import os
 import re
 import signal
 import sys
+import threading
+import time
 
 COMMANDS = {
     "train": ("dgm_cli.commands.train", "train a model (Hydra overrides: model=vae dataset=mnist ...)"),
@@ -289,8 +291,6 @@ def _fresh_process():
     argv, stderr, environ = sys.argv, sys.stderr, dict(os.environ)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    import threading
-
     signals = {}
     if threading.current_thread() is threading.main_thread():
         signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -324,8 +324,6 @@ def _stamp_run() -> None:
     fixed once per command and handed to the processes it starts (a launcher's workers resolve the
     same sweep folder); a ``dgm`` started by one that already set them keeps them (torchrun's ranks
     then agree on rank 0's, engine/distributed.agree_on_run)."""
-    import time
-
     if "DGM_RUN_TIME" not in os.environ:
         os.environ["DGM_RUN_TIME"] = repr(time.time())
         os.environ["DGM_RUN_PID"] = str(os.getpid()) if _calls == 1 else f"{os.getpid()}-{_calls}"
