@@ -118,6 +118,11 @@ def condense(command: str, text: str, args: tuple[str, ...] = ()) -> str:
     msg = re.sub(r" ?To append to your config use \+\S+", "", " ".join(out))
     if options:
         msg += " " + ", ".join(options) + "."
+        missing = re.search(r"Could not find '[\w/]+/([^'/]+)'", msg)
+        if missing:  # a mistyped choice of a group (model=vea): the closest choices, as for keys
+            from .settings import docs
+
+            msg += docs.suggest(missing.group(1), options)
     if full_key:
         msg += f" (key: {full_key})." + _schema_keys(full_key, args)
     unknown = re.search(r"Could not override '([^']+)'", msg)

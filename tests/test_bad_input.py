@@ -39,13 +39,13 @@ def no_folder_written(tmp_path):
 @pytest.mark.parametrize(
     "override, needles",
     [
-        ("model=vea", ["model/vea", "conv_vae", "vae"]),
+        ("model=vea", ["model/vea", "conv_vae", "Did you mean vae?"]),
         ("optimizer.lr=-1", ["optimizer.lr", "> 0"]),
         ("trainer.batch_size=0", ["trainer.batch_size", "> 0"]),
         ("trainer.foo=1", ["trainer.foo", "max_epochs"]),
         ("trainer.batch_size=abc", ["trainer.batch_size", "Integer"]),
         ("trainer.device=tpu", ["trainer.device", "cuda"]),
-        ("optimizer=adamx", ["optimizer/adamx", "adamw"]),
+        ("optimizer=adamx", ["optimizer/adamx", "Did you mean adam or adamw?"]),
         ("objective=hinge", ["objective=hinge", "elbo", "iwae"]),
         ("model.latent_dim=abc", ["model.latent_dim", "latent_dim"]),
         ("data.representation=rgb", ["data.representation", "binary"]),
