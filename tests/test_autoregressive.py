@@ -91,7 +91,7 @@ def test_autoregressive_property(name, shape, representation):
 def test_gated_pixelcnn_has_no_blind_spot(shape):
     """Every output depends on ALL earlier pixels (and earlier channels of its pixel)."""
     # Wide enough that the output layers' ReLUs are not all off for a channel group.
-    model = make("gated_pixelcnn", shape, num_layers=4, input_kernel_size=3, kernel_size=3, channels=12, head_channels=12)
+    model = make("gated_pixelcnn", shape, num_layers=4, input_kernel_size=3, kernel_size=3, channels=18, head_channels=24)
     dep = dependencies(model, torch.rand(8, *shape))
     before = torch.tril(torch.ones_like(dep), diagonal=-1)  # raster/channel order
     assert torch.equal(dep, before)
@@ -273,3 +273,28 @@ def test_made_masks_are_reproducible_and_resampled():
     assert int(a.mask_index) == 0  # evaluation restores the training mask set
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.net[0].mask, b.net[0].mask) and int(b.step) == 7
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient_from_the_loss(name):
+    """A parameter that feeds nothing (Gated PixelCNN's last residual connection did) is dead weight,
+    and DistributedDataParallel fails on its second step over it."""
+    conditional = {"conditional": True} if name == "gated_pixelcnn" else {}
+    model = make(name, (1, 4, 4), num_classes=3, scramble=False, **conditional).train()
+    x, y = torch.bernoulli(torch.full((4, 1, 4, 4), 0.5)), torch.tensor([0, 1, 2, 0])
+    _, loss, _ = next(phase_steps(model, x, y))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name}: no gradient for {missing}"
+
+
+def test_gated_pixelcnn_loads_a_checkpoint_whose_last_layer_had_a_residual_connection():
+    model = make("gated_pixelcnn", (1, 4, 4), num_classes=3, conditional=True)
+    state = model.state_dict()
+    last = f"layers.{len(model.layers) - 1}."
+    old = {**state, last + "residual.weight": torch.ones(6, 6, 1, 1), last + "residual.bias": torch.ones(6),
+           last + "class_vertical.weight": torch.ones(3, 12)}
+    fresh = make("gated_pixelcnn", (1, 4, 4), num_classes=3, conditional=True, scramble=False)
+    fresh.load_state_dict(old)
+    x, y = torch.bernoulli(torch.full((2, 1, 4, 4), 0.5)), torch.tensor([0, 2])
+    assert torch.equal(fresh.log_likelihood(x, y), model.log_likelihood(x, y))

@@ -47,32 +47,48 @@ def shift_down(t: Tensor) -> Tensor:
 
 
 class GatedLayer(nn.Module):
+    """One gated layer. The first takes x itself (mask A, no residual connection); the last feeds
+    only the output layers through its skip connection, so it has no residual connection and no
+    class bias on its vertical stack (they would feed nothing: parameters without gradient, which
+    DistributedDataParallel refuses)."""
+
     def __init__(self, in_channels: int, channels: int, kernel_size: int, first: bool,
-                 data_channels: int, num_classes: int = 0):
+                 data_channels: int, num_classes: int = 0, last: bool = False):
         super().__init__()
         k, n = kernel_size, channels
+        self.last = last
         self.pad_vertical = (k // 2, k // 2, k // 2, 0)  # rows i - k//2 .. i, columns j +- k//2
         self.vertical = nn.Conv2d(in_channels, 2 * n, (k // 2 + 1, k))
         self.vertical_to_horizontal = nn.Conv2d(2 * n, 2 * n, 1)
         self.horizontal = MaskedConv2d(in_channels, 2 * n, (1, k // 2 + 1), "A" if first else "B",
                                        data_channels, anchor=(0, k // 2), out_chunks=2)
         self.skip = MaskedConv2d(n, n, 1, "B", data_channels)
-        self.residual = None if first else MaskedConv2d(n, n, 1, "B", data_channels)
-        if num_classes:
-            self.class_vertical = nn.Embedding(num_classes, 2 * n)  # V^T h for a one-hot h
-            self.class_horizontal = nn.Embedding(num_classes, 2 * n)
+        self.residual = None if first or last else MaskedConv2d(n, n, 1, "B", data_channels)
+        self.class_vertical = nn.Embedding(num_classes, 2 * n) if num_classes and not last else None  # V^T h, one-hot h
+        self.class_horizontal = nn.Embedding(num_classes, 2 * n) if num_classes else None
 
     def forward(self, v: Tensor, h: Tensor, y: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         v_pre = self.vertical(F.pad(v, self.pad_vertical))  # sees rows <= i
         h_pre = self.horizontal(h) + self.vertical_to_horizontal(shift_down(v_pre))
         if y is not None:
-            v_pre = v_pre + self.class_vertical(y)[:, :, None, None]
             h_pre = h_pre + self.class_horizontal(y)[:, :, None, None]
-        v_out, h_gated = gate(v_pre), gate(h_pre)
+        h_gated = gate(h_pre)
+        if self.last:  # only the skip connection goes on
+            return v, h, self.skip(h_gated)
+        if y is not None:
+            v_pre = v_pre + self.class_vertical(y)[:, :, None, None]
         # The first layer's input is x itself, which holds the pixel being predicted:
         # it gets no residual connection.
         h_out = h_gated if self.residual is None else h + self.residual(h_gated)
-        return v_out, h_out, self.skip(h_gated)
+        return gate(v_pre), h_out, self.skip(h_gated)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint from before the last layer lost them holds its residual connection and vertical
+        # class bias, which fed nothing: dropping them leaves the model's function as it was.
+        if self.last:
+            for key in [k for k in state_dict if k.startswith((prefix + "residual.", prefix + "class_vertical."))]:
+                del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class LayerCache:
@@ -89,7 +105,8 @@ class LayerCache:
         self.residual = None if layer.residual is None else pointwise(layer.residual)
         self.class_v = self.class_h = None
         if y is not None:
-            self.class_v, self.class_h = layer.class_vertical(y), layer.class_horizontal(y)
+            self.class_h = layer.class_horizontal(y)
+            self.class_v = None if layer.class_vertical is None else layer.class_vertical(y)
         weight, bias = self.to_horizontal
         b, _, rows, width = v.inner.shape
         self.from_above = v.data.new_zeros(b, rows, width, weight.shape[0])  # channels-last, like PaddedMap
@@ -164,7 +181,7 @@ class GatedPixelCNN(AutoregressiveModel):
         classes = data.num_classes if self.conditional else 0
         self.layers = nn.ModuleList(
             GatedLayer(c if i == 0 else n, n, config.input_kernel_size if i == 0 else config.kernel_size,
-                       first=i == 0, data_channels=c, num_classes=classes)
+                       first=i == 0, data_channels=c, num_classes=classes, last=i == config.num_layers - 1)
             for i in range(config.num_layers)
         )
         self.output = output_layers(n, config.head_channels, c, self.bins)
