@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -130,6 +131,10 @@ def command(config_name: str, validate: Callable[[DictConfig], None]):
             except UserError as exc:
                 remove_if_unused(run_dir, log_name)
                 refuse(config_name, exc)
+            except KeyboardInterrupt:  # Ctrl-C outside a training step (dgm train's own: engine/faults.py)
+                remove_if_unused(run_dir, log_name)
+                sys.stderr.write(f"dgm {config_name}: interrupted (Ctrl-C); nothing more was written.\n")
+                sys.exit(128 + signal.SIGINT)
             remove_if_unused(run_dir, log_name)
             return result
 

@@ -9,6 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+#: the process's umask (read once: os.umask can only be read by setting it); a temporary file is made
+#: 0600, and the file it becomes gets the mode any newly written file would have (0644 under umask 022)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """``write(f)`` fills a binary file object; afterwards ``path`` holds all of it or is unchanged."""
@@ -20,6 +25,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -180,3 +180,46 @@ def test_unknown_eval_metric(dgm, toy_run):
 
 def test_unknown_command(dgm):
     refused(dgm("trian", check=False), "unknown command 'trian'", "train")
+
+
+@pytest.mark.parametrize("out, needles", [
+    ("/proc/nope/e.json", ["cannot write out='/proc/nope/e.json'"]),
+    ("{tmp}", ["is a folder", "eval.json"]),
+    ("e.txt", ["out='e.txt'", "ending in .json"]),
+    ("{tmp}/a_file/e.json", ["cannot write out=", "a file where a folder should be"]),
+])
+def test_eval_refuses_an_out_it_could_not_write_before_computing(dgm, tmp_path, toy_run, out, needles):
+    (tmp_path / "a_file").write_text("")
+    out = out.format(tmp=tmp_path)
+    refused(dgm("eval", f"checkpoint={toy_run}", f"out={out}", check=False), *needles)
+
+
+def test_report_refuses_an_out_it_could_not_write(dgm, tmp_path, toy_run):
+    (tmp_path / "a_file").write_text("")
+    refused(dgm("report", str(toy_run.parent.parent), "out=/proc/nope", check=False), "cannot write out='/proc/nope'")
+    refused(dgm("report", str(toy_run.parent.parent), f"out={tmp_path / 'a_file'}", check=False), "is a file")
+
+
+def test_ctrl_c_during_eval_is_one_line_exit_130_and_writes_nothing(dgm, tmp_path, toy_run, monkeypatch):
+    """Ctrl-C while the estimator runs (stood in for by a KeyboardInterrupt raised from it): one line,
+    status 130 as a shell reports a SIGINT, no traceback, no eval.json and no folder of its own."""
+    from dgm_cli.evaluation import likelihood
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(likelihood, "evaluate_likelihood", interrupted)
+    out = tmp_path / "e.json"
+    proc = dgm("eval", f"checkpoint={toy_run}", f"out={out}", check=False)
+    assert proc.returncode == 130 and proc.stderr.strip() == "dgm eval: interrupted (Ctrl-C); nothing more was written."
+    assert not out.exists()
+
+
+def test_files_dgm_writes_get_the_usual_permissions(toy_run):
+    """Written through a 0600 temporary file and renamed: the file then gets the mode any new file
+    gets (0644 under the usual umask 022), so that others on a cluster can read a run."""
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert toy_run.stat().st_mode & 0o777 == 0o666 & ~umask  # the checkpoint file

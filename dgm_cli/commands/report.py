@@ -246,6 +246,9 @@ def _slug(s: str) -> str:
 
 # --- the command -----------------------------------------------------------------------------------
 def validate_report(cfg: DictConfig) -> None:
+    from ..settings.validate import check_out
+
+    check_out(cfg, "report", "folder")
     if not cfg.runs:
         raise UserError("give the runs to report: `dgm report <run folders, sweep folders or globs>` "
                         "(e.g. dgm report outputs/train/multirun/2026-01-01/12-00-00-123).")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig
@@ -133,8 +134,6 @@ SAMPLERS = ("ddpm", "ddim")  # dgm sample sampler=: diffusion's samplers
 
 
 def validate_sample(cfg: DictConfig) -> None:
-    from pathlib import Path
-
     positive(cfg, "num_samples")
     check(cfg, "out", lambda v: v is None or Path(v).expanduser().is_dir()
           or Path(v).suffix.lower() in IMAGE_SUFFIXES + MIDI_SUFFIXES,
@@ -149,7 +148,47 @@ def validate_sample(cfg: DictConfig) -> None:
     one_of(cfg, "split", SPLITS)
 
 
+def _can_write_beside(path: Path) -> bool:
+    """Whether files can be made where ``path`` would go: tried, with a temporary file made and
+    removed in its nearest existing folder (permission bits say nothing for root or /proc)."""
+    import os
+    import tempfile
+
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return False
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".dgm-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def check_out(cfg: DictConfig, command: str, kind: str, suffix: str | None = None) -> None:
+    """``out=`` names a ``kind`` ("file" with ``suffix``, or "folder") that can be written, so that a
+    command never computes for minutes and then fails to save (or leaves half a file)."""
+    if cfg.out is None:
+        return
+    path = Path(cfg.out).expanduser()
+    if kind == "file" and path.is_dir():
+        raise UserError(f"out={cfg.out!r} is a folder; dgm {command} writes one {suffix} file: give its name, e.g. "
+                        f"out={Path(cfg.out) / ('eval' + suffix)}.")
+    if kind == "file" and path.suffix.lower() != suffix:
+        raise UserError(f"out={cfg.out!r}: dgm {command} writes a {suffix} file; give a file name ending in {suffix} "
+                        f"(or leave out= out for the default place).")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise UserError(f"out={cfg.out!r} is a file; dgm {command} writes its tables and plots into a folder.")
+    if not _can_write_beside(path / "probe" if kind == "folder" else path):
+        raise UserError(f"cannot write out={cfg.out!r}: nothing can be created in {path.parent} (a missing or "
+                        f"read-only folder, or a file where a folder should be). Give a place you can write to.")
+
+
 def validate_eval(cfg: DictConfig) -> None:
+    check_out(cfg, "eval", "file", ".json")
     non_negative(cfg, "batch_size")
     positive(cfg, "num_samples")
     check(cfg, "limit", lambda v: v is None or v > 0, "null or > 0")
