@@ -33,6 +33,7 @@ from . import files, music, sequences, toy
 EVAL_SEED = 1234  # fixed: the binarization/dequantization noise of the val and test sets
 SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
 DOMAIN_B_SEED = 1_000_003  # offsets the seed of domain B's permutations from domain A's
+NOISE_STREAM = 7  # sets the data noise's seeds apart from the permutations'
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "image_folder", "npz")
 DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES) + sequences.PIANO_ROLLS
 
@@ -214,12 +215,19 @@ def fixed(x: Tensor, representation: str) -> Tensor:
     return transform(x.cpu(), representation, torch.Generator().manual_seed(EVAL_SEED))
 
 
+def noise_seed(seed: int, epoch: int, position: int) -> int:
+    """The seed of the data noise of batch ``position`` of epoch ``epoch``."""
+    return hash((seed, NOISE_STREAM, epoch, position)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
 class BatchIterator:
     """Draws training batches by indexing a tensor held on ``device``.
 
-    The permutation of epoch e comes from ``seed + e``, and the noise generator's
-    state is part of ``state_dict``, so a resumed run draws the same batches.
-    Static binarization is applied once, here; dynamic noise is drawn per batch.
+    The permutation of epoch e comes from ``seed + e``, and the noise of each batch (dynamic
+    binarization, dequantization) from a generator re-seeded from (seed, epoch, position): a
+    resumed run draws the same batches from nothing but its position, whatever device the
+    generator lives on (a CPU generator's state does not fit a CUDA one, so a state would not
+    move between devices). Static binarization is applied once, here.
     """
 
     def __init__(self, x: Tensor, y: Optional[Tensor], representation: str, binarize: str,
@@ -241,7 +249,7 @@ class BatchIterator:
         self.device = device
         self.seed = seed
         self.steps_per_epoch = len(x) // batch_size  # the last partial batch is dropped
-        self.noise = torch.Generator(device=device if device.type != "mps" else "cpu").manual_seed(seed + 7)
+        self.noise = torch.Generator(device=device if device.type != "mps" else "cpu")
         self.epoch = 0
         self.position = 0
         self._perm: Optional[Tensor] = None
@@ -274,6 +282,7 @@ class BatchIterator:
         if self.position >= self.steps_per_epoch:
             self.epoch, self.position, self._perm = self.epoch + 1, 0, None
         idx = self._permutation()[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+        self.noise.manual_seed(noise_seed(self.seed, self.epoch, self.position))
         self.position += 1
         xb = self._represent(self.x[idx].to(self.device, non_blocking=True))
         if self.two_domains:
@@ -282,7 +291,7 @@ class BatchIterator:
         return xb, yb
 
     def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "position": self.position, "noise": self.noise.get_state()}
+        state = {"epoch": self.epoch, "position": self.position}
         if self.two_domains:
             state.update(epoch_b=self.epoch_b, position_b=self.position_b)
         return state
@@ -290,7 +299,8 @@ class BatchIterator:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
         self.epoch_b, self.position_b, self._perm_b = int(state.get("epoch_b", 0)), int(state.get("position_b", 0)), None
-        self.noise.set_state(state["noise"])
+        # a checkpoint from before the noise was re-seeded per batch also holds a generator state ("noise"),
+        # of the device it was saved on: not needed, and left unread
 
 
 def eval_batches(x: Tensor, y: Optional[Tensor], batch_size: int, device: torch.device):

@@ -60,9 +60,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` saved, on the devices present: a run saved with more GPUs than this
+    machine has restores the first ones' states, one saved with fewer (or on a CPU) leaves the others
+    as they are (every training step re-seeds its device anyway: ``seed_step``)."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") and torch.cuda.is_available():
+        for index, saved in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(saved, index)
 
 
 def fork_rng(device: torch.device):
