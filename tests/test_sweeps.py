@@ -1,5 +1,6 @@
 """Sweeps through Hydra's launchers: joblib runs jobs in parallel on one machine; submitit_local
-(the stand-in for SLURM here) runs a job in its own process; a sweep's folders name its overrides."""
+(the stand-in for SLURM here) runs a job in its own process; a sweep's folders name its overrides,
+and with every launcher they sit in the folder the sweep announced, which `dgm report` reads."""
 from __future__ import annotations
 
 import re
@@ -8,7 +9,7 @@ from datetime import datetime
 import pytest
 import torch
 
-from conftest import TINY, run_dgm_process, run_folders
+from conftest import TINY, run_dgm, run_dgm_process, run_folders
 
 pytestmark = pytest.mark.slow
 SHORT = [*TINY, "trainer.max_steps=300", "trainer.sample_every=0"]
@@ -20,14 +21,22 @@ def started_and_finished(run) -> tuple[datetime, datetime]:
     return stamps[0], stamps[-1]
 
 
+def assert_one_sweep_that_reports(tmp_path, runs) -> None:
+    """Every job sits in the one folder the sweep announced (it holds multirun.yaml), and `dgm report`
+    of that folder finds them all."""
+    (sweep,) = {r.parent for r in runs}
+    assert (sweep / "multirun.yaml").exists(), f"the jobs are not in the sweep's folder: {runs}"
+    run_dgm("report", str(sweep), f"out={tmp_path / 'report'}", cwd=tmp_path)
+    assert len((tmp_path / "report" / "report.csv").read_text().strip().splitlines()) == 1 + len(runs)
+
+
 def test_a_joblib_sweep_runs_its_jobs_in_parallel(tmp_path, data_root):
     """The launcher starts worker processes: `dgm` runs as a process of its own here."""
     run_dgm_process("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SHORT, "seed=1,2",
                     cwd=tmp_path)
     runs = run_folders(tmp_path)
     assert len(runs) == 2
-    sweep = {r.parent for r in runs}
-    assert len(sweep) == 1 and (sweep.pop() / "multirun.yaml").exists(), "the jobs went where the sweep is"
+    assert_one_sweep_that_reports(tmp_path, runs)
     names = sorted(r.name for r in runs)  # sweep folders say what ran: <job>_<overrides>
     assert names[0].startswith("0_") and "seed=1" in names[0] and "model.latent_dim=8" in names[0]
     assert names[1].startswith("1_") and "seed=2" in names[1] and "trainer.progress" not in names[1]
@@ -40,6 +49,7 @@ def test_a_submitit_local_sweep_finishes(tmp_path, data_root):
                     cwd=tmp_path)
     (run,) = run_folders(tmp_path)
     assert run.name.startswith("0_") and "seed=4" in run.name and (run / "checkpoints" / "last.pt").exists()
+    assert_one_sweep_that_reports(tmp_path, [run])
 
 
 def test_the_slurm_preset_composes_with_one_process_per_gpu(tmp_path, dgm):
@@ -54,6 +64,7 @@ def test_a_sweep_run_folder_works_as_checkpoint_and_resume_as_typed(tmp_path, dg
     dgm("train", "-m", *TINY, "trainer.max_steps=3", "trainer.sample_every=0", "seed=1")
     (run,) = run_folders(tmp_path)
     assert "[" in run.name and "=" in run.name
+    assert_one_sweep_that_reports(tmp_path, [run])  # the basic launcher, as joblib and submitit above
     dgm("sample", f"checkpoint={run}", "num_samples=4", f"out={tmp_path / 'x.png'}")
     dgm("train", f"resume={run}", "trainer.max_steps=5")
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
