@@ -503,6 +503,19 @@ def test_ebm_ais_on_images_estimates_the_box_integral_and_the_8bit_bound():
     assert report["shared_error_nats"] == pytest.approx(0.0, abs=1e-12)  # every AIS weight equal
 
 
+@pytest.mark.parametrize("shape,network", [((1, 4, 4), "conv"), ((2,), "mlp")])
+def test_ebm_ais_makes_its_tensors_where_the_energy_is(shape, network):
+    """Every tensor AIS feeds the energy follows the energy's parameters: shown with float64 weights, which
+    a float32 tensor made on the default device and dtype (as the base samples were, so a CUDA model got
+    CPU ones) does not multiply with."""
+    model = build("ebm", shape=shape, network=network, width=4, hidden=8).double()
+    settings = {"ais": True, "ais_runs": 4, "ais_temperatures": [5, 5, 5], "ais_pilot_runs": 2}
+    x = torch.rand(6, *shape)  # the evaluation data, float32 as dgm eval reads it
+    log_p = model.log_likelihood(x.double(), None, **estimator_settings(model, settings))
+    assert log_p.dtype == torch.float64 and torch.isfinite(log_p).all()
+    model.prepare_eval(x, None, **estimator_settings(model, settings))  # the data's moments, cast
+
+
 def test_ebm_eval_reports_sample_metrics_unless_ais_is_asked():
     from dgm_cli.commands.evaluate import resolve_metrics
     from dgm_cli.evaluation import samples

@@ -190,14 +190,17 @@ def exact_log_z(W: Tensor, b: Tensor, c: Tensor, chunk: int = 1 << 14) -> Option
 
 # --- continuous energies: a geometric path with MALA transitions -----------------------------------
 class UniformBox:
-    """The base model f_0 = 1 on [low, high]^D (0 outside): log Z_0 = D log(high - low)."""
+    """The base model f_0 = 1 on [low, high]^D (0 outside): log Z_0 = D log(high - low). Its samples are
+    made on ``like``'s device and in its dtype (the energy's parameters: a GPU model anneals on its GPU)."""
 
-    def __init__(self, shape: tuple, low: float = -1.0, high: float = 1.0):
+    def __init__(self, shape: tuple, low: float = -1.0, high: float = 1.0, like: Optional[Tensor] = None):
         self.shape, self.low, self.high = tuple(shape), low, high
         self.log_z = math.prod(self.shape) * math.log(high - low)
+        self.like = torch.empty(0) if like is None else like
 
-    def sample(self, n: int, device=None) -> Tensor:
-        return torch.rand(n, *self.shape, device=device) * (self.high - self.low) + self.low
+    def sample(self, n: int) -> Tensor:
+        u = torch.rand(n, *self.shape, device=self.like.device, dtype=self.like.dtype)
+        return u * (self.high - self.low) + self.low
 
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         inside = ((x >= self.low) & (x <= self.high)).flatten(1).all(1)
@@ -205,13 +208,13 @@ class UniformBox:
 
 
 class DiagonalGaussian:
-    """The base model N(mean, diag(std²)), normalised: log Z_0 = 0."""
+    """The base model N(mean, diag(std²)), normalised: log Z_0 = 0; samples on the mean's device, in its dtype."""
 
     def __init__(self, mean: Tensor, std: Tensor):
         self.mean, self.std, self.log_z = mean, std, 0.0
 
-    def sample(self, n: int, device=None) -> Tensor:
-        return self.mean + self.std * torch.randn(n, *self.mean.shape, device=device)
+    def sample(self, n: int) -> Tensor:
+        return self.mean + self.std * torch.randn(n, *self.mean.shape, device=self.mean.device, dtype=self.mean.dtype)
 
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = (x - self.mean) / self.std

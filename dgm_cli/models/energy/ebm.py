@@ -221,12 +221,14 @@ class EBM(GenerativeModel):
 
     # --- likelihood, only on request -------------------------------------------------------------------
     def ais_base(self, x: Optional[Tensor], s: EBMEstimator):
-        """Uniform on [-1, 1]^D for images; for continuous data a Gaussian with the data's moments."""
+        """Uniform on [-1, 1]^D for images; for continuous data a Gaussian with the data's moments. Either
+        samples on the energy's device, in its dtype."""
+        like = self.replay  # a buffer: it moves (.to, .double) with the energy's parameters
         if self.data.is_image:
-            return ais.UniformBox(self.data.shape)
+            return ais.UniformBox(self.data.shape, like=like)
         if x is None:
             raise UserError("an EBM's AIS on continuous data builds its base from the evaluation data; none was given.")
-        x = self.to_model_space(x.to(self.replay.device).float())
+        x = self.to_model_space(x.to(like.device, like.dtype))
         return ais.DiagonalGaussian(x.mean(0), x.std(0).nan_to_num(1.0).clamp(min=s.ais_min_std))
 
     @torch.no_grad()
