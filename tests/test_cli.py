@@ -143,3 +143,18 @@ def test_resume_logs_into_the_run_folder_and_sample_eval_write_no_empty_folder(t
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["train"], "an empty sample/eval folder"
     run_dgm("sample", f"checkpoint={run}", cwd=tmp_path)  # the grid's default place is a folder of its own
     assert len(list((tmp_path / "outputs" / "sample").glob("*/*/sample.png"))) == 1
+
+
+def test_eval_of_a_sweep_folder_evaluates_every_run_in_it(tmp_path, toy_run):
+    """`dgm eval checkpoint=<a folder of runs>`: each run gets its eval.json and a line; out= (one
+    file) is refused for several runs; a folder with best.pt but no last.pt names best.pt."""
+    sweep = tmp_path / "sweep"
+    runs = [copy_run(toy_run, sweep / f"{i}_seed={i}") for i in range(2)]
+    proc = run_dgm("eval", f"checkpoint={sweep}", "limit=50", cwd=tmp_path)
+    assert all((r / "checkpoints" / "eval.json").exists() for r in runs)
+    assert "[1/2]" in proc.stdout and "[2/2]" in proc.stdout and proc.stdout.count("NLL ") == 2
+    refused = run_dgm("eval", f"checkpoint={sweep}", f"out={tmp_path / 'e.json'}", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "holds 2 runs" in refused.stderr
+    (runs[0] / "checkpoints" / "last.pt").rename(runs[0] / "checkpoints" / "best.pt")
+    missing = run_dgm("eval", f"checkpoint={runs[0]}", cwd=tmp_path, check=False)
+    assert missing.returncode == 2 and "checkpoints/best.pt" in missing.stderr

@@ -102,16 +102,13 @@ def resolve_metrics(asked, model, settings: dict | None = None) -> tuple[bool, l
     return "nll" in asked, [m for m in asked if m != "nll"]
 
 
-@command("eval", validate_eval)
-def app(cfg: DictConfig) -> None:
+def evaluate(cfg: DictConfig, state: dict, device) -> dict:
+    """The report of one checkpoint (see docs/eval_json.md)."""
     from ..data import pipeline
-    from ..engine import checkpoint, distributed, runtime
+    from ..engine import runtime
     from ..evaluation import estimators, likelihood
     from ..evaluation.samples import sample_quality_report
 
-    distributed.init()  # under torchrun, each process evaluates its part of the split
-    device = runtime.pick_device(cfg.device, distributed.local_rank() if distributed.active() else None)
-    state = checkpoint.load(cfg.checkpoint)
     model, train_cfg, dataset = model_from_checkpoint(state, device, cfg.data_root)
     settings = estimators.estimator_settings(model, OmegaConf.to_container(cfg.estimator))
     want_nll, sample_metrics = resolve_metrics(cfg.metrics, model, settings)
@@ -140,16 +137,48 @@ def app(cfg: DictConfig) -> None:
     if sample_metrics:
         report["sample_quality"] = sample_quality_report(model, dataset, train_cfg, cfg, sample_metrics, device,
                                                          eval_binarization or "")
-    out = Path(cfg.out) if cfg.out else Path(state["path"]).parent / "eval.json"
-    if not distributed.is_main():
-        distributed.destroy()
-        return
-    distributed.destroy()
+    return report
+
+
+def save(report: dict, out: Path, quiet: bool = False) -> None:
+    """Merged with what an earlier evaluation of the same checkpoint and protocol wrote, then written."""
     report = merge_previous(report, out)
     write_json(report, out)
     print(headline(report))
-    print(table(report))
+    if not quiet:
+        print(table(report))
     print(f"wrote {out}")
+
+
+@command("eval", validate_eval)
+def app(cfg: DictConfig) -> None:
+    from ..engine import checkpoint, distributed, runtime
+
+    distributed.init()  # under torchrun, each process evaluates its part of the split
+    device = runtime.pick_device(cfg.device, distributed.local_rank() if distributed.active() else None)
+    paths = checkpoint.resolve_all(cfg.checkpoint)
+    if len(paths) > 1 and cfg.out:
+        raise UserError(f"checkpoint={cfg.checkpoint!r} holds {len(paths)} runs, and out= names one file: leave out= "
+                        f"out (each run's eval.json goes beside its checkpoint), or give one run.")
+    refused = []
+    for i, path in enumerate(paths, 1):
+        if len(paths) > 1:
+            print(f"[{i}/{len(paths)}] {path.parent.parent}")
+        try:
+            state = checkpoint.load(str(path))
+            report = evaluate(cfg, state, device)
+        except UserError as exc:
+            if len(paths) == 1:
+                raise
+            refused.append(path)
+            print(f"[{i}/{len(paths)}] not evaluated: {exc}")
+            continue
+        if distributed.is_main():
+            save(report, Path(cfg.out) if cfg.out else path.parent / "eval.json", quiet=len(paths) > 1)
+    distributed.destroy()
+    if refused:
+        raise UserError(f"{len(refused)} of the {len(paths)} runs under {cfg.checkpoint!r} could not be evaluated "
+                        f"(each said why above): {', '.join(str(p.parent.parent) for p in refused)}.")
 
 
 def main() -> None:

@@ -21,11 +21,25 @@ def resolve(path_or_run: str) -> Path:
     """A checkpoint file, or a run folder (its checkpoints/last.pt)."""
     p = Path(path_or_run).expanduser()
     if p.is_dir():
+        if not (p / "checkpoints" / "last.pt").is_file() and (p / "checkpoints" / "best.pt").is_file():
+            raise UserError(f"no checkpoints/last.pt in {path_or_run!r}, but it has checkpoints/best.pt (the best "
+                            f"validation loss): give that file, {p / 'checkpoints' / 'best.pt'}.")
         p = p / "checkpoints" / "last.pt"
     if not p.is_file():
         raise UserError(f"no checkpoint at {path_or_run!r}: give a .pt file written by `dgm train` "
                         f"or a run folder that has checkpoints/last.pt.")
     return p
+
+
+def resolve_all(path: str) -> list[Path]:
+    """The checkpoint ``path`` names (a file or a run folder), or, for a folder that holds runs (a
+    sweep, a day of runs, outputs/), the last checkpoint of every run in it, in a stable order."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not (folder / "checkpoints").is_dir():
+        found = sorted(folder.rglob("checkpoints/last.pt"))
+        if found:
+            return found
+    return [resolve(path)]
 
 
 def load(path_or_run: str, map_location="cpu") -> dict:

@@ -108,7 +108,7 @@ class SampleConfig:
 
 @dataclass
 class EvalConfig:
-    checkpoint: str = MISSING  # a .pt file written by dgm train, or its run folder (checkpoints/last.pt)
+    checkpoint: str = MISSING  # a .pt file written by dgm train, its run folder (checkpoints/last.pt), or a folder of runs (a sweep: each one is evaluated)
     split: str = "test"  # test | val | train
     metrics: Optional[List[str]] = None  # null: the model's own (nll, or fid,kid,pr,is without a likelihood)
     estimator: Dict[str, Any] = field(default_factory=dict)  # the model's estimator settings: estimator.k=5000 (VAE)
