@@ -42,11 +42,12 @@ def pytest_configure(config) -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Files with end-to-end (`slow`) tests first, each file's tests kept together: with one xdist
-    worker per core, the long runs start at once and the many short tests fill in around them,
-    rather than one long test starting last and holding up the end."""
+    """`heavy` tests first, then files with end-to-end (`slow`) tests, each file's tests kept
+    together: with one xdist worker per core, the long runs start at once and the many short tests
+    fill in around them, rather than one long test starting last and holding up the end."""
     has_slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in has_slow)  # a stable sort: order within a file stays
+    # a stable sort: the order within a file stays
+    items.sort(key=lambda item: (item.get_closest_marker("heavy") is None, item.path not in has_slow))
 
 
 def pytest_unconfigure(config) -> None:

@@ -31,7 +31,7 @@ CASES = {
 NUM_SAMPLES = {"row_lstm": 1, "diagonal_bilstm": 1}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.heavy] if n in NUM_SAMPLES else []) for n in sorted(CASES)])
 def test_train_sample_eval(name, dgm, tmp_path, data_root):
     train_args, eval_args, kind = CASES[name]
     dgm("train", *train_args, *QUICK)

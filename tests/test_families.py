@@ -39,7 +39,7 @@ QUICK_ESTIMATOR = {"rbm": QUICK_AIS, "grbm": QUICK_AIS, "dbn": {**QUICK_AIS, "bo
 pytestmark = pytest.mark.real_data
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.heavy] if n == "diagonal_bilstm" else []) for n in MODEL_NAMES])
 def test_train_sample_eval_every_model_on_mnist(name, tmp_path, data_root):
     cfg = compose_train(f"model={name}", "dataset=mnist", f"data.root={data_root}", *QUICK, *QUICK_MODEL.get(name, []))
     train.run(cfg, tmp_path)

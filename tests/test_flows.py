@@ -476,6 +476,7 @@ def test_split_prior_and_made_scales_are_bounded_too():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_glow_trained_on_mnist_samples_finite_at_temperature_one(data_root):
     """A few hundred steps of a small Glow on MNIST, then 256 samples at temperature 1: every value is
     finite. (Without the bounded log-scales, 17 of these 256 held NaN.)"""

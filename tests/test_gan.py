@@ -277,6 +277,7 @@ def test_mode_coverage_counts_half_the_modes_and_off_mode_noise():
     assert rare["modes_covered"] == 7
 
 
+@pytest.mark.heavy
 def test_short_gan_run_covers_all_eight_gaussians():
     """A small MLP GAN (non-saturating loss, Adam) driven step by step like the engine does."""
     torch.manual_seed(0)

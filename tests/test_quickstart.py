@@ -54,6 +54,7 @@ def test_multirun_sweep(dgm, tmp_path, data_root):
     assert all("multirun" in str(r) for r in runs)
 
 
+@pytest.mark.heavy  # trains dgm's MNIST feature classifier: two epochs on 60,000 images
 def test_gan_checkpoint_gets_sample_quality_metrics(dgm, tmp_path, data_root):
     """`dgm eval` of a model without a likelihood: by default its sample-quality metrics, FID/KID/PR/IS
     against the test split, with the real-data floor and the feature network named (trained once,

@@ -143,6 +143,7 @@ def test_a_ragged_batch_computes_no_step_past_its_longest_sequence():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_real_chorales_parse_into_rolls(tmp_path):
     """Parses music21's whole corpus of chorales (minutes on one core) into a fresh cache."""
     names, rolls = music.bach_chorales(tmp_path)
