@@ -128,11 +128,18 @@ def side_by_side(*panels: Tensor) -> Tensor:
     return tile(torch.stack([p.expand(3, -1, -1) for p in panels]), len(panels), padding=4, pad_value=1.0)
 
 
-def save_png(image: Tensor, path: Path) -> None:
-    """A (C, H, W) image in [0, 1] as an 8-bit PNG (rounded to the nearest level)."""
+#: the image file formats ``save_image`` writes, by suffix
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def save_image(image: Tensor, path: Path) -> None:
+    """A (C, H, W) image in [0, 1] as an 8-bit image (rounded to the nearest level) in the format its
+    suffix names: PNG (lossless), or JPEG at quality 95 (smaller, with compression artefacts)."""
     from PIL import Image
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     pixels = image.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
     pixels = pixels.expand(3, -1, -1) if pixels.shape[0] == 1 else pixels
-    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path, format="PNG")
+    fmt = IMAGE_FORMATS[path.suffix.lower()]
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))

@@ -64,11 +64,22 @@ def test_tile_lays_out_grids_as_torchvision_does(n, channels, nrow):
     assert torch.equal(images.tile(x, nrow, 2, 0.5), make_grid(x, nrow=nrow, padding=2, pad_value=0.5))
 
 
-def test_save_png_writes_the_8_bit_levels_of_the_image(tmp_path):
+def test_save_image_writes_the_8_bit_levels_of_the_image(tmp_path):
     from PIL import Image
 
     image = torch.rand(3, 4, 5)
-    images.save_png(image, tmp_path / "a" / "grid.png")
+    images.save_image(image, tmp_path / "a" / "grid.png")
     with Image.open(tmp_path / "a" / "grid.png") as png:
         read = torch.from_numpy(__import__("numpy").array(png.convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(read, (image * 255 + 0.5).floor().to(torch.uint8))
+
+
+def test_the_suffix_of_out_decides_the_format(tmp_path):
+    """`dgm sample out=x.jpg` writes a JPEG (it once wrote PNG bytes under a .jpg name)."""
+    from PIL import Image
+
+    image = torch.rand(3, 8, 8)
+    for name, fmt in (("x.png", "PNG"), ("x.jpg", "JPEG"), ("x.JPEG", "JPEG")):
+        images.save_image(image, tmp_path / name)
+        with Image.open(tmp_path / name) as written:
+            assert written.format == fmt, name

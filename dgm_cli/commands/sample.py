@@ -129,7 +129,7 @@ def main(cfg: DictConfig) -> None:
         if out.suffix.lower() in MIDI_SUFFIXES:
             write_midi(model, cfg, out)
         else:
-            images.save_png(draw(model, cfg, dataset, device), out)
+            images.save_image(draw(model, cfg, dataset, device), out)
     except OSError as exc:
         raise UserError(f"cannot write out={out}: {exc.strerror or exc}.") from None
     print(f"wrote {out}")

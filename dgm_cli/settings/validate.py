@@ -128,16 +128,18 @@ def check_optimizer_name(optimizer: DictConfig) -> None:
                         f"but the optimizer is {optimizer.get('_target_')}: the name only labels the config. Pick "
                         f"the optimizer with optimizer={optimizer.name} (the group), not optimizer.name=.")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIDI_SUFFIXES = (".mid", ".midi")  # dgm sample out=: samples of music as a MIDI file
 SAMPLERS = ("ddpm", "ddim")  # dgm sample sampler=: diffusion's samplers
 
 
 def validate_sample(cfg: DictConfig) -> None:
+    from ..images import IMAGE_FORMATS
+
+    image_suffixes = tuple(IMAGE_FORMATS)
     positive(cfg, "num_samples")
     check(cfg, "out", lambda v: v is None or Path(v).expanduser().is_dir()
-          or Path(v).suffix.lower() in IMAGE_SUFFIXES + MIDI_SUFFIXES,
-          "null, a folder, a file name ending in " + ", ".join(IMAGE_SUFFIXES) + ", or (samples of music) a MIDI "
+          or Path(v).suffix.lower() in image_suffixes + MIDI_SUFFIXES,
+          "null, a folder, a file name ending in " + ", ".join(image_suffixes) + ", or (samples of music) a MIDI "
           "file name ending in " + ", ".join(MIDI_SUFFIXES))
     positive(cfg, "temperature")
     check(cfg, "steps", lambda v: v is None or v >= 1, "null or >= 1")
