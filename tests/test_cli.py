@@ -155,6 +155,8 @@ def test_eval_of_a_sweep_folder_evaluates_every_run_in_it(tmp_path, toy_run):
     assert "[1/2]" in proc.stdout and "[2/2]" in proc.stdout and proc.stdout.count("NLL ") == 2
     refused = run_dgm("eval", f"checkpoint={sweep}", f"out={tmp_path / 'e.json'}", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "holds 2 runs" in refused.stderr
+    empty = run_dgm("eval", "checkpoint=", cwd=sweep, check=False)  # not "every run under the current folder"
+    assert empty.returncode == 2 and "checkpoint= is empty" in empty.stderr
     (runs[0] / "checkpoints" / "last.pt").rename(runs[0] / "checkpoints" / "best.pt")
     missing = run_dgm("eval", f"checkpoint={runs[0]}", cwd=tmp_path, check=False)
     assert missing.returncode == 2 and "checkpoints/best.pt" in missing.stderr

@@ -139,3 +139,22 @@ def test_eval_json_keeps_the_other_section_of_the_same_protocol_only(tmp_path):
     other = {**base, "protocol": {"split": "test", "num_examples": 50}, "sample_quality": {"fid": 4.0}}
     assert "likelihood" not in merge_previous(other, path)
     assert "likelihood" not in merge_previous({**base, "train_step": 11, "sample_quality": {}}, path)
+
+
+def test_the_printed_headline_names_each_number_once_and_what_it_is():
+    """dgm eval's first lines: an exact likelihood says "exact" once, and a Parzen-only evaluation
+    starts with its number, not with an empty label."""
+    from dgm_cli.commands.evaluate import headline
+
+    protocol = {"dataset": "mnist", "split": "test", "num_examples": 50, "representation": "binary",
+                "binarization": None}
+    exact = {"protocol": protocol, "likelihood": {"nll_nats": 90.0, "nll_nats_stderr": 0.5, "bits_per_dim": 0.1656,
+                                                  "kind": "exact", "estimator": "exact (one MADE mask set)"}}
+    line = headline(exact)
+    assert "[exact (one MADE mask set)]" in line and "exact: exact" not in line and "None" not in line
+    bound = {"protocol": protocol, "likelihood": {**exact["likelihood"], "kind": "stochastic lower bound on log p",
+                                                  "estimator": "IWAE, k=5000"}}
+    assert "[stochastic lower bound on log p: IWAE, k=5000]" in headline(bound)
+    parzen = {"protocol": protocol, "sample_quality": {"parzen_log_likelihood": -120.5, "parzen_sigma": 0.2,
+                                                       "samples": "the model's samples"}}
+    assert headline(parzen).startswith("parzen_log_likelihood -120.5 [")

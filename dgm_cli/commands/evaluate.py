@@ -45,8 +45,9 @@ def headline(report: dict) -> str:
         f" ({p['binarization']})" if p.get("binarization") else "")
     lik = report.get("likelihood")
     if lik:
+        how = lik["estimator"] if lik["estimator"].startswith(lik["kind"]) else f"{lik['kind']}: {lik['estimator']}"
         lines.append(f"NLL {lik['nll_nats']:.2f} ± {lik['nll_nats_stderr']:.2f} nats, {lik['bits_per_dim']:.4f} "
-                     f"bits/dim [{lik['kind']}: {lik['estimator']}] on {data}")
+                     f"bits/dim [{how}] on {data}")
         if "conditional" in lik:
             c = lik["conditional"]
             lines.append(f"conditional NLL -log p(x|y) {c['nll_nats']:.2f} ± {c['nll_nats_stderr']:.2f} nats "
@@ -54,7 +55,7 @@ def headline(report: dict) -> str:
     sq = report.get("sample_quality")
     if sq:
         shown = {k: sq[k] for k in ("fid", "kid_mean", "precision", "recall", "inception_score_mean",
-                                    "modes_covered", "high_quality_share") if k in sq}
+                                    "modes_covered", "high_quality_share", "parzen_log_likelihood") if k in sq}
         lines.append(", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" [{sq.get('samples', '')}]")
     return "\n".join(lines)
 

@@ -34,6 +34,9 @@ def resolve(path_or_run: str) -> Path:
 def resolve_all(path: str) -> list[Path]:
     """The checkpoint ``path`` names (a file or a run folder), or, for a folder that holds runs (a
     sweep, a day of runs, outputs/), the last checkpoint of every run in it, in a stable order."""
+    if not str(path).strip():
+        raise UserError("checkpoint= is empty: give a .pt file written by `dgm train`, its run folder, or a folder "
+                        "of runs (a sweep).")
     folder = Path(path).expanduser()
     if folder.is_dir() and not (folder / "checkpoints").is_dir():
         found = sorted(folder.rglob("checkpoints/last.pt"))
