@@ -181,3 +181,39 @@ def test_an_ais_estimate_shows_the_other_end_of_its_bracket(tmp_path):
     assert rows["vae"]["nll_nats_reverse_end"] == ""
     (section,) = [s for s in written["markdown"].read_text().split("## P") if "| rbm |" in s]
     assert "| NLL, reverse-AIS end |" in section and "195.54" in section
+
+
+def test_standard_errors_are_drawn_as_error_bars(tmp_path):
+    from dgm_cli.evaluation.plots import Series, line_plot
+
+    def pixels(err):  # series "b" holds the axes at 0..20 with and without the bars
+        path = line_plot([Series("a", [1.0, 2.0, 3.0], [10.0, 11.0, 10.5], err), Series("b", [1.0, 3.0], [0.0, 20.0])],
+                         tmp_path / "p.png", "t", "x", "y")
+        return sum(n for n, c in Image.open(path).convert("RGB").getcolors(maxcolors=1 << 20) if c == PALETTE[0])
+
+    assert pixels([2.0, 2.0, 2.0]) > pixels(None) + 3 * 20  # three bars of 4 units (~90 px) each
+
+
+def test_a_learning_rate_is_plotted_on_a_log_axis_and_the_nll_with_its_errors(runs, monkeypatch):
+    """optimizer.lr acts by its order of magnitude: a log axis even over a factor of 3; the NLL's
+    standard errors go with it."""
+    from dgm_cli.commands import report as report_module
+    from dgm_cli.evaluation import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "line_plot", lambda series, path, *a, **k: drawn.update(series=series, args=a) or path)
+    make_report(runs, plot="nll_nats", x="optimizer.lr")
+    assert drawn["args"][-1] is True  # log_x
+    assert all(e == 0.3 for s in drawn["series"] for e in s.err)
+    assert report_module.is_scale_parameter("optimizer.lr") and report_module.is_scale_parameter("model.prior_lr")
+    assert not report_module.is_scale_parameter("seed") and not report_module.is_scale_parameter("model.latent_dim")
+
+
+def test_a_log_axis_is_labelled_at_round_values():
+    from dgm_cli.evaluation.plots import log_ticks
+
+    def values(lo, hi):
+        return [float(f"{10 ** t:.3g}") for t in log_ticks(lo, hi)]
+
+    assert values(-3, -2) == [0.001, 0.002, 0.005, 0.01]
+    assert values(-3.5, -3) == [0.0004, 0.0005, 0.0006, 0.0007, 0.0008, 0.0009, 0.001]  # under a decade: every digit

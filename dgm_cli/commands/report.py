@@ -196,6 +196,15 @@ def x_value(row: dict, run, key: str):
     return row[key] if key in row else config_value(run.config, key)
 
 
+#: hyperparameters that act by their order of magnitude: plotted on a log axis whatever their range
+SCALE_PARAMETERS = ("lr", "weight_decay", "eps", "grad_clip", "ema_decay")
+
+
+def is_scale_parameter(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1]
+    return last in SCALE_PARAMETERS or last.endswith("_lr")
+
+
 def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[str], out: Path) -> Path:
     from ..evaluation.plots import Series, line_plot
 
@@ -212,14 +221,15 @@ def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[s
             continue
         others = [f"{k}={r.get(k)}" for k in swept if k != x and k not in ("model",)]
         name = " ".join([f"P{protocols.index(r['protocol']) + 1}" if len(protocols) > 1 else "", str(r["model"]), *others]).strip()
-        s = series.setdefault(name, Series(name, [], []))
+        s = series.setdefault(name, Series(name, [], [], []))
         s.x.append(xv if isinstance(xv, str) else float(xv))
         s.y.append(yv)
+        s.err.append(_numeric(r.get(f"{metric}_stderr")))
     if not series:
         raise UserError(f"no run has both {metric} and x={x}; x is a config key (optimizer.lr), a column "
                         f"({shown}) or wall_time.")
     xs = [v for s in series.values() for v in s.x if not isinstance(v, str)]
-    log_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
+    log_x = bool(xs) and min(xs) > 0 and (is_scale_parameter(x) or max(xs) / min(xs) > 100)
     return line_plot(list(series.values()), out / f"plot_{_slug(metric)}_vs_{_slug(x)}.png", f"{metric} against {x}",
                      x if x != "wall_time" else "training time (s)", metric, log_x)
 

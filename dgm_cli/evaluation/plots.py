@@ -1,15 +1,15 @@
 """Line plots as PNG files, drawn with Pillow (a dependency already; no plotting library needed).
 
-``line_plot`` draws one or more series (a name, x values, y values) on one pair of axes with
-1-2-5 ticks, a log-scaled x axis where asked, categorical x values (strings) at even spacing, and a
-legend. `dgm report` uses it for a metric against a hyperparameter and for learning curves.
+``line_plot`` draws one or more series (a name, x values, y values, optional standard errors drawn
+as error bars) on one pair of axes with 1-2-5 ticks, a log-scaled x axis where asked, categorical x
+values (strings) at even spacing, and a legend. `dgm report` uses it for a metric against a hyperparameter and for learning curves.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -28,6 +28,7 @@ class Series:
     name: str
     x: Sequence[Union[Number, str]]
     y: Sequence[Number]
+    err: Optional[Sequence[Optional[Number]]] = None  # y's standard error at each point: drawn as a bar of ±1
 
 
 def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
@@ -39,6 +40,17 @@ def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.floor(lo / step) * step
     return [first + i * step for i in range(int(math.ceil((hi - first) / step)) + 1)]
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """log10 of the round values (1, 2 and 5 times a power of ten; every digit over less than a
+    decade) within [10^lo, 10^hi]."""
+    for mantissas in ((1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [math.log10(m) + e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in mantissas
+                 if lo - 1e-9 <= math.log10(m) + e <= hi + 1e-9]
+        if len(ticks) >= 3:
+            return ticks
+    return ticks or [lo]
 
 
 def _label(v: float) -> str:
@@ -70,15 +82,19 @@ def line_plot(series: Sequence[Series], path: Path, title: str, xlabel: str, yla
     categories = sorted({v for s in series for v in s.x if isinstance(v, str)})
     def x_of(v):  # noqa: E306
         return float(categories.index(v)) if isinstance(v, str) else (math.log10(v) if log_x else float(v))
-    points = [[(x_of(x), float(y)) for x, y in zip(s.x, s.y) if y is not None and math.isfinite(y)] for s in series]
+    def error(e) -> float:
+        return float(e) if e is not None and math.isfinite(e) else 0.0
+    points = [[(x_of(x), float(y), error(e)) for x, y, e in zip(s.x, s.y, s.err or [None] * len(s.y))
+               if y is not None and math.isfinite(y)] for s in series]
     xs = [p[0] for ps in points for p in ps] or [0.0]
-    ys = [p[1] for ps in points for p in ps] or [0.0]
+    ys = [y + sign * e for ps in points for _, y, e in ps for sign in (-1, 1)] or [0.0]
     yticks = nice_ticks(min(ys), max(ys))
     if categories:
         xticks = [float(i) for i in range(len(categories))]
         xlo, xhi = -0.5, len(categories) - 0.5
     else:
-        xticks = [t for t in nice_ticks(min(xs), max(xs)) if min(xs) - 1e-12 <= t <= max(xs) + 1e-12] or [min(xs)]
+        xticks = log_ticks(min(xs), max(xs)) if log_x else (
+            [t for t in nice_ticks(min(xs), max(xs)) if min(xs) - 1e-12 <= t <= max(xs) + 1e-12] or [min(xs)])
         pad = 0.04 * ((max(xs) - min(xs)) or 1)
         xlo, xhi = min(xs) - pad, max(xs) + pad
     ax = Axes(xlo, xhi, yticks[0], yticks[-1])
@@ -92,12 +108,18 @@ def line_plot(series: Sequence[Series], path: Path, title: str, xlabel: str, yla
     for i, t in enumerate(xticks):
         px, _ = ax.px(t, yticks[0])
         draw.line([(px, TOP), (px, HEIGHT - BOTTOM)], fill=GRID)
-        text = categories[i] if categories else (f"1e{t:g}" if log_x and t == int(t) else _label(10 ** t if log_x else t))
+        text = categories[i] if categories else (f"{10 ** t:.3g}" if log_x else _label(t))
         draw.text((px, HEIGHT - BOTTOM + 8), text, fill=TEXT, font=small, anchor="mt")
     draw.rectangle([LEFT, TOP, WIDTH - RIGHT, HEIGHT - BOTTOM], outline=AXIS)
     for k, ps in enumerate(points):
         color = PALETTE[k % len(PALETTE)]
-        pixels = [ax.px(x, y) for x, y in sorted(ps)]
+        pixels = [ax.px(x, y) for x, y, _ in sorted(ps)]
+        for x, y, e in ps:  # error bars with caps
+            if e > 0:
+                (px, top), (_, bottom) = ax.px(x, y + e), ax.px(x, y - e)
+                draw.line([(px, top), (px, bottom)], fill=color, width=1)
+                draw.line([(px - 5, top), (px + 5, top)], fill=color, width=1)
+                draw.line([(px - 5, bottom), (px + 5, bottom)], fill=color, width=1)
         if len(pixels) > 1:
             draw.line(pixels, fill=color, width=2)
         if len(pixels) <= 50:  # markers where they can be told apart
