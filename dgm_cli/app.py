@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -131,6 +132,9 @@ def command(config_name: str, validate: Callable[[DictConfig], None]):
             except UserError as exc:
                 remove_if_unused(run_dir, log_name)
                 refuse(config_name, exc)
+            except BrokenPipeError:  # whoever read the output has gone (dgm eval ... | head): nothing to say
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+                sys.exit(141)
             except KeyboardInterrupt:  # Ctrl-C outside a training step (dgm train's own: engine/faults.py)
                 remove_if_unused(run_dir, log_name)
                 sys.stderr.write(f"dgm {config_name}: interrupted (Ctrl-C); nothing more was written.\n")

@@ -158,6 +158,25 @@ def refuse_added_keys(command: str, args: list[str]) -> None:
         sys.exit(2)
 
 
+def refuse_training_choices(command: str, args: list[str]) -> None:
+    """``dgm sample``/``dgm eval`` given ``model=``, ``dataset=`` or a training key (``trainer.*``,
+    ``optimizer.*``, ...): the checkpoint decides those, so say so instead of Hydra's advice to append
+    the group, which dgm would then refuse."""
+    from .settings import docs
+
+    sections = (*docs.TRAIN_GROUPS, "data", "trainer")
+    for arg in args:
+        key = arg.lstrip("+").split("=", 1)[0]
+        if "=" not in arg or key.split(".")[0].split("/")[0] not in sections:
+            continue
+        sys.stderr.write(
+            f"dgm {command}: `{arg}` would change how the run was trained, and dgm {command} takes the model, its data "
+            f"and its training settings from checkpoint=. For another model, give that model's checkpoint (train it "
+            f"with `dgm train {arg} ...`); for data that moved, data_root= says where the run's data is now. "
+            f"`dgm {command} --help` lists the keys.\n")
+        sys.exit(2)
+
+
 def shell_completion(argv: list[str]) -> None:
     """`eval "$(dgm -sc install=bash)"` installs completion for `dgm`; the shell then asks
     `dgm -sc query=bash` with COMP_LINE set, which completes the command name or hands the rest of
@@ -376,6 +395,8 @@ def _dispatch(argv: list[str]) -> None:
     from .settings.docs import SCHEMAS
 
     if command in SCHEMAS:  # a Hydra app
+        if command in ("sample", "eval"):
+            refuse_training_choices(command, argv[1:])
         refuse_added_keys(command, argv[1:])
         # dgm's overrides join the user's (Hydra parses overrides as one run of positionals, and flags
         # such as --cfg or --package may come before or after them)

@@ -91,7 +91,9 @@ def test_checkpoint_must_be_given(dgm, command):
 @pytest.mark.parametrize("override, needles", [
     ("+foo=1", ["no key foo"]),
     ("+temprature=0.7", ["no key temprature"]),
-    ("model=vae", ["model"]),
+    ("model=vae", ["`model=vae`", "from checkpoint=", "data_root="]),  # the checkpoint decides the model
+    ("dataset=fashion_mnist", ["`dataset=fashion_mnist`", "from checkpoint="]),
+    ("trainer.max_steps=3", ["`trainer.max_steps=3`", "training settings from checkpoint="]),
     ("num_sample=3", ["num_sample", "Did you mean num_samples?"]),
 ])
 def test_sample_and_eval_refuse_keys_they_do_not_have(dgm, toy_run, command, override, needles):
