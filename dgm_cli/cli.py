@@ -367,12 +367,33 @@ def main(argv: list[str] | None = None) -> int:
     fresh process, so a notebook or a test may call it any number of times in one process; the
     console script exits with what it returns."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    with _fresh_process():
+    with _fresh_process(), _one_refusal_per_run() as status:
         try:
             _dispatch(argv)
         except SystemExit as exc:
-            return _exit_status(exc.code)
-    return 0
+            status.code = _exit_status(exc.code)
+    return status.code
+
+
+@contextlib.contextmanager
+def _one_refusal_per_run():
+    """Under torchrun every process composes the same config and refuses the same mistake: the
+    first process says it; the others hold what they write to stderr and drop it if they, too,
+    exit with status 2 (anything else, a crash of theirs included, is passed on at the end)."""
+    import types
+
+    status = types.SimpleNamespace(code=0)
+    if int(os.environ.get("RANK", "0")) == 0:
+        yield status
+        return
+    real, held = sys.stderr, io.StringIO()
+    sys.stderr = held
+    try:
+        yield status
+    finally:
+        sys.stderr = real
+        if status.code != 2:
+            real.write(held.getvalue())
 
 
 def _dispatch(argv: list[str]) -> None:

@@ -160,3 +160,14 @@ def test_eval_of_a_sweep_folder_evaluates_every_run_in_it(tmp_path, toy_run):
     (runs[0] / "checkpoints" / "last.pt").rename(runs[0] / "checkpoints" / "best.pt")
     missing = run_dgm("eval", f"checkpoint={runs[0]}", cwd=tmp_path, check=False)
     assert missing.returncode == 2 and "checkpoints/best.pt" in missing.stderr
+
+
+def test_under_torchrun_a_refusal_is_said_once(tmp_path, monkeypatch):
+    """Every process of a torchrun refuses a bad key with status 2; only the first one says why."""
+    said = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        proc = run_dgm("train", "trainer.max_step=3", cwd=tmp_path, check=False)
+        said[rank] = (proc.returncode, proc.stderr)
+    assert said["0"][0] == said["1"][0] == 2
+    assert "Did you mean trainer.max_steps?" in said["0"][1] and said["1"][1] == ""
