@@ -73,7 +73,8 @@ def runs(tmp_path):
 
 
 def make_report(tmp_path, **keys):
-    cfg = OmegaConf.merge(OmegaConf.structured(ReportConfig), {"runs": [str(tmp_path / "outputs" / "train")], **keys})
+    keys.setdefault("runs", [str(tmp_path / "outputs" / "train")])
+    cfg = OmegaConf.merge(OmegaConf.structured(ReportConfig), keys)
     return report(cfg, tmp_path / "report")
 
 
@@ -217,3 +218,27 @@ def test_a_log_axis_is_labelled_at_round_values():
 
     assert values(-3, -2) == [0.001, 0.002, 0.005, 0.01]
     assert values(-3.5, -3) == [0.0004, 0.0005, 0.0006, 0.0007, 0.0008, 0.0009, 0.001]  # under a decade: every digit
+
+
+def test_evaluations_with_other_settings_are_all_kept_and_the_report_shows_the_most_thorough(tmp_path, toy_run):
+    """Three `dgm eval` of one run (k = 10, 100, 5): each keeps its record in checkpoints/evals/;
+    eval.json, and so `dgm report`, holds the k=100 one and names it; evals=all shows all three. An
+    eval.json written before records existed becomes a record, not lost."""
+    from conftest import copy_run
+
+    run = copy_run(toy_run, tmp_path / "runs")
+    legacy = json.loads(json.dumps(evaluation(99.0, dataset="moons", n=7)))  # an older dgm's eval.json
+    legacy.update(checkpoint=str(run / "checkpoints" / "last.pt"), train_step=5)
+    (run / "checkpoints" / "eval.json").write_text(json.dumps(legacy))
+    for k in (10, 100, 5):
+        run_dgm("eval", f"checkpoint={run}", f"estimator.k={k}", "limit=60", cwd=tmp_path)
+    names = sorted(p.stem for p in (run / "checkpoints" / "evals").glob("*.json"))
+    assert names == ["step5_test60_nll_k10", "step5_test60_nll_k100", "step5_test60_nll_k5", "step5_test7_nll"]
+    best = json.loads((run / "checkpoints" / "eval.json").read_text())
+    assert best["likelihood"]["estimator_settings"] == {"k": 100}
+    assert best["records"] == {"likelihood": "evals/step5_test60_nll_k100.json"}
+    rows = list(csv.DictReader(make_report(tmp_path, runs=[str(run)])["csv"].open()))
+    assert len(rows) == 1 and rows[0]["evaluation"] == "step5_test60_nll_k100"
+    every = list(csv.DictReader(make_report(tmp_path, runs=[str(run)], evals="all")["csv"].open()))
+    assert sorted(r["evaluation"] for r in every) == names
+    assert {r["estimator"] for r in every if r["evaluation"] == "step5_test60_nll_k10"} == {"IWAE, k=10 importance samples (Burda et al. 2015)"}

@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,19 +65,109 @@ def write_json(report: dict, path: Path) -> None:
     write_text_atomically(path, json.dumps(report, indent=2) + "\n")
 
 
+def _read(path: Path) -> Optional[dict]:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def merge_previous(report: dict, path: Path) -> dict:
     """Keep the sections of an earlier eval.json of the same checkpoint, step and protocol that this
     run did not recompute (a likelihood, then sample metrics: one file holds both)."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+    old = _read(path)
+    if old is None:
         return report
-    same = all(old.get(k) == report[k] for k in ("schema", "checkpoint", "train_step", "protocol"))
+    same = all(old.get(k) == report.get(k) for k in ("schema", "checkpoint", "train_step", "protocol"))
     if same:
         for section in ("likelihood", "sample_quality"):
             if section in old and section not in report:
                 report[section] = old[section]
     return report
+
+
+# --- one record per evaluation, eval.json the most thorough -----------------------------------------
+RECORDS = "evals"  # checkpoints/evals/<record>.json beside eval.json
+
+
+def _settings_slug(settings: dict) -> str:
+    parts = [f"{k}{'-'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in sorted(settings.items())]
+    return re.sub(r"[^A-Za-z0-9.=-]+", "", "_".join(parts))
+
+
+def record_name(report: dict) -> str:
+    """What an evaluation measured, as a file name: the step, split and size, the estimator's
+    settings, the sample metrics and how many samples. Evaluations with other settings get other
+    names, so none overwrites another; the same settings again replace their own record."""
+    p, lik, sq = report["protocol"], report.get("likelihood"), report.get("sample_quality")
+    parts = [f"step{report['train_step']}", f"{p['split']}{p['num_examples']}"]
+    if lik:
+        parts.append("nll" + (f"_{_settings_slug(lik.get('estimator_settings') or {})}" if lik.get("estimator_settings") else ""))
+    if sq:
+        metrics = sorted({k.split("_")[0] for k in sq if k in SAMPLE_METRIC_KEYS or k.startswith("parzen_")})
+        parts.append("-".join(metrics) + f"_n{sq.get('num_generated', '')}")
+    return "_".join(parts)
+
+
+#: the sample-quality keys that name a metric (their first word)
+SAMPLE_METRIC_KEYS = ("fid", "kid_mean", "precision", "inception_score_mean", "modes_covered")
+
+
+def effort(settings: dict) -> float:
+    """How much work an estimator's settings buy: the product of its counts (k samples; AIS runs x
+    temperatures), lists summed. More is more thorough for every estimator dgm has."""
+    total = 1.0
+    for v in settings.values():
+        v = sum(v) if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v) else v
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1:
+            total *= v
+    return total
+
+
+def thoroughness(report: dict, section: str) -> tuple:
+    """Orders records of one section: the latest step, then the most examples, then the most effort."""
+    part = report.get(section) or {}
+    size = part.get("num_examples", 0) if section == "likelihood" else part.get("num_generated", 0)
+    work = effort(part.get("estimator_settings") or {}) if section == "likelihood" else 0
+    return report.get("train_step", -1), report["protocol"].get("num_examples", 0), size, work
+
+
+def records(folder: Path) -> list[tuple[str, dict]]:
+    """(name, report) of every evaluation kept beside a checkpoint, oldest file first."""
+    found = sorted((folder / RECORDS).glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    return [(p.stem, r) for p in found if (r := _read(p)) is not None and "protocol" in r]
+
+
+def most_thorough(kept: list[tuple[str, dict]]) -> dict:
+    """eval.json: the most thorough likelihood record, with the sample metrics of the most thorough
+    sample-quality record measured on the same protocol (or the latter alone); each section names
+    the record it came from."""
+    def best(section):
+        having = [(n, r) for n, r in kept if section in r]
+        return max(having, key=lambda nr: thoroughness(nr[1], section)) if having else None
+
+    lik, sq = best("likelihood"), best("sample_quality")
+    base_name, base = lik or sq
+    report = {**{k: v for k, v in base.items() if k not in ("likelihood", "sample_quality")},
+              "records": {}}
+    for section, chosen in (("likelihood", lik), ("sample_quality", sq)):
+        if chosen and (chosen is base or chosen[1]["protocol"] == base["protocol"]):
+            report[section] = chosen[1][section]
+            report["records"][section] = f"{RECORDS}/{chosen[0]}.json"
+    return report
+
+
+def keep(report: dict, folder: Path) -> Path:
+    """Write this evaluation's record and rebuild eval.json from all records; an eval.json written
+    before records existed becomes a record first, so nothing measured is lost."""
+    legacy = _read(folder / "eval.json")
+    if legacy is not None and "protocol" in legacy and "records" not in legacy:
+        if not (folder / RECORDS / f"{record_name(legacy)}.json").exists():
+            write_json(legacy, folder / RECORDS / f"{record_name(legacy)}.json")
+    write_json(report, folder / RECORDS / f"{record_name(report)}.json")
+    write_json(most_thorough(records(folder)), folder / "eval.json")
+    return folder / "eval.json"
 
 
 def resolve_metrics(asked, model, settings: dict | None = None) -> tuple[bool, list[str]]:
@@ -141,14 +232,20 @@ def evaluate(cfg: DictConfig, state: dict, device) -> dict:
     return report
 
 
-def save(report: dict, out: Path, quiet: bool = False) -> None:
-    """Merged with what an earlier evaluation of the same checkpoint and protocol wrote, then written."""
-    report = merge_previous(report, out)
-    write_json(report, out)
+def save(report: dict, checkpoint: Path, out: Optional[Path], quiet: bool = False) -> None:
+    """Into ``out`` (merged with an earlier file there of the same checkpoint and protocol), or as a
+    record of its own beside the checkpoint, eval.json then the most thorough of the records."""
     print(headline(report))
     if not quiet:
         print(table(report))
-    print(f"wrote {out}")
+    if out is not None:
+        write_json(merge_previous(report, out), out)
+        print(f"wrote {out}")
+        return
+    written = keep(report, checkpoint.parent)
+    chosen = json.loads(written.read_text())["records"]
+    print(f"wrote {checkpoint.parent / RECORDS / record_name(report)}.json; {written} holds the most thorough "
+          f"evaluation ({', '.join(chosen.values())})")
 
 
 @command("eval", validate_eval)
@@ -175,7 +272,7 @@ def app(cfg: DictConfig) -> None:
             print(f"[{i}/{len(paths)}] not evaluated: {exc}")
             continue
         if distributed.is_main():
-            save(report, Path(cfg.out) if cfg.out else path.parent / "eval.json", quiet=len(paths) > 1)
+            save(report, path, Path(cfg.out) if cfg.out else None, quiet=len(paths) > 1)
     distributed.destroy()
     if refused:
         raise UserError(f"{len(refused)} of the {len(paths)} runs under {cfg.checkpoint!r} could not be evaluated "

@@ -64,7 +64,9 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     from ..evaluation.runs import config_value, flatten
 
     e = run.eval
+    chosen = list((e.get("records") or {}).values())
     row: dict[str, Any] = {"run": label, "protocol": protocol_of(e), "model": config_value(run.config, "model"),
+                           "evaluation": ", ".join(Path(c).stem for c in dict.fromkeys(chosen)) or None,
                            "dataset": config_value(run.config, "dataset"),
                            "objective": config_value(run.config, "objective")}
     for key in swept:
@@ -89,6 +91,23 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
         row[key] = sq.get(key)
     row.update({f"config.{k}": v for k, v in flatten(run.config).items()})  # the whole config, for the CSV
     return row
+
+
+def every_evaluation(runs: list, names: list[str]) -> tuple[list, list[str]]:
+    """Each run once per evaluation record it keeps (checkpoints/evals/), named ``<run> [<record>]``;
+    a run without records keeps its one row."""
+    import dataclasses
+
+    from .evaluate import RECORDS, records
+
+    out_runs, out_names = [], []
+    for run, name in zip(runs, names):
+        kept = records(run.path / "checkpoints")
+        for record, report in kept or [(None, run.eval)]:
+            out_runs.append(dataclasses.replace(run, eval={**report, "records": {"all": f"{RECORDS}/{record}.json"}}
+                                                if record else report))
+            out_names.append(f"{name} [{record}]" if record else name)
+    return out_runs, out_names
 
 
 def labels(paths: list[Path]) -> list[str]:
@@ -142,6 +161,7 @@ def display(rows: list[dict], swept: list[str]) -> tuple[list[str], list[list[st
         ("NLL, reverse-AIS end", lambda r: "" if r.get("nll_nats_reverse_end") is None else f"{r['nll_nats_reverse_end']:.2f}"),
         ("conditional NLL", lambda r: _number(r["conditional_nll_nats"])),
         ("estimator", lambda r: r["estimator"] or ""),
+        ("evaluation", lambda r: r.get("evaluation") or ""),
         ("FID (floor)", lambda r: "" if r["fid"] is None else f"{r['fid']:.4g} ({_number(r['fid_floor'])})"),
         ("KID", lambda r: _plus_minus(r["kid_mean"], r["kid_std"]) if r["kid_mean"] is not None else ""),
         ("precision", lambda r: _number(r["precision"])), ("recall", lambda r: _number(r["recall"])),
@@ -256,9 +276,10 @@ def _slug(s: str) -> str:
 
 # --- the command -----------------------------------------------------------------------------------
 def validate_report(cfg: DictConfig) -> None:
-    from ..settings.validate import check_out
+    from ..settings.validate import check_out, one_of
 
     check_out(cfg, "report", "folder")
+    one_of(cfg, "evals", ("best", "all"))
     if not cfg.runs:
         raise UserError("give the runs to report: `dgm report <run folders, sweep folders or globs>` "
                         "(e.g. dgm report outputs/train/multirun/2026-01-01/12-00-00-123).")
@@ -296,8 +317,11 @@ def report(cfg: DictConfig, out: Path) -> dict[str, Path]:
     paths = find_runs(list(cfg.runs))
     runs = [Run.read(p) for p in paths]
     swept = swept_keys(runs)
+    names = labels(paths)
+    if cfg.evals == "all":  # a row for every evaluation kept beside each run's checkpoint
+        runs, names = every_evaluation(runs, names)
     data_cache: dict = {}
-    rows = [row_of(run, name, swept, data_cache) for run, name in zip(runs, labels(paths))]
+    rows = [row_of(run, name, swept, data_cache) for run, name in zip(runs, names)]
     printed, markdown = render(rows, swept)
     out.mkdir(parents=True, exist_ok=True)
     written = {"csv": out / "report.csv", "markdown": out / "report.md"}

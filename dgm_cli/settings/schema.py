@@ -128,6 +128,7 @@ class ReportConfig:
     plot: Optional[str] = None  # a column to plot (nll_nats, val/loss, fid, ...) against x
     x: Optional[str] = None  # plot: a config key (optimizer.lr), column or wall_time; curves: step or wall_time
     curves: Optional[str] = None  # a TensorBoard scalar tag (val/loss): every run's learning curve on one axis
+    evals: str = "best"  # best: each run's most thorough evaluation (its eval.json); all: a row for every evaluation kept (checkpoints/evals/)
 
 
 #: when this process started: the run folder's time where no command stamped one (cli._stamp_run
