@@ -129,12 +129,13 @@ def side_by_side(*panels: Tensor) -> Tensor:
 
 
 #: the image file formats ``save_image`` writes, by suffix
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".pdf": "PDF"}
 
 
 def save_image(image: Tensor, path: Path) -> None:
     """A (C, H, W) image in [0, 1] as an 8-bit image (rounded to the nearest level) in the format its
-    suffix names: PNG (lossless), or JPEG at quality 95 (smaller, with compression artefacts)."""
+    suffix names: PNG (lossless), JPEG at quality 95 (smaller, with compression artefacts), or a
+    one-page PDF holding the picture (for a paper draft)."""
     from PIL import Image
 
     path = Path(path)

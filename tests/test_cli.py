@@ -171,3 +171,18 @@ def test_under_torchrun_a_refusal_is_said_once(tmp_path, monkeypatch):
         said[rank] = (proc.returncode, proc.stderr)
     assert said["0"][0] == said["1"][0] == 2
     assert "Did you mean trainer.max_steps?" in said["0"][1] and said["1"][1] == ""
+
+
+def test_sample_out_suffix_decides_what_is_written(tmp_path, toy_run):
+    """out=x.npz: the raw samples as an array; out=x.pdf: the picture as a PDF page; other modes
+    than sampling are refused for .npz (they are pictures)."""
+    import numpy as np
+
+    run_dgm("sample", f"checkpoint={toy_run}", "num_samples=7", f"out={tmp_path / 'x.npz'}", cwd=tmp_path)
+    with np.load(tmp_path / "x.npz", allow_pickle=False) as saved:
+        assert saved["samples"].shape == (7, 2) and saved["samples"].dtype == np.float32
+    run_dgm("sample", f"checkpoint={toy_run}", "num_samples=7", f"out={tmp_path / 'x.pdf'}", cwd=tmp_path)
+    assert (tmp_path / "x.pdf").read_bytes()[:4] == b"%PDF"
+    refused = run_dgm("sample", f"checkpoint={toy_run}", "mode=reconstruct", f"out={tmp_path / 'y.npz'}", cwd=tmp_path,
+                      check=False)
+    assert refused.returncode == 2 and "mode=sample" in refused.stderr and not (tmp_path / "y.npz").exists()

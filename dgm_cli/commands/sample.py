@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from .. import images
 from ..app import command, model_from_checkpoint
-from ..settings.validate import MIDI_SUFFIXES, validate_sample
+from ..settings.validate import ARRAY_SUFFIX, MIDI_SUFFIXES, validate_sample
 from ..data.sequences import PIANO_ROLLS
 from ..errors import UserError
 
@@ -88,6 +88,24 @@ def write_midi(model, cfg: DictConfig, out: Path) -> None:
     music.write_midi(torch.cat([torch.cat([s, rest]) for s in samples]), out)
 
 
+def write_samples(model, cfg: DictConfig, out: Path) -> None:
+    """``out=<file>.npz``: the samples as the model draws them, for analysis of one's own: ``samples``
+    (float32, (N, C, H, W) images in [0, 1] in the model's representation, (N, D) points of a toy,
+    (N, T, D) sequences) and, for a class-conditional model, ``labels``."""
+    import numpy as np
+
+    from ..atomic import write_atomically
+
+    if cfg.mode != "sample":
+        raise UserError(f"out={cfg.out}: an .npz holds the model's samples (mode=sample), not mode={cfg.mode}; give "
+                        "out= a picture (.png) for that.")
+    samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label))
+    arrays = {"samples": samples.detach().float().cpu().numpy()}
+    if cfg.label is not None:
+        arrays["labels"] = np.full(len(samples), cfg.label)
+    write_atomically(out, lambda f: np.savez(f, **arrays))
+
+
 def warn_non_finite(samples: torch.Tensor) -> torch.Tensor:
     """Say how many samples hold NaN or inf (they are drawn as red cells); refuse when all do."""
     message = images.check_finite(samples, "dgm sample")
@@ -128,6 +146,8 @@ def main(cfg: DictConfig) -> None:
     try:
         if out.suffix.lower() in MIDI_SUFFIXES:
             write_midi(model, cfg, out)
+        elif out.suffix.lower() == ARRAY_SUFFIX:
+            write_samples(model, cfg, out)
         else:
             images.save_image(draw(model, cfg, dataset, device), out)
     except OSError as exc:

@@ -129,6 +129,7 @@ def check_optimizer_name(optimizer: DictConfig) -> None:
                         f"the optimizer with optimizer={optimizer.name} (the group), not optimizer.name=.")
 
 MIDI_SUFFIXES = (".mid", ".midi")  # dgm sample out=: samples of music as a MIDI file
+ARRAY_SUFFIX = ".npz"  # dgm sample out=: the raw samples as an array, for analysis of one's own
 SAMPLERS = ("ddpm", "ddim")  # dgm sample sampler=: diffusion's samplers
 
 
@@ -138,9 +139,9 @@ def validate_sample(cfg: DictConfig) -> None:
     image_suffixes = tuple(IMAGE_FORMATS)
     positive(cfg, "num_samples")
     check(cfg, "out", lambda v: v is None or Path(v).expanduser().is_dir()
-          or Path(v).suffix.lower() in image_suffixes + MIDI_SUFFIXES,
-          "null, a folder, a file name ending in " + ", ".join(image_suffixes) + ", or (samples of music) a MIDI "
-          "file name ending in " + ", ".join(MIDI_SUFFIXES))
+          or Path(v).suffix.lower() in (*image_suffixes, *MIDI_SUFFIXES, ARRAY_SUFFIX),
+          "null, a folder, a picture's file name ending in " + ", ".join(image_suffixes) + f", {ARRAY_SUFFIX} (the "
+          "raw samples as an array) or (samples of music) a MIDI file name ending in " + ", ".join(MIDI_SUFFIXES))
     positive(cfg, "temperature")
     check(cfg, "steps", lambda v: v is None or v >= 1, "null or >= 1")
     check(cfg, "sampler", lambda v: v is None or v in SAMPLERS, "null or one of " + ", ".join(SAMPLERS))
