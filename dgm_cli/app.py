@@ -110,6 +110,15 @@ def remove_if_unused(run_dir: Path, log_name: str) -> None:
         pass
 
 
+def remove_unused_jobs(log_name: str) -> None:
+    """After a sweep stopped on a refused job: every job folder under the sweep folders this process
+    made that holds nothing but Hydra's files, then each sweep folder left with nothing else (a
+    launcher's jobs run in other processes, which cannot know which folders are new)."""
+    for top in NEW_FOLDERS:
+        for hydra_dir in sorted(top.rglob(".hydra")) if top.is_dir() else []:
+            remove_if_unused(hydra_dir.parent, log_name)
+
+
 def command(config_name: str, validate: Callable[[DictConfig], None]):
     """Turn ``fn(cfg)`` into the Hydra app of ``dgm <config_name>``. A UserError raised by the
     check or the command is printed as one paragraph, with exit status 2 and no traceback; a folder

@@ -438,6 +438,8 @@ def _dispatch(argv: list[str]) -> None:
             held.truncate(0)
             real_stderr.write(condense(command, text, tuple(argv[1:])) + "\n")
             sys.exit(2)
+        if exc.code == 2 and any(a in ("-m", "--multirun") for a in argv):  # a refused job stopped the sweep
+            sys.modules[f"{__package__}.app"].remove_unused_jobs(f"{command}.log")
         raise
     finally:
         sys.stderr = real_stderr

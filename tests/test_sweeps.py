@@ -68,3 +68,12 @@ def test_a_sweep_run_folder_works_as_checkpoint_and_resume_as_typed(tmp_path, dg
     dgm("sample", f"checkpoint={run}", "num_samples=4", f"out={tmp_path / 'x.png'}")
     dgm("train", f"resume={run}", "trainer.max_steps=5")
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
+
+
+def test_a_sweep_whose_jobs_are_refused_leaves_no_folder(tmp_path):
+    """With joblib the jobs run in worker processes, which cannot tell which folders are new: the
+    sweep's own process removes the job folders that hold nothing but Hydra's files, then the sweep's."""
+    proc = run_dgm_process("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=npz",
+                           f"data.path={tmp_path / 'missing.npz'}", "seed=1,2", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "is not a file" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists(), sorted(map(str, (tmp_path / "outputs").rglob("*")))
