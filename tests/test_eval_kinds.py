@@ -158,3 +158,24 @@ def test_the_printed_headline_names_each_number_once_and_what_it_is():
     parzen = {"protocol": protocol, "sample_quality": {"parzen_log_likelihood": -120.5, "parzen_sigma": 0.2,
                                                        "samples": "the model's samples"}}
     assert headline(parzen).startswith("parzen_log_likelihood -120.5 [")
+
+
+def test_a_long_evaluation_logs_how_far_it_is_and_the_time_left(tiny_conditional, monkeypatch, caplog):
+    """Off a terminal, scoring that passes PROGRESS_AFTER logs what it scores, then a line every
+    LOG_EVERY seconds (examples done of how many, time left), then when it is done."""
+    import logging
+
+    from dgm_cli import progress
+    from dgm_cli.evaluation.likelihood import evaluate_likelihood, label_prior
+
+    monkeypatch.setattr(progress, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+    images = torch.tensor(list(itertools.product((0.0, 1.0), repeat=4))).view(16, 1, 2, 2)
+    with caplog.at_level(logging.INFO, logger="dgm.eval"):
+        evaluate_likelihood(tiny_conditional, images, torch.arange(16) % 3, 4, "cpu",
+                            log_prior=label_prior(torch.tensor([0, 1, 2]), 3))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("scoring 16 examples: exact")
+    steps = [m for m in lines if "examples after" in m and "left" in m]
+    assert [m.split(": ")[-1].split(" examples")[0] for m in steps] == ["4/16", "8/16", "12/16", "16/16"]
+    assert "done in" in lines[-1]

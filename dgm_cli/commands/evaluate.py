@@ -250,8 +250,10 @@ def save(report: dict, checkpoint: Path, out: Optional[Path], quiet: bool = Fals
 
 @command("eval", validate_eval)
 def app(cfg: DictConfig) -> None:
+    from .. import progress
     from ..engine import checkpoint, distributed, runtime
 
+    progress.LOG_EVERY = cfg.progress_every
     distributed.init()  # under torchrun, each process evaluates its part of the split
     device = runtime.pick_device(cfg.device, distributed.local_rank() if distributed.active() else None)
     paths = checkpoint.resolve_all(cfg.checkpoint)

@@ -17,6 +17,7 @@ reported apart, not divided by sqrt(n), and ``nll_nats_error`` combines the two.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Optional
@@ -25,7 +26,10 @@ import torch
 
 from ..data import pipeline
 from ..engine import distributed
+from ..progress import Progress
 from . import estimators
+
+log = logging.getLogger("dgm.eval")
 
 REPRESENTATION_NOTES = {
     "binary": "binary pixels",
@@ -104,15 +108,19 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
         raise ValueError("a class-conditional model's NLL needs the labels and the label prior p(y)")
     marginal, own, sums, dims = [], [], {}, []  # own: log p(x), or log p(x|y) of a conditional model
     part = distributed.shard(len(x))  # under torchrun, each process takes its part; gathered below
-    for xb, yb in pipeline.eval_batches(x[part], None if y is None else y[part], batch_size, device):
-        if conditional:
-            marginal.append(marginal_log_likelihood(model, xb, log_prior, **settings))
-        own.append(model.log_likelihood(xb, yb, **settings).double().cpu())
-        varying = model.example_dims(xb) if hasattr(model, "example_dims") else None  # optional in the interface
-        if varying is not None:
-            dims.append(varying.double().cpu())
-        for k, v in model.extra_eval(xb, yb).items():
-            sums[k] = sums[k] + v.double() if k in sums else v.double()
+    what = f"scoring {len(x):,} examples: {model.estimator(**settings)}"
+    log.info("%s", what)
+    with Progress(len(x[part]), what, "examples", enabled=distributed.is_main(), logger="dgm.eval") as progress:
+        for xb, yb in pipeline.eval_batches(x[part], None if y is None else y[part], batch_size, device):
+            if conditional:
+                marginal.append(marginal_log_likelihood(model, xb, log_prior, **settings))
+            own.append(model.log_likelihood(xb, yb, **settings).double().cpu())
+            varying = model.example_dims(xb) if hasattr(model, "example_dims") else None  # optional in the interface
+            if varying is not None:
+                dims.append(varying.double().cpu())
+            for k, v in model.extra_eval(xb, yb).items():
+                sums[k] = sums[k] + v.double() if k in sums else v.double()
+            progress.update(len(xb))
     if distributed.active():
         mine = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)  # noqa: E731
         own = [distributed.all_gather_cat(mine(own))]

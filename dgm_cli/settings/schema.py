@@ -92,7 +92,7 @@ class SampleConfig:
     checkpoint: str = MISSING  # a .pt file written by dgm train, or its run folder (checkpoints/last.pt)
     num_samples: int = 64  # images to draw (reconstruct/complete/interpolate: data examples to start from)
     mode: str = "sample"  # sample | reconstruct | interpolate | complete (as the model allows)
-    out: Optional[str] = None  # PNG path (music: or a .mid file); null: <mode>.png in a new outputs/sample/<date>/<time>-<pid>/
+    out: Optional[str] = None  # a picture (.png, .jpg, .pdf), the raw samples (.npz) or, for music, a .mid file; null: <mode>.png in a new outputs/sample/<date>/<time>-<pid>/
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
     temperature: float = 1.0  # scales the std of the noise sampling starts from: 1 as trained, < 1 smoother (Glow)
     steps: Optional[int] = None  # sampler steps (model.sample_steps): DDPM/DDIM denoising steps (fewer: a respaced chain), EBM Langevin steps, RBM/DBN/DBM Gibbs sweeps; null: the model's
@@ -115,10 +115,11 @@ class EvalConfig:
     limit: Optional[int] = None  # evaluate on the first n examples only
     batch_size: int = 0  # examples per batch; 0: 100 for estimated likelihoods, else trainer.eval_batch_size
     num_samples: int = 10000  # generated samples for sample-quality metrics
-    out: Optional[str] = None  # eval.json path; default: next to the checkpoint
+    out: Optional[str] = None  # a .json file for the report; default: a record beside the checkpoint (checkpoints/evals/), eval.json the most thorough
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
     seed: int = 0  # random seed of the evaluation's samples and estimators
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    progress_every: float = 30.0  # seconds between progress lines (examples scored, time left) when stderr is not a terminal
 
 
 @dataclass

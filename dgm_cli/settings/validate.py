@@ -194,6 +194,7 @@ def validate_eval(cfg: DictConfig) -> None:
     check_out(cfg, "eval", "file", ".json")
     non_negative(cfg, "batch_size")
     positive(cfg, "num_samples")
+    positive(cfg, "progress_every")
     check(cfg, "limit", lambda v: v is None or v > 0, "null or > 0")
     check_device(cfg, "device")
     one_of(cfg, "split", SPLITS)
