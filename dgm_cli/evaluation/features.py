@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..atomic import write_atomically
+from ..progress import Progress
 from ..data import files
 from ..errors import UserError
 
@@ -141,17 +142,20 @@ def train_classifier(model: SmallCNN, train_x: Tensor, train_y: Tensor, rec: dic
     total = rec["epochs"] * math.ceil(n / bs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))  # cosine to 0
     start = time.time()
-    for epoch in range(rec["epochs"]):
-        for idx in torch.randperm(n, generator=g).split(bs):
-            x = _unit_float(train_x[idx]).to(device)
-            if torch.rand((), generator=g) < rec["binarize_prob"]:
-                x = torch.bernoulli(x)
-            loss = F.cross_entropy(model(x), train_y[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        log.info("feature classifier epoch %d/%d: loss %.4f (%.0fs)", epoch + 1, rec["epochs"], loss.item(), time.time() - start)
+    with Progress(total, "training the feature classifier", "steps", logger=log.name) as progress:
+        for epoch in range(rec["epochs"]):
+            for idx in torch.randperm(n, generator=g).split(bs):
+                x = _unit_float(train_x[idx]).to(device)
+                if torch.rand((), generator=g) < rec["binarize_prob"]:
+                    x = torch.bernoulli(x)
+                loss = F.cross_entropy(model(x), train_y[idx].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                progress.update()
+            log.info("feature classifier epoch %d/%d: loss %.4f (%.0fs)", epoch + 1, rec["epochs"], loss.item(),
+                     time.time() - start)
     model.eval()
 
 
