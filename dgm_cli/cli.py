@@ -169,11 +169,13 @@ def refuse_training_choices(command: str, args: list[str]) -> None:
         key = arg.lstrip("+").split("=", 1)[0]
         if "=" not in arg or key.split(".")[0].split("/")[0] not in sections:
             continue
+        instead = (f"For another {key}, give a checkpoint of a run trained with it (`dgm train {arg} ...`)"
+                   if key in docs.TRAIN_GROUPS else
+                   "Training settings change with `dgm train` (`resume=<run>` goes on with this run)")
         sys.stderr.write(
             f"dgm {command}: `{arg}` would change how the run was trained, and dgm {command} takes the model, its data "
-            f"and its training settings from checkpoint=. For another model, give that model's checkpoint (train it "
-            f"with `dgm train {arg} ...`); for data that moved, data_root= says where the run's data is now. "
-            f"`dgm {command} --help` lists the keys.\n")
+            f"and its training settings from checkpoint=. {instead}; for data that moved, data_root= says where the "
+            f"run's data is now. `dgm {command} --help` lists the keys.\n")
         sys.exit(2)
 
 
