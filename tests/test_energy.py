@@ -529,3 +529,20 @@ def test_ebm_eval_reports_sample_metrics_unless_ais_is_asked():
         model.log_likelihood(torch.rand(2, 1, 8, 8), **estimator_settings(model, {}))
     with pytest.raises(UserError, match="ais_mcmc_steps"):
         estimator_settings(model, {"ais_mcmc_steps": 0})
+
+
+@pytest.mark.parametrize("name,config", [("rbm", {"hidden_units": 4}), ("dbn", {"hidden_units": [4, 3]}),
+                                         ("dbm", {"hidden_units": [4, 3], "pretrain_steps": 1})])
+def test_persistent_chains_after_their_start_read_nothing_back_from_the_device(name, config):
+    """Flags that are set once (chains started, layers composed, the reference set full) are read from
+    the device until they are set, then remembered: later steps do not wait for the device."""
+    from host_sync import no_host_reads
+
+    model = build(name, objective={"name": "pcd", "k": 1, "chains": 8}, **config)
+    v = torch.bernoulli(torch.full((600, 1, 3, 3), 0.5))  # more than the 500-example reference set
+    phase = model.phases(10)[0]
+    model.training_loss(v, None, phase)  # starts the chains (and composes the DBM), fills the reference set
+    with no_host_reads():
+        model.training_loss(v[:8], None, phase)
+    model.load_state_dict(model.state_dict())  # a loaded state is read again
+    assert not hasattr(model.chains_started if name != "dbn" else model.chains_started1, "_known_set")

@@ -86,14 +86,51 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_nan_skip_drops_the_update_and_finishes(tmp_path):
+@pytest.mark.parametrize("on_device", [False, True])
+def test_nan_skip_drops_the_update_and_finishes(tmp_path, on_device):
     model = regression(nan_at=5)
     trainer = trainer_for(tmp_path, model, nan="skip")
+    trainer.skip_on_device = on_device  # a GPU's way (undone on the device) or a CPU's (skipped at once)
     trainer.fit()
     assert trainer.step == 8 and trainer.skipped == 1
-    assert int(model.steps) == 7  # the skipped batch never reached after_step
+    assert int(model.steps) == 7  # the skipped batch never reached after_step (or was undone)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert checkpoint.load(str(tmp_path))["skipped"] == 1
+
+
+def test_a_nan_loss_between_checkpoints_stops_at_the_next_log_point_with_the_last_good_checkpoint(tmp_path):
+    """The flag is read where the loop reads the device anyway: here the log point 3 steps after the bad
+    step, before the checkpoint of that step could hold the bad update."""
+    trainer = trainer_for(tmp_path, regression(nan_at=5), log_every=4, ckpt_every=4, max_steps=12)
+    with pytest.raises(NonFiniteLoss) as info:
+        trainer.fit()
+    assert trainer.step == 8 and "loss of step 5 is not finite" in str(info.value)
+    assert "last.pt (step 4)" in str(info.value)
+    state = checkpoint.load(str(tmp_path))
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nan_skip_puts_back_the_weights_optimizer_state_and_weight_average_of_the_batch(tmp_path):
+    model = regression(nan_at=3)
+    trainer = trainer_for(tmp_path, model, nan="skip", ema_decay=0.9)
+    trainer.skip_on_device = True  # as on a GPU
+    trainer.optimizers["model"] = torch.optim.Adam(model.parameters(), lr=0.05)  # a state to put back
+    trainer.params["model"] = list(model.parameters())
+
+    def state():
+        adam = [v.clone() for s in trainer.optimizers["model"].state.values() for v in s.values()]
+        return [t.detach().clone() for t in [*model.parameters(), *model.buffers(), *trainer.ema.shadow, *adam]]
+
+    for step in (1, 2):
+        trainer.step = step
+        trainer.train_step(*next(trainer.batches), want_grad_norm=False)
+    before = state()
+    trainer.step = 3
+    trainer.train_step(*next(trainer.batches), want_grad_norm=True)  # its loss is NaN
+    after = state()
+    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before))
+    trainer.check_finite()
+    assert trainer.skipped == 1 and int(model.steps) == 2
 
 
 def test_accumulating_two_micro_batches_equals_the_whole_batch(tmp_path):
@@ -314,3 +351,23 @@ def test_sample_every_zero_draws_no_grid_at_all(tmp_path, monkeypatch):
     model = regression()
     monkeypatch.setattr(model, "sample_for_logging", lambda n: pytest.fail("a grid was drawn"))
     trainer_for(tmp_path, model, sample_every=0).fit()
+
+
+@pytest.mark.parametrize("nan", ["stop", "skip"])
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, nan):
+    """One process: neither the loss's finiteness nor the metrics are read on the host per step."""
+    from host_sync import no_host_reads
+
+    trainer = trainer_for(tmp_path, regression(nan_at=2), nan=nan, ema_decay=0.9)
+    trainer.skip_on_device = True  # as on a GPU (a CPU reads the flag under nan=skip: it costs nothing there)
+    for step in (1, 2, 3):
+        trainer.step = step
+        batch = next(trainer.batches)
+        with no_host_reads():
+            trainer.train_step(*batch, want_grad_norm=False)
+    if nan == "stop":
+        with pytest.raises(NonFiniteLoss, match="loss of step 2"):
+            trainer.check_finite()
+    else:
+        trainer.check_finite()
+        assert trainer.skipped == 1

@@ -137,3 +137,11 @@ def test_8bit_data_get_a_discretized_logistic_decoder_and_samples_in_range():
 def test_eval_refuses_estimator_settings_naming_the_bound():
     with pytest.raises(UserError, match="its bound is computed without sampling"):
         estimator_settings(tiny(), {"k": 3})
+
+
+def test_a_training_step_reads_no_counter_back_from_the_device():
+    from host_sync import no_host_reads
+
+    model = tiny()
+    with no_host_reads():
+        model.training_loss(binary_images(), None, "model")

@@ -7,6 +7,9 @@
   dgm did (submitit, which then requeues the job), it is passed on to them after the checkpoint.
 * A non-finite loss stops the run (``trainer.nan=stop``), naming the step, the loss term and the
   last good checkpoint, which is left as it was; ``trainer.nan=skip`` drops that batch's update.
+  Neither reads the device per step: the flag stays there (``NonFiniteWatch``) until the loop reads
+  it when it logs, validates, draws a grid or checkpoints; skip undoes the update on the device
+  (``Snapshot``: the batch's starting state, put back where the flag is set).
 * A run folder being trained holds ``train.lock`` with the trainer's host and pid: a second
   ``dgm train resume=`` of it is refused while that process lives.
 """
@@ -19,6 +22,8 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 from ..errors import UserError
 
@@ -38,6 +43,56 @@ class StopRequested(Exception):
 
 class NonFiniteLoss(Exception):
     """A training loss was NaN or infinite and ``trainer.nan=stop``."""
+
+
+class NonFiniteWatch:
+    """Per step, whether a loss was not finite, kept as the device's own tensor; ``read`` returns the
+    steps whose loss was not finite since the last read (one host sync; under several processes the
+    flags are combined first, so every process reads the same steps)."""
+
+    def __init__(self):
+        self._flags: list[tuple[int, torch.Tensor]] = []
+
+    def record(self, step: int, bad: torch.Tensor) -> None:
+        self._flags.append((step, bad))
+
+    def read(self) -> list[int]:
+        if not self._flags:
+            return []
+        from . import distributed
+
+        steps = [s for s, _ in self._flags]
+        flags = distributed.all_reduce_max(torch.stack([b.reshape(()).float() for _, b in self._flags]))
+        self._flags = []
+        return [steps[i] for i in flags.nonzero().flatten().tolist()]
+
+
+def zero_grads_where(bad: torch.Tensor, params) -> None:
+    """Gradients set to zero if ``bad`` (a flag on the device): no NaN reaches an optimizer's state."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.masked_fill_(bad, 0.0)
+
+
+class Snapshot:
+    """The state a batch starts from (the model's parameters and buffers, the optimizers' state, the
+    weight average), put back by ``restore_where(bad)`` if ``bad``, on the device: trainer.nan=skip's
+    dropped update, with no host sync. Costs a copy of that state per batch; counters a model keeps in
+    Python (not in buffers) are not put back."""
+
+    def __init__(self, model: torch.nn.Module, optimizers: dict, ema=None):
+        tensors = list(model.parameters()) + list(model.buffers())
+        for opt in optimizers.values():
+            tensors += [v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+        if ema is not None:
+            tensors += list(ema.shadow)
+        self.saved = [(t, t.detach().clone()) for t in tensors]
+
+    @torch.no_grad()
+    def restore_where(self, bad: torch.Tensor) -> None:
+        for t, old in self.saved:
+            if t.device == bad.device:  # not a host-side step count of a GPU optimizer: reading bad would sync
+                t.copy_(torch.where(bad, old, t))
 
 
 class StopSignals:

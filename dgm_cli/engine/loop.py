@@ -8,11 +8,12 @@ for each of them, in order:
         loss, metrics = net(x, y, phase)        (net: the model, or DDP(model); forward ->
                                                  model.training_loss: DDP arms its all-reduce)
         backward(loss / accumulate)             (scaled under fp16)
-    non-finite loss? -> stop, or skip the batch (trainer.nan)
     unscale, clip (trainer.grad_clip), optimizer.step, scaler.update
     model.after_step(phase)
 then the weight average (trainer.ema_decay) and the learning-rate schedules step once per
-batch. Validation, sample grids and checkpoints follow at their intervals. The loop never
+batch. A non-finite loss is flagged on the device and read where the loop reads the device anyway
+(logging, validation, grids, checkpoints): trainer.nan=stop stops there, before any checkpoint holds
+the bad step, and trainer.nan=skip undoes that batch's update on the device as it happens. Validation, sample grids and checkpoints follow at their intervals. The loop never
 looks at what kind of model it trains.
 
 Randomness: before each (phase, micro-batch) the global RNG is seeded from (seed, step, phase,
@@ -20,8 +21,9 @@ shard), where the shard numbers the global batch's micro-batches across processe
 noise (a VAE's reparameterisation, a GAN's latents) depends only on the global batch layout: one
 process with ``accumulate=2`` and two processes give the same parameters, and resume is exact.
 
-Metrics stay on the device between log points (no ``.item()`` per step), so the loop costs next to
-nothing over a bare PyTorch loop (see scripts/bench_overhead.py).
+Metrics and the non-finite flags stay on the device between log points (no ``.item()`` or ``bool()``
+per step: with one process, a step never waits for the device), so the loop costs next to nothing over
+a bare PyTorch loop (see scripts/bench_overhead.py).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from .. import images
 from ..data import pipeline
 from ..errors import UserError
 from ..models.base import GenerativeModel
-from . import checkpoint, distributed, runtime
+from . import checkpoint, distributed, faults, runtime
 from .ema import WeightAverage
 from .faults import NonFiniteLoss, StopRequested, StopSignals
 from .optim import build_scheduler, optimizer_factory
@@ -85,6 +87,10 @@ class Trainer:
         self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.optimizers.items()}
         self.ema = WeightAverage(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
         self.step, self.best_val, self.skipped = 0, math.inf, 0
+        self.watch = faults.NonFiniteWatch()
+        #: trainer.nan=skip undoes a bad batch on the device (a copy of the state per batch, no host sync)
+        #: where reading the flag would wait for the device; a CPU reads it for free and skips at once
+        self.skip_on_device = device.type != "cpu"
         self.ckpt_dir = run_dir / "checkpoints"
         self.fresh = resume_state is None
         if resume_state is not None:
@@ -134,17 +140,23 @@ class Trainer:
                 for i in range(first, first + self.t.accumulate)]
 
     def train_step(self, x: torch.Tensor, y: Optional[torch.Tensor], want_grad_norm: bool) -> None:
-        """One global batch: every phase the model asks for, in order (see the module docstring)."""
+        """One global batch: every phase the model asks for, in order (see the module docstring).
+        Whether a loss was finite stays on the device (``self.watch``): no host sync per step."""
         chunks = self.micro_batches(x, y)
+        skip = self.t.nan == "skip"
+        saved = faults.Snapshot(self.model, self.optimizers, self.ema) if skip and self.skip_on_device else None
+        bad_batch = None
         for p, phase in enumerate(self.model.phases(self.step)):
             opt = self.optimizers[phase]
             opt.zero_grad(set_to_none=True)
-            metrics, finite = self._forward_backward(chunks, p, phase)
-            if not finite:
-                self._non_finite(phase, metrics)
+            metrics, bad = self._forward_backward(chunks, p, phase)
+            if saved is not None:  # no NaN reaches the optimizer's state; the update itself is undone below
+                faults.zero_grads_where(bad, self.params[phase])
+            elif skip and bool(bad):  # on a CPU, reading the flag costs nothing: skip the batch's updates here
                 for o in self.optimizers.values():
                     o.zero_grad(set_to_none=True)
-                break  # trainer.nan=skip: the batch's remaining phases go too
+                self.watch.record(self.step, bad)
+                break
             if self.t.grad_clip > 0 or want_grad_norm:
                 self.scaler.unscale_(opt)
                 clip = self.t.grad_clip if self.t.grad_clip > 0 else math.inf
@@ -152,21 +164,26 @@ class Trainer:
             self.scaler.step(opt)
             self.scaler.update()
             self.model.after_step(phase)
-            self._accumulate(metrics)
+            self._accumulate(metrics, bad if saved is not None else None)
+            bad_batch = bad if bad_batch is None else bad_batch | bad
         else:
             if self.ema is not None:
                 self.ema.update()
+            if saved is not None:  # a batch with a non-finite loss leaves no trace
+                saved.restore_where(bad_batch)
+            self.watch.record(self.step, bad_batch)
         # Schedules run on batches, not on each optimizer's own steps, so that a generator stepped
         # every n_critic batches decays over the same run as its critic.
         for scheduler in self.schedulers.values():
             if scheduler is not None:
                 scheduler.step()
 
-    def _forward_backward(self, chunks, p: int, phase: str) -> tuple[dict, bool]:
+    def _forward_backward(self, chunks, p: int, phase: str) -> tuple[dict, torch.Tensor]:
         """Gradients of ``phase``'s loss summed over this process's micro-batches (and averaged over
-        processes by DDP on the last one); the mean metrics; whether every process's loss was finite."""
+        processes by DDP on the last one); the mean metrics; whether a loss was not finite (a tensor on
+        the device, and under several processes: on any process)."""
         total: dict = {}
-        finite = True
+        bad = None
         for i, (xm, ym, shard) in enumerate(chunks):
             runtime.seed_step(step_seed(self.seed, self.step, p, shard), self.device)
             last = i == len(chunks) - 1
@@ -174,43 +191,58 @@ class Trainer:
             with sync:
                 with runtime.autocast(self.device, self.t.precision):
                     loss, metrics = self.net(xm, ym, phase)
-                finite = finite and bool(torch.isfinite(loss.detach()))
+                not_finite = ~torch.isfinite(loss.detach())
+                bad = not_finite if bad is None else bad | not_finite
                 self.scaler.scale(loss / len(chunks) if len(chunks) > 1 else loss).backward()
             for k, v in metrics.items():
                 total[k] = total[k] + v if k in total else v
         if len(chunks) > 1:
             total = {k: v / len(chunks) for k, v in total.items()}
         if self.world > 1:  # one small all-reduce agrees on both: a bad loss anywhere, a stop signal anywhere
-            flags = torch.tensor([0.0 if finite else 1.0, 0.0 if self.signals.requested is None else 1.0],
-                                 device=self.device)
-            distributed.all_reduce_max(flags)
-            finite, self._stop_agreed = not bool(flags[0]), bool(flags[1])
-        return total, finite
+            stop = torch.tensor(0.0 if self.signals.requested is None else 1.0, device=self.device)
+            flags = distributed.all_reduce_max(torch.stack([bad.float(), stop]))
+            # a stop must be agreed at once (it ends the step); this read is the one sync per step
+            # that several processes pay
+            bad, self._stop_agreed = flags[0] > 0, bool(flags[1])
+        return total, bad
 
-    def _non_finite(self, phase: str, metrics: dict) -> None:
-        bad = [k for k, v in metrics.items() if not math.isfinite(float(v))] or ["loss"]
-        if self.t.nan == "skip":
-            self.skipped += 1
-            self._accumulate({"nan_skipped": float(self.skipped)})
-            log.warning("step %d: non-finite %s in phase %r; this batch's update was skipped (%d so far)",
-                        self.step, ", ".join(bad), phase, self.skipped)
+    def check_finite(self) -> None:
+        """Read the non-finite flags of the steps since the last check (one host sync): stop with the
+        last good checkpoint (trainer.nan=stop), or count the skipped batches (skip). Called where the
+        loop reads the device anyway: when it logs, validates, draws a grid or checkpoints, so a bad
+        step is acted on at most trainer.log_every steps late and never reaches a checkpoint."""
+        bad_steps = self.watch.read()
+        if not bad_steps:
             return
+        if self.t.nan == "skip":
+            self.skipped += len(bad_steps)
+            log.warning("step%s %s: non-finite loss; %s update was skipped (%d so far)", "s"[:len(bad_steps) - 1],
+                        ", ".join(map(str, bad_steps)), "that batch's" if len(bad_steps) == 1 else "those batches'",
+                        self.skipped)
+            return
+        names = [k for k, v in self._running.items() if not math.isfinite(float(v))] or ["loss"]
         last = self.ckpt_dir / "last.pt"
         saved = f"the last good checkpoint is {last} (step {self._saved_step})" if last.exists() \
             else "no checkpoint was written yet"
         raise NonFiniteLoss(
-            f"training stopped at step {self.step}: the {phase!r} loss is not finite (non-finite: {', '.join(bad)}); "
-            f"{saved}, left as it was. Lower optimizer.lr, set trainer.grad_clip, use trainer.precision=32, or "
-            f"trainer.nan=skip to drop such batches; continue with dgm train resume={self.run_dir}.")
+            f"training stopped at step {self.step}: the loss of step {bad_steps[0]} is not finite (non-finite: "
+            f"{', '.join(names)}); {saved}, left as it was. Lower optimizer.lr, set trainer.grad_clip, use "
+            f"trainer.precision=32, or trainer.nan=skip to drop such batches; continue with dgm train "
+            f"resume={self.run_dir}.")
 
-    def _accumulate(self, metrics: dict) -> None:
+    def _accumulate(self, metrics: dict, bad: Optional[torch.Tensor] = None) -> None:
+        """Add a step's metrics to the running sums (on the device); with ``bad`` (trainer.nan=skip), a
+        step whose loss was not finite adds nothing and is not counted."""
         for k, v in metrics.items():
             v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+            count = 1
+            if bad is not None:
+                v, count = torch.where(bad, 0.0, v), (~bad).float()
             self._running[k] = self._running[k] + v if k in self._running else v
-            self._counts[k] = self._counts.get(k, 0) + 1
+            self._counts[k] = self._counts[k] + count if k in self._counts else count
 
     def _flush(self) -> dict[str, float]:
-        values = {k: float(v) / self._counts[k] for k, v in self._running.items()}
+        values = {k: float(v / self._counts[k]) for k, v in self._running.items()}
         self._running, self._counts = {}, {}
         return values
 
@@ -235,10 +267,17 @@ class Trainer:
             if self.fresh and self.step == 1:
                 self.model.initialize(x, y)  # the same global batch on every process
             log_now = self.step % t.log_every == 0 or self.step == self.total_steps
-            self.train_step(x, y, want_grad_norm=log_now)
+            try:
+                self.train_step(x, y, want_grad_norm=log_now)
+            except RuntimeError:  # a model that fails on non-finite weights (a Bernoulli of NaN): say why
+                self.check_finite()
+                raise
             bar.update(1)
             if log_now:
+                self.check_finite()
                 values = self._flush()
+                if self.skipped:
+                    values["nan_skipped"] = float(self.skipped)
                 now = time.perf_counter()
                 values["images_per_sec"] = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
@@ -266,6 +305,7 @@ class Trainer:
     def _stop(self, bar) -> None:
         """A stop signal arrived (on any process): checkpoint this step and leave."""
         bar.close()
+        self.check_finite()
         self.save()
         distributed.barrier()
         self.logger.close()
@@ -281,6 +321,7 @@ class Trainer:
         runs never changes the training trajectory. Each process takes its part of the split."""
         if self.val is None:
             return
+        self.check_finite()
         with runtime.fork_rng(self.device), self.averaged():
             values = self._validation_metrics()
         self.logger.scalars("val", values, self.step)
@@ -339,6 +380,7 @@ class Trainer:
         """Sample grid (and, where the model has them, reconstructions of fixed validation images),
         within the time budget above. Runs under a forked RNG, so how often it runs never changes the
         training trajectory."""
+        self.check_finite()
         if not self.main or not self.grid_affordable():
             return
         start = time.perf_counter()
@@ -384,7 +426,8 @@ class Trainer:
         return state
 
     def save(self, name: str = "last.pt") -> None:
-        """Only the first process writes; every process holds the same state."""
+        """Only the first process writes; every process holds the same state (a finite one: checked first)."""
+        self.check_finite()
         if self.main:
             checkpoint.save(self.state(), self.ckpt_dir / name)
         if name == "last.pt":

@@ -97,6 +97,31 @@ def filter_images(W: Tensor, data, n: int) -> dict[str, Tensor]:
     return {"filters": ((w - lo) / (hi - lo).clamp(min=1e-12)).view(-1, *data.shape)}
 
 
+def known_set(flag: Tensor) -> bool:
+    """Whether a one-way flag buffer (set once and never cleared: persistent chains started, pretrained
+    layers composed, the reference set full) is set. The device is read until it is, then the answer is
+    remembered on the tensor, so a training step does not wait for the device to say what it said
+    before. Loading a state forgets it (``forget_known``)."""
+    if getattr(flag, "_known_set", False):
+        return True
+    if bool(flag):
+        flag._known_set = True
+        return True
+    return False
+
+
+def set_known(flag: Tensor) -> None:
+    flag.fill_(True)
+    flag._known_set = True
+
+
+def forget_known(module: torch.nn.Module, incompatible_keys=None) -> None:
+    """A load_state_dict post-hook: loaded flags are read again."""
+    for buffer in module.buffers():
+        if hasattr(buffer, "_known_set"):
+            del buffer._known_set
+
+
 class BoltzmannMachine(GenerativeModel):
     family = "energy"
     objectives = ("cd", "pcd")
@@ -109,6 +134,7 @@ class BoltzmannMachine(GenerativeModel):
 
     def __init__(self, config, data, objective: dict):
         super().__init__(config, data, objective)
+        self.register_load_state_dict_post_hook(forget_known)
         self.k = int(objective.get("k", 1))
         self.persistent = objective["name"] == "pcd"
         self.num_chains = int(objective.get("chains", 100)) if self.persistent else 0
@@ -138,11 +164,15 @@ class BoltzmannMachine(GenerativeModel):
         self.data_mean += (v.mean(0) - self.data_mean) * rate
         self.data_sq_mean += ((v * v).mean(0) - self.data_sq_mean) * rate
         self.data_count.copy_(total)
+        if known_set(self.reference_filled):  # full: the device is not read again (see known_set)
+            return
         filled = int(self.reference_filled)
-        if filled < REFERENCE_SIZE:
-            take = min(n, REFERENCE_SIZE - filled)
+        take = max(0, min(n, REFERENCE_SIZE - filled))
+        if take:
             self.reference[filled:filled + take] = v[:take]
             self.reference_filled += take
+        if filled + take >= REFERENCE_SIZE:
+            self.reference_filled._known_set = True
 
     @torch.no_grad()
     def negatives(self, v: Tensor, chains: Tensor, started: Tensor, sweeps) -> Tensor:
@@ -151,9 +181,9 @@ class BoltzmannMachine(GenerativeModel):
         has its own) and keeps the result."""
         if not self.persistent:
             return sweeps(v, self.k)
-        if not bool(started):
+        if not known_set(started):
             chains.copy_(self.chain_start(chains))
-            started.fill_(True)
+            set_known(started)
         chains.copy_(sweeps(chains, self.k))
         return chains
 

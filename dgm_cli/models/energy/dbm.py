@@ -37,7 +37,7 @@ from ...errors import UserError
 from ..base import Metrics, PhaseLoss
 from ..registry import register
 from . import ais
-from .base import BoltzmannMachine, filter_images, flat, weight_decay_groups
+from .base import BoltzmannMachine, filter_images, flat, known_set, set_known, weight_decay_groups
 from .rbm import bernoulli_free_energy, gibbs_sweeps, reconstruction_error
 
 
@@ -144,7 +144,7 @@ class DBM(BoltzmannMachine):
         """The pretrained RBMs as one DBM: W1, W2 as they are (each doubled input halved), h1's bias the
         mean of the two RBMs' (c1 + b') / 2. Once, when the joint training starts."""
         self.c1.copy_((self.c1 + self.pretrain_b2) / 2)
-        self.composed.fill_(True)
+        set_known(self.composed)
 
     # --- training -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -158,7 +158,7 @@ class DBM(BoltzmannMachine):
         self.observe(v)
         if phase in self.PRETRAIN_PHASES:
             return self.pretrain_loss(v, phase)
-        if self.config.pretrain_steps and not bool(self.composed):
+        if self.config.pretrain_steps and not known_set(self.composed):
             self.compose()
         with torch.no_grad():
             mu1, mu2 = self.mean_field(v)

@@ -228,14 +228,14 @@ class VQVAE(GenerativeModel):
         loss = -rec.mean() + codebook.mean() + self.beta * commitment.mean()
         counts = torch.bincount(codes.flatten(), minlength=self.config.num_codes)
         with torch.no_grad():  # codebook usage: the batch each code was last chosen in
-            self.last_used.masked_fill_(counts > 0, int(self.step) + 1)
+            self.last_used.masked_fill_(counts > 0, self.step + 1)  # a tensor: no host sync
         return loss, {"loss": loss.detach(), "reconstruction": rec.mean().detach(),
                       "codebook_loss": codebook.mean().detach(), "commitment_loss": commitment.mean().detach(),
                       "perplexity": perplexity(counts), "dead_codes": self.dead_codes()}
 
     def dead_codes(self) -> Tensor:
         """Codes not chosen in the last ``dead_after`` batches, or never so far."""
-        since = int(self.step) + 1 - self.config.dead_after
+        since = self.step + 1 - self.config.dead_after
         return ((self.last_used == 0) | (self.last_used <= since)).sum().float()
 
     def after_step(self, phase: str) -> None:
