@@ -377,7 +377,7 @@ def normflows_realnvp(config, shape: tuple[int, int, int]):
     coarse = (2 * c, h // 2, w // 2)  # the half that goes on to the second scale, and the half factored out
     flows = [couplings(2 * c, h // 2, "checkerboard", 4),
              couplings(4 * c, h // 2, "channel", 3) + [nf.flows.Squeeze()] + couplings(c, h, "checkerboard", 3)]
-    q0 = [nf.distributions.DiagGaussian(coarse, trainable=False), nf.distributions.DiagGaussian(coarse, trainable=False)]
+    q0 = [nf.distributions.DiagGaussian(coarse, trainable=False) for _ in range(2)]
     return nf.MultiscaleFlow(q0, flows, [nf.flows.Merge()], transform=nf.transforms.Logit(alpha=config.alpha),
                              class_cond=False)
 
@@ -420,8 +420,8 @@ def flow_peer_row(job: dict) -> dict:
             "params": sum(p.numel() for p in model.parameters()), "loss": float(loss.detach())}
 
 
-WORKERS = {"flow_peer": flow_peer_row, "model": model_row, "nade": nade_row, "sampler": sampler_row, "overhead": overhead_row,
-           "compile": compile_row}
+WORKERS = {"model": model_row, "nade": nade_row, "sampler": sampler_row, "overhead": overhead_row,
+           "compile": compile_row, "flow_peer": flow_peer_row}
 
 
 def worker(job: dict) -> None:

@@ -5,7 +5,7 @@
     reshaping       Squeeze, Unsqueeze, Flatten, Split (multi-scale, with a learned prior)
     normalization   ActNorm, BatchNorm
     mixing          InvertibleConv1x1
-    coupling        AffineCoupling (a channel-wise one's network sees the conditioning half only), its masks and networks
+    coupling        AffineCoupling (channel-wise: its network reads one half), its masks and networks
     autoregressive  MaskedAffineAutoregressive (MAF) and its MADEConditioner
 
 Every layer has ``forward(x) -> (z, log_det)`` and ``inverse(z) -> (x, log_det)``; see ``base``.

@@ -82,11 +82,12 @@ class AffineCoupling(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         if self.mask_type == "channel" and local_metadata.get("version", self._version) < 2:
             raise UserError(
-                "This checkpoint was written by an earlier dgm whose affine couplings fed their network all "
-                "channels with the other half masked to zero (RealNVP, Glow); today's network sees only the "
-                "conditioning half and computes the scale and shift of the transformed half alone (Kingma & "
-                f"Dhariwal 2018), so the weights at '{prefix}net' do not fit. Retrain the model with this version of dgm, or "
-                "sample and evaluate the checkpoint with the dgm that wrote it.")
+                "This checkpoint was written by an earlier dgm (commit a642301 or before) whose channel-wise "
+                "affine couplings fed their network all channels with the other half masked to zero (RealNVP, "
+                "Glow); today's network sees only the conditioning half and computes the scale and shift of the "
+                f"transformed half alone (Kingma & Dhariwal 2018), so the weights at '{prefix}net' do not fit. "
+                "Retrain the model with this version of dgm, or sample and evaluate the checkpoint with the dgm "
+                "that wrote it.")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def _log_scale(self, raw: Tensor) -> Tensor:
