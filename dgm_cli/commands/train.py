@@ -56,7 +56,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
         run_dir = Path(state["path"]).parent.parent
         log.info("resuming %s at step %d", state["path"], state["step"])
     device = runtime.pick_device(cfg.trainer.device, distributed.local_rank() if distributed.active() else None)
-    runtime.autocast(device, cfg.trainer.precision)  # refuses fp16 off CUDA before anything runs
+    for precision in (cfg.trainer.precision, cfg.trainer.get("val_precision", "32")):
+        runtime.autocast(device, precision)  # refuses fp16 off CUDA before anything runs
     runtime.seed_everything(cfg.seed)
     dataset = pipeline.load(cfg.data)
     representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
@@ -74,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     main = distributed.is_main()
     lock = faults.run_lock(run_dir) if main else contextlib.nullcontext()
     try:
-        with lock:
+        with lock, runtime.determinism(bool(cfg.trainer.get("deterministic", False)), device):
             final = trainer.fit()
     except faults.StopRequested as stop:
         if main:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from typing import Optional
 
@@ -35,6 +36,31 @@ def autocast(device: torch.device, precision: str):
         raise UserError("trainer.precision=16 needs a CUDA device (it uses a gradient scaler); use bf16 or 32.")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def determinism(deterministic: bool, device: torch.device):
+    """``trainer.deterministic`` for the duration (torch's global switches are put back after).
+
+    true: deterministic algorithms (an op without one warns), cuDNN's deterministic kernels, no TF32
+    in matrix products and convolutions, cuBLAS's fixed workspace: a GPU run repeats bit for bit, so
+    resume is exact and two GPUs equal one, at some speed. false (the default): on CUDA, cuDNN times
+    its kernels on the first batches and keeps the fastest (``cudnn.benchmark``), which may differ
+    from run to run in the last bits. A CPU computes deterministically either way."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    elif device.type == "cuda":
+        cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved[2:]
 
 
 def seed_step(seed: int, device: torch.device) -> None:

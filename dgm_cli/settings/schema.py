@@ -27,6 +27,8 @@ class TrainerConfig:
     eval_batch_size: int = checked(1000, POSITIVE)  # examples per batch in validation
     device: str = checked("auto", DEVICE)  # auto | cpu | cuda | cuda:N | mps
     precision: str = checked("32", choice(("32", "bf16", "16")))  # 32 | bf16 | 16 (16 uses a gradient scaler; CUDA only)
+    val_precision: str = checked("32", choice(("32", "bf16", "16")))  # validation's precision (its loss picks best.pt): 32 unless asked; dgm eval computes in 32
+    deterministic: bool = False  # true: deterministic algorithms and no TF32 on GPUs (exact resume, two GPUs equal one; slower); false: cuDNN picks its fastest kernels (cudnn.benchmark)
     grad_clip: float = checked(0.0, NON_NEGATIVE)  # max global gradient norm; 0 turns clipping off
     compile: Any = checked("auto", COMPILE)  # torch.compile the model's loss computation (what every step runs): true | false | auto (compiles CPU runs long enough to earn the compilation back, for the models where that was measured: pixelcnn from 500 steps, glow from 2000)
     ema_decay: float = checked(0.0, (lambda v: 0 <= v < 1, "in [0, 1) (0 turns the weight average off)"))  # > 0: keep an exponential moving average of the weights for sampling and eval

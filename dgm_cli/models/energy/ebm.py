@@ -175,6 +175,12 @@ class EBM(GenerativeModel):
         return x
 
     # --- training -----------------------------------------------------------------------------------
+    def check_precision(self, precision: str) -> None:
+        if precision == "16":
+            raise UserError("model=ebm cannot train at trainer.precision=16: its Langevin sampler takes the gradient "
+                            "of the energy with respect to the input on unscaled fp16 outputs, which can underflow "
+                            "(the gradient scaler only scales the loss's gradients); use trainer.precision=bf16 or 32.")
+
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
         real = self.to_model_space(x)
         real = real + self.config.data_noise * torch.randn_like(real)
