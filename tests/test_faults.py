@@ -110,6 +110,13 @@ def test_a_nan_loss_between_checkpoints_stops_at_the_next_log_point_with_the_las
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_the_models_advice_ends_the_stop_message(tmp_path):
+    model = regression(nan_at=3)
+    model.non_finite_advice = lambda: "try a smaller step"
+    with pytest.raises(NonFiniteLoss, match=r"resume=.*\. Try a smaller step\.$"):
+        trainer_for(tmp_path, model).fit()
+
+
 def test_nan_skip_puts_back_the_weights_optimizer_state_and_weight_average_of_the_batch(tmp_path):
     model = regression(nan_at=3)
     trainer = trainer_for(tmp_path, model, nan="skip", ema_decay=0.9)

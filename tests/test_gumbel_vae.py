@@ -55,7 +55,7 @@ def test_temperature_anneals_stepwise_to_its_floor():
     taus = {}
     for t in (0, 99, 100, 250, 10000):
         model.step.fill_(t)
-        taus[t] = model.temperature()
+        taus[t] = float(model.temperature())
     assert taus[0] == taus[99] == 1.0
     assert taus[100] == pytest.approx(math.exp(-0.1)) and taus[250] == pytest.approx(math.exp(-0.2))
     assert taus[10000] == 0.5
@@ -128,3 +128,11 @@ def test_samples_configs_and_refusals():
     assert GumbelVAE.Config(**cfg) == GumbelVAE.Config()
     preset = yaml.safe_load((CONFIGS / "experiment" / "gumbel_vae_mnist.yaml").read_text())
     assert set(preset["model"]) <= set(GumbelVAE.Config.__dataclass_fields__)
+
+
+def test_a_training_step_reads_no_clock_back_from_the_device():
+    from host_sync import no_host_reads
+
+    model = GumbelVAE(GumbelVAE.Config(), DataSpec((4,), "binary"), ELBO)
+    with no_host_reads():
+        model(torch.bernoulli(torch.full((8, 4), 0.5)), None, "model")

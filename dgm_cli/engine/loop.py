@@ -221,6 +221,7 @@ class Trainer:
                         self.skipped)
             return
         names = [k for k, v in self._running.items() if not math.isfinite(float(v))] or ["loss"]
+        advice = self.model.non_finite_advice()
         last = self.ckpt_dir / "last.pt"
         saved = f"the last good checkpoint is {last} (step {self._saved_step})" if last.exists() \
             else "no checkpoint was written yet"
@@ -228,7 +229,7 @@ class Trainer:
             f"training stopped at step {self.step}: the loss of step {bad_steps[0]} is not finite (non-finite: "
             f"{', '.join(names)}); {saved}, left as it was. Lower optimizer.lr, set trainer.grad_clip, use "
             f"trainer.precision=32, or trainer.nan=skip to drop such batches; continue with dgm train "
-            f"resume={self.run_dir}.")
+            f"resume={self.run_dir}." + (f" {advice[0].upper()}{advice[1:]}." if advice else ""))
 
     def _accumulate(self, metrics: dict, bad: Optional[torch.Tensor] = None) -> None:
         """Add a step's metrics to the running sums (on the device); with ``bad`` (trainer.nan=skip), a

@@ -121,6 +121,11 @@ class GenerativeModel(nn.Module):
         """Runs after ``phase``'s optimizer step (and before the next phase's loss): step counters,
         bookkeeping that must see the updated weights."""
 
+    def non_finite_advice(self) -> str:
+        """What to try when this model's loss was not finite, added to the engine's message (the engine
+        notices when it next reads the device, so a model says it here rather than by reading its loss)."""
+        return ""
+
     def initialize(self, x: Tensor, y: Optional[Tensor]) -> None:
         """Data-dependent initialisation (e.g. Glow's ActNorm), run once before the first step of a
         fresh run on the first *global* batch -- every process of a data-parallel run gets the same

@@ -13,7 +13,7 @@ the energy-magnitude penalty of Du & Mordatch (2019, Sec. 3.3); their sampler cl
 
 Divergence (energies running away, the failure JEM's users report: JEM issues #4, #8) is detected:
 the step's loss is made non-finite, so the engine stops and keeps the last good checkpoint, and the
-literature's advice is logged. The replay buffer is a registered buffer, so checkpoints hold it and
+literature's advice ends the engine's message (``non_finite_advice``). The replay buffer is a registered buffer, so checkpoints hold it and
 resume is exact; under DistributedDataParallel each process keeps its own.
 
 ``dgm eval`` reports sample-quality metrics. Only when asked (``estimator.ais=true``) does it estimate
@@ -27,7 +27,6 @@ runs ``model.sample_steps`` Langevin steps from noise (Nijkamp et al. 2019's sho
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from ..registry import register
 from . import ais
 from .base import AISSchedule, estimate_key
 
-log = logging.getLogger("dgm.train")
 DIVERGENCE_ADVICE = ("restart from the last checkpoint with a lower optimizer.lr, a larger model.energy_l2 "
                      "(0.1 to 1: Du & Mordatch 2019), more model.sgld_steps, model.sampler_grad_clip=0.01 or "
                      "model.spectral_norm=true (JEM issues #4 and #8)")
@@ -190,18 +188,21 @@ class EBM(GenerativeModel):
         loss = e_real.mean() - e_fake.mean() + self.config.energy_l2 * penalty
         metrics = {"energy_data": e_real.mean().detach(), "energy_model": e_fake.mean().detach(),
                    "energy_penalty": penalty.detach()}
-        if self.diverged(e_real, e_fake):
-            metrics["energy_diverged"] = torch.tensor(math.inf)
-            loss = loss + math.inf  # the engine stops here and keeps the last good checkpoint
+        # diverged energies make the loss infinite, on the device (no host read per step): the engine
+        # stops there, keeps the last good checkpoint and adds non_finite_advice to its message
+        diverged = self.diverged(e_real, e_fake)
+        metrics["energy_diverged"] = diverged.float()
+        loss = torch.where(diverged, math.inf, loss)
         return loss, metrics
 
-    def diverged(self, e_real: Tensor, e_fake: Tensor) -> bool:
-        worst = float(torch.stack([e_real.detach().mean().abs(), e_fake.detach().mean().abs()]).max())
-        if math.isfinite(worst) and worst <= self.config.divergence_energy:
-            return False
-        log.error("the energies diverged (|mean E| = %.3g > model.divergence_energy = %.3g); %s.",
-                  worst, self.config.divergence_energy, DIVERGENCE_ADVICE)
-        return True
+    def diverged(self, e_real: Tensor, e_fake: Tensor) -> Tensor:
+        """|mean E| of the data or of the samples above model.divergence_energy, or not finite: a flag on the device."""
+        worst = torch.stack([e_real.detach().mean().abs(), e_fake.detach().mean().abs()]).max()
+        return ~(worst <= self.config.divergence_energy)  # NaN compares false: diverged too
+
+    def non_finite_advice(self) -> str:
+        return (f"if the energies diverged (logged energy_diverged = 1: |mean E| above model.divergence_energy = "
+                f"{self.config.divergence_energy:g}), {DIVERGENCE_ADVICE}")
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:

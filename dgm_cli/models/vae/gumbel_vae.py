@@ -38,7 +38,7 @@ from .base import LatentVariableModel
 from .networks import MLPDecoder
 
 
-def gumbel_softmax(logits: Tensor, temperature: float, hard: bool = False) -> Tensor:
+def gumbel_softmax(logits: Tensor, temperature: float | Tensor, hard: bool = False) -> Tensor:
     """A Gumbel-softmax sample over the last dimension (Jang et al. 2017, eq. 2); ``hard``: the one-hot
     argmax in the forward pass with the relaxed sample's gradient (straight-through)."""
     u = torch.rand_like(logits).clamp(torch.finfo(logits.dtype).tiny, 1.0)
@@ -103,11 +103,12 @@ class GumbelVAE(LatentVariableModel):
         self.decoder = MLPDecoder(data.shape, list(c.hidden), c.num_latents * c.num_categories, c.activation, 1)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # the annealing clock
 
-    def temperature(self) -> float:
-        """tau = max(tau_min, tau_0 exp(-r t)), t rounded down to a multiple of ``anneal_every``."""
+    def temperature(self) -> Tensor:
+        """tau = max(tau_min, tau_0 exp(-r t)), t rounded down to a multiple of ``anneal_every``: a 0-dim
+        tensor computed from the step buffer on its device (a training step never reads the clock back)."""
         c = self.config
-        t = int(self.step) // c.anneal_every * c.anneal_every
-        return max(c.temperature_min, c.temperature * math.exp(-c.anneal_rate * t))
+        t = torch.div(self.step, c.anneal_every, rounding_mode="floor") * c.anneal_every
+        return (c.temperature * torch.exp(-c.anneal_rate * t.double())).clamp(min=c.temperature_min)
 
     def posterior_log_probs(self, x: Tensor) -> Tensor:
         """log q(c|x), shape (B, num_latents, num_categories)."""
