@@ -48,7 +48,7 @@ class AffineCoupling(nn.Module):
     to (B, 2C, H, W) and keeps its hidden features at every position. Packing each half into H x W/2
     (normflows' checkerboard split) halves the network's work, but the packed rows zig-zag (a kernel
     tap that means down-left on one row means down-right on the next) and the hidden features are half
-    as many: one epoch of RealNVP on MNIST (README, Results) ended at 2.776 bits/dim that way against
+    as many: one epoch of RealNVP on MNIST (docs/results.md) ended at 2.776 bits/dim that way against
     2.557 masked.
 
     A convolutional network's weights are kept channels-last (``to(memory_format=channels_last)``), so
