@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -378,3 +379,35 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, nan):
     else:
         trainer.check_finite()
         assert trainer.skipped == 1
+
+
+def test_off_a_terminal_training_logs_where_it_is_every_progress_every_seconds(tmp_path, monkeypatch, caplog):
+    """Under nohup or SLURM (stderr not a terminal) the bar is off; a line says the step, the rate and
+    the time left every trainer.progress_every seconds. The loop's clock is a stand-in: each reading
+    is a second later, so the lines' count and numbers are arithmetic."""
+    import logging
+    import types
+
+    from dgm_cli.engine import loop
+
+    clock = types.SimpleNamespace(now=0.0)
+
+    def perf_counter() -> float:
+        clock.now += 1.0
+        return clock.now
+
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    trainer = trainer_for(tmp_path, regression(), max_steps=40, progress=True, progress_every=10.0, ckpt_every=1000)
+    with caplog.at_level(logging.INFO, logger="dgm.train"):
+        trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if "/s, about" in r.getMessage()]
+    assert len(lines) >= 2 and all(m.startswith("step ") and " points/s, about " in m and m.endswith(" left")
+                                   for m in lines), lines
+    steps = [m.split()[1].split("/") for m in lines]
+    assert {total for _, total in steps} == {"40"} and [int(s) for s, _ in steps] == sorted(int(s) for s, _ in steps)
+    quiet = trainer_for(tmp_path / "quiet", regression(), max_steps=40, progress=False, ckpt_every=1000)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dgm.train"):
+        quiet.fit()
+    assert not [r for r in caplog.records if "/s, about" in r.getMessage()]

@@ -246,6 +246,10 @@ def test_every_sequence_model_trains_on_music_and_reports_nats_per_step(tmp_path
     train.run(cfg, tmp_path)
     model, _, dataset = model_from_checkpoint(checkpoint.load(str(tmp_path)), torch.device("cpu"))
     assert model.emission_kind == "bernoulli" and list((tmp_path / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rates = {t for t in EventAccumulator(str(tmp_path / "tensorboard")).Reload().Tags()["scalars"] if "per_sec" in t}
+    assert rates == {"train/sequences_per_sec"}, rates  # sequences a second, not images
     report = evaluate_likelihood(model, dataset.test[0], None, 3, "cpu", k=4)
     terms = report["bound_terms"]
     steps = float(S.lengths_of(dataset.test[0]).float().mean())

@@ -261,6 +261,8 @@ class Trainer:
                  f" x {self.world} processes" if self.world > 1 else "", self.run_dir)
         tick, tick_step = time.perf_counter(), self.step
         self._fit_started, self._grid_seconds, self._last_grid_seconds = tick, 0.0, None
+        lines = t.progress and self.main and not sys.stderr.isatty()  # off a terminal: a line now and then
+        next_line, first_step = tick + t.progress_every, self.step
         self.model.train()
         while self.step < self.total_steps:
             x, y = next(self.batches)
@@ -275,13 +277,16 @@ class Trainer:
                     self.check_finite()
                 raise
             bar.update(1)
+            if lines and time.perf_counter() >= next_line:
+                next_line = time.perf_counter() + t.progress_every
+                self._progress_line(first_step)
             if log_now:
                 self.check_finite()
                 values = self._flush()
                 if self.skipped:
                     values["nan_skipped"] = float(self.skipped)
                 now = time.perf_counter()
-                values["images_per_sec"] = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
+                values[f"{self.unit}_per_sec"] = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
                 for name, opt in self.optimizers.items():
                     values[f"lr_{name}" if len(self.optimizers) > 1 else "lr"] = opt.param_groups[0]["lr"]
@@ -303,6 +308,20 @@ class Trainer:
         self.logger.hparams(self.cfg, final or {"train_steps": float(self.step)})
         self.logger.close()
         return final
+
+    @property
+    def unit(self) -> str:
+        """What one example is, for rates: images, sequences (T x D) or points (a toy's vectors)."""
+        return "images" if self.model.data.is_image else "sequences" if len(self.model.data.shape) == 2 else "points"
+
+    def _progress_line(self, first_step: int) -> None:
+        """Off a terminal (nohup, SLURM), where the bar stays off: where the run is, how fast, the time left."""
+        elapsed = time.perf_counter() - self._fit_started
+        done = max(self.step - first_step, 1)
+        left = elapsed / done * (self.total_steps - self.step)
+        log.info("step %d/%d (%.0f%%), %.3g %s/s, about %s left", self.step, self.total_steps,
+                 100 * self.step / self.total_steps, done * self.t.batch_size / max(elapsed, 1e-9), self.unit,
+                 f"{left / 60:.1f} min" if left >= 90 else f"{left:.0f} s")
 
     def _stop(self, bar) -> None:
         """A stop signal arrived (on any process): checkpoint this step and leave."""

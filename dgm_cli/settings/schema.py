@@ -38,7 +38,8 @@ class TrainerConfig:
     ckpt_every: int = checked(1000, POSITIVE)  # steps between last.pt writes (also written each epoch and at the end)
     val_every: int = checked(0, NON_NEGATIVE)  # steps between validations; 0 means once per epoch
     num_samples: int = checked(64, POSITIVE)  # images in each logged sample grid
-    progress: bool = True  # tqdm bar (quiet anyway when stderr is not a terminal)
+    progress: bool = True  # a tqdm bar on a terminal; otherwise a log line every progress_every seconds; false: neither
+    progress_every: float = checked(30.0, POSITIVE)  # seconds between progress lines (step, rate, time left) when stderr is not a terminal
 
 
 @dataclass
