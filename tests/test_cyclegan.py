@@ -240,3 +240,17 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert int(a["pool_a.count"]) == 6  # the pools filled and then swapped images
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, differ
+
+
+def test_a_full_image_pool_is_queried_without_reading_the_device():
+    from host_sync import no_host_reads
+
+    pool = ImagePool(4, (1, 1, 1))
+    for _ in range(2):
+        pool.query(torch.rand(2, 1, 1, 1))  # fills it: its fill level is read until then
+    with no_host_reads(allow=("tolist",)):  # its coins and slots are drawn on the CPU, to be read there
+        pool.query(torch.rand(2, 1, 1, 1))
+    assert int(pool.count) == 4
+    pool.load_state_dict({**pool.state_dict(), "count": torch.tensor(1)})  # a loaded pool is read again
+    pool.query(torch.rand(2, 1, 1, 1))
+    assert int(pool.count) == 3

@@ -553,7 +553,10 @@ def test_persistent_chains_after_their_start_read_nothing_back_from_the_device(n
     model = build(name, objective={"name": "pcd", "k": 1, "chains": 8}, **config)
     v = torch.bernoulli(torch.full((600, 1, 3, 3), 0.5))  # more than the 500-example reference set
     phase = model.phases(10)[0]
-    model.training_loss(v, None, phase)  # starts the chains (and composes the DBM), fills the reference set
+    for batch in v.split(200):  # starts the chains (and composes the DBM), fills the reference set
+        model.training_loss(batch, None, phase)
+    if name != "dbn":  # (a DBN keeps its reference set at its top layer)
+        assert int(model.reference_filled) == 500 and torch.equal(model.reference, v[:500].flatten(1))
     with no_host_reads():
         model.training_loss(v[:8], None, phase)
     model.load_state_dict(model.state_dict())  # a loaded state is read again

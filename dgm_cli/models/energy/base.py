@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ...errors import UserError
 from ..base import GenerativeModel
+from ..nn.host_flags import forget_known, known_set, marked, set_known
 from . import ais
 
 #: objective -> the keys it takes (any other is refused, not silently ignored)
@@ -97,31 +98,6 @@ def filter_images(W: Tensor, data, n: int) -> dict[str, Tensor]:
     return {"filters": ((w - lo) / (hi - lo).clamp(min=1e-12)).view(-1, *data.shape)}
 
 
-def known_set(flag: Tensor) -> bool:
-    """Whether a one-way flag buffer (set once and never cleared: persistent chains started, pretrained
-    layers composed, the reference set full) is set. The device is read until it is, then the answer is
-    remembered on the tensor, so a training step does not wait for the device to say what it said
-    before. Loading a state forgets it (``forget_known``)."""
-    if getattr(flag, "_known_set", False):
-        return True
-    if bool(flag):
-        flag._known_set = True
-        return True
-    return False
-
-
-def set_known(flag: Tensor) -> None:
-    flag.fill_(True)
-    flag._known_set = True
-
-
-def forget_known(module: torch.nn.Module, incompatible_keys=None) -> None:
-    """A load_state_dict post-hook: loaded flags are read again."""
-    for buffer in module.buffers():
-        if hasattr(buffer, "_known_set"):
-            del buffer._known_set
-
-
 class BoltzmannMachine(GenerativeModel):
     family = "energy"
     objectives = ("cd", "pcd")
@@ -164,7 +140,7 @@ class BoltzmannMachine(GenerativeModel):
         self.data_mean += (v.mean(0) - self.data_mean) * rate
         self.data_sq_mean += ((v * v).mean(0) - self.data_sq_mean) * rate
         self.data_count.copy_(total)
-        if known_set(self.reference_filled):  # full: the device is not read again (see known_set)
+        if marked(self.reference_filled):  # full: the device is not read again (nn/host_flags.py)
             return
         filled = int(self.reference_filled)
         take = max(0, min(n, REFERENCE_SIZE - filled))
@@ -172,7 +148,7 @@ class BoltzmannMachine(GenerativeModel):
             self.reference[filled:filled + take] = v[:take]
             self.reference_filled += take
         if filled + take >= REFERENCE_SIZE:
-            self.reference_filled._known_set = True
+            set_known(self.reference_filled, value=None)
 
     @torch.no_grad()
     def negatives(self, v: Tensor, chains: Tensor, started: Tensor, sweeps) -> Tensor:

@@ -37,7 +37,8 @@ from ...errors import UserError
 from ..base import Metrics, PhaseLoss
 from ..registry import register
 from . import ais
-from .base import BoltzmannMachine, filter_images, flat, known_set, set_known, weight_decay_groups
+from ..nn.host_flags import known_set, set_known
+from .base import BoltzmannMachine, filter_images, flat, weight_decay_groups
 from .rbm import bernoulli_free_energy, gibbs_sweeps, reconstruction_error
 
 

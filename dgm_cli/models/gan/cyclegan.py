@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ...data import pipeline
 from ...errors import UserError
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
+from ..nn.host_flags import forget_known, marked, set_known
 from ..registry import register
 from .base import frozen
 
@@ -122,14 +123,17 @@ class ImagePool(nn.Module):
         self.size = size
         self.register_buffer("images", torch.zeros(size, *shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self.register_load_state_dict_post_hook(forget_known)
 
     @torch.no_grad()
     def query(self, batch: Tensor) -> Tensor:
         if self.size == 0:
             return batch
         out = batch.detach().clone()
+        # the coins and slots are drawn on the host (where the loop reads them), the fill level is read
+        # from the device only until the pool is full
         coins, slots = torch.rand(len(batch)).tolist(), torch.randint(self.size, (len(batch),)).tolist()
-        count = int(self.count)
+        count = self.size if marked(self.count) else int(self.count)
         for i in range(len(batch)):
             if count < self.size:
                 self.images[count] = batch[i]
@@ -137,7 +141,10 @@ class ImagePool(nn.Module):
             elif coins[i] < 0.5:
                 out[i] = self.images[slots[i]]
                 self.images[slots[i]] = batch[i]
-        self.count.fill_(count)
+        if not marked(self.count):
+            self.count.fill_(count)
+            if count >= self.size:
+                set_known(self.count, value=None)
         return out
 
 
