@@ -205,6 +205,7 @@ def test_a_learning_rate_is_plotted_on_a_log_axis_and_the_nll_with_its_errors(ru
     monkeypatch.setattr(plots, "line_plot", lambda series, path, *a, **k: drawn.update(series=series, args=a) or path)
     make_report(runs, plot="nll_nats", x="optimizer.lr")
     assert drawn["args"][-1] is True  # log_x
+    assert drawn["args"][2] == "NLL (nats)"  # the y axis says what it is, not the column's key
     assert all(e == 0.3 for s in drawn["series"] for e in s.err)
     assert report_module.is_scale_parameter("optimizer.lr") and report_module.is_scale_parameter("model.prior_lr")
     assert not report_module.is_scale_parameter("seed") and not report_module.is_scale_parameter("model.latent_dim")

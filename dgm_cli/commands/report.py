@@ -216,6 +216,16 @@ def x_value(row: dict, run, key: str):
     return row[key] if key in row else config_value(run.config, key)
 
 
+#: axis labels of the columns a plot shows most (others are shown as their column's name)
+READABLE = {"nll_nats": "NLL (nats)", "bits_per_dim": "bits/dim", "fid": "FID", "kid_mean": "KID",
+            "nll_nats_per_step": "NLL (nats per step)", "val/loss": "validation loss", "train/loss": "training loss",
+            "inception_score_mean": "Inception score", "modes_covered": "modes covered"}
+
+
+def readable(column: str) -> str:
+    return READABLE.get(column, column)
+
+
 #: hyperparameters that act by their order of magnitude: plotted on a log axis whatever their range
 SCALE_PARAMETERS = ("lr", "weight_decay", "eps", "grad_clip", "ema_decay")
 
@@ -250,8 +260,9 @@ def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[s
                         f"({shown}) or wall_time.")
     xs = [v for s in series.values() for v in s.x if not isinstance(v, str)]
     log_x = bool(xs) and min(xs) > 0 and (is_scale_parameter(x) or max(xs) / min(xs) > 100)
-    return line_plot(list(series.values()), out / f"plot_{_slug(metric)}_vs_{_slug(x)}.png", f"{metric} against {x}",
-                     x if x != "wall_time" else "training time (s)", metric, log_x)
+    return line_plot(list(series.values()), out / f"plot_{_slug(metric)}_vs_{_slug(x)}.png",
+                     f"{readable(metric)} against {x}", x if x != "wall_time" else "training time (s)",
+                     readable(metric), log_x)
 
 
 def plot_curves(runs: list, names: list[str], tag: str, x: str, out: Path) -> Path:
@@ -266,8 +277,8 @@ def plot_curves(runs: list, names: list[str], tag: str, x: str, out: Path) -> Pa
     if not series:
         tags = sorted({t for run in runs for t in run.scalars})
         raise UserError(f"curves={tag}: no run logged that TensorBoard tag; tags these runs have: {', '.join(tags) or 'none'}.")
-    return line_plot(series, out / f"curves_{_slug(tag)}.png", f"{tag} during training",
-                     "step" if x == "step" else "training time (s)", tag)
+    return line_plot(series, out / f"curves_{_slug(tag)}.png", f"{readable(tag)} during training",
+                     "step" if x == "step" else "training time (s)", readable(tag))
 
 
 def _slug(s: str) -> str:
