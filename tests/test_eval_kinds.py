@@ -155,6 +155,9 @@ def test_the_printed_headline_names_each_number_once_and_what_it_is():
     bound = {"protocol": protocol, "likelihood": {**exact["likelihood"], "kind": "stochastic lower bound on log p",
                                                   "estimator": "IWAE, k=5000"}}
     assert "[stochastic lower bound on log p: IWAE, k=5000]" in headline(bound)
+    from dgm_cli.commands.evaluate import table
+
+    assert "binarization" not in table(exact)  # None: it does not apply, so it is not printed
     parzen = {"protocol": protocol, "sample_quality": {"parzen_log_likelihood": -120.5, "parzen_sigma": 0.2,
                                                        "samples": "the model's samples"}}
     assert headline(parzen).startswith("parzen_log_likelihood -120.5 [")

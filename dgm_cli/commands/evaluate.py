@@ -26,6 +26,8 @@ ESTIMATOR_OVERRIDE = re.compile(r"^estimator\.[A-Za-z_][\w.]*=")
 def _rows(report: dict, prefix: str = "") -> list[tuple[str, str]]:
     rows = []
     for k, v in report.items():
+        if v is None:  # a field that does not apply (binarization of data that is not binary)
+            continue
         if isinstance(v, dict):
             rows += _rows(v, prefix + k + ".")
         else:
