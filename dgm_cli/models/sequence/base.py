@@ -183,9 +183,11 @@ class SequenceModel(GenerativeModel):
         log_px, log_pz, log_qz = self.log_weights(x, k)
         return torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k)
 
-    def kl_weight(self) -> float:
+    def kl_weight(self) -> Tensor:
+        """1, or during the KL warm-up step / kl_warmup_steps: a 0-dim tensor from the step buffer (no host read)."""
         warmup = int(self.objective.get("kl_warmup_steps", 0))
-        return 1.0 if warmup <= 0 else min(1.0, float(self.step) / warmup)
+        one = torch.ones((), device=self.step.device)
+        return one if warmup <= 0 else (self.step / warmup).clamp(max=1.0)
 
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
         """Nats per time step of the batch (sums over sequences / real steps), so the learning rate does
@@ -199,7 +201,7 @@ class SequenceModel(GenerativeModel):
         rec = log_px.sum() / steps
         beta = self.kl_weight()
         return -(rec - beta * kl), {"elbo_per_step": (rec - kl).detach(), "kl_per_step": kl.detach(),
-                                    "kl_weight": torch.tensor(beta)}
+                                    "kl_weight": beta}
 
     def after_step(self, phase: str) -> None:
         self.step += 1

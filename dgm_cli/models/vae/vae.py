@@ -109,10 +109,11 @@ class VAE(LatentVariableModel):
     def reparameterize(mean: Tensor, log_var: Tensor) -> Tensor:
         return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
 
-    def kl_weight(self) -> float:
+    def kl_weight(self) -> float | Tensor:
+        """beta, grown linearly over the KL warm-up: then a 0-dim tensor from the step buffer (no host read)."""
         beta = float(self.objective.get("beta", 1.0)) if self.objective["name"] == "beta_elbo" else 1.0
         warmup = int(self.objective.get("kl_warmup_steps", 0))
-        return beta * min(1.0, (int(self.step) + 1) / warmup) if warmup > 0 else beta
+        return beta * ((self.step + 1) / warmup).clamp(max=1.0) if warmup > 0 else beta
 
     def elbo_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(reconstruction log p(x|z), KL per example, KL per latent dim, posterior mean)."""
