@@ -178,6 +178,7 @@ def test_sample_mode_the_model_lacks(dgm, toy_run):
 
 def test_unknown_eval_metric(dgm, toy_run):
     refused(dgm("eval", f"checkpoint={toy_run}", "metrics=[nll,fidd]", check=False), "fidd", "kid")
+    refused(dgm("eval", f"checkpoint={toy_run}", "metrics=[]", check=False), "metrics=[] asks for nothing")
 
 
 def test_unknown_command(dgm):

@@ -187,6 +187,9 @@ def resolve_metrics(asked, model, settings: dict | None = None) -> tuple[bool, l
             return (True, []) if on_request else (False, samples.default_metrics(model))
         return (True, []) if model.likelihood is not None else (False, samples.default_metrics(model))
     asked = list(asked)
+    if not asked:
+        raise UserError("metrics=[] asks for nothing; leave metrics= out for the model's own (its likelihood, or "
+                        f"sample metrics without one), or name some: {', '.join(LIKELIHOOD_METRICS + samples.METRICS)}.")
     unknown = [m for m in asked if m not in LIKELIHOOD_METRICS + samples.METRICS]
     if unknown:
         raise UserError(f"metrics={asked}: unknown {unknown}; allowed: {', '.join(LIKELIHOOD_METRICS + samples.METRICS)}.")
