@@ -41,13 +41,25 @@ def pytest_configure(config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's own, which names each grouped test's group in its node id
 def pytest_collection_modifyitems(config, items) -> None:
     """`heavy` tests first, then files with end-to-end (`slow`) tests, each file's tests kept
     together: with one xdist worker per core, the long runs start at once and the many short tests
-    fill in around them, rather than one long test starting last and holding up the end."""
+    fill in around them, rather than one long test starting last and holding up the end.
+
+    And a check: under --dist loadgroup every test marked xdist_group must carry its group in its node
+    id by now; if it does not (a pytest that xdist does not support), the group would be split across
+    workers, so say so and stop."""
     has_slow = {item.path for item in items if item.get_closest_marker("slow")}
     # a stable sort: the order within a file stays
     items.sort(key=lambda item: (item.get_closest_marker("heavy") is None, item.path not in has_slow))
+    if os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup"):
+        lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(
+                f"pytest-xdist's --dist loadgroup did not group {lost[0]} (and {len(lost) - 1} more) with pytest "
+                f"{pytest.__version__}: install the versions pyproject.toml's test extra names "
+                "(pip install -e '.[test]'), or run with -n 0.")
 
 
 def pytest_unconfigure(config) -> None:
