@@ -110,3 +110,19 @@ def test_real_mnist_shapes(data_root):
     ds = pipeline.load(data_cfg(name="mnist", root=str(data_root), val_size=5000))
     assert ds.train[0].shape == (55000, 1, 28, 28) and ds.test[0].shape == (10000, 1, 28, 28)
     assert ds.num_classes == 10
+
+
+def test_the_training_set_goes_on_a_gpu_only_where_it_leaves_room_for_the_model():
+    """At most half the GPU's free memory holds the training set; a larger one stays in pinned host memory
+    and the run's log says which (the GPU is stood in for by its device name and free bytes)."""
+    import torch
+
+    from dgm_cli.data.pipeline import data_placement
+
+    gpu, mib = torch.device("cuda", 0), 2 ** 20
+    assert data_placement(300 * mib, gpu, True, 1000 * mib) == (True, "training data: 300 MiB on cuda:0")
+    on, note = data_placement(700 * mib, gpu, True, 1000 * mib)
+    assert not on and "700 MiB kept in pinned host memory" in note and "50% of the 1.0 GiB free" in note
+    on, note = data_placement(3 * mib, gpu, False, None)
+    assert not on and "data.on_device=false" in note
+    assert data_placement(5 * 2 ** 30, torch.device("cpu"), True, None) == (True, "training data: 5.0 GiB in memory")

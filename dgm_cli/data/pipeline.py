@@ -220,6 +220,25 @@ def noise_seed(seed: int, epoch: int, position: int) -> int:
     return hash((seed, NOISE_STREAM, epoch, position)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+#: the share of a GPU's free memory the training set may take on it; the rest is the model's
+DEVICE_SHARE = 0.5
+
+
+def data_placement(nbytes: int, device: torch.device, on_device: bool, free: Optional[int]) -> tuple[bool, str]:
+    """Whether the training set goes on ``device`` (every batch then an index into it) or stays in host
+    memory (each batch copied over, from page-locked memory on a GPU), and that choice in words for the
+    run's log. It goes on a GPU only when it takes at most DEVICE_SHARE of the ``free`` bytes there."""
+    size = f"{nbytes / 2 ** 20:,.0f} MiB" if nbytes < 2 ** 30 else f"{nbytes / 2 ** 30:,.1f} GiB"
+    if device.type == "cpu":
+        return True, f"training data: {size} in memory"
+    if not on_device:
+        return False, f"training data: {size} in host memory (data.on_device=false), each batch copied to {device}"
+    if free is not None and nbytes > DEVICE_SHARE * free:
+        return False, (f"training data: {size} kept in pinned host memory, each batch copied to {device} without "
+                       f"blocking: it is more than {DEVICE_SHARE:.0%} of the {free / 2 ** 30:.1f} GiB free there")
+    return True, f"training data: {size} on {device}"
+
+
 class BatchIterator:
     """Draws training batches by indexing a tensor held on ``device``.
 
@@ -241,9 +260,13 @@ class BatchIterator:
         if representation == "binary" and binarize == "static":
             x, representation = fixed(x, "binary").to(torch.uint8), "8bit_binary"
             y = fixed(y, "binary").to(torch.uint8) if self.two_domains else y
+        nbytes = x.element_size() * x.nelement() + (0 if y is None else y.element_size() * y.nelement())
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" and on_device else None
+        on_device, self.placement = data_placement(nbytes, device, on_device, free)
         store = device if on_device else torch.device("cpu")
-        self.x = x.to(store)
-        self.y = None if y is None else y.to(store)
+        pin = device.type == "cuda" and not on_device  # page-locked: its copies to the GPU overlap compute
+        self.x = x.pin_memory() if pin else x.to(store)
+        self.y = None if y is None else (y.pin_memory() if pin else y.to(store))
         self.representation = representation
         self.batch_size = batch_size
         self.device = device

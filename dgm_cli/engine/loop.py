@@ -259,6 +259,7 @@ class Trainer:
         log.info("training %s for %d steps (%d per epoch) on %s%s, run folder %s", self.cfg.model.name,
                  self.total_steps, self.batches.steps_per_epoch, self.device,
                  f" x {self.world} processes" if self.world > 1 else "", self.run_dir)
+        log.info("%s", self.batches.placement)
         tick, tick_step = time.perf_counter(), self.step
         self._fit_started, self._grid_seconds, self._last_grid_seconds = tick, 0.0, None
         lines = t.progress and self.main and not sys.stderr.isatty()  # off a terminal: a line now and then

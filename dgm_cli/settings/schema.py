@@ -54,7 +54,7 @@ class DataConfig:
     channels: Optional[int] = None  # image_folder: 1 (grayscale) or 3 (RGB); null keeps the files'
     domain_b: Optional[str] = None  # unpaired translation (CycleGAN): a second image domain, a dataset name (fashion_mnist) or an image folder / .npz file, sized like dataset=
     download: bool = True
-    on_device: bool = True  # hold the dataset on the training device when it fits
+    on_device: bool = True  # hold the training set on the GPU when it takes at most half its free memory (else pinned host memory, batches copied without blocking)
     train_size: int = 50000  # 2-D toys: points drawn for training
     test_size: int = 10000  # 2-D toys: points drawn for testing
 
