@@ -322,26 +322,37 @@ def test_cuda_precisions_and_compile_train(tmp_path, precision):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+class StandInClock:
+    """The training loop's clock, for tests whose outcome would otherwise depend on the machine's
+    speed: each reading is ``tick`` seconds after the last; ``advance`` spends time without a reading."""
+
+    def __init__(self, monkeypatch, tick: float):
+        import types
+
+        from dgm_cli.engine import loop
+
+        self.now, self.tick = 0.0, tick
+        monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=self.perf_counter))
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_sample_grids_stay_within_their_share_of_training_time(tmp_path, monkeypatch, caplog):
     """A grid that costs more than the budget allows is skipped, with a log line saying why. The
     loop's clock is a stand-in: each reading is 10 ms of training later, and a grid's sampler
     costs 10 ms, so how many grids fit is arithmetic, not the machine's speed."""
     import logging
-    import types
 
-    from dgm_cli.engine import loop
-
-    clock = types.SimpleNamespace(now=0.0)
-
-    def perf_counter() -> float:
-        clock.now += 0.01
-        return clock.now
-
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    clock = StandInClock(monkeypatch, tick=0.01)
     model = regression()
 
     def slow_samples(n, temperature=1.0, label=None):
-        clock.now += 0.01
+        clock.advance(0.01)
         return torch.randn(n, 2)
 
     monkeypatch.setattr(model, "sample_for_logging", slow_samples)
@@ -350,7 +361,7 @@ def test_sample_grids_stay_within_their_share_of_training_time(tmp_path, monkeyp
         trainer.fit()
     drawn = round(trainer._grid_seconds / 0.02)  # a grid: the sampler's 10 ms and the reading that ends it
     assert 2 <= drawn < 30 and "sample grid skipped" in caplog.text
-    elapsed = perf_counter() - trainer._fit_started
+    elapsed = clock.perf_counter() - trainer._fit_started
     # at most one grid over the budget (the check lets a grid start while it still fits)
     assert trainer._grid_seconds <= Trainer.GRID_BUDGET * elapsed + trainer._last_grid_seconds
 
@@ -386,17 +397,8 @@ def test_off_a_terminal_training_logs_where_it_is_every_progress_every_seconds(t
     the time left every trainer.progress_every seconds. The loop's clock is a stand-in: each reading
     is a second later, so the lines' count and numbers are arithmetic."""
     import logging
-    import types
 
-    from dgm_cli.engine import loop
-
-    clock = types.SimpleNamespace(now=0.0)
-
-    def perf_counter() -> float:
-        clock.now += 1.0
-        return clock.now
-
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    StandInClock(monkeypatch, tick=1.0)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     trainer = trainer_for(tmp_path, regression(), max_steps=40, progress=True, progress_every=10.0, ckpt_every=1000)
     with caplog.at_level(logging.INFO, logger="dgm.train"):
