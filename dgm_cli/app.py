@@ -156,15 +156,16 @@ def command(config_name: str, validate: Callable[[DictConfig], None]):
     return decorate
 
 
-def model_from_checkpoint(state: dict, device, data_root: str | None = None):
-    """(model in eval mode on ``device``, saved config, dataset) from a loaded checkpoint."""
+def model_from_checkpoint(state: dict, device, data_root: str | None = None, dataset=None):
+    """(model in eval mode on ``device``, saved config, dataset) from a loaded checkpoint; ``dataset``:
+    the run's data when it is already loaded (else it is read as the run's config says)."""
     from .data import pipeline
     from .models.registry import build_model
 
     cfg = OmegaConf.create(state["config"])
     if data_root is not None:
         cfg.data.root = data_root
-    dataset = pipeline.load(cfg.data)
+    dataset = pipeline.load(cfg.data) if dataset is None else dataset
     representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
     spec = pipeline.spec(dataset, representation, cfg.data.name)
     model = build_model(cfg.model, cfg.objective, spec)

@@ -14,6 +14,8 @@ from ..settings.validate import validate_train
 from ..errors import UserError
 
 log = logging.getLogger("dgm.train")
+#: the checkpoints (last.pt) of the runs this process finished, in order: `dgm_cli.train` returns them
+FINISHED: list[Path] = []
 #: what a resumed run may change: how long and where it runs, how often it logs
 #: (and, since the global batch is fixed, how it is split: trainer.accumulate; any number of processes)
 RESUMABLE_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.device", "trainer.progress",
@@ -71,6 +73,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     if state is not None and trainer.step >= trainer.total_steps:
         print(f"{state['path']} has finished its {trainer.total_steps} steps: nothing to do. To train on, "
               f"resume with a larger trainer.max_steps or trainer.max_epochs.")
+        FINISHED.append(last)
         return {}
     main = distributed.is_main()
     lock = faults.run_lock(run_dir) if main else contextlib.nullcontext()
@@ -92,15 +95,34 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     if main:
         log.info("done: %s", last)
         print(f"checkpoint: {last}")
+    FINISHED.append(last)
     return final
+
+
+#: what a trial of a search reports to the sweeper (hydra/sweeper=optuna): lower is better
+OBJECTIVE = "val_loss"
+
+
+def searching(hydra) -> bool:
+    """Does the sweeper optimise on what each job returns (Optuna's), rather than run a grid?"""
+    return "optuna" in str(OmegaConf.select(hydra, "sweeper._target_", default="")).lower()
 
 
 @command("train", validate_train)
 def main(cfg: DictConfig):
     hydra = HydraConfig.get()
+    search = searching(hydra)
+    if search and cfg.data.val_size == 0:
+        raise UserError("a search (hydra/sweeper=optuna) minimises each trial's final validation loss, and "
+                        "data.val_size=0 holds no validation data: leave data.val_size out (a tenth of the training "
+                        "data, at most 5,000) or give it a number of examples.")
     final = run(cfg, Path(hydra.runtime.output_dir), list(hydra.overrides.task))
-    # the multirun sweeper can optimise on this
-    return final.get("val_loss")
+    # the multirun sweeper can optimise on this: the final validation `loss`, which also picks best.pt
+    objective = final.get(OBJECTIVE)
+    if search:
+        log.info("objective of this trial for the sweeper: %s = %s (the final validation loss; lower is better)",
+                 OBJECTIVE, objective)
+    return objective
 
 
 if __name__ == "__main__":

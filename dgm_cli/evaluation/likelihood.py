@@ -94,6 +94,22 @@ def is_conditional(model) -> bool:
     return bool(getattr(model, "conditional", False))
 
 
+def score_batches(model, x: torch.Tensor, y, batch_size: int, device, log_prior: Optional[torch.Tensor] = None,
+                  **settings):
+    """Per batch of a transformed split, in order: ``(xb, yb, log_p, own)`` with ``log_p`` = log p(x) per
+    example in nats (float64, on the CPU; a class-conditional model's marginal over its labels, with
+    ``log_prior`` = log p(y)) and ``own`` = what ``model.log_likelihood`` gives (log p(x|y) for a
+    conditional model, else ``log_p`` itself). The dequantization offset is not included (``nll_offset``).
+    ``dgm eval`` and ``dgm_cli.Run.log_likelihood`` both score through this."""
+    conditional = is_conditional(model)
+    if conditional and (log_prior is None or y is None):
+        raise ValueError("a class-conditional model's NLL needs the labels and the label prior p(y)")
+    for xb, yb in pipeline.eval_batches(x, y, batch_size, device):
+        marginal = marginal_log_likelihood(model, xb, log_prior, **settings) if conditional else None
+        own = model.log_likelihood(xb, yb, **settings).double().cpu()
+        yield xb, yb, own if marginal is None else marginal, own
+
+
 def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
                         log_prior: Optional[torch.Tensor] = None, **settings) -> dict:
     """Run ``model.log_likelihood`` and ``model.extra_eval`` over a transformed split.
@@ -104,17 +120,15 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
     start = time.perf_counter()
     prepared = dict(model.prepare_eval(x, y, **settings) or {})
     conditional = is_conditional(model)
-    if conditional and (log_prior is None or y is None):
-        raise ValueError("a class-conditional model's NLL needs the labels and the label prior p(y)")
     marginal, own, sums, dims = [], [], {}, []  # own: log p(x), or log p(x|y) of a conditional model
     part = distributed.shard(len(x))  # under torchrun, each process takes its part; gathered below
     what = f"scoring {len(x):,} examples: {model.estimator(**settings)}"
     log.info("%s", what)
     with Progress(len(x[part]), what, "examples", enabled=distributed.is_main(), logger="dgm.eval") as progress:
-        for xb, yb in pipeline.eval_batches(x[part], None if y is None else y[part], batch_size, device):
-            if conditional:
-                marginal.append(marginal_log_likelihood(model, xb, log_prior, **settings))
-            own.append(model.log_likelihood(xb, yb, **settings).double().cpu())
+        for xb, yb, log_p, own_b in score_batches(model, x[part], None if y is None else y[part], batch_size, device,
+                                                  log_prior, **settings):
+            marginal.append(log_p)
+            own.append(own_b)
             varying = model.example_dims(xb) if hasattr(model, "example_dims") else None  # optional in the interface
             if varying is not None:
                 dims.append(varying.double().cpu())
