@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from .. import images
 from ..app import command, model_from_checkpoint
 from ..settings.validate import ARRAY_SUFFIX, MIDI_SUFFIXES, validate_sample
-from ..data.sequences import PIANO_ROLLS
+from ..data.sequences import PIANO_ROLLS, is_piano_roll
 from ..errors import UserError
 
 log = logging.getLogger("dgm.sample")
@@ -29,8 +29,8 @@ def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
                         f"{', '.join(model.sample_modes)}.")
     if cfg.mode == "sample":
         samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label))
-        if model.data.is_image or model.data.dataset in PIANO_ROLLS:
-            return images.of_samples(samples, model.data.dataset, cfg.nrow)
+        if model.data.is_image or is_piano_roll(model.data):
+            return images.of_samples(samples, model.data, cfg.nrow)
         if len(model.data.shape) == 2:  # sequences: the test split's paths beside the samples'
             return images.side_by_side(images.trajectories(dataset.test[0][: cfg.num_samples]), images.trajectories(samples))
         return toy_plot(model, samples, dataset)
@@ -79,10 +79,10 @@ def write_midi(model, cfg: DictConfig, out: Path) -> None:
     them, as one MIDI file (a step is a quarter note at 120 per minute)."""
     from ..data import music
 
-    if model.data.dataset not in PIANO_ROLLS or cfg.mode != "sample":
-        raise UserError(f"out={cfg.out}: a MIDI file holds samples of music (dataset={', '.join(PIANO_ROLLS)}) with "
-                        f"mode=sample; this is mode={cfg.mode} of a model of dataset={model.data.dataset}. Give out= a "
-                        ".png file or a folder.")
+    if not is_piano_roll(model.data) or cfg.mode != "sample":
+        raise UserError(f"out={cfg.out}: a MIDI file holds samples of music (dataset={', '.join(PIANO_ROLLS)}, or "
+                        f"dataset=sequences of 88 binary keys) with mode=sample; this is mode={cfg.mode} of a model of "
+                        f"dataset={model.data.dataset}. Give out= a .png file or a folder.")
     samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label)).cpu()
     rest = samples.new_zeros(MIDI_REST_STEPS, samples.shape[-1])
     music.write_midi(torch.cat([torch.cat([s, rest]) for s in samples]), out)

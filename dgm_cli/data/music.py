@@ -1,6 +1,6 @@
-"""Polyphonic music as 88-key piano rolls through music21: a score <-> a binary roll, MIDI files, and
+"""Polyphonic music as 88-key piano rolls through music21: a score <-> a binary roll, MIDI files,
 ``dataset=bach_chorales``, the Bach chorales (Riemenschneider numbering, each harmonization once: 350)
-that music21 ships in its corpus (no download).
+that music21 ships in its corpus (no download), and ``dataset=midi_folder``, a user's folder of MIDI files.
 
 A roll has one row per time step of ``STEP`` quarter notes (quarter-note steps, as in Boulanger-Lewandowski
 et al. 2012's JSB Chorales), one column per piano key (MIDI 21..108); a key is on at step t when a note of
@@ -10,6 +10,7 @@ steps is one note when written as MIDI. Parsing the corpus takes minutes, so its
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch import Tensor
 from ..atomic import write_atomically
 from ..errors import UserError
 from . import files
-from .sequences import KEYS, LOWEST_KEY, piano_roll
+from .sequences import KEYS, LOWEST_KEY, SPLIT_SEED, piano_roll, split_by_sequence
 
 log = logging.getLogger("dgm.data")
 
@@ -30,8 +31,6 @@ log = logging.getLogger("dgm.data")
 STEP = 1.0
 #: the cache file's name carries what would change its contents
 CACHE_NAME = "bach_chorales_riemenschneider_quarter_v1.npz"
-#: shares of the pieces in (train, valid, test), as JSB Chorales' 229 / 76 / 77; the permutation's seed
-SPLIT_SHARES, SPLIT_SEED = (0.6, 0.2, 0.2), 371
 
 
 def _music21():
@@ -171,14 +170,79 @@ def bach_chorales(cache: Optional[Path] = None) -> tuple[list[str], list[Tensor]
 
 def split_pieces(count: int, seed: int = SPLIT_SEED) -> dict[str, list[int]]:
     """Piece indices of train / valid / test: a permutation with a fixed seed, cut by ``SPLIT_SHARES``."""
-    perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_valid, n_test = round(count * SPLIT_SHARES[1]), round(count * SPLIT_SHARES[2])
-    n_train = count - n_valid - n_test
-    return {"train": sorted(perm[:n_train]), "valid": sorted(perm[n_train:n_train + n_valid]),
-            "test": sorted(perm[n_train + n_valid:])}
+    return split_by_sequence(count, seed)
 
 
 def load_bach_chorales(cache: Optional[Path] = None) -> dict[str, list[Tensor]]:
     """{"train"|"valid"|"test": rolls}, split by piece."""
     _, rolls = bach_chorales(cache)
     return {split: [rolls[i] for i in idx] for split, idx in split_pieces(len(rolls)).items()}
+
+
+# --- dataset=midi_folder data.path=<folder> --------------------------------------------------------------
+MIDI_SUFFIXES = (".mid", ".midi")
+#: bump when reading a folder changes what its cache holds
+MIDI_FOLDER_VERSION = 1
+
+
+def midi_files(folder: Path) -> list[Path]:
+    """The .mid/.midi files under ``folder`` (sub-folders too), in name order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+
+
+def midi_folder_key(folder: Path, found: list[Path], steps_per_quarter: int) -> str:
+    """What the folder's rolls depend on: each file's place in it and its bytes, the step and the reader's
+    version. A file added, removed or changed gives another key, so another cache file."""
+    h = hashlib.sha256(f"v{MIDI_FOLDER_VERSION} steps_per_quarter={steps_per_quarter}".encode())
+    for path in found:
+        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def parse_midi_folder(folder: Path, found: list[Path], steps_per_quarter: int) -> list[Tensor]:
+    """Each file's roll; every file that cannot be read, or holds no note on the piano's keys, is named in one
+    refusal."""
+    rolls, bad = [], []
+    for path in found:
+        try:
+            roll = read_midi(path, step=1.0 / steps_per_quarter)
+        except UserError as exc:
+            bad.append(f"{path.relative_to(folder)} ({str(exc).replace(str(path), 'it')})")
+            continue
+        if len(roll) == 0:
+            bad.append(f"{path.relative_to(folder)} (it holds no notes)")
+        rolls.append(roll)
+    if bad:
+        raise UserError(f"dataset=midi_folder: {len(bad)} of the {len(found)} MIDI files in {folder} cannot be used "
+                        f"as piano rolls: {'; '.join(bad)}. Remove or fix them (dgm reads every .mid/.midi file "
+                        "under data.path).")
+    return rolls
+
+
+def load_midi_folder(path: Optional[str], steps_per_quarter: int = 1,
+                     cache: Optional[Path] = None) -> dict[str, list[Tensor]]:
+    """``dataset=midi_folder``: {"train"|"valid"|"test": rolls} of the MIDI files under ``path``, each file a
+    piece, in steps of 1 / ``steps_per_quarter`` quarter notes, split by piece with a fixed seed; read once
+    and cached in ``$DGM_CACHE/music`` under a key of the files' contents."""
+    if not path:
+        raise UserError("dataset=midi_folder needs data.path=<folder of .mid/.midi files>.")
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"dataset=midi_folder reads the MIDI files under data.path={path}, which is not a folder.")
+    found = midi_files(folder)
+    if len(found) < 3:
+        raise UserError(f"dataset=midi_folder: {folder} holds {len(found)} .mid/.midi file(s); dgm splits the pieces "
+                        "into train, valid and test and needs at least 3.")
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in folder.name) or "folder"
+    file = (cache or files.cache_root() / "music") / f"midi_folder-{slug}-{midi_folder_key(folder, found, steps_per_quarter)}.npz"
+    cached = load_rolls(file)
+    if cached is None:
+        log.info("reading %d MIDI files under %s into piano rolls (once; cached in %s)", len(found), folder, file)
+        rolls = parse_midi_folder(folder, found, steps_per_quarter)
+        try:
+            save_rolls(file, [str(p.relative_to(folder)) for p in found], rolls)
+        except OSError as exc:
+            log.warning("could not cache the piano rolls in %s: %s", file, exc.strerror or exc)
+    else:
+        rolls = cached[1]
+    return {split: [rolls[i] for i in idx] for split, idx in split_by_sequence(len(rolls)).items()}

@@ -35,7 +35,8 @@ SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
 DOMAIN_B_SEED = 1_000_003  # offsets the seed of domain B's permutations from domain A's
 NOISE_STREAM = 7  # sets the data noise's seeds apart from the permutations'
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "image_folder", "npz")
-DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES) + sequences.PIANO_ROLLS
+DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES) + sequences.PIANO_ROLLS + (
+    sequences.OWN_SEQUENCES,)
 
 
 @dataclass
@@ -133,8 +134,11 @@ def load_one(cfg) -> Dataset:
         val_size = files.BINARIZED_MNIST_SPLITS["valid"] if cfg.val_size is None else cfg.val_size
         train, val, test = files.load_binarized_mnist(cfg.root, cfg.download, val_size)
         return Dataset(train=train, val=val, test=test, num_classes=0)
-    elif name in sequences.PIANO_ROLLS:  # split by piece in the files (bach_chorales: with a fixed seed)
+    elif name in sequences.PIANO_ROLLS or name == sequences.OWN_SEQUENCES:
+        # split by piece in the files; bach_chorales, midi_folder and one's own sequences with a fixed seed
         splits = (music.load_bach_chorales() if name == "bach_chorales"
+                  else music.load_midi_folder(cfg.path, cfg.steps_per_quarter) if name == "midi_folder"
+                  else sequences.load_own_sequences(cfg.path) if name == sequences.OWN_SEQUENCES
                   else sequences.load_polyphonic(name, cfg.root, cfg.path))
         return piano_roll_dataset(name, splits, cfg.val_size)
     elif name in ("image_folder", "npz"):
@@ -156,15 +160,17 @@ def load_one(cfg) -> Dataset:
 
 
 def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Optional[int]) -> Dataset:
-    """Rolls padded with NaN (data/sequences.py) per split. The pieces' own valid split validates
-    (data.val_size=null), or joins the training split (data.val_size=0)."""
+    """Rolls (or any sequences) padded with NaN (data/sequences.py) per split. The pieces' own valid split
+    validates (data.val_size=null), or joins the training split (data.val_size=0)."""
     if val_size not in (None, 0):
         raise UserError(f"data.val_size={val_size}: dataset={name} has a fixed split by piece; use data.val_size=null "
                         "(validate on its valid pieces) or 0 (train on train and valid).")
     train = splits["train"] + (splits["valid"] if val_size == 0 else [])
 
+    width = next((s[0].shape[-1] for s in splits.values() if s), sequences.KEYS)
+
     def padded(rolls: list[Tensor]) -> tuple[Tensor, None]:
-        return (sequences.pad(rolls) if rolls else torch.zeros(0, 1, sequences.KEYS)), None
+        return (sequences.pad(rolls) if rolls else torch.zeros(0, 1, width)), None
 
     return Dataset(train=padded(train), val=padded([] if val_size == 0 else splits["valid"]),
                    test=padded(splits["test"]), num_classes=0)
@@ -174,21 +180,32 @@ def resolve_representation(data_cfg, model_cfg, ds: Dataset) -> str:
     """The representation asked for, else the model's own for images, or ``continuous`` for 2-D toys."""
     if data_cfg.representation:
         return data_cfg.representation
-    return model_cfg.representation if ds.is_image else "continuous"
+    if not ds.is_image:  # sequences of 0/1 values (piano rolls) are binary; other sequences and points continuous
+        return "binary" if binary_sequences(ds) else "continuous"
+    return model_cfg.representation
+
+
+def binary_sequences(ds: Dataset) -> bool:
+    """Sequences (N, T, D) whose values are all 0 or 1, such as piano rolls."""
+    x = ds.train[0]
+    return not ds.is_image and x.dim() == 3 and sequences.binary_values(x)
 
 
 def spec(ds: Dataset, representation: str, dataset: str = "") -> DataSpec:
     x = ds.train[0]
-    if ds.is_image == (representation == "continuous"):
-        allowed = "binary, 8bit, dequantized" if ds.is_image else "continuous"
+    allowed = ("binary", "8bit", "dequantized") if ds.is_image else ("binary", "continuous") if binary_sequences(ds) else (
+        "continuous",)
+    if representation not in allowed:
+        allowed = ", ".join(allowed)
         raise UserError(f"data.representation={representation} does not fit this dataset; allowed: {allowed}.")
     return DataSpec(shape=tuple(x.shape[1:]), representation=representation, num_classes=ds.num_classes, dataset=dataset,
                     domain_b=ds.domain_names[1] if ds.domains else "")
 
 
 def transform(x: Tensor, representation: str, generator: Optional[torch.Generator]) -> Tensor:
-    """Raw batch -> what the model sees. ``generator`` draws binarization/dequantization noise."""
-    if representation == "continuous":
+    """Raw batch -> what the model sees. ``generator`` draws binarization/dequantization noise. Only 8-bit
+    images (uint8) are binarized or dequantized: points and sequences (binary ones too) are used as given."""
+    if representation == "continuous" or x.dtype != torch.uint8:
         return x.float()
     xf = x.float()
     if representation == "binary":
@@ -257,7 +274,7 @@ class BatchIterator:
         self.two_domains = y is not None and y.dim() == 4
         if self.two_domains and len(y) < batch_size:
             raise UserError(f"trainer.batch_size={batch_size} is larger than the {len(y)} training images of data.domain_b.")
-        if representation == "binary" and binarize == "static":
+        if representation == "binary" and binarize == "static" and x.dtype == torch.uint8:
             x, representation = fixed(x, "binary").to(torch.uint8), "8bit_binary"
             y = fixed(y, "binary").to(torch.uint8) if self.two_domains else y
         nbytes = x.element_size() * x.nelement() + (0 if y is None else y.element_size() * y.nelement())

@@ -1,5 +1,6 @@
-"""Sequence data: ragged sequences padded into one tensor, polyphonic music as piano rolls, and a
-linear-Gaussian state-space toy whose exact log-likelihood the Kalman filter gives.
+"""Sequence data: ragged sequences padded into one tensor, polyphonic music as piano rolls, a user's own
+sequences from an .npz file (``dataset=sequences``), and a linear-Gaussian state-space toy whose exact
+log-likelihood the Kalman filter gives.
 
 A batch of sequences is one float tensor (N, T_max, D); the steps past a sequence's end are NaN, so the
 mask travels with the data through every batch and no padding is ever counted in a likelihood
@@ -13,16 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import UserError, describe_file
 
 #: the 88 keys of a piano, MIDI notes 21 (A0) .. 108 (C8)
 LOWEST_KEY, KEYS = 21, 88
 POLYPHONIC_SPLITS = ("train", "valid", "test")
-#: sequence datasets of binary piano rolls (their models default to a Bernoulli emission)
-PIANO_ROLLS = ("jsb_chorales", "piano_midi", "musedata", "nottingham", "bach_chorales")
+#: sequence datasets of binary piano rolls (their models default to a Bernoulli emission); midi_folder: a
+#: user's folder of MIDI files (data/music.py)
+PIANO_ROLLS = ("jsb_chorales", "piano_midi", "musedata", "nottingham", "bach_chorales", "midi_folder")
+#: dataset=sequences data.path=<file.npz>: a user's own sequences (``read_sequences``)
+OWN_SEQUENCES = "sequences"
+#: shares of the sequences (pieces) in (train, valid, test) where a dataset has no split of its own, as JSB
+#: Chorales' 229 / 76 / 77; the permutation's seed
+SPLIT_SHARES, SPLIT_SEED = (0.6, 0.2, 0.2), 371
 
 
 def pad(sequences: Sequence[Tensor]) -> Tensor:
@@ -42,6 +50,99 @@ def mask_of(x: Tensor) -> Tensor:
 
 def lengths_of(x: Tensor) -> Tensor:
     return mask_of(x).sum(1)
+
+
+def binary_values(x: Tensor) -> bool:
+    """Whether every value of padded sequences ``x`` (NaN past each end) is 0 or 1: a piano roll, or any
+    sequence of binary vectors, which a model sees in the ``binary`` representation."""
+    real = x[~torch.isnan(x)]
+    return bool(((real == 0) | (real == 1)).all())
+
+
+def is_piano_roll(data) -> bool:
+    """Whether samples of ``data`` (a DataSpec, or a dataset's name) are 88-key piano rolls (MIDI 21..108),
+    which `dgm sample out=x.mid` writes and grids draw as time x keys: the music datasets, and one's own
+    sequences (dataset=sequences) of 88 binary values per step."""
+    if isinstance(data, str):
+        return data in PIANO_ROLLS
+    return data.dataset in PIANO_ROLLS or (data.dataset == OWN_SEQUENCES and data.representation == "binary"
+                                           and tuple(data.shape[-1:]) == (KEYS,))
+
+
+def split_by_sequence(count: int, seed: int = SPLIT_SEED) -> dict[str, list[int]]:
+    """Sequence (piece) indices of train / valid / test: a permutation with a fixed seed, cut by
+    ``SPLIT_SHARES`` (at least one each where there are three or more)."""
+    perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_valid, n_test = (max(1, round(count * share)) if count >= 3 else 0 for share in SPLIT_SHARES[1:])
+    n_train = count - n_valid - n_test
+    return {"train": sorted(perm[:n_train]), "valid": sorted(perm[n_train:n_train + n_valid]),
+            "test": sorted(perm[n_train + n_valid:])}
+
+
+# --- a user's own sequences: dataset=sequences data.path=<file.npz> ---------------------------------
+SEQUENCE_FORMAT = (
+    "an .npz of numbers in one of two layouts: 'values' (all sequences one after another, shape (sum of "
+    "lengths, D) or (sum of lengths,) for D = 1) with 'lengths' (N positive integers), or one array per "
+    "sequence, shape (T_i, D) or (T_i,), under any names (read in the file's order); every sequence has the "
+    "same D, at least one step, and finite values (see docs/data.md)")
+#: the fewest sequences a file may hold: one each for train, valid and test
+MIN_SEQUENCES = 3
+
+
+def _as_steps(name: str, array, path: Path) -> Tensor:
+    """One array of ``path`` as (T, D) float32, refused unless it holds finite numbers of rank 1 or 2."""
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{path}: array '{name}' holds {array.dtype} values; sequences must be numbers "
+                        f"(bool, integers or floats). Expected {SEQUENCE_FORMAT}.")
+    if array.ndim not in (1, 2) or len(array) == 0:
+        raise UserError(f"{path}: array '{name}' has shape {tuple(array.shape)}; a sequence is (T, D) or (T,) "
+                        f"with T >= 1. Expected {SEQUENCE_FORMAT}.")
+    bad = int((~np.isfinite(array.astype(np.float64))).sum())
+    if bad:
+        raise UserError(f"{path}: array '{name}' holds {bad:,} NaN or infinite values; every value must be finite "
+                        "(dgm pads ragged sequences itself: give each sequence's true length instead of padding). "
+                        f"Expected {SEQUENCE_FORMAT}.")
+    return torch.from_numpy(array.astype(np.float32)).reshape(len(array), -1)
+
+
+def read_sequences(path: str | Path) -> list[Tensor]:
+    """``dataset=sequences``: a user's sequences from an .npz (``SEQUENCE_FORMAT``), opened with
+    allow_pickle=False (an array of Python objects is refused: unpickling could run code)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"dataset=sequences reads data.path={path}, which is not a file; give {SEQUENCE_FORMAT}.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path} is not an .npz of numbers dgm can read ({describe_file(path)}; {exc}). "
+                        f"Expected {SEQUENCE_FORMAT}.") from None
+    if {"values", "lengths"} <= set(arrays):
+        values, lengths = _as_steps("values", arrays["values"], path), arrays["lengths"]
+        if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths <= 0).any() or int(lengths.sum()) != len(values):
+            raise UserError(f"{path}: 'lengths' must be N positive integers summing to the {len(values):,} steps of "
+                            f"'values'; it is {lengths.dtype} of shape {tuple(lengths.shape)}"
+                            + (f", summing to {int(lengths.sum()):,}" if lengths.dtype.kind in "iu" else "") + ".")
+        seqs = list(values.split(lengths.tolist()))
+    else:
+        seqs = [_as_steps(name, a, path) for name, a in arrays.items()]
+    widths = sorted({s.shape[1] for s in seqs})
+    if len(widths) > 1:
+        raise UserError(f"{path}: the sequences have {' and '.join(map(str, widths))} values per step; every "
+                        "sequence must have the same D.")
+    if len(seqs) < MIN_SEQUENCES:
+        raise UserError(f"{path} holds {len(seqs)} sequence(s); dgm splits by sequence into train, valid and test "
+                        f"and needs at least {MIN_SEQUENCES}. Expected {SEQUENCE_FORMAT}.")
+    return seqs
+
+
+def load_own_sequences(path: Optional[str]) -> dict[str, list[Tensor]]:
+    """``dataset=sequences data.path=<file.npz>``: {"train"|"valid"|"test": sequences}, split by sequence
+    with a fixed seed."""
+    if not path:
+        raise UserError(f"dataset=sequences needs data.path=<file.npz>: {SEQUENCE_FORMAT}.")
+    seqs = read_sequences(path)
+    return {split: [seqs[i] for i in idx] for split, idx in split_by_sequence(len(seqs)).items()}
 
 
 # --- polyphonic music -----------------------------------------------------------------------------
@@ -171,3 +272,5 @@ def draw_linear_gaussian(n: int, generator: torch.Generator) -> Tensor:
 
 #: sequence datasets drawn from a known model: name -> draw(n, generator)
 TOY_SEQUENCES = {"linear_gaussian": draw_linear_gaussian}
+#: every dataset of sequences (N, T, D): none of them is binarized or dequantized
+SEQUENCE_DATASETS = PIANO_ROLLS + (OWN_SEQUENCES,) + tuple(TOY_SEQUENCES)

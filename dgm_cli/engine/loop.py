@@ -424,7 +424,7 @@ class Trainer:
                 for tag, extra in self.model.images(n).items():  # e.g. an RBM's filters
                     self.logger.image(tag, images.grid(extra), self.step)
             else:
-                self.logger.image("samples", images.of_samples(samples, self.model.data.dataset), self.step)
+                self.logger.image("samples", images.of_samples(samples, self.model.data), self.step)
         self.model.train()
         self._last_grid_seconds = time.perf_counter() - start
         self._grid_seconds += self._last_grid_seconds

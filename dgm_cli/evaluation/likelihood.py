@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from ..data import pipeline
+from ..data import pipeline, sequences
 from ..engine import distributed
 from ..progress import Progress
 from . import estimators
@@ -32,13 +32,14 @@ from . import estimators
 log = logging.getLogger("dgm.eval")
 
 REPRESENTATION_NOTES = {
-    "binary": "binary pixels",
+    "binary": "binary values (pixels, or a piano roll's keys)",
     "8bit": "discrete 8-bit pixel values",
     "dequantized": f"8-bit values with uniform dequantization (seed {pipeline.EVAL_SEED}); NLL includes D ln 256, "
                    "an upper bound on the discrete NLL",
     "continuous": "continuous data (a density; bits/dim not comparable with image likelihoods)",
 }
-FIXED_BINARIZATION = {"binarized_mnist": "fixed: the Larochelle & Murray 2011 files"}
+FIXED_BINARIZATION = {"binarized_mnist": "fixed: the Larochelle & Murray 2011 files",
+                      **{name: "none: the sequences' own 0/1 values" for name in sequences.SEQUENCE_DATASETS}}
 
 
 def nll_offset(representation: str, dim: int) -> float:

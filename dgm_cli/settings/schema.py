@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -46,12 +47,13 @@ class TrainerConfig:
 class DataConfig:
     name: str = MISSING  # mnist | fashion_mnist | cifar10 | image_folder | npz | moons | ...
     root: str = "${oc.env:DGM_DATA_ROOT,./data}"  # the folder that holds the datasets (env DGM_DATA_ROOT, else ./data)
-    path: Optional[str] = None  # image_folder: a folder; npz, jsb_chorales, piano_midi, musedata, nottingham: a file
+    path: Optional[str] = None  # image_folder, midi_folder: a folder; npz, sequences, jsb_chorales, piano_midi, musedata, nottingham: a file
     representation: Optional[str] = None  # null: the model's own; binary | 8bit | dequantized | continuous
     binarize: str = "dynamic"  # dynamic | static (binary representation only)
     val_size: Optional[int] = None  # examples held out of training for validation; null: 10%, at most 5000
     image_size: Optional[int] = None  # image_folder/npz: resize to this size
     channels: Optional[int] = None  # image_folder: 1 (grayscale) or 3 (RGB); null keeps the files'
+    steps_per_quarter: int = checked(1, POSITIVE)  # midi_folder: piano-roll time steps per quarter note (1: quarter-note steps, as bach_chorales; 4: sixteenths)
     domain_b: Optional[str] = None  # unpaired translation (CycleGAN): a second image domain, a dataset name (fashion_mnist) or an image folder / .npz file, sized like dataset=
     download: bool = True
     on_device: bool = True  # hold the training set on the GPU when it takes at most half its free memory (else pinned host memory, batches copied without blocking)
@@ -140,7 +142,19 @@ class ReportConfig:
 _STARTED = time.time()
 
 
+def data_label(name: str, path: Optional[str]) -> str:
+    """A run folder's name for its data: the dataset, and for a user's folder or file (image_folder,
+    npz, midi_folder, sequences) its name too, so runs on two folders are told apart: midi_folder-songs."""
+    if not path:
+        return name
+    stem = Path(str(path).rstrip("/\\")).name.rsplit(".", 1)[0]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:40]
+    return f"{name}-{stem}" if stem else name
+
+
 def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("dgm.data"):
+        OmegaConf.register_new_resolver("dgm.data", data_label)
     if not OmegaConf.has_resolver("dgm.pid"):
         OmegaConf.register_new_resolver("dgm.pid", lambda: os.environ.get("DGM_RUN_PID", str(os.getpid())))
     if not OmegaConf.has_resolver("dgm.now"):

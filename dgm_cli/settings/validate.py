@@ -73,9 +73,10 @@ def non_negative(cfg: DictConfig, key: str) -> None:
 
 
 def validate_train(cfg: DictConfig) -> None:
-    from .schema import TrainerConfig
+    from .schema import DataConfig, TrainerConfig
 
     check_declared(cfg, "trainer", TrainerConfig)
+    check_declared(cfg, "data", DataConfig)
     from ..engine.optim import check_optimizer  # (torch: imported only when a run is checked)
 
     check_optimizer(cfg.optimizer)

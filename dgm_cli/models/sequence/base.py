@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...data.sequences import PIANO_ROLLS, mask_of
+from ...data.sequences import is_piano_roll, mask_of
 from ...errors import UserError
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import LOG_2PI
@@ -117,7 +117,7 @@ class SequenceModel(GenerativeModel):
         self.length, self.x_dim = (data.shape[1], data.shape[0] * data.shape[2]) if data.is_image else data.shape
         self.emission_kind = config.emission
         if config.emission == "auto":
-            binary = data.representation == "binary" or data.dataset in PIANO_ROLLS
+            binary = data.representation == "binary" or is_piano_roll(data)
             self.emission_kind = "bernoulli" if binary else "gaussian"
         self.emission_outputs = self.x_dim * (2 if self.emission_kind == "gaussian" else 1)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
