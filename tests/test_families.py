@@ -21,6 +21,7 @@ MODEL_NAMES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 QUICK = ["debug=tiny", "trainer.max_steps=2", "trainer.batch_size=8", "trainer.sample_every=1"]
 #: models whose every sample and likelihood costs T network passes: a short chain keeps the test quick
 QUICK_MODEL = {"ddpm": ["model.timesteps=10", "model.channels=8"],
+               "flow_matching": ["model.channels=8", "model.sample_steps=2"],
                "row_lstm": ["trainer.sample_every=0"],
                "diagonal_bilstm": ["trainer.sample_every=0", "model.num_layers=1"],  # 55 diagonals a layer and pass
                "rbm": ["model.hidden_units=16", "model.sample_steps=5"],
@@ -34,6 +35,7 @@ QUICK_AIS = {"ais_runs": 4, "ais_temperatures": [10, 10, 10], "reverse_burn_in":
 #: models that sample one pixel per (slow, sequential) LSTM pass: one sample is enough to check it
 QUICK_SAMPLES = {"row_lstm": 1, "diagonal_bilstm": 1}
 QUICK_ESTIMATOR = {"rbm": QUICK_AIS, "grbm": QUICK_AIS, "dbn": {**QUICK_AIS, "bound_samples": 2}, "dbm": QUICK_AIS,
+                   "flow_matching": {"solver": "euler", "steps": 2, "probes": 1},
                    "ebm": {"ais_runs": 4, "ais_temperatures": [10, 10, 10], "ais": True, "ais_pilot_runs": 2}}  # the EBM's likelihood: on request
 
 pytestmark = pytest.mark.real_data

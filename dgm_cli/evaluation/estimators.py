@@ -36,13 +36,20 @@ CONDITIONAL = "conditional"
 KINDS = (EXACT, LOWER_BOUND, ESTIMATE, UPPER_BOUND, CONDITIONAL)
 
 #: a model's ``likelihood`` (its estimator's short name) -> the kind of number it gives
-ESTIMATOR_KINDS = {"exact": EXACT, "iwae": LOWER_BOUND, "elbo": LOWER_BOUND, "vlb": LOWER_BOUND, "ais": ESTIMATE}
+#: (hutchinson: an unbiased estimate of an exact log p, flow matching's on images; decoder_ais: forward AIS
+#: of log p(x) = log int p(z) p(x|z) dz, a stochastic lower bound, Wu et al. 2017)
+ESTIMATOR_KINDS = {"exact": EXACT, "iwae": LOWER_BOUND, "elbo": LOWER_BOUND, "vlb": LOWER_BOUND, "ais": ESTIMATE,
+                   "hutchinson": ESTIMATE, "decoder_ais": LOWER_BOUND}
 
 
-def likelihood_kind(model) -> str:
-    """The kind of the NLL ``model`` reports on its own representation."""
-    kind = ESTIMATOR_KINDS[model.likelihood]
-    if kind == EXACT and model.data.representation == "dequantized":
+def likelihood_kind(model, settings: Mapping[str, Any] | None = None) -> str:
+    """The kind of the NLL ``model`` reports on its own representation with these estimator settings
+    (a model whose estimator changes the kind names it by ``likelihood_name(**settings)``). On dequantized
+    data an exact density, or Hutchinson's unbiased estimate of one, gives an upper bound on the discrete NLL
+    (in expectation)."""
+    name = model.likelihood_name(**dict(settings or {})) if hasattr(model, "likelihood_name") else model.likelihood
+    kind = ESTIMATOR_KINDS[name]
+    if model.data.representation == "dequantized" and (kind == EXACT or name == "hutchinson"):
         return UPPER_BOUND
     return kind
 

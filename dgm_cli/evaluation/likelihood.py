@@ -147,7 +147,7 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
     offset = nll_offset(rep, dim)
     nll = -torch.cat(marginal if conditional else own) + offset
     report = {
-        "kind": estimators.likelihood_kind(model),
+        "kind": estimators.likelihood_kind(model, settings),
         "estimator": model.estimator(**settings),
         "estimator_settings": dict(settings),
         "data": REPRESENTATION_NOTES[rep],

@@ -100,8 +100,8 @@ class SampleConfig:
     out: Optional[str] = None  # a picture (.png, .jpg, .pdf), the raw samples (.npz) or, for music, a .mid file; null: <mode>.png in a new outputs/sample/<date>/<time>-<pid>/
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
     temperature: float = 1.0  # scales the std of the noise sampling starts from: 1 as trained, < 1 smoother (Glow)
-    steps: Optional[int] = None  # sampler steps (model.sample_steps): DDPM/DDIM denoising steps (fewer: a respaced chain), EBM Langevin steps, RBM/DBN/DBM Gibbs sweeps; null: the model's
-    sampler: Optional[str] = None  # diffusion: ddpm (ancestral) | ddim (model.sampler); null: the model's
+    steps: Optional[int] = None  # sampler steps (model.sample_steps): DDPM/DDIM denoising steps (fewer: a respaced chain), flow matching's ODE steps (fixed-step solvers), EBM Langevin steps, RBM/DBN/DBM Gibbs sweeps; null: the model's
+    sampler: Optional[str] = None  # diffusion: ddpm (ancestral) | ddim; flow matching's ODE solver: euler | midpoint | rk4 | dopri5 (model.sampler); null: the model's
     eta: Optional[float] = None  # DDIM's noise (model.eta): 0 deterministic, 1 ancestral-like; needs sampler=ddim; null: the model's
     length: Optional[int] = None  # sequence models (piano rolls, paths): time steps per sample; null: the training data's length
     label: Optional[int] = None  # class to sample from, for class-conditional models

@@ -131,7 +131,7 @@ def check_optimizer_name(optimizer: DictConfig) -> None:
 
 MIDI_SUFFIXES = (".mid", ".midi")  # dgm sample out=: samples of music as a MIDI file
 ARRAY_SUFFIX = ".npz"  # dgm sample out=: the raw samples as an array, for analysis of one's own
-SAMPLERS = ("ddpm", "ddim")  # dgm sample sampler=: diffusion's samplers
+SAMPLERS = ("ddpm", "ddim", "euler", "midpoint", "rk4", "dopri5")  # dgm sample sampler=: diffusion's samplers, flow matching's ODE solvers
 
 
 def validate_sample(cfg: DictConfig) -> None:
