@@ -149,7 +149,8 @@ def display(rows: list[dict], swept: list[str]) -> tuple[list[str], list[list[st
     swept = [k for k in swept if k not in ("model", "objective")]
     val_tags = sorted({k for r in rows for k in r if k.startswith("val/") or k.startswith("train/loss")})
     columns = [
-        ("run", lambda r: r["run"]), ("model", lambda r: r["model"]), ("objective", lambda r: r["objective"]),
+        ("run", lambda r: r["run"]), ("best trial", lambda r: "best" if r.get("best_trial") else ""),
+        ("model", lambda r: r["model"]), ("objective", lambda r: r["objective"]),
         *[(k, lambda r, k=k: _number(r.get(k))) for k in swept],
         ("steps", lambda r: _number(r["train_step"])), ("train time", lambda r: _duration(r["wall_time_s"])),
         ("params", lambda r: _number(r["num_parameters"])), ("device", lambda r: r["device"] or ""),
@@ -322,7 +323,7 @@ def curve_names(rows: list[dict], runs: list, swept: list[str]) -> list[str]:
 
 def report(cfg: DictConfig, out: Path) -> dict[str, Path]:
     """Gather, print and write; returns the files written."""
-    from ..evaluation.runs import Run, find_runs, swept_keys
+    from ..evaluation.runs import Run, best_trials, find_runs, swept_keys
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its reader chats about every event file
     paths = find_runs(list(cfg.runs))
@@ -333,6 +334,10 @@ def report(cfg: DictConfig, out: Path) -> dict[str, Path]:
         runs, names = every_evaluation(runs, names)
     data_cache: dict = {}
     rows = [row_of(run, name, swept, data_cache) for run, name in zip(runs, names)]
+    best = best_trials(runs)  # an Optuna search: the trial its optimization_results.yaml names
+    for row, run in zip(rows, runs):
+        if run.path in best:
+            row["best_trial"] = best[run.path]
     printed, markdown = render(rows, swept)
     out.mkdir(parents=True, exist_ok=True)
     written = {"csv": out / "report.csv", "markdown": out / "report.md"}

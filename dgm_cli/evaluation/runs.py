@@ -3,7 +3,9 @@
 A run folder (`dgm train`) holds ``.hydra/`` (the composed config and the command line's overrides),
 ``train.log``, ``tensorboard/`` and ``checkpoints/`` (``last.pt``, and ``eval.json`` from `dgm eval`).
 A sweep folder (`dgm train -m`) holds ``multirun.yaml`` and one run folder per job; the keys its jobs
-were given different values of are its swept hyperparameters.
+were given different values of are its swept hyperparameters. An Optuna search (hydra/sweeper=optuna)
+writes no multirun.yaml but, when it ends, ``optimization_results.yaml`` (the best trial's parameters
+and objective), from which `dgm report` marks that trial.
 
 Nothing here runs code from a file: checkpoints load with ``weights_only=True``, the rest is YAML,
 JSON and TensorBoard's event protocol buffers.
@@ -67,12 +69,54 @@ def _runs_under(path: Path) -> list[Path]:
     return sorted(runs)
 
 
+#: what a sweep folder holds: Hydra's basic sweeper writes the first, Optuna's sweeper the second (at its end)
+STUDY_FILE = "optimization_results.yaml"
+SWEEP_FILES = ("multirun.yaml", STUDY_FILE)
+
+
 def sweep_of(run: Path) -> Optional[Path]:
-    """The sweep folder (with multirun.yaml) a run belongs to, if any."""
+    """The sweep folder (with multirun.yaml, or a finished search's optimization_results.yaml) a run belongs
+    to, if any."""
     for parent in run.parents[:3]:
-        if (parent / "multirun.yaml").is_file():
+        if any((parent / name).is_file() for name in SWEEP_FILES):
             return parent
     return None
+
+
+def _same(override: Optional[str], value: Any) -> bool:
+    """Does an override's text (``0.0063``, ``[64]``) give the value a study reports (0.0063, '[64]')?"""
+    if override is None:
+        return False
+    if isinstance(value, str):
+        return override.replace(" ", "") == value.replace(" ", "")
+    import yaml
+
+    try:
+        given = yaml.safe_load(override)
+        return given == value or float(given) == float(value)  # float(): YAML 1.1 reads 1e-05 as text
+    except (yaml.YAMLError, ValueError, TypeError):
+        return False
+
+
+def best_trials(runs: list["Run"]) -> dict[Path, bool]:
+    """For each run of a finished Optuna search: is it the trial the study reports as best (its
+    optimization_results.yaml: the best parameters and value)? The run with those parameters whose final
+    validation loss is that value (several trials may share parameters). Runs of no study are left out."""
+    out: dict[Path, bool] = {}
+    by_study: dict[Path, list[Run]] = {}
+    for r in runs:
+        sweep = sweep_of(r.path)
+        if sweep is not None and (sweep / STUDY_FILE).is_file():
+            by_study.setdefault(sweep, []).append(r)
+    for sweep, members in by_study.items():
+        study = _read_yaml(sweep / STUDY_FILE) or {}
+        params, value = study.get("best_params") or {}, study.get("best_value")
+        matching = [r for r in members if all(_same(r.overrides.get(k), v) for k, v in params.items())]
+        scored = [(abs(r.final("val/loss") - value), r) for r in matching
+                  if isinstance(value, (int, float)) and r.final("val/loss") is not None]
+        best = min(scored, key=lambda sr: sr[0])[1] if scored else (matching[0] if len(matching) == 1 else None)
+        out.update({r.path: r is best for r in members})
+    return out
 
 
 def config_value(config: dict, key: str) -> Any:

@@ -30,7 +30,7 @@ def command_schemas() -> dict[str, type]:
 #: the schema of each command's config
 SCHEMAS = command_schemas()
 #: the config groups of `dgm train` (each picks one YAML file of configs/<group>/)
-TRAIN_GROUPS = ("model", "dataset", "objective", "optimizer", "scheduler", "experiment", "debug")
+TRAIN_GROUPS = ("model", "dataset", "objective", "optimizer", "scheduler", "experiment", "hparams_search", "debug")
 
 
 def field_comments(cls: type) -> dict[str, str]:
