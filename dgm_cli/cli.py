@@ -158,6 +158,10 @@ def refuse_added_keys(command: str, args: list[str]) -> None:
         sys.exit(2)
 
 
+#: what `dgm eval` may say about data: where the run's data is now, or other data to score on purpose
+EVAL_DATA_KEYS = ("dataset", "data.name", "data.path")
+
+
 def refuse_training_choices(command: str, args: list[str]) -> None:
     """``dgm sample``/``dgm eval`` given ``model=``, ``dataset=`` or a training key (``trainer.*``,
     ``optimizer.*``, ...): the checkpoint decides those, so say so instead of Hydra's advice to append
@@ -169,13 +173,17 @@ def refuse_training_choices(command: str, args: list[str]) -> None:
         key = arg.lstrip("+").split("=", 1)[0]
         if "=" not in arg or key.split(".")[0].split("/")[0] not in sections:
             continue
+        if command == "eval" and key in EVAL_DATA_KEYS:  # moved data, or other data on purpose
+            continue
         instead = (f"For another {key}, give a checkpoint of a run trained with it (`dgm train {arg} ...`)"
                    if key in docs.TRAIN_GROUPS else
                    "Training settings change with `dgm train` (`resume=<run>` goes on with this run)")
         sys.stderr.write(
             f"dgm {command}: `{arg}` would change how the run was trained, and dgm {command} takes the model, its data "
-            f"and its training settings from checkpoint=. {instead}; for data that moved, data_root= says where the "
-            f"run's data is now. `dgm {command} --help` lists the keys.\n")
+            f"and its training settings from checkpoint=. {instead}; for data that moved, " + (
+                "data.path= (a folder or file of your own) or data_root= says where the run's data is now, and "
+                "dataset=<name> [data.path=...] scores the model on other data on purpose" if command == "eval" else
+                "data_root= says where the run's data is now") + f". `dgm {command} --help` lists the keys.\n")
         sys.exit(2)
 
 

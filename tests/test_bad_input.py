@@ -92,12 +92,17 @@ def test_checkpoint_must_be_given(dgm, command):
     ("+foo=1", ["no key foo"]),
     ("+temprature=0.7", ["no key temprature"]),
     ("model=vae", ["`model=vae`", "from checkpoint=", "data_root="]),  # the checkpoint decides the model
-    ("dataset=fashion_mnist", ["`dataset=fashion_mnist`", "from checkpoint="]),
     ("trainer.max_steps=3", ["`trainer.max_steps=3`", "training settings from checkpoint="]),
     ("num_sample=3", ["num_sample", "Did you mean num_samples?"]),
 ])
 def test_sample_and_eval_refuse_keys_they_do_not_have(dgm, toy_run, command, override, needles):
     refused(dgm(command, f"checkpoint={toy_run}", override, check=False), *needles)
+
+
+def test_sample_refuses_another_dataset(dgm, toy_run):
+    """(dgm eval takes dataset=: other data scored on purpose, tests/test_own_data.py)"""
+    refused(dgm("sample", f"checkpoint={toy_run}", "dataset=fashion_mnist", check=False), "`dataset=fashion_mnist`",
+            "from checkpoint=")
 
 
 def test_a_text_file_as_checkpoint_says_what_it_is(dgm, tmp_path):

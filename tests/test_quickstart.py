@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -36,8 +37,11 @@ def test_train_sample_eval(dgm, tmp_path, data_root):
     assert lik["bits_per_dim"] == pytest.approx(lik["nll_nats"] / (784 * math.log(2)))
     assert "IWAE" in lik["estimator"] and "k=20" in lik["estimator"] and lik["estimator_settings"] == {"k": 20}
     assert lik["kind"] == "stochastic lower bound on log p"
+    data = report["protocol"].pop("data")  # which data exactly: tests/test_own_data.py
     assert report["protocol"] == {"dataset": "mnist", "split": "test", "num_examples": 50, "representation": "binary",
                                   "binarization": "one Bernoulli draw of the intensities, seed 1234"}
+    assert data["name"] == "mnist" and data["own"] is True and data["path"] is None
+    assert data["fingerprint"] == torch.load(ckpt, weights_only=True)["data"]["fingerprints"]["test"]
     assert 0 <= lik["bound_terms"]["active_units"] <= 8
     assert "nll_nats" in proc.stdout
 

@@ -104,6 +104,9 @@ def record_name(report: dict) -> str:
     names, so none overwrites another; the same settings again replace their own record."""
     p, lik, sq = report["protocol"], report.get("likelihood"), report.get("sample_quality")
     parts = [f"step{report['train_step']}", f"{p['split']}{p['num_examples']}"]
+    data = p.get("data") or {}
+    if not data.get("own", True):  # other data on purpose: a record of its own, never the run's eval.json
+        parts.insert(1, f"data-{data['name']}-{data['fingerprint'][:8]}")
     if lik:
         parts.append("nll" + (f"_{_settings_slug(lik.get('estimator_settings') or {})}" if lik.get("estimator_settings") else ""))
     if sq:
@@ -145,6 +148,9 @@ def most_thorough(kept: list[tuple[str, dict]]) -> dict:
     """eval.json: the most thorough likelihood record, with the sample metrics of the most thorough
     sample-quality record measured on the same protocol (or the latter alone); each section names
     the record it came from."""
+    own = [(n, r) for n, r in kept if (r["protocol"].get("data") or {}).get("own", True)]
+    kept = own or kept  # other data scored on purpose stays in its records (dgm report evals=all)
+
     def best(section):
         having = [(n, r) for n, r in kept if section in r]
         return max(having, key=lambda nr: thoroughness(nr[1], section)) if having else None
@@ -199,40 +205,127 @@ def resolve_metrics(asked, model, settings: dict | None = None) -> tuple[bool, l
     return "nll" in asked, [m for m in asked if m != "nll"]
 
 
+# --- which data: the run's own (perhaps moved), or other data on purpose ----------------------------
+def data_config(cfg: DictConfig, state: dict) -> tuple[DictConfig, bool]:
+    """The data config to score on, and whether it is other data than the run's own: ``data.path=``
+    alone re-points the run at its own data where it moved (the fingerprint check then accepts it or
+    says what differs); ``dataset=<name>`` [``data.path=``] is other data, read at the model's size."""
+    from ..data import pipeline
+
+    data = OmegaConf.create(state["config"])["data"]
+    if cfg.data_root is not None:
+        data.root = cfg.data_root
+    path = str(Path(cfg.data.path).expanduser().resolve()) if cfg.data.path else None
+    name = cfg.data.name
+    if not name:
+        if path and not data.get("path"):
+            raise UserError(f"data.path={cfg.data.path}: this run trained on dataset={data.name}, which is not read from "
+                            "a folder or file of your own; data_root= says where its files are now, and dataset=<name> "
+                            "data.path=... scores the model on other data on purpose.")
+        if path:
+            data.path = path
+        elif data.get("path") and not Path(data.path).exists():
+            raise UserError(f"the data this run trained on, data.path={data.path}, is not there any more. If it moved, "
+                            f"point the run at its new place: dgm eval checkpoint=<run> data.path=<new place> (accepted "
+                            "when its contents are the data the run was trained and split on); to score the model on "
+                            "other data on purpose: dataset=<name> data.path=<folder or file>.")
+        return data, False
+    if name not in pipeline.DATASETS:
+        raise UserError(f"dataset={name}: unknown dataset; available: {', '.join(pipeline.DATASETS)}.")
+    if name in ("image_folder", "npz") and not path:
+        raise UserError(f"dataset={name} needs data.path=<{'folder' if name == 'image_folder' else 'file.npz'}>: the "
+                        "other data to score the model on.")
+    shape = (state.get("data") or {}).get("shape") or []
+    sized = {"image_size": shape[1], "channels": shape[0]} if name in ("image_folder", "npz") and len(shape) == 3 else {}
+    keys = {"name": name, "path": path, "domain_b": None, "val_size": None, "image_size": None, "channels": None, **sized}
+    return OmegaConf.merge(data, keys), True
+
+
+def other_data(dataset, data_cfg: DictConfig, saved: dict):
+    """Other data scored on purpose: its examples must have the shape the model was trained on; it keeps
+    the model's label count (a conditional model's labels)."""
+    import dataclasses
+
+    shape = list(dataset.train[0].shape[1:])
+    if saved.get("shape") and shape != saved["shape"]:
+        show = lambda s: "x".join(map(str, s))  # noqa: E731
+        raise UserError(f"dataset={data_cfg.name}" + (f" data.path={data_cfg.path}" if data_cfg.get("path") else "")
+                        + f" holds examples of shape {show(shape)}, and the model was trained on {show(saved['shape'])} "
+                        f"({saved['dataset']}): a model scores only data of its own shape. An image folder or .npz is "
+                        "read at the model's size; for another dataset, pick one of the same size and channels.")
+    return dataclasses.replace(dataset, num_classes=saved.get("num_classes", dataset.num_classes))
+
+
+def changed_data(cfg: DictConfig, state: dict, dataset, data_cfg: DictConfig) -> str:
+    """The refusal of data that is not the data the run was trained and split on: what changed, and
+    how to evaluate anyway, on purpose."""
+    from ..data import identity
+
+    saved = state["data"]
+    now = identity.identity(dataset, data_cfg, saved["representation"])
+    where = f" data.path={data_cfg.path}" if data_cfg.get("path") else ""
+    return (f"the {cfg.split} split of dataset={data_cfg.name}{where} is not the one this run was trained and split "
+            f"on: {identity.what_changed(saved, now, cfg.split)}. Numbers on it would not be comparable with the run's "
+            f"own, so dgm eval refuses. If the data moved, point data.path= at an unchanged copy; to score the model "
+            f"on this data anyway, on purpose, as data other than its own: dgm eval checkpoint={state['path']} "
+            f"dataset={data_cfg.name}{where} (its protocol then says so, and dgm report keeps it apart from the "
+            "run's own test split).")
+
+
 def evaluate(cfg: DictConfig, state: dict, device) -> dict:
     """The report of one checkpoint (see docs/eval_json.md)."""
-    from ..data import pipeline
+    from ..data import identity, pipeline
     from ..engine import runtime
     from ..evaluation import estimators, likelihood
     from ..evaluation.samples import sample_quality_report
 
-    model, train_cfg, dataset = model_from_checkpoint(state, device, cfg.data_root)
+    data_cfg, other = data_config(cfg, state)
+    dataset = pipeline.load(data_cfg)
+    saved = state.get("data") or {}
+    if other:
+        dataset = other_data(dataset, data_cfg, saved)
+    model, train_cfg, dataset = model_from_checkpoint(state, device, cfg.data_root, dataset=dataset)
     settings = estimators.estimator_settings(model, OmegaConf.to_container(cfg.estimator))
     want_nll, sample_metrics = resolve_metrics(cfg.metrics, model, settings)
     runtime.seed_everything(cfg.seed)
     x, y = getattr(dataset, cfg.split)
     if len(x) == 0:
         raise UserError(f"split={cfg.split} is empty for this run (data.val_size=0?); use split=test.")
+    fingerprint = identity.fingerprint(getattr(dataset, cfg.split))
+    if saved and not other and fingerprint != saved["fingerprints"][cfg.split]:
+        raise UserError(changed_data(cfg, state, dataset, data_cfg))
     if cfg.limit:
         x, y = x[: cfg.limit], None if y is None else y[: cfg.limit]
-    rep = model.data.representation
+    rep = model.eval_representation(**settings) if hasattr(model, "eval_representation") else model.data.representation
+    if rep != model.data.representation:  # a GAN's decoder AIS scores dequantized images, the flows' protocol
+        model.data = dataclasses.replace(model.data, representation=rep)
     eval_binarization, train_binarization = likelihood.binarization(train_cfg.data.name, rep, train_cfg.data.binarize)
+    if other:
+        eval_binarization = likelihood.binarization(data_cfg.name, rep, train_cfg.data.binarize)[0]
     report = {
         "schema": SCHEMA, "checkpoint": state["path"], "model": train_cfg.model.name, "family": model.family,
         "objective": train_cfg.objective.name, "dataset": train_cfg.data.name, "train_step": int(state["step"]),
         "num_parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "seed": cfg.seed,
-        "protocol": {"dataset": train_cfg.data.name, "split": cfg.split, "num_examples": len(x),
+        "protocol": {"dataset": data_cfg.name, "split": cfg.split, "num_examples": len(x),
                      "representation": rep, "binarization": eval_binarization,
-                     **({"domain_b": dataset.domain_names[1]} if dataset.domains else {})},
+                     **({"domain_b": dataset.domain_names[1]} if dataset.domains else {}),
+                     # which data, exactly: dgm report never puts numbers on different data in one table
+                     "data": {"name": data_cfg.name, "path": dataset.source.get("path"),
+                              "fingerprint": fingerprint, "own": not other}},
         "training_binarization": train_binarization,
+        **({"trained_on": {k: saved.get(k) for k in ("dataset", "path")}} if other else {}),
     }
     if want_nll:
         batch = cfg.batch_size or (100 if model.likelihood != "exact" else train_cfg.trainer.eval_batch_size)
         prior = likelihood.label_prior(dataset.train[1], model.data.num_classes) if likelihood.is_conditional(model) else None
+        if hasattr(model, "tune_on_validation"):  # a GAN's sigma for decoder AIS, chosen on validation data
+            xv, split = (dataset.val[0], "validation") if len(dataset.val[0]) else (dataset.train[0], "training")
+            model.tune_on_validation(pipeline.fixed(xv, rep).to(device), split=split, **settings)
         report["likelihood"] = likelihood.evaluate_likelihood(model, pipeline.fixed(x, rep), y, batch, device,
                                                               log_prior=prior, **settings)
     if sample_metrics:
-        report["sample_quality"] = sample_quality_report(model, dataset, train_cfg, cfg, sample_metrics, device,
+        scored = OmegaConf.merge(train_cfg, {"data": data_cfg}) if other else train_cfg  # its feature network
+        report["sample_quality"] = sample_quality_report(model, dataset, scored, cfg, sample_metrics, device,
                                                          eval_binarization or "")
     return report
 
@@ -291,6 +384,8 @@ def main() -> None:
     cannot list them and Hydra would ask for ``+estimator.k``: the ``+`` is added here, and the model
     refuses keys it does not take (evaluation/estimators.py)."""
     sys.argv = [("+" + a) if ESTIMATOR_OVERRIDE.match(a) else a for a in sys.argv]
+    # dataset=<name> (other data on purpose) is data.name=: `dataset` is a config group of dgm train
+    sys.argv = [("data.name=" + a.split("=", 1)[1]) if a.startswith("dataset=") else a for a in sys.argv]
     app()
 
 

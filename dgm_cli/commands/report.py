@@ -51,6 +51,11 @@ def protocol_of(evaluation: dict) -> str:
         return "eval.json of an earlier dgm, which did not record its protocol: run `dgm eval` again"
     parts = [f"{p['dataset']}, {p['split']} split ({p['num_examples']:,} examples), {p['representation']}"
              + (f", binarization: {p['binarization']}" if p.get("binarization") else "")]
+    data = p.get("data")
+    if data:  # which data exactly: runs on two folders, or on a folder that changed, never share a table
+        parts.append(f"data: {data['name']}" + (f" from {data['path']}" if data.get("path") else "")
+                     + f", fingerprint {data['fingerprint'][:12]}"
+                     + ("" if data.get("own", True) else ", OTHER DATA scored on purpose, not the run's own"))
     if "likelihood" in evaluation:
         parts.append(f"NLL: {evaluation['likelihood']['kind']}")
     sq = evaluation.get("sample_quality")
@@ -236,6 +241,27 @@ def is_scale_parameter(key: str) -> bool:
     return last in SCALE_PARAMETERS or last.endswith("_lr")
 
 
+def other_data_evaluations(runs: list, names: list[str]) -> tuple[list, list[str]]:
+    """The runs again, once per other data set each was scored on on purpose (``dgm eval dataset=...``),
+    with the most thorough of those records: rows of their own, in tables of their own (their protocol
+    names the data), never in place of the run's own eval.json."""
+    import dataclasses
+
+    from .evaluate import most_thorough, records
+
+    out_runs, out_names = [], []
+    for run, name in zip(runs, names):
+        other: dict[tuple, list] = {}
+        for record, report in records(run.path / "checkpoints"):
+            data = report["protocol"].get("data") or {}
+            if not data.get("own", True):
+                other.setdefault((data["name"], data["fingerprint"]), []).append((record, report))
+        for (data_name, _), kept in other.items():
+            out_runs.append(dataclasses.replace(run, eval=most_thorough(kept)))
+            out_names.append(f"{name} [on {data_name}]")
+    return out_runs, out_names
+
+
 def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[str], out: Path) -> Path:
     from ..evaluation.plots import Series, line_plot
 
@@ -332,6 +358,9 @@ def report(cfg: DictConfig, out: Path) -> dict[str, Path]:
     names = labels(paths)
     if cfg.evals == "all":  # a row for every evaluation kept beside each run's checkpoint
         runs, names = every_evaluation(runs, names)
+    else:  # and each run scored on other data on purpose: a row of its own, in a table of its own
+        extra_runs, extra_names = other_data_evaluations(runs, names)
+        runs, names = runs + extra_runs, names + extra_names
     data_cache: dict = {}
     rows = [row_of(run, name, swept, data_cache) for run, name in zip(runs, names)]
     best = best_trials(runs)  # an Optuna search: the trial its optimization_results.yaml names

@@ -36,6 +36,30 @@ def _resume_config(cfg: DictConfig, state: dict, overrides: list[str]) -> DictCo
     return saved
 
 
+def resolve_data_paths(cfg: DictConfig) -> None:
+    """``data.path`` (and a ``data.domain_b`` that names a file or folder) as absolute paths: a run trained
+    on ``data.path=patches.npz`` is evaluated from any folder."""
+    if cfg.data.path:
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    b = cfg.data.get("domain_b")
+    if b and b not in ("mnist", "fashion_mnist", "binarized_mnist", "cifar10") and Path(b).expanduser().exists():
+        cfg.data.domain_b = str(Path(cfg.data.domain_b).expanduser().resolve())
+
+
+def data_identity(dataset, cfg: DictConfig, representation: str, state) -> dict:
+    """The data's identity (data/identity.py), saved in every checkpoint. A resumed run refuses data whose
+    training split is not the one it started on (it would go on training on other data in silence)."""
+    from ..data import identity
+
+    ident = identity.identity(dataset, cfg.data, representation)
+    saved = (state or {}).get("data")
+    if saved and saved["fingerprints"]["train"] != ident["fingerprints"]["train"]:
+        raise UserError(f"resume={cfg.resume}: the data changed since this run started: "
+                        f"{identity.what_changed(saved, ident, 'train')}. A resumed run goes on with the data it "
+                        "started on: restore it (or point data.root at it), or start a new run on this data.")
+    return ident
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     """Train as ``cfg`` says into ``run_dir`` (or, with ``cfg.resume``, continue that run in its own
     folder, where ``overrides`` are the command line's, checked against what a resume may change)."""
@@ -43,7 +67,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     from ..data import pipeline
     from ..engine import checkpoint, distributed, faults, runtime
     from ..engine.loop import Trainer
-    from ..models.registry import build_model
+    from ..models.registry import build_model, get_model_class
+    from ..data import identity
 
     distributed.init()
     state = None
@@ -61,10 +86,24 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     for precision in (cfg.trainer.precision, cfg.trainer.get("val_precision", "32")):
         runtime.autocast(device, precision)  # refuses fp16 off CUDA before anything runs
     runtime.seed_everything(cfg.seed)
+    if state is None:  # stored resolved: eval, sample and resume find the data from any folder
+        resolve_data_paths(cfg)
     dataset = pipeline.load(cfg.data)
-    representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
+    representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset,
+                                                     get_model_class(cfg.model.name).representations)
     spec = pipeline.spec(dataset, representation, cfg.data.name)
     model = build_model(cfg.model, cfg.objective, spec)
+    dataset.identity = data_identity(dataset, cfg, representation, state)
+    if distributed.is_main():
+        log.info("data: %s", identity.summary(dataset.identity, dataset.source, cfg.data.binarize,
+                                              None if cfg.data.representation else cfg.model.representation))
+        if (representation == "binary" and not cfg.data.representation and cfg.data.name in identity.USER_DATA
+                and not pipeline.is_binary(dataset.train[0])):
+            others = [r for r in get_model_class(cfg.model.name).representations if r in ("8bit", "dequantized")]
+            log.warning("data: these greyscale images are binarized, as %s's default is on MNIST: each pixel becomes "
+                        "a Bernoulli draw of its intensity. %s", cfg.model.name,
+                        f"To model their grey levels, add data.representation={' or '.join(others)}." if others else
+                        "This model models binary data only; a VAE or PixelCNN models grey levels (8bit).")
     if state is None:
         # the resolved config, with the representation the model actually got, for eval/sample/resume
         OmegaConf.update(cfg, "data.representation", representation)

@@ -192,19 +192,58 @@ def load_binarized_mnist(root: str, download: bool, val_size: int) -> tuple[Spli
     return (train, None), (valid, None), (test, None)
 
 
-def _to_nchw_uint8(images: np.ndarray) -> Tensor:
-    a = np.asarray(images)
-    if a.dtype != np.uint8:
-        if a.max() <= 1.0:
-            a = a * 255.0
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+#: what an .npz of images may hold: its images array's ranks, and the values each kind of number may take
+NPZ_ACCEPTED = ("uint8 (or other integers) in [0, 255], or floats in [0, 1]; shaped N x H x W, N x H x W x C or "
+                "N x C x H x W with C 1 or 3")
+
+
+def _npz_refusal(path, key: str, found: str, fix: str = "") -> UserError:
+    return UserError(f"data.path={path}: array '{key}' {found}; dgm reads images as {NPZ_ACCEPTED}" + (f". {fix}" if fix else "")
+                     + ". Labels, if any, go in 'y' (or 'labels'): N integers.")
+
+
+def _checked_images(path, key: str, a: np.ndarray) -> tuple[Tensor, dict]:
+    """The images of an .npz as uint8 (N, C, H, W), and what was done to them; anything that is not images
+    as NPZ_ACCEPTED says is refused, naming the file, the array and what it holds, never clipped or cast."""
+    if a.dtype.kind not in "biuf":
+        raise _npz_refusal(path, key, f"holds {a.dtype} values, not numbers")
     if a.ndim == 3:
         a = a[:, None]
     elif a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
         a = a.transpose(0, 3, 1, 2)
-    if a.ndim != 4 or a.shape[1] not in (1, 3):
-        raise UserError(f"images of shape {images.shape} are not N x H x W, N x H x W x C or N x C x H x W with C in (1, 3).")
-    return torch.from_numpy(np.ascontiguousarray(a))
+    if a.ndim != 4 or a.shape[1] not in (1, 3) or not a.size:
+        raise _npz_refusal(path, key, f"has shape {a.shape} (rank {a.ndim})")
+    note: dict = {"array": key, "dtype": str(a.dtype)}
+    if a.dtype.kind == "f":
+        bad = int((~np.isfinite(a)).sum())
+        if bad:
+            raise _npz_refusal(path, key, f"holds {bad:,} NaN or infinite values", "Remove or repair those examples")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0 or hi > 1:
+            fix = ("For data in [-1, 1], save (x + 1) / 2" if lo >= -1 and hi <= 1 else
+                   "For floats in [0, 255], save x / 255 or x.astype(np.uint8)" if lo >= 0 and hi <= 255 else
+                   "Scale them into [0, 1] first")
+            raise _npz_refusal(path, key, f"holds floats from {lo:.4g} to {hi:.4g}", fix)
+        note["quantized"] = "floats in [0, 1] rounded to 256 levels (k/255)"
+        a = np.rint(a * 255.0).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise _npz_refusal(path, key, f"holds {a.dtype} integers from {lo:,} to {hi:,}",
+                               "For 16-bit images, save (x // 256).astype(np.uint8)" if lo >= 0 and hi < 2 ** 16 else "")
+        a = a.astype(np.uint8) * (255 if a.dtype.kind == "b" else 1)
+    return torch.from_numpy(np.ascontiguousarray(a)), note
+
+
+def _checked_labels(path, key: str, y: np.ndarray, n: int) -> Tensor:
+    if y.dtype.kind not in "biu" and not (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.rint(y)).all()):
+        raise UserError(f"data.path={path}: labels '{key}' hold {y.dtype} values; labels are N whole numbers >= 0 "
+                        "(class indices), or leave the array out.")
+    if y.shape != (n,) or (len(y) and y.min() < 0):
+        raise UserError(f"data.path={path}: labels '{key}' have shape {y.shape}"
+                        + (f" and values down to {y.min()}" if y.size and y.min() < 0 else "")
+                        + f"; they must be {n} whole numbers >= 0, one per image, or leave the array out.")
+    return torch.from_numpy(y.astype(np.int64))
 
 
 def _resize(x: Tensor, size: Optional[int]) -> Tensor:
@@ -214,7 +253,9 @@ def _resize(x: Tensor, size: Optional[int]) -> Tensor:
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> Split:
+def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> tuple[Tensor, Optional[Tensor], dict]:
+    """Images (and labels) from an .npz, checked (``_checked_images``), with what was read and done to
+    them (``source``: the file, its size in bytes, the array, its dtype, rounding, resizing, conversion)."""
     if not path or not Path(path).is_file():
         raise UserError(f"dataset=npz needs data.path=<file.npz>; "
                         + (f"{path!r} is not a file." if path else "it is not set."))
@@ -230,9 +271,9 @@ def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[
             ikey = next((k for k in ("x", "images", "arr_0") if k in keys), None)
             if ikey is None:
                 raise UserError(f"{path} has arrays {keys}; dgm reads images from 'x', 'images' or 'arr_0' and labels from 'y' or 'labels'.")
-            x = _to_nchw_uint8(f[ikey])
+            x, source = _checked_images(path, ikey, f[ikey])
             lkey = next((k for k in ("y", "labels") if k in keys), None)
-            y = torch.from_numpy(np.asarray(f[lkey]).astype(np.int64)) if lkey else None
+            y = _checked_labels(path, lkey, f[lkey], len(x)) if lkey else None
     except ValueError as exc:
         if "pickle" not in str(exc):
             raise unreadable(f"{exc}") from None
@@ -240,7 +281,22 @@ def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[
                          "code; save numbers instead, e.g. np.savez(path, x=np.asarray(images, dtype=np.uint8))") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise unreadable(f"it is a damaged zip archive ({exc})") from None
-    return _convert_channels(_resize(x, image_size), channels), y
+    source.update(path=str(Path(path).resolve()), bytes=Path(path).stat().st_size,
+                  sizes={f"{x.shape[-2]}x{x.shape[-1]}": len(x)}, modes={_MODE_OF_CHANNELS[x.shape[1]]: len(x)})
+    out = _convert_channels(_resize(x, image_size), channels)
+    return out, y, _note_changes(source, x.shape[1:], out.shape[1:])
+
+
+_MODE_OF_CHANNELS = {1: "L", 3: "RGB"}
+
+
+def _note_changes(source: dict, before, after) -> dict:
+    """Adds to ``source`` the resizing and colour conversion that made images of shape ``before`` ``after``."""
+    if tuple(before[1:]) != tuple(after[1:]) or len(source.get("sizes", {})) > 1:
+        source["resized_to"] = f"{after[1]}x{after[2]}"
+    if before[0] != after[0] or len(source.get("modes", {})) > 1:
+        source["converted_to"] = _MODE_OF_CHANNELS[after[0]]
+    return source
 
 
 def _convert_channels(x: Tensor, channels: Optional[int]) -> Tensor:
@@ -252,27 +308,33 @@ def _convert_channels(x: Tensor, channels: Optional[int]) -> Tensor:
     return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
 
 
-def _read_image(path: Path):
-    """The image file at ``path``, decoded, or a UserError that names the file and what it seems to be."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path} in data.path is not an image dgm can read: it seems to be {describe_file(path)} "
-                        f"({exc}). Remove it from the folder or replace it.") from None
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+#: at most this many unreadable files are named in one message (the rest are counted)
+LISTED = 20
 
 
-def load_image_folder(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> Split:
-    """PNG/JPEG files in ``path``, or in one sub-folder per class (torchvision's ImageFolder)."""
+def _files_refusal(folder: Path, bad: list[tuple[Path, str]]) -> UserError:
+    named = "; ".join(f"{p} ({why})" for p, why in bad[:LISTED])
+    more = f"; and {len(bad) - LISTED:,} more" if len(bad) > LISTED else ""
+    what = "1 file is not an image" if len(bad) == 1 else f"{len(bad):,} files are not images"
+    return UserError(f"data.path={folder}: {what} dgm can read: {named}{more}. Remove them from the folder or "
+                     f"replace them; dgm reads {', '.join(sorted(IMAGE_SUFFIXES))} files.")
+
+
+def load_image_folder(path: Optional[str], image_size: Optional[int],
+                      channels: Optional[int]) -> tuple[Tensor, Optional[Tensor], dict]:
+    """PNG/JPEG files in ``path``, or in one sub-folder per class (torchvision's ImageFolder), and what
+    was read and done to them (``source``: the folder, how many files, a digest of their names, their sizes
+    and colour modes, what they were resized and converted to). Every file that cannot be read is named."""
+    import hashlib
+
     from PIL import Image
 
     folder = Path(path) if path else None
     if folder is None or not folder.is_dir():
         raise UserError(f"dataset=image_folder needs data.path=<folder of images>; "
                         + (f"{path!r} is not a folder." if path else "it is not set."))
+    folder = folder.resolve()
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     files: list[tuple[Path, int]] = []
     if classes:
@@ -282,16 +344,40 @@ def load_image_folder(path: Optional[str], image_size: Optional[int], channels: 
         files = [(p, -1) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {folder}.")
-    first = _read_image(files[0][0])
-    mode = {1: "L", 3: "RGB"}.get(channels or 0, "L" if first.mode in ("L", "1", "I;16", "I") else "RGB")
-    size = image_size or min(first.size)
-    arrays = []
-    for p, _ in files:
-        im = _read_image(p).convert(mode)
+    bad, sizes, modes = [], {}, {}
+    for p, _ in files:  # the headers first: sizes and colour modes, before anything is converted
+        try:
+            with Image.open(p) as im:
+                size, mode = f"{im.size[0]}x{im.size[1]}", im.mode
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            bad.append((p, f"{describe_file(p)}: {exc}"))
+            continue
+        sizes[size], modes[mode] = sizes.get(size, 0) + 1, modes.get(mode, 0) + 1
+    colour = any(m not in GREY_MODES for m in modes)
+    mode = {1: "L", 3: "RGB"}.get(channels or 0, "RGB" if colour else "L")
+    size = image_size or min((min(map(int, s.split("x"))) for s in sizes), default=1)
+    arrays, broken = [], {p for p, _ in bad}
+    for p, _ in files:  # then every image decoded: one truncated half way is named too, with the others
+        if p in broken:
+            continue
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            bad.append((p, f"{describe_file(p)}: {exc}"))
+            continue
         if im.size != (size, size):
             im = im.resize((size, size), Image.BILINEAR)
         a = np.asarray(im, dtype=np.uint8)
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    if bad:
+        raise _files_refusal(folder, sorted(bad))
     x = torch.from_numpy(np.stack(arrays))
     y = torch.tensor([label for _, label in files]) if classes else None
-    return x, y
+    names = hashlib.sha256("\n".join(p.relative_to(folder).as_posix() for p, _ in files).encode()).hexdigest()[:16]
+    source = {"path": str(folder), "files": len(files), "names": names, "sizes": sizes, "modes": modes}
+    if len(sizes) > 1 or next(iter(sizes)) != f"{size}x{size}":
+        source["resized_to"] = f"{size}x{size}"
+    if len(modes) > 1 or next(iter(modes)) != mode:
+        source["converted_to"] = mode
+    return x, y, source

@@ -20,7 +20,7 @@ batch by its own permutation, independently of A's, with the same representation
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import torch
@@ -51,6 +51,11 @@ class Dataset:
     #: then train/val/test hold (domain A images, domain B images)
     domains: tuple["Dataset", "Dataset"] | tuple = ()
     domain_names: tuple[str, str] | tuple = ()
+    #: what the reader found and did (a user's folder or file: its absolute path, file count, sizes and
+    #: colour modes, resizing, conversion; data/files.py), for the run's data summary and identity
+    source: dict = field(default_factory=dict)
+    #: data/identity.identity of this data as a run uses it (set by dgm train; saved in checkpoints)
+    identity: dict = field(default_factory=dict)
 
     @property
     def is_image(self) -> bool:
@@ -118,12 +123,12 @@ def load_two_domains(cfg) -> Dataset:
                         "(data.image_size, data.channels).")
     pair = lambda split: (getattr(a, split)[0], getattr(b, split)[0])  # noqa: E731
     return Dataset(train=pair("train"), val=pair("val"), test=pair("test"), num_classes=0, domains=(a, b),
-                   domain_names=(str(cfg.name), b_name))
+                   domain_names=(str(cfg.name), b_name), source=a.source)
 
 
 def load_one(cfg) -> Dataset:
     """One dataset, ``cfg.name``."""
-    name = cfg.name
+    name, source = cfg.name, {}
     if name == "mnist":
         train, test = files.load_idx(cfg.root, "MNIST", cfg.download)
     elif name == "fashion_mnist":
@@ -143,7 +148,7 @@ def load_one(cfg) -> Dataset:
         return piano_roll_dataset(name, splits, cfg.val_size)
     elif name in ("image_folder", "npz"):
         reader = files.load_image_folder if name == "image_folder" else files.load_npz
-        x, y = reader(cfg.path, cfg.image_size, cfg.channels)
+        x, y, source = reader(cfg.path, cfg.image_size, cfg.channels)
         n_test = max(1, len(x) // 10)
         train, test = _holdout(x, y, n_test, SPLIT_SEED + 1)
     elif name in toy.TOYS or name in sequences.TOY_SEQUENCES:  # drawn with fixed seeds
@@ -156,7 +161,7 @@ def load_one(cfg) -> Dataset:
     train, val = _holdout(*train, val_size, SPLIT_SEED)
     y = train[1]
     num_classes = int(y.max().item()) + 1 if y is not None and len(y) else 0
-    return Dataset(train=train, val=val, test=test, num_classes=num_classes)
+    return Dataset(train=train, val=val, test=test, num_classes=num_classes, source=source)
 
 
 def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Optional[int]) -> Dataset:
@@ -176,13 +181,33 @@ def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Opt
                    test=padded(splits["test"]), num_classes=0)
 
 
-def resolve_representation(data_cfg, model_cfg, ds: Dataset) -> str:
-    """The representation asked for, else the model's own for images, or ``continuous`` for 2-D toys."""
+def is_binary(x: Tensor) -> bool:
+    """Images whose every value is 0 or 255: black-and-white already, so binarizing them loses nothing."""
+    return bool(((x == 0) | (x == 255)).all())
+
+
+def resolve_representation(data_cfg, model_cfg, ds: Dataset, allowed: Optional[tuple] = None) -> str:
+    """The representation asked for, else the model's own for images, or ``continuous`` for 2-D toys.
+    Given the model's ``allowed`` representations, a binary default is never chosen for colour images:
+    the model's first of 8bit / dequantized instead (the run's data summary says so), or, for a model of
+    binary data only, a refusal naming the override that binarizes on purpose. (Greyscale images keep
+    the binary default, the convention on MNIST; `dgm train` warns when they are not black-and-white.)"""
     if data_cfg.representation:
         return data_cfg.representation
     if not ds.is_image:  # sequences of 0/1 values (piano rolls) are binary; other sequences and points continuous
         return "binary" if binary_sequences(ds) else "continuous"
-    return model_cfg.representation
+    rep = model_cfg.representation
+    x = ds.train[0]
+    if rep != "binary" or allowed is None or x.shape[1] != 3 or is_binary(x):
+        return rep
+    other = next((r for r in allowed if r in ("8bit", "dequantized")), None)
+    if other is None:
+        raise UserError(f"dataset={data_cfg.name} holds colour images with values other than 0 and 255, and "
+                        f"model={model_cfg.name} models binary data only ({', '.join(allowed)}): dgm does not binarize "
+                        "photos without a word. To binarize them on purpose (each pixel a Bernoulli draw of its "
+                        "intensity), add data.representation=binary; or pick a model of 8-bit or dequantized values "
+                        "(vae, pixelcnn, glow, dcgan, ...).")
+    return other
 
 
 def binary_sequences(ds: Dataset) -> bool:

@@ -76,6 +76,7 @@ class Trainer:
                             f"into {self.world} process(es) x trainer.accumulate={self.t.accumulate} micro-batches.")
         self.model = model.to(device)
         self.representation = model.data.representation
+        self.data_identity = data.identity
         self.batches = pipeline.BatchIterator(*data.train, self.representation, cfg.data.binarize, self.t.batch_size,
                                               device, cfg.seed, cfg.data.on_device)
         self.val = self._fixed_split(data.val)
@@ -445,6 +446,7 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "rng": runtime.rng_state(),
             "run_dir": str(self.run_dir),
+            "data": self.data_identity,  # data/identity.py: which data, and its splits' fingerprints
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()

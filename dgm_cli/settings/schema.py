@@ -112,6 +112,12 @@ class SampleConfig:
 
 
 @dataclass
+class EvalDataConfig:
+    name: Optional[str] = None  # score on other data, on purpose (dataset=<name> says the same): a dataset name; its protocol says so and dgm report keeps it apart from the run's own test split
+    path: Optional[str] = None  # where the run's data is now, if it moved (accepted when its fingerprint matches); with dataset=image_folder|npz: the other data's folder or file
+
+
+@dataclass
 class EvalConfig:
     checkpoint: str = MISSING  # a .pt file written by dgm train, its run folder (checkpoints/last.pt), or a folder of runs (a sweep: each one is evaluated)
     split: str = "test"  # test | val | train
@@ -122,6 +128,7 @@ class EvalConfig:
     num_samples: int = 10000  # generated samples for sample-quality metrics
     out: Optional[str] = None  # a .json file for the report; default: a record beside the checkpoint (checkpoints/evals/), eval.json the most thorough
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)  # the run's own data moved (data.path=), or other data on purpose (dataset=)
     seed: int = 0  # random seed of the evaluation's samples and estimators
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     progress_every: float = 30.0  # seconds between progress lines (examples scored, time left) when stderr is not a terminal

@@ -99,10 +99,14 @@ class PixelCNNStepper(PixelStepper):
 
 
 def check_divisible(data_channels: int, **channels: int) -> None:
-    """Feature channels split into one group per data channel (R, G, B)."""
-    for key, n in channels.items():
-        if n % data_channels:
-            raise UserError(f"model.{key}={n} must be divisible by the data's {data_channels} channels.")
+    """Feature channels split into one group per data channel (R, G, B): every size that does not divide
+    is named in one message, each with the nearest size above it that does."""
+    bad = {key: n for key, n in channels.items() if n % data_channels}
+    if bad:
+        fits = " ".join(f"model.{key}={-(-n // data_channels) * data_channels}" for key, n in bad.items())
+        raise UserError(f"{' and '.join(f'model.{key}={n}' for key, n in bad.items())} must be divisible by the data's "
+                        f"{data_channels} channels (the feature channels split into one group per colour, each seeing "
+                        f"only the colours before it); sizes that work: {fits}.")
 
 
 @register("pixelcnn")
