@@ -156,6 +156,21 @@ def command(config_name: str, validate: Callable[[DictConfig], None]):
     return decorate
 
 
+def repoint_data(data, path: Optional[str], other: str = "") -> None:
+    """A run's saved data config (``data``, changed in place) pointed at ``path``, where the run's own
+    folder or file is now if it moved (``data.path=``); a moved one not given is refused by name, with
+    the key that points the run at it. ``other``: how the command scores other data, for the message."""
+    if path:
+        if not data.get("path"):
+            raise UserError(f"data.path={path}: this run trained on dataset={data['name']}, which is not read from a "
+                            f"folder or file of your own; data_root= says where its files are now{other}.")
+        data["path"] = str(Path(path).expanduser().resolve())
+    elif data.get("path") and not Path(data["path"]).exists():
+        raise UserError(f"the data this run trained on, data.path={data['path']}, is not there any more. If it moved, "
+                        f"point the run at its new place with data.path=<new place> (accepted when its contents are the "
+                        f"data the run was trained and split on){other}.")
+
+
 def model_from_checkpoint(state: dict, device, data_root: str | None = None, dataset=None):
     """(model in eval mode on ``device``, saved config, dataset) from a loaded checkpoint; ``dataset``:
     the run's data when it is already loaded (else it is read as the run's config says)."""

@@ -173,7 +173,7 @@ def refuse_training_choices(command: str, args: list[str]) -> None:
         key = arg.lstrip("+").split("=", 1)[0]
         if "=" not in arg or key.split(".")[0].split("/")[0] not in sections:
             continue
-        if command == "eval" and key in EVAL_DATA_KEYS:  # moved data, or other data on purpose
+        if key in EVAL_DATA_KEYS and (command == "eval" or key == "data.path"):  # moved data, or other data on purpose
             continue
         instead = (f"For another {key}, give a checkpoint of a run trained with it (`dgm train {arg} ...`)"
                    if key in docs.TRAIN_GROUPS else
@@ -183,7 +183,7 @@ def refuse_training_choices(command: str, args: list[str]) -> None:
             f"and its training settings from checkpoint=. {instead}; for data that moved, " + (
                 "data.path= (a folder or file of your own) or data_root= says where the run's data is now, and "
                 "dataset=<name> [data.path=...] scores the model on other data on purpose" if command == "eval" else
-                "data_root= says where the run's data is now") + f". `dgm {command} --help` lists the keys.\n")
+                "data.path= (a folder or file of your own) or data_root= says where the run's data is now") + f". `dgm {command} --help` lists the keys.\n")
         sys.exit(2)
 
 

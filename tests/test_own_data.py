@@ -108,7 +108,10 @@ def test_runs_on_two_folders_get_two_tables_and_a_moved_folder_is_re_pointed(pho
     (tmp_path / "other").rename(tmp_path / "moved")
     refused(dgm("eval", f"checkpoint={run_b}", *EVAL, check=False), f"data.path={tmp_path / 'other'}",
             "is not there any more", "data.path=<new place>")
+    refused(dgm("sample", f"checkpoint={run_b}", "num_samples=4", check=False), "is not there any more")
     dgm("eval", f"checkpoint={run_b}", "data.path=moved", *EVAL)  # the same images: accepted
+    dgm("sample", f"checkpoint={run_b}", "data.path=moved", "mode=reconstruct", "num_samples=2", "out=r.png")
+    assert (tmp_path / "r.png").exists()
     assert protocol(run_b)["data"]["path"] == str(tmp_path / "moved")
     assert protocol(run_b)["data"]["own"] is True
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..app import command, model_from_checkpoint
+from ..app import command, model_from_checkpoint, repoint_data
 from ..settings.validate import validate_eval
 from ..atomic import write_text_atomically
 from ..errors import UserError
@@ -218,17 +218,8 @@ def data_config(cfg: DictConfig, state: dict) -> tuple[DictConfig, bool]:
     path = str(Path(cfg.data.path).expanduser().resolve()) if cfg.data.path else None
     name = cfg.data.name
     if not name:
-        if path and not data.get("path"):
-            raise UserError(f"data.path={cfg.data.path}: this run trained on dataset={data.name}, which is not read from "
-                            "a folder or file of your own; data_root= says where its files are now, and dataset=<name> "
-                            "data.path=... scores the model on other data on purpose.")
-        if path:
-            data.path = path
-        elif data.get("path") and not Path(data.path).exists():
-            raise UserError(f"the data this run trained on, data.path={data.path}, is not there any more. If it moved, "
-                            f"point the run at its new place: dgm eval checkpoint=<run> data.path=<new place> (accepted "
-                            "when its contents are the data the run was trained and split on); to score the model on "
-                            "other data on purpose: dataset=<name> data.path=<folder or file>.")
+        repoint_data(data, path, "; dataset=<name> [data.path=<folder or file>] scores the model on other data on "
+                                 "purpose")
         return data, False
     if name not in pipeline.DATASETS:
         raise UserError(f"dataset={name}: unknown dataset; available: {', '.join(pipeline.DATASETS)}.")

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .. import images
-from ..app import command, model_from_checkpoint
+from ..app import command, model_from_checkpoint, repoint_data
 from ..settings.validate import ARRAY_SUFFIX, MIDI_SUFFIXES, validate_sample
 from ..data.sequences import PIANO_ROLLS, is_piano_roll
 from ..errors import UserError
@@ -135,6 +135,7 @@ def main(cfg: DictConfig) -> None:
     state = checkpoint.load(cfg.checkpoint)
     settings = sampler_settings(cfg, state["config"]["model"])
     state["config"]["model"].update(settings)  # checked as the model is built, like any model.* value
+    repoint_data(state["config"]["data"], cfg.data.path)
     model, _, dataset = model_from_checkpoint(state, device, cfg.data_root)
     if settings:
         log.info("sampling with %s", ", ".join(f"model.{k}={v}" for k, v in settings.items()))

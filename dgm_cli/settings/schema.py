@@ -93,12 +93,18 @@ class TrainConfig:
 
 
 @dataclass
+class SampleDataConfig:
+    path: Optional[str] = None  # where the run's folder or file of its own is now, if it moved
+
+
+@dataclass
 class SampleConfig:
     checkpoint: str = MISSING  # a .pt file written by dgm train, or its run folder (checkpoints/last.pt)
     num_samples: int = 64  # images to draw (reconstruct/complete/interpolate: data examples to start from)
     mode: str = "sample"  # sample | reconstruct | interpolate | complete (as the model allows)
     out: Optional[str] = None  # a picture (.png, .jpg, .pdf), the raw samples (.npz) or, for music, a .mid file; null: <mode>.png in a new outputs/sample/<date>/<time>-<pid>/
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
+    data: SampleDataConfig = field(default_factory=SampleDataConfig)  # data.path=: the run's own data, moved
     temperature: float = 1.0  # scales the std of the noise sampling starts from: 1 as trained, < 1 smoother (Glow)
     steps: Optional[int] = None  # sampler steps (model.sample_steps): DDPM/DDIM denoising steps (fewer: a respaced chain), flow matching's ODE steps (fixed-step solvers), EBM Langevin steps, RBM/DBN/DBM Gibbs sweeps; null: the model's
     sampler: Optional[str] = None  # diffusion: ddpm (ancestral) | ddim; flow matching's ODE solver: euler | midpoint | rk4 | dopri5 (model.sampler); null: the model's
