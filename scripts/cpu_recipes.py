@@ -1,0 +1,134 @@
+"""Run the CPU recipes (`configs/experiment/*_cpu.yaml`) one after another and write the results page's tables.
+
+Each recipe is a complete experiment for a 2-core CPU: `dgm train experiment=<name>`, then `dgm eval` with
+the settings on the recipe's `# dgm eval:` line, then `dgm sample` for a grid to look at. The recipe file
+is the one place that holds both. Afterwards `dgm report` writes one table per evaluation protocol and the
+learning curves (`curves=val/loss x=wall_time`), and this script writes `recipes.md`: each recipe's
+commands, wall times (training, evaluation), its headline number, and the machine.
+
+    DGM_DATA_ROOT=../shared/data python scripts/cpu_recipes.py --out outputs/cpu_recipes
+    python scripts/cpu_recipes.py --only vae_cpu,rbm_cpu --out outputs/cpu_recipes   # a few
+    python scripts/cpu_recipes.py --report-only --out outputs/cpu_recipes            # tables from runs made
+
+A recipe whose run folder already holds an eval.json is not run again (delete the folder to redo it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "dgm_cli" / "configs" / "experiment"
+EVAL_LINE = "# dgm eval:"
+SAMPLE_LINE = "# dgm sample:"
+
+
+def recipes() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS.glob("*_cpu.yaml"))
+
+
+def settings(name: str, marker: str) -> list[str]:
+    """The overrides on the recipe's `# dgm eval:` (or `# dgm sample:`) line."""
+    for line in (EXPERIMENTS / f"{name}.yaml").read_text().splitlines():
+        if line.startswith(marker):
+            return shlex.split(line[len(marker):])
+    return []
+
+
+def dgm(args: list[str], log: Path) -> float:
+    """Run `dgm <args>` with its output in `log`; the wall time in seconds (a failure stops the script)."""
+    exe = str(Path(sys.executable).parent / "dgm")
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"$ dgm {shlex.join(args)}\n")
+        f.flush()
+        rc = subprocess.call([exe, *args], stdout=f, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        sys.exit(f"dgm {shlex.join(args)} failed (exit {rc}); see {log}")
+    return seconds
+
+
+def run_recipe(name: str, out: Path) -> dict:
+    run = out / name
+    timings = out / f"{name}.timings.json"
+    if (run / "checkpoints" / "eval.json").exists() and timings.exists():
+        return json.loads(timings.read_text())
+    log = out / f"{name}.log"
+    train = ["train", f"experiment={name}", f"hydra.run.dir={run}"]
+    evaluate = ["eval", f"checkpoint={run}", *settings(name, EVAL_LINE)]
+    sample = ["sample", f"checkpoint={run}", f"out={run / 'samples.png'}", *settings(name, SAMPLE_LINE)]
+    record = {"recipe": name, "train": train, "eval": evaluate, "sample": sample,
+              "train_s": dgm(train, log), "eval_s": dgm(evaluate, log), "sample_s": dgm(sample, log)}
+    timings.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def headline(run: Path) -> str:
+    report = json.loads((run / "checkpoints" / "eval.json").read_text())
+    lik, sq = report.get("likelihood"), report.get("sample_quality")
+    parts = []
+    if lik:
+        parts.append(f"NLL {lik['nll_nats']:.2f} ± {lik['nll_nats_stderr']:.2f} nats, "
+                     f"{lik['bits_per_dim']:.4f} bits/dim ({lik['kind']})")
+    if sq and "fid" in sq:
+        parts.append(f"FID {sq['fid']:.2f}")
+    return "; ".join(parts)
+
+
+def machine() -> str:
+    import torch
+
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"OMP_NUM_THREADS={threads}, {time.strftime('%Y-%m-%d')}").replace("  ", " ")
+
+
+def write_page(records: list[dict], out: Path) -> Path:
+    rows = ["| recipe | train | eval | result | commands |", "|---|---|---|---|---|"]
+    for r in records:
+        run = out / r["recipe"]
+        commands = "<br>".join(f"`dgm {shlex.join(a)}`" for a in (r["train"], r["eval"]))
+        rows.append(f"| {r['recipe']} | {r['train_s'] / 60:.1f} min | {r['eval_s'] / 60:.1f} min | "
+                    f"{headline(run)} | {commands} |")
+    page = out / "recipes.md"
+    page.write_text(f"Machine: {machine()}. Seed 0 (the runs' default).\n\n" + "\n".join(rows) + "\n")
+    return page
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="outputs/cpu_recipes", help="folder for the runs and the tables")
+    parser.add_argument("--only", default="", help="comma-separated recipe names (default: every *_cpu recipe)")
+    parser.add_argument("--report-only", action="store_true", help="write the tables from the runs already made")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.only.split(",") if n] or recipes()
+    unknown = sorted(set(names) - set(recipes()))
+    if unknown:
+        sys.exit(f"unknown recipe(s) {unknown}; the recipes are {recipes()}")
+    records = []
+    for name in names:
+        timings = out / f"{name}.timings.json"
+        if args.report_only:
+            if timings.exists():
+                records.append(json.loads(timings.read_text()))
+            continue
+        print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+        records.append(run_recipe(name, out))
+    runs = [str(out / r["recipe"]) for r in records]
+    report = out / "report"
+    dgm(["report", *runs, f"out={report}"], out / "report.log")
+    dgm(["report", *runs, "curves=val/loss", "x=wall_time", f"out={report}"], out / "report.log")
+    print(f"wrote {write_page(records, out)} and {report}")
+
+
+if __name__ == "__main__":
+    main()
