@@ -2,6 +2,7 @@
 sample-quality metrics, printed and written to eval.json (its schema: docs/eval_json.md)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -184,7 +185,8 @@ def resolve_metrics(asked, model, settings: dict | None = None) -> tuple[bool, l
     settings hold an ``ais`` switch (the deep EBM) estimates its likelihood only when that is true."""
     from ..evaluation import samples
 
-    on_request = (settings or {}).get("ais")
+    # the EBM's and a GAN's likelihood is computed only on request; a VAE's ais switch only picks its estimator
+    on_request = (settings or {}).get("ais") if model.likelihood in (None, "ais") else None
     if on_request is False and asked is not None and "nll" in asked:
         raise UserError(f"model {model.name}'s log-likelihood is an AIS estimate computed only on request: add "
                         "estimator.ais=true.")
@@ -199,7 +201,7 @@ def resolve_metrics(asked, model, settings: dict | None = None) -> tuple[bool, l
     unknown = [m for m in asked if m not in LIKELIHOOD_METRICS + samples.METRICS]
     if unknown:
         raise UserError(f"metrics={asked}: unknown {unknown}; allowed: {', '.join(LIKELIHOOD_METRICS + samples.METRICS)}.")
-    if "nll" in asked and model.likelihood is None:
+    if "nll" in asked and model.likelihood is None and not on_request:
         raise UserError(f"model {model.name} has no likelihood, so metrics=[nll] cannot be computed; leave "
                         f"metrics= out for its sample-quality metrics ({', '.join(samples.default_metrics(model))}).")
     return "nll" in asked, [m for m in asked if m != "nll"]

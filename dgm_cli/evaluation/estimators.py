@@ -74,7 +74,9 @@ def estimator_settings(model, given: Mapping[str, Any]) -> dict:
                         f"its estimator settings are: {', '.join('estimator.' + k for k in allowed)}.")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), given)
-        return dataclasses.asdict(OmegaConf.to_object(merged))
+        chosen = OmegaConf.to_object(merged)
+        # an estimator with a switch (AIS or not) names only the settings in effect
+        return chosen.in_effect() if hasattr(chosen, "in_effect") else dataclasses.asdict(chosen)
     except OmegaConfBaseException as exc:
         raise UserError(f"{name}: estimator.{getattr(exc, 'full_key', '?')}: {str(exc).splitlines()[0]}; "
                         f"its estimator settings are: {', '.join('estimator.' + k for k in allowed)}.") from None

@@ -12,14 +12,18 @@ backpropagates and steps only the optimizer of the phase, so
   weights, so no stale critic gradients are left behind).
 
 Images are 8-bit data in [0, 1]; G and D work in [-1, 1] (G ends in tanh) and
-``sample`` maps back. 2-D toys are used as they are. There is no likelihood.
+``sample`` maps back. 2-D toys are used as they are. A GAN defines no likelihood; ``dgm eval
+estimator.ais=true`` gives it one, as Wu et al. (2017) do, by a Gaussian observation model
+p(x|z) = N(x; G(z), sigma^2 I) with sigma chosen on validation data, log p(x) estimated by AIS with HMC
+(nn/decoder_ais.py) and checked by bidirectional Monte Carlo on data simulated from the model.
 Subclasses (dcgan.py, sngan.py; wgan.py and wgan_gp.py through ``WassersteinGAN``) choose the
 objectives, the critic's normalisation and the defaults.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional
 
 import torch
@@ -28,6 +32,8 @@ from torch import Tensor, nn
 from ...errors import UserError
 from ...data import modes
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
+from ..nn import decoder_ais
+from ..nn.distributions import gaussian_log_prob
 from .networks import CRITIC_NORMS, ConvCritic, ConvGenerator, MLPCritic, MLPGenerator
 from .objectives import OBJECTIVES, gradient_penalty
 
@@ -47,6 +53,30 @@ class GANConfig:
     lr_critic: Optional[float] = None  # null: optimizer.lr (set both for two time-scale updates)
     betas_generator: Optional[List[float]] = None  # null: optimizer.betas
     betas_critic: Optional[List[float]] = None  # null: optimizer.betas
+
+
+#: what the Gaussian observation model does to a number on data in the unit cube
+DENSITY_NOTE = ("p(x|z) = N(x; G(z), sigma^2 I) is a density on R^D, not on the data's [0, 1]^D: the mass it puts "
+                "outside the cube is lost, so log p(x) is lower (the NLL higher, conservative) than that of the same "
+                "model renormalised to the cube")
+
+
+@dataclass
+class GANEstimator(decoder_ais.DecoderAISSettings):
+    """`dgm eval estimator.ais=true ...`: a GAN's log-likelihood under a Gaussian observation model (Wu et al. 2017)."""
+
+    sigmas: List[float] = field(default_factory=lambda: [0.025, 0.05, 0.1, 0.2])  # grid of p(x|z)'s std (data units); the best validation AIS estimate is used
+    sigma_examples: int = 50  # validation examples that choose sigma
+    sigma_temperatures: int = 100  # AIS temperatures of the choice (ais_pilot_chains chains each)
+    extra_ais_keys: ClassVar[tuple[str, ...]] = ("sigmas", "sigma_examples", "sigma_temperatures")
+
+    def __post_init__(self):
+        problem = self.check_ais()
+        if problem is None and (not self.sigmas or min(self.sigmas) <= 0 or self.sigma_examples < 1
+                                or self.sigma_temperatures < 1):
+            problem = "estimator.sigmas must be a non-empty list of values > 0, sigma_examples and sigma_temperatures >= 1"
+        if problem:
+            raise UserError(problem + ".")
 
 
 @contextmanager
@@ -76,6 +106,7 @@ class GAN(GenerativeModel):
     #: the critic's normalisation: "batch", "spectral" or "none" (see networks.ConvCritic)
     critic_norm: ClassVar[str] = "none"
     Config = GANConfig
+    Estimator = GANEstimator
 
     def __init__(self, config: GANConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
@@ -92,6 +123,8 @@ class GAN(GenerativeModel):
         # Seeded, so the logged grids show the same z (and labels) throughout training.
         g = torch.Generator().manual_seed(FIXED_SEED)
         self.register_buffer("fixed_z", torch.randn(FIXED_LATENTS, config.latent_dim, generator=g))
+        self._sigma: Optional[tuple[float, str, dict]] = None  # (sigma, where it was chosen, the grid's scores)
+        self._acceptance: list[float] = []
 
     def _check(self, config: GANConfig, data: DataSpec, objective: dict) -> None:
         allowed = {"name", "gp_weight"} if self.loss.penalized else {"name"}
@@ -210,6 +243,100 @@ class GAN(GenerativeModel):
         centers, std = mixture
         z = self.latents(modes.NUM_SAMPLES, generator=torch.Generator().manual_seed(FIXED_SEED + 2))
         return modes.mode_coverage(self.to_data_space(self.generator(z)), centers, std)
+
+
+    # --- a likelihood on request: decoder-based AIS (Wu et al. 2017) -----------------------------------
+    def likelihood_name(self, ais: bool = False, **_) -> Optional[str]:
+        return "decoder_ais" if ais else None
+
+    def eval_representation(self, ais: bool = False, **_) -> str:
+        """The representation ``dgm eval`` scores on: dequantized images under AIS, the flows' protocol (a
+        Gaussian density is a density; 8-bit values would need a probability mass)."""
+        return "dequantized" if ais and self.data.is_image else self.data.representation
+
+    def decoder_mean(self, z: Tensor) -> Tensor:
+        """G(z) in data space, unclamped: the mean of the observation model."""
+        g = self.generator(z)
+        return (g + 1) / 2 if self.data.is_image else g
+
+    def observation_model(self, sigma: float) -> decoder_ais.Factory:
+        """(x, chains) -> z |-> log N(x; G(z), sigma^2 I) for the chains of each example."""
+        log_var = 2 * math.log(sigma)
+
+        def make(x: Tensor, chains: int):
+            xr = x.repeat_interleave(chains, dim=0)
+            return lambda z: gaussian_log_prob(xr, self.decoder_mean(z), torch.full_like(xr, log_var))
+
+        return make
+
+    def _check_ais(self) -> None:
+        if self.config.conditional:
+            raise UserError("estimator.ais=true is for unconditional GANs; this one is class-conditional (its AIS "
+                            "would need p(x|y, z) for every label).")
+
+    @torch.no_grad()
+    def tune_on_validation(self, x: Tensor, split: str = "validation", **settings) -> dict:
+        """Choose sigma from ``estimator.sigmas``: the one whose AIS estimate of the mean log p(x) on the first
+        ``sigma_examples`` of ``x`` is highest (Wu et al. 2017, Sec. 5: sigma tuned on validation data)."""
+        s = self.Estimator(**settings)
+        if not s.ais:
+            return {}
+        self._check_ais()
+        xv = x[: s.sigma_examples]
+        scores = {}
+        for sigma in s.sigmas:
+            log_p, _ = decoder_ais.log_likelihood(self.observation_model(sigma), xv, self.config.latent_dim, s,
+                                                   temperatures=s.sigma_temperatures, chains=s.ais_pilot_chains)
+            scores[f"{sigma:g}"] = float(log_p.mean())
+        best = max(s.sigmas, key=lambda v: scores[f"{v:g}"])
+        self._sigma = (best, f"{len(xv)} {split} examples", scores)
+        return {"sigma": best}
+
+    @torch.no_grad()
+    def prepare_eval(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> dict:
+        """sigma (chosen on validation data by ``tune_on_validation``; on the first examples of the evaluated split
+        where no one called it, which the report says), then BDMC on ``bdmc_examples`` examples simulated from
+        the model: z* ~ N(0, I), x = G(z*) + sigma eps."""
+        s = self.Estimator(**settings)
+        if not s.ais:
+            return {}
+        if self._sigma is None:
+            self.tune_on_validation(x, split="evaluated (no validation data was given)", **settings)
+        sigma, chosen_on, scores = self._sigma
+        self._acceptance = []
+        report = {"sigma": sigma, "sigma_chosen_on": chosen_on, "sigma_grid_mean_log_p": scores,
+                  "schedule": s.describe(), "density_note": DENSITY_NOTE}
+        if s.bdmc_examples:
+            ref = self.fixed_z
+            z = torch.randn(s.bdmc_examples, self.config.latent_dim, device=ref.device, dtype=ref.dtype)
+            simulated = self.decoder_mean(z)
+            simulated = simulated + sigma * torch.randn_like(simulated)
+            report.update(decoder_ais.bdmc(self.observation_model(sigma), z, simulated, s)["report"])
+        return report
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
+        s = self.Estimator(**settings)
+        if not s.ais:
+            raise UserError(f"{type(self).__name__} has no likelihood of its own: add estimator.ais=true for the "
+                            "decoder-based AIS estimate (Wu et al. 2017), or use sample-quality metrics.")
+        if self._sigma is None:
+            raise RuntimeError("prepare_eval chooses sigma before the per-example pass")
+        log_p, acceptance = decoder_ais.log_likelihood(self.observation_model(self._sigma[0]), x,
+                                                       self.config.latent_dim, s)
+        self._acceptance.append(acceptance)
+        return log_p
+
+    def estimator(self, **settings) -> str:
+        s = self.Estimator(**settings)
+        if not s.ais:
+            return "none (estimator.ais=false)"
+        sigma = f"{self._sigma[0]:g}" if self._sigma else "chosen on validation data"
+        return (f"decoder-based AIS (Wu et al. 2017): p(x|z) = N(x; G(z), sigma^2 I), sigma = {sigma}; forward AIS "
+                f"from the prior, {s.describe()}: a stochastic lower bound on log p(x)")
+
+    def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
+        return {"hmc_acceptance": torch.tensor(self._acceptance.pop() * len(x))} if self._acceptance else {}
 
 
 @dataclass

@@ -21,7 +21,8 @@ from ...errors import UserError
 from ..base import DataSpec, Metrics
 from ..nn import distributions as D
 from ..registry import register
-from .base import LatentVariableModel
+from ..nn import decoder_ais
+from .base import IWAEEstimator, LatentVariableModel
 from .importance import importance_log_likelihood
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
@@ -52,6 +53,18 @@ class VAEConfig:
     hidden_2: list = field(default_factory=lambda: [100, 100])  # stochastic_layers=2: deterministic units between h1 and h2
 
 
+@dataclass
+class VAEEstimator(decoder_ais.DecoderAISSettings, IWAEEstimator):
+    """`dgm eval estimator.<key>=...`: the IWAE estimate (``k``), or with ``ais=true`` decoder-based AIS with the
+    VAE's own p(x|z) (Wu et al. 2017), a second estimate from the prior to the posterior that needs no encoder."""
+
+    def __post_init__(self):
+        IWAEEstimator.__post_init__(self)
+        problem = self.check_ais()
+        if problem:
+            raise UserError(problem + ".")
+
+
 @register("vae")
 class VAE(LatentVariableModel):
     objectives = ("elbo", "beta_elbo", "iwae")
@@ -59,6 +72,7 @@ class VAE(LatentVariableModel):
     representations = ("binary", "8bit", "dequantized", "continuous")
     sample_modes = ("sample", "reconstruct", "interpolate")
     Config = VAEConfig
+    Estimator = VAEEstimator
 
     def __new__(cls, config: VAEConfig, *args, **kwargs):
         """``model.stochastic_layers=2`` builds the two-stochastic-layer model (hierarchical.py)."""
@@ -168,13 +182,49 @@ class VAE(LatentVariableModel):
 
     # --- likelihood -----------------------------------------------------------------
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, k: int = 5000, **_) -> Tensor:
+    def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, k: int = 5000, ais: bool = False,
+                       **settings) -> Tensor:
         """IWAE estimate of log p(x) with k importance samples, in chunks of samples so memory stays bounded.
-        Its expectation is a lower bound on log p(x) that tightens as k grows (Burda et al. 2015, Thm. 1)."""
+        Its expectation is a lower bound on log p(x) that tightens as k grows (Burda et al. 2015, Thm. 1).
+        With ``ais``: forward AIS from the prior with HMC (nn/decoder_ais.py), also a stochastic lower bound."""
+        if ais:
+            s = self.ais_settings(k=k, ais=ais, **settings)
+            return decoder_ais.log_likelihood(self.observation_model, x, self.latent_dim, s)[0]
         mean, log_var = self.encoder(x)
         return importance_log_likelihood(lambda m: self._log_weights(x, mean, log_var, m), k, x.shape[0])
 
-    def estimator(self, k: int = 5000, **_) -> str:
+    def ais_settings(self, **settings) -> VAEEstimator:
+        if type(self).__name__ == "TwoStochasticLayerVAE":
+            raise UserError("estimator.ais=true anneals one latent layer; this VAE has two (model.stochastic_layers=2): "
+                            "use its IWAE estimate.")
+        return VAEEstimator(**settings)
+
+    def observation_model(self, x: Tensor, chains: int):
+        """z |-> log p(x|z), the decoder's own likelihood, for ``chains`` chains of each example."""
+        xr = x.repeat_interleave(chains, dim=0)
+        return lambda z: self.log_px_given_z(self.decoder(z), xr)
+
+    def likelihood_name(self, ais: bool = False, **_) -> str:
+        return "decoder_ais" if ais else self.likelihood
+
+    @torch.no_grad()
+    def prepare_eval(self, x: Tensor, y: Optional[Tensor] = None, ais: bool = False, **settings) -> dict:
+        """With ``ais``: bidirectional Monte Carlo on ``bdmc_examples`` examples simulated from the model."""
+        if not ais:
+            return {}
+        s = self.ais_settings(ais=ais, **settings)
+        report = {"schedule": s.describe()}
+        if s.bdmc_examples:
+            z = self.decoder_latents(s.bdmc_examples)
+            simulated = self.observations(self.decoder(z), clamp=False)  # exact draws of p(x|z)
+            report.update(decoder_ais.bdmc(self.observation_model, z, simulated, s)["report"])
+        return report
+
+    def estimator(self, k: int = 5000, ais: bool = False, **settings) -> str:
+        if ais:
+            s = self.ais_settings(k=k, ais=ais, **settings)
+            return (f"decoder-based AIS (Wu et al. 2017) with the decoder's own p(x|z) ({self.lik}): forward AIS from "
+                    f"the prior, {s.describe()}: a stochastic lower bound on log p(x)")
         return f"IWAE, k={k} importance samples (Burda et al. 2015)"
 
     @torch.no_grad()
@@ -213,14 +263,18 @@ class VAE(LatentVariableModel):
     def sample_observations(self, n: int) -> Tensor:
         """x ~ p(x|z), z ~ N(0, I): what the model generates (binary pixels for a Bernoulli decoder,
         8-bit values for a discretized logistic), not the means ``sample`` shows."""
-        out = self.decoder(self.decoder_latents(n))
+        return self.observations(self.decoder(self.decoder_latents(n)))
+
+    def observations(self, out: Tensor, clamp: bool = True) -> Tensor:
+        """x ~ p(x|z) from the decoder's output for z (a Gaussian's draws clamped to [0, 1] for images unless
+        ``clamp`` is false)."""
         if self.lik == "bernoulli":
             x = D.bernoulli_sample(out[:, 0])
         elif self.lik == "gaussian":
             x = D.gaussian_sample(out[:, 0], out[:, 1].clamp(min=2 * MIN_LOG_SCALE))
         else:
             x = D.discretized_logistic_sample(out[:, 0], out[:, 1].clamp(min=MIN_LOG_SCALE))
-        return x.clamp(0, 1) if self.data.is_image else x
+        return x.clamp(0, 1) if self.data.is_image and clamp else x
 
     @torch.no_grad()
     def sample_reconstruct(self, x: Tensor, y: Optional[Tensor] = None, **_) -> Tensor:
