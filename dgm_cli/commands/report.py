@@ -8,6 +8,12 @@ sample-quality metrics). The table is printed and written as report.csv and repo
 Numbers measured under different protocols (dataset, split and size, representation, binarization,
 the likelihood's kind, the sample-quality setting) are never put in one column: the runs are grouped
 by protocol, one table per protocol, each headed by what its protocol is (the CSV names it per row).
+One exception, on purpose: likelihoods of 8-bit images share one table whatever the model, since each
+is a number about the same test values in the same units -- the discrete NLL itself (autoregressive),
+a bound on it (DDPM's variational bound), or a density of the dequantized values plus D ln 256 (flows,
+flow matching, VAEs with a Gaussian decoder, a GAN's decoder-based AIS), an upper bound on it in
+expectation (Theis et al. 2016). Each row then says its kind, and where the density is normalised on a
+set larger than the data's [0, 1]^D, that its NLL is biased upward by the mass it puts outside.
 
 ``plot=<column> x=<key>`` draws a column against a hyperparameter (``optimizer.lr``), another column
 or ``wall_time``; ``curves=<tag>`` draws a TensorBoard scalar (``val/loss``) of every run against
@@ -37,6 +43,10 @@ HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config
                      "-cn", "--config-dir", "-cd", "--experimental-rerun", "-sc", "--shell-completion"}
 LIKELIHOOD_COLUMNS = ["nll_nats", "nll_nats_stderr", "bits_per_dim", "bits_per_dim_stderr", "shared_error_nats",
                       "conditional_nll_nats", "estimator"]
+#: representations whose likelihoods are all numbers about the discrete NLL of the same 8-bit values
+EIGHT_BIT = ("8bit", "dequantized")
+EIGHT_BIT_PROTOCOL = ("8-bit images, one scale: the discrete NLL of the test values (a density of the dequantized "
+                      "values (k+u)/256 counts -log p + D ln 256, an upper bound in expectation)")
 SAMPLE_COLUMNS = ["fid", "fid_floor", "kid_mean", "kid_std", "precision", "recall", "inception_score_mean",
                   "modes_covered", "high_quality_share", "samples"]
 
@@ -49,14 +59,18 @@ def protocol_of(evaluation: dict) -> str:
     p = evaluation.get("protocol")
     if p is None:
         return "eval.json of an earlier dgm, which did not record its protocol: run `dgm eval` again"
-    parts = [f"{p['dataset']}, {p['split']} split ({p['num_examples']:,} examples), {p['representation']}"
+    one_scale = p["representation"] in EIGHT_BIT and "likelihood" in evaluation
+    parts = [f"{p['dataset']}, {p['split']} split ({p['num_examples']:,} examples), "
+             f"{EIGHT_BIT_PROTOCOL if one_scale else p['representation']}"
              + (f", binarization: {p['binarization']}" if p.get("binarization") else "")]
     data = p.get("data")
     if data:  # which data exactly: runs on two folders, or on a folder that changed, never share a table
         parts.append(f"data: {data['name']}" + (f" from {data['path']}" if data.get("path") else "")
                      + f", fingerprint {data['fingerprint'][:12]}"
                      + ("" if data.get("own", True) else ", OTHER DATA scored on purpose, not the run's own"))
-    if "likelihood" in evaluation:
+    if one_scale:
+        parts.append("NLL: each row's kind in its column")
+    elif "likelihood" in evaluation:
         parts.append(f"NLL: {evaluation['likelihood']['kind']}")
     sq = evaluation.get("sample_quality")
     if sq:
@@ -85,9 +99,16 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     lik = e.get("likelihood") or {}
     for key in LIKELIHOOD_COLUMNS:
         row[key] = lik.get(key)
+    one_scale = (e.get("protocol") or {}).get("representation") in EIGHT_BIT and bool(lik)
+    row["kind"] = f"{lik.get('kind')} ({e['protocol']['representation']})" if one_scale else None
+    support = lik.get("density_support")
+    row["density_bias"] = (f"normalised on {support}, not [0,1]^D: NLL biased up by the mass outside"
+                           if support else None)
     row["conditional_nll_nats"] = (lik.get("conditional") or {}).get("nll_nats")
     row["nll_nats_per_step"] = (lik.get("bound_terms") or {}).get("nll_nats_per_step")  # sequences
     prepared = lik.get("prepared") or {}
+    row["sigma"] = prepared.get("sigma")  # a GAN's decoder AIS: its observation noise and BDMC's gap
+    row["bdmc_gap_nats"] = prepared.get("bdmc_gap_nats")
     row["nll_nats_reverse_end"] = (  # AIS's bracket: the NLL with the reverse-AIS log Z in place of the forward one
         row["nll_nats"] + prepared["reverse_log_z"] - prepared["log_z"]
         if row["nll_nats"] is not None and {"log_z", "reverse_log_z"} <= set(prepared) else None)
@@ -161,12 +182,15 @@ def display(rows: list[dict], swept: list[str]) -> tuple[list[str], list[list[st
         ("params", lambda r: _number(r["num_parameters"])), ("device", lambda r: r["device"] or ""),
         *[(tag, lambda r, tag=tag: _number(r.get(tag))) for tag in val_tags],
         ("NLL (nats)", lambda r: _plus_minus(r["nll_nats"], r["nll_nats_stderr"])),
+        ("kind", lambda r: r.get("kind") or ""),
         ("bits/dim", lambda r: _number(r["bits_per_dim"])),
         ("nats/step", lambda r: _number(r["nll_nats_per_step"])),
         ("shared error", lambda r: _number(r["shared_error_nats"])),
+        ("sigma", lambda r: _number(r.get("sigma"))), ("BDMC gap (nats)", lambda r: _number(r.get("bdmc_gap_nats"))),
         ("NLL, reverse-AIS end", lambda r: "" if r.get("nll_nats_reverse_end") is None else f"{r['nll_nats_reverse_end']:.2f}"),
         ("conditional NLL", lambda r: _number(r["conditional_nll_nats"])),
         ("estimator", lambda r: r["estimator"] or ""),
+        ("density", lambda r: r.get("density_bias") or ""),
         ("evaluation", lambda r: r.get("evaluation") or ""),
         ("FID (floor)", lambda r: "" if r["fid"] is None else f"{r['fid']:.4g} ({_number(r['fid_floor'])})"),
         ("KID", lambda r: _plus_minus(r["kid_mean"], r["kid_std"]) if r["kid_mean"] is not None else ""),

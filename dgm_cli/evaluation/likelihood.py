@@ -155,6 +155,9 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
         "dim": dim if not dims else f"varies: {float(per_example.mean()):.1f} on average (padding excluded)",
         **summary(nll, per_example),
     }
+    support = model.density_support(**settings) if hasattr(model, "density_support") else None
+    if support is not None:  # a density of data in [0, 1]^D that is normalised on a larger set: its NLL errs high
+        report["density_support"] = support
     shared = prepared.pop("shared_error_nats", None)
     if shared is not None:
         report["shared_error_nats"] = float(shared)

@@ -120,6 +120,16 @@ class Flow(GenerativeModel):
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
         return self.log_prob(x)
 
+    def density_support(self, **_) -> Optional[str]:
+        """Where the density of images is normalised: the logit transform's preimage of R,
+        (-a/(1-2a), 1 + a/(1-2a)) per pixel, a little wider than [0, 1]; centring leaves all of R^D."""
+        if not self.data.is_image:
+            return None
+        if self.config.preprocess == "center":
+            return "R^D"
+        a = self.config.alpha / (1 - 2 * self.config.alpha)
+        return f"(-{a:.3g}, {1 + a:.4g})^D"
+
     def estimator(self, **settings) -> str:
         name = "exact (change of variables)"
         if not self.data.is_image:

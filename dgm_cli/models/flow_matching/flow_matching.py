@@ -195,6 +195,10 @@ class FlowMatching(GenerativeModel):
             return "exact" if self.data.dim <= EXACT_TRACE_MAX_DIM else "hutchinson"
         return trace
 
+    def density_support(self, **_) -> Optional[str]:
+        """Where the density is normalised, for images (whose data lie in [0, 1]^D): all of R^D."""
+        return "R^D" if self.data.is_image else None
+
     def likelihood_name(self, **settings) -> str:
         """``exact`` with the exact trace; ``hutchinson`` (an estimate) otherwise."""
         return self.trace_kind(self.Estimator(**settings).trace)

@@ -249,6 +249,10 @@ class GAN(GenerativeModel):
     def likelihood_name(self, ais: bool = False, **_) -> Optional[str]:
         return "decoder_ais" if ais else None
 
+    def density_support(self, ais: bool = False, **_) -> Optional[str]:
+        """The Gaussian observation model is normalised on R^D, not on the images' [0, 1]^D."""
+        return "R^D" if ais and self.data.is_image else None
+
     def eval_representation(self, ais: bool = False, **_) -> str:
         """The representation ``dgm eval`` scores on: dequantized images under AIS, the flows' protocol (a
         Gaussian density is a density; 8-bit values would need a probability mass)."""

@@ -204,6 +204,10 @@ class VAE(LatentVariableModel):
         xr = x.repeat_interleave(chains, dim=0)
         return lambda z: self.log_px_given_z(self.decoder(z), xr)
 
+    def density_support(self, **_) -> Optional[str]:
+        """A Gaussian decoder is normalised on R^D, not on the images' [0, 1]^D (the other decoders on the data's values)."""
+        return "R^D" if self.lik == "gaussian" and self.data.is_image else None
+
     def likelihood_name(self, ais: bool = False, **_) -> str:
         return "decoder_ais" if ais else self.likelihood
 
