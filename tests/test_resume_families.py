@@ -1,7 +1,8 @@
 """Resume is exact for the families with state beyond their weights: a GAN (which optimizer steps
 depends on the step: n_critic), a flow with ActNorm (data-dependent initialisation, done once),
-MADE with several mask sets (the set depends on the step) and a VQ-VAE (its prior's stage starts at a
-step; its dead-code clock is a buffer). Through the CLI: `dgm train` for 15 steps
+MADE with several mask sets (the set depends on the step), a VQ-VAE (its prior's stage starts at a
+step; its dead-code clock is a buffer) and flow matching with minibatch OT pairs (a coupling computed
+on the host from the step's draws). Through the CLI: `dgm train` for 15 steps
 equals `dgm train` for 7 steps, then `dgm train resume=<run> trainer.max_steps=15`."""
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ CASES = {
     "vq_vae": ["model=vq_vae", "dataset=npz", "model.hidden_channels=8", "model.num_codes=8", "model.code_dim=4",
                "model.prior_start=9", "model.prior_channels=4", "model.prior_blocks=1", "model.prior_head_channels=8",
                "data.val_size=30"],
+    # minibatch OT pairs: the noise, its pairing and t come from the per-step seeded RNG alone
+    "flow_matching": ["model=flow_matching", "dataset=moons", "model.path=ot", "model.hidden=16", "model.depth=2",
+                      "model.sample_steps=4", *TOY],
     "draw": ["model=draw", "dataset=npz", "model.steps=3", "model.hidden=16", "model.latent_dim=4", "data.val_size=30"],
 }
 
