@@ -347,10 +347,10 @@ def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
     assert feats.cache_dir() == tmp_path / "feature_nets"
 
 
-def test_unlabelled_data_is_a_user_error(tmp_path):
-    x, _ = _tiny_data()
+def test_a_classifier_on_unlabelled_data_is_a_user_error(tmp_path):
+    x, _ = _tiny_data()  # features=auto takes the label-free autoencoder there (test_feature_networks.py)
     with pytest.raises(UserError, match="labels"):
-        feats.get_feature_network("image_folder", x, None, x, None, "cpu", epochs=1, cache=tmp_path)
+        feats.get_feature_network("image_folder", x, None, x, None, "cpu", epochs=1, cache=tmp_path, kind="classifier")
 
 
 def test_cifar10_uses_local_inception_weights_only(tmp_path, monkeypatch):

@@ -60,7 +60,10 @@ def headline(report: dict) -> str:
     if sq:
         shown = {k: sq[k] for k in ("fid", "kid_mean", "precision", "recall", "inception_score_mean",
                                     "modes_covered", "high_quality_share", "parzen_log_likelihood") if k in sq}
-        lines.append(", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" [{sq.get('samples', '')}]")
+        lines.append(", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" [{sq.get('samples', '')}]"
+                     + (f" [features: {sq['feature_network']}]" if sq.get("feature_network") else ""))
+        if sq.get("feature_network_warning"):
+            lines.append("WARNING: " + sq["feature_network_warning"])
     return "\n".join(lines)
 
 

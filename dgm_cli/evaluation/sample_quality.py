@@ -219,7 +219,11 @@ def evaluate_samples(generated: Tensor, reference: Tensor, reference_split: str,
         if net is None:
             raise UserError(f"metrics {', '.join(metrics)} need a feature network; only parzen works without one.")
         out["feature_network"] = net.description
+        out["feature_network_kind"] = net.kind
         out["feature_network_test_accuracy"] = net.test_accuracy
+        out["feature_network_quality"] = net.quality  # held-out: a classifier's accuracy, an autoencoder's R^2
+        if net.warning:
+            out["feature_network_warning"] = net.warning
         f_gen = net.features(gen)
         f_ref = net.features(ref) if any(m in metrics for m in ("fid", "kid", "pr")) else None
     if "fid" in metrics:

@@ -72,7 +72,8 @@ def sample_quality_report(model, dataset: pipeline.Dataset, train_cfg, cfg, metr
                         "logged during training.")
     if dataset.domains:
         return translation_quality_report(model, dataset, cfg, metrics, device)
-    net = feature_network(train_cfg.data.name, dataset, metrics, device)
+    net = feature_network(train_cfg.data.name, dataset, metrics, device, cfg.get("features", "auto"))
+    metrics = without_inception_score(metrics, net, cfg)
     rep = model.data.representation
     log.info("drawing %d samples", cfg.num_samples)
     generated, how = draw_samples(model, cfg.num_samples)
@@ -83,14 +84,25 @@ def sample_quality_report(model, dataset: pipeline.Dataset, train_cfg, cfg, metr
     return out
 
 
-def feature_network(name: str, dataset: pipeline.Dataset, metrics: list[str], device):
-    """The feature network of ``dataset`` (named ``name``) when a metric needs one (all but Parzen)."""
+def feature_network(name: str, dataset: pipeline.Dataset, metrics: list[str], device, kind: str = "auto"):
+    """The feature network ``kind`` (``dgm eval features=``: auto, classifier, autoencoder, inception) of
+    ``dataset`` (named ``name``) when a metric needs one (all but Parzen); a weak one is warned about."""
     if not any(m != "parzen" for m in metrics):
         return None
-    if dataset.train[1] is None:
-        raise UserError("FID/KID/PR/IS need a feature network, which dgm trains on the dataset's labels; "
-                        "this dataset has none. metrics=[parzen] works without labels.")
-    return get_feature_network(name, dataset.train[0], dataset.train[1], dataset.test[0], dataset.test[1], device)
+    net = get_feature_network(name, dataset.train[0], dataset.train[1], dataset.test[0], dataset.test[1], device,
+                              kind=kind)
+    if net.warning:
+        log.warning("%s", net.warning)
+    return net
+
+
+def without_inception_score(metrics: list[str], net, cfg) -> list[str]:
+    """The model's default metrics less IS where the feature network has no class probabilities (the
+    label-free autoencoder); asked for by name, IS is refused (``FeatureNetwork.logits_from_features``)."""
+    if net is not None and net.head is None and cfg.get("metrics") is None and "is" in metrics:
+        log.info("no Inception score: the %s has no class probabilities", net.description)
+        return [m for m in metrics if m != "is"]
+    return metrics
 
 
 def score_against(generated: torch.Tensor, dataset: pipeline.Dataset, rep: str, net, metrics: list[str], cfg) -> dict:
@@ -106,7 +118,8 @@ def translation_quality_report(model, dataset: pipeline.Dataset, cfg, metrics: l
     ``cfg.split`` images, G(a), scored against domain B's ``cfg.split`` on domain B's feature network (the one
     a model trained on B alone is scored with); the floor is B's split against as many B training images."""
     (name_a, name_b), (a, b) = dataset.domain_names, dataset.domains
-    net = feature_network(pipeline.domain_b_config_name(name_b), b, metrics, device)
+    net = feature_network(pipeline.domain_b_config_name(name_b), b, metrics, device, cfg.get("features", "auto"))
+    metrics = without_inception_score(metrics, net, cfg)
     rep = model.data.representation
     source = pipeline.fixed(getattr(a, cfg.split)[0][: cfg.num_samples], rep)
     log.info("translating %d images", len(source))

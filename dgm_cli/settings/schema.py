@@ -132,6 +132,7 @@ class EvalConfig:
     limit: Optional[int] = None  # evaluate on the first n examples only
     batch_size: int = 0  # examples per batch; 0: 100 for estimated likelihoods, else trainer.eval_batch_size
     num_samples: int = 10000  # generated samples for sample-quality metrics
+    features: str = "auto"  # the network FID/KID/PR/IS look through: auto (classifier with labels, else autoencoder) | classifier (trained on the labels) | autoencoder (no labels needed) | inception (the standard FID network, weights from $DGM_FID_INCEPTION_WEIGHTS or $DGM_CACHE)
     out: Optional[str] = None  # a .json file for the report; default: a record beside the checkpoint (checkpoints/evals/), eval.json the most thorough
     data_root: Optional[str] = None  # where the data is, if not where the checkpoint's run found it
     data: EvalDataConfig = field(default_factory=EvalDataConfig)  # the run's own data moved (data.path=), or other data on purpose (dataset=)

@@ -195,6 +195,7 @@ def validate_eval(cfg: DictConfig) -> None:
     check_out(cfg, "eval", "file", ".json")
     non_negative(cfg, "batch_size")
     positive(cfg, "num_samples")
+    one_of(cfg, "features", ("auto", "classifier", "autoencoder", "inception"))  # evaluation/features.FEATURE_KINDS
     positive(cfg, "progress_every")
     check(cfg, "limit", lambda v: v is None or v > 0, "null or > 0")
     check_device(cfg, "device")
