@@ -84,7 +84,7 @@ SEQUENCE_FORMAT = (
     "an .npz of numbers in one of two layouts: 'values' (all sequences one after another, shape (sum of "
     "lengths, D) or (sum of lengths,) for D = 1) with 'lengths' (N positive integers), or one array per "
     "sequence, shape (T_i, D) or (T_i,), under any names (read in the file's order); every sequence has the "
-    "same D, at least one step, and finite values (see docs/data.md)")
+    "same D, at least one step, and finite values (see docs/own_data.md)")
 #: the fewest sequences a file may hold: one each for train, valid and test
 MIN_SEQUENCES = 3
 
