@@ -13,7 +13,7 @@ from dgm_cli.evaluation import sample_quality as Q
 from dgm_cli.evaluation import samples
 
 
-def blobs(n: int, size: int = 10, seed: int = 0) -> torch.Tensor:
+def blobs(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
     """Unlabelled uint8 images (n, 1, size, size): a bright Gaussian blob at a random place and width."""
     g = torch.Generator().manual_seed(seed)
     grid = torch.arange(size).float()
@@ -25,17 +25,17 @@ def blobs(n: int, size: int = 10, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture
 def short_training(monkeypatch):
-    monkeypatch.setattr(feats, "AUTOENCODER_MIN_STEPS", 100)  # a few seconds on one core for 10x10 images
+    monkeypatch.setattr(feats, "AUTOENCODER_MIN_STEPS", 60)  # a few seconds on one core for 8x8 images
 
 
 def test_the_label_free_network_puts_data_near_itself_and_far_from_noise(tmp_path, short_training):
-    train, test = blobs(512), blobs(400, seed=1)
+    train, test = blobs(256), blobs(400, seed=1)
     net = feats.get_feature_network("blobs", train, None, test, None, "cpu", epochs=1, cache=tmp_path)
     assert net.kind == "autoencoder" and net.head is None  # no labels: the autoencoder, chosen by itself
     r2 = net.quality["reconstructed_variance"]
     assert 0.7 < r2 <= 1 and f"{100 * r2:.1f}%" in net.description and net.warning is None
     half_a, half_b = net.features(test[:200]), net.features(test[200:])
-    noise = net.features(torch.randint(0, 256, (200, 1, 10, 10), generator=torch.Generator().manual_seed(2),
+    noise = net.features(torch.randint(0, 256, (200, 1, 8, 8), generator=torch.Generator().manual_seed(2),
                                        dtype=torch.uint8))
     assert Q.fid(half_a, half_a) == pytest.approx(0, abs=1e-6)
     same, far = Q.fid(half_a, half_b), Q.fid(half_a, noise)
@@ -122,3 +122,14 @@ def test_inception_fid_equals_torch_fidelitys_on_the_same_images(tmp_path, monke
         feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights),
         save_cpu_ram=True)["frechet_inception_distance"]
     assert 0 < ours == pytest.approx(theirs, rel=1e-3)
+
+
+def test_numbers_from_two_feature_networks_never_share_a_report_table():
+    from dgm_cli.commands.report import protocol_of
+
+    protocol = {"dataset": "image_folder", "split": "test", "num_examples": 30, "representation": "8bit"}
+    through = lambda net: {"protocol": protocol, "sample_quality": {"num_generated": 100, "feature_network": net}}  # noqa: E731
+    classifier, autoencoder = "dgm pics classifier (128-d features), 91.0% test accuracy", "dgm pics autoencoder (...)"
+    assert protocol_of(through(classifier)) != protocol_of(through(autoencoder))
+    assert protocol_of(through(classifier)) == protocol_of(through(classifier))
+
