@@ -16,6 +16,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "dgm_cli" / "configs"
 MODEL_NAMES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 IMAGE_SHAPE = {"mnist": (1, 28, 28), "binarized_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+SEQUENCE_SHAPE = {"bach_chorales": (8, 88)}  # (steps, keys) of a piano roll
 
 
 def test_every_registered_model_has_a_config_and_back():
@@ -41,6 +42,8 @@ def test_experiment_presets_compose_and_build(name):
     validate_train(cfg)
     if cfg.data.name in IMAGE_SHAPE:
         spec = DataSpec(IMAGE_SHAPE[cfg.data.name], cfg.data.representation or cfg.model.representation, 10, cfg.data.name)
+    elif cfg.data.name in SEQUENCE_SHAPE:
+        spec = DataSpec(SEQUENCE_SHAPE[cfg.data.name], "binary", 0, cfg.data.name)
     else:
         spec = DataSpec((2,), "continuous", 0, cfg.data.name)
     build_model(cfg.model, cfg.objective, spec)
