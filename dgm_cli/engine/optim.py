@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Iterable
 
 import torch
 from omegaconf import ListConfig
 
 from ..errors import UserError
+from .schedules import lr_lambda
 
 
 def optimizer_class(cfg) -> type:
@@ -52,39 +52,6 @@ def optimizer_factory(cfg):
         return cls(params, **{**base, **overrides})
 
     return build
-
-
-def burda2015_stage(epoch: int) -> int:
-    """Stage i of Burda et al. 2015's schedule: 3^i epochs at lr 1e-3 * 10^(-i/7), i = 0..7
-    (3280 epochs in all); stage i starts at epoch (3^i - 1) / 2."""
-    i = 0
-    while i < 7 and epoch >= (3 ** (i + 1) - 1) // 2:
-        i += 1
-    return i
-
-
-def lr_lambda(cfg, total_steps: int, base_lr: float, steps_per_epoch: int = 1):
-    """Multiplier of the base learning rate at each optimizer step: linear warm-up, then the schedule
-    (cosine decays to ``min_lr``; step and exponential multiply by ``gamma`` every ``step_size`` steps;
-    burda2015 is the stagewise schedule of Burda et al. 2015, Sec. 5)."""
-    warm, floor = cfg.warmup_steps, (cfg.min_lr / base_lr if base_lr > 0 else 0.0)
-
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        t = step - warm
-        if cfg.name == "cosine":
-            progress = min(1.0, t / max(1, total_steps - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        if cfg.name == "step":
-            return cfg.gamma ** (t // cfg.step_size)
-        if cfg.name == "exponential":
-            return cfg.gamma ** (t / cfg.step_size)
-        if cfg.name == "burda2015":
-            return 10 ** (-burda2015_stage(t // steps_per_epoch) / 7)
-        return 1.0
-
-    return factor
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int = 1):

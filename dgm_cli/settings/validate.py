@@ -7,10 +7,11 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig
 
+from ..engine.schedules import SCHEDULES
 from ..errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SCHEDULERS = ("cosine", "step", "exponential", "constant", "burda2015")
+SCHEDULERS = tuple(SCHEDULES)  # engine/schedules.py: the one table of schedules
 REPRESENTATIONS = ("binary", "8bit", "dequantized", "continuous")
 BINARIZE = ("dynamic", "static")
 SPLITS = ("train", "val", "test")
