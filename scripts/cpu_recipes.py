@@ -1,7 +1,8 @@
 """Run the CPU recipes (`configs/experiment/*_cpu.yaml`) one after another and write the results page's tables.
 
 Each recipe is a complete experiment for a 2-core CPU: `dgm train experiment=<name>`, then `dgm eval` with
-the settings on the recipe's `# dgm eval:` line, then `dgm sample` for a grid to look at. The recipe file
+the settings on the recipe's `# dgm eval:` line, then `dgm sample` for a grid to look at. Both read best.pt
+(the lowest validation loss: early stopping, as the papers select) where the run validated, else last.pt. The recipe file
 is the one place that holds both. Afterwards `dgm report` writes one table per evaluation protocol and the
 learning curves (`curves=val/loss x=wall_time`), and this script writes `recipes.md`: each recipe's
 commands, wall times (training, evaluation), its headline number, and the machine.
@@ -62,10 +63,13 @@ def run_recipe(name: str, out: Path) -> dict:
         return json.loads(timings.read_text())
     log = out / f"{name}.log"
     train = ["train", f"experiment={name}", f"hydra.run.dir={run}"]
-    evaluate = ["eval", f"checkpoint={run}", *settings(name, EVAL_LINE)]
-    sample = ["sample", f"checkpoint={run}", f"out={run / 'samples.png'}", *settings(name, SAMPLE_LINE)]
-    record = {"recipe": name, "train": train, "eval": evaluate, "sample": sample,
-              "train_s": dgm(train, log), "eval_s": dgm(evaluate, log), "sample_s": dgm(sample, log)}
+    record = {"recipe": name, "train": train, "train_s": dgm(train, log)}
+    best = run / "checkpoints" / "best.pt"
+    checkpoint = best if best.exists() else run / "checkpoints" / "last.pt"
+    record["eval"] = ["eval", f"checkpoint={checkpoint}", *settings(name, EVAL_LINE)]
+    record["eval_s"] = dgm(record["eval"], log)
+    record["sample"] = ["sample", f"checkpoint={checkpoint}", f"out={run / 'samples.png'}", *settings(name, SAMPLE_LINE)]
+    record["sample_s"] = dgm(record["sample"], log)
     timings.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
