@@ -83,3 +83,14 @@ def test_the_suffix_of_out_decides_the_format(tmp_path):
         images.save_image(image, tmp_path / name)
         with Image.open(tmp_path / name) as written:
             assert written.format == fmt, name
+
+
+def test_a_reconstruction_grid_alternates_rows_of_inputs_and_their_reconstructions():
+    from dgm_cli.models.base import alternating_rows
+
+    x = torch.arange(20.0).view(20, 1, 1, 1)
+    grid = alternating_rows(x, lambda v: -v)  # 16 of the 20 fill two rows of 8
+    assert grid.shape == (4, 8, 1, 1, 1)
+    assert torch.equal(grid[0].flatten(), torch.arange(8.0)) and torch.equal(grid[1], -grid[0])
+    assert torch.equal(grid[2].flatten(), torch.arange(8.0, 16.0)) and torch.equal(grid[3], -grid[2])
+    assert alternating_rows(x[:3], lambda v: v + 1).shape == (2, 3, 1, 1, 1)  # fewer than 8: one row

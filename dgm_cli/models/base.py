@@ -40,6 +40,16 @@ PhaseLoss = tuple[Tensor, Metrics]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
+def alternating_rows(x: Tensor, reconstruct: Callable[[Tensor], Tensor], cols: int = 8) -> Tensor:
+    """A reconstruction grid: rows alternate, up to ``cols`` inputs then their reconstructions (as many
+    whole rows as ``x`` fills; all of ``x`` in one row if it holds fewer than ``cols``)."""
+    n = (x.shape[0] // cols) * cols or x.shape[0]
+    x = x[:n]
+    rec = reconstruct(x).view_as(x)
+    cols = min(cols, n)
+    return torch.stack([x.view(-1, cols, *x.shape[1:]), rec.view(-1, cols, *x.shape[1:])], 1).flatten(0, 1)
+
+
 class GenerativeModel(nn.Module):
     #: family name: "vae", "autoregressive", "flow", "gan", "energy".
     family: ClassVar[str] = ""

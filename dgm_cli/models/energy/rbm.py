@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ..base import Metrics, PhaseLoss
+from ..base import Metrics, PhaseLoss, alternating_rows
 from ..registry import register
 from . import ais
 from .base import BoltzmannMachine, filter_images, flat
@@ -213,11 +213,7 @@ class RBM(BoltzmannMachine):
     @torch.no_grad()
     def sample_reconstruct(self, x: Tensor, y: Optional[Tensor] = None, **_) -> Tensor:
         """Rows alternate: 8 inputs, then their mean-field reconstructions p(v | h = p(h|v))."""
-        n = (x.shape[0] // 8) * 8 or x.shape[0]
-        x = x[:n]
-        rec = self.visible_mean(self.hidden_probs(flat(x))).view_as(x)
-        cols = min(8, n)
-        return torch.stack([x.view(-1, cols, *x.shape[1:]), rec.view(-1, cols, *x.shape[1:])], 1).flatten(0, 1)
+        return alternating_rows(x, lambda x: self.visible_mean(self.hidden_probs(flat(x))))
 
     @torch.no_grad()
     def images(self, n: int) -> dict[str, Tensor]:

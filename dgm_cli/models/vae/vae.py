@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
-from ..base import DataSpec, Metrics
+from ..base import DataSpec, Metrics, alternating_rows
 from ..nn import distributions as D
 from ..registry import register
 from ..nn import decoder_ais
@@ -283,11 +283,7 @@ class VAE(LatentVariableModel):
     @torch.no_grad()
     def sample_reconstruct(self, x: Tensor, y: Optional[Tensor] = None, **_) -> Tensor:
         """Rows alternate: 8 inputs, then their reconstructions (decoder means at the posterior means)."""
-        n = (x.shape[0] // 8) * 8 or x.shape[0]
-        x = x[:n]
-        rec = self.decode_mean(self.encoder(x)[0])
-        cols = min(8, n)
-        return torch.stack([x.view(-1, cols, *x.shape[1:]), rec.view(-1, cols, *x.shape[1:])], 1).flatten(0, 1)
+        return alternating_rows(x, lambda x: self.decode_mean(self.encoder(x)[0]))
 
     @torch.no_grad()
     def sample_interpolate(self, x: Tensor, y: Optional[Tensor] = None, steps: int = 10, **_) -> Tensor:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ...errors import UserError
 from ..autoregressive.pixelcnn import MaskedResidualBlock
 from ..autoregressive.pixelcnn import output_layers
-from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
+from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss, alternating_rows
 from ..nn import distributions as D
 from ..nn.masked_conv import MaskedConv2d
 from ..registry import register
@@ -293,8 +293,4 @@ class VQVAE(GenerativeModel):
     @torch.no_grad()
     def sample_reconstruct(self, x: Tensor, y: Optional[Tensor] = None, **_) -> Tensor:
         """Rows alternate: up to 8 inputs, then their reconstructions (decoder means at z_q(x))."""
-        n = (x.shape[0] // 8) * 8 or x.shape[0]
-        x = x[:n]
-        rec = self.decode_mean(self.embed(self.codes(x)))
-        cols = min(8, n)
-        return torch.stack([x.view(-1, cols, *x.shape[1:]), rec.view(-1, cols, *x.shape[1:])], 1).flatten(0, 1)
+        return alternating_rows(x, lambda x: self.decode_mean(self.embed(self.codes(x))))
