@@ -129,6 +129,7 @@ def test_a_midi_folder_trains_evaluates_and_samples_back_to_midi(dgm, tmp_path, 
     dgm("eval", f"checkpoint={run}", "estimator.k=4")
     report = json.loads((run / "checkpoints" / "eval.json").read_text())
     assert report["protocol"]["representation"] == "binary"  # piano rolls are never called continuous
+    assert report["protocol"]["data"]["path"] == str((tmp_path / "songs").resolve())  # report tables name the folder
     assert report["likelihood"]["bound_terms"]["nll_nats_per_step"] > 0
     dgm("sample", f"checkpoint={run}", "num_samples=2", "length=12", f"out={tmp_path / 'x.mid'}")
     back = music.read_midi(tmp_path / "x.mid")

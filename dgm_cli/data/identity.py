@@ -91,7 +91,7 @@ def summary(ident: dict, source: dict, binarize: str = "", asked: Optional[str] 
         what += f"; domain B: {ident['domain_b']}"
     rep = ident["representation"]
     how = f"representation {rep}"
-    if rep == "binary":
+    if rep == "binary" and ident["dtype"] == "uint8":  # sequences of 0/1 values are used as they are
         how += f" ({binarize} binarization: {'a fresh Bernoulli draw of the intensities per batch' if binarize == 'dynamic' else 'one fixed Bernoulli draw'})"
     if asked and asked != rep:
         how += (f", not the model's default {asked}: these are not black-and-white images, and binarizing them would "

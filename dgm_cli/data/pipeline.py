@@ -35,6 +35,8 @@ SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
 DOMAIN_B_SEED = 1_000_003  # offsets the seed of domain B's permutations from domain A's
 NOISE_STREAM = 7  # sets the data noise's seeds apart from the permutations'
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "image_folder", "npz")
+#: drawn by code with fixed seeds rather than read from files
+GENERATED = tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES)
 DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES) + sequences.PIANO_ROLLS + (
     sequences.OWN_SEQUENCES,)
 
@@ -145,7 +147,7 @@ def load_one(cfg) -> Dataset:
                   else music.load_midi_folder(cfg.path, cfg.steps_per_quarter) if name == "midi_folder"
                   else sequences.load_own_sequences(cfg.path) if name == sequences.OWN_SEQUENCES
                   else sequences.load_polyphonic(name, cfg.root, cfg.path))
-        return piano_roll_dataset(name, splits, cfg.val_size)
+        return piano_roll_dataset(name, splits, cfg.val_size, sequences.source_of(name, cfg.path))
     elif name in ("image_folder", "npz"):
         reader = files.load_image_folder if name == "image_folder" else files.load_npz
         x, y, source = reader(cfg.path, cfg.image_size, cfg.channels)
@@ -164,7 +166,8 @@ def load_one(cfg) -> Dataset:
     return Dataset(train=train, val=val, test=test, num_classes=num_classes, source=source)
 
 
-def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Optional[int]) -> Dataset:
+def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Optional[int],
+                       source: Optional[dict] = None) -> Dataset:
     """Rolls (or any sequences) padded with NaN (data/sequences.py) per split. The pieces' own valid split
     validates (data.val_size=null), or joins the training split (data.val_size=0)."""
     if val_size not in (None, 0):
@@ -178,7 +181,7 @@ def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Opt
         return (sequences.pad(rolls) if rolls else torch.zeros(0, 1, width)), None
 
     return Dataset(train=padded(train), val=padded([] if val_size == 0 else splits["valid"]),
-                   test=padded(splits["test"]), num_classes=0)
+                   test=padded(splits["test"]), num_classes=0, source=source or {})
 
 
 def is_binary(x: Tensor) -> bool:

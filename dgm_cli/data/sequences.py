@@ -136,6 +136,15 @@ def read_sequences(path: str | Path) -> list[Tensor]:
     return seqs
 
 
+def source_of(name: str, path: Optional[str]) -> dict:
+    """What a sequence dataset read from a user's folder or file records of it (data/identity.py): the
+    resolved path, and a file's size; {} for the others."""
+    if name not in ("midi_folder", OWN_SEQUENCES) or not path:
+        return {}
+    resolved = Path(path).expanduser().resolve()
+    return {"path": str(resolved), **({"bytes": resolved.stat().st_size} if resolved.is_file() else {})}
+
+
 def load_own_sequences(path: Optional[str]) -> dict[str, list[Tensor]]:
     """``dataset=sequences data.path=<file.npz>``: {"train"|"valid"|"test": sequences}, split by sequence
     with a fixed seed."""
