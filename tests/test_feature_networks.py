@@ -133,3 +133,14 @@ def test_numbers_from_two_feature_networks_never_share_a_report_table():
     assert protocol_of(through(classifier)) != protocol_of(through(autoencoder))
     assert protocol_of(through(classifier)) == protocol_of(through(classifier))
 
+
+
+def test_an_evaluation_through_another_network_is_a_record_of_its_own():
+    from dgm_cli.commands.evaluate import record_name
+
+    def report(kind):
+        return {"train_step": 5, "protocol": {"split": "test", "num_examples": 30},
+                "sample_quality": {"num_generated": 100, "fid": 1.0, "feature_network_kind": kind}}
+
+    names = {record_name(report(kind)) for kind in ("classifier", "autoencoder", "inception")}
+    assert len(names) == 3  # features=inception never replaces the classifier's record

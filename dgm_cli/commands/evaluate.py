@@ -115,7 +115,9 @@ def record_name(report: dict) -> str:
         parts.append("nll" + (f"_{_settings_slug(lik.get('estimator_settings') or {})}" if lik.get("estimator_settings") else ""))
     if sq:
         metrics = sorted({k.split("_")[0] for k in sq if k in SAMPLE_METRIC_KEYS or k.startswith("parzen_")})
-        parts.append("-".join(metrics) + f"_n{sq.get('num_generated', '')}")
+        # another feature network than the classifier (features=autoencoder|inception): a record of its own
+        kind = "" if sq.get("feature_network_kind") in (None, "classifier") else f"_{sq['feature_network_kind']}"
+        parts.append("-".join(metrics) + f"_n{sq.get('num_generated', '')}{kind}")
     return "_".join(parts)
 
 
