@@ -198,3 +198,14 @@ def test_a_model_is_scored_on_other_data_of_its_shape_only_and_on_purpose(toy_ru
     assert json.loads((run / "checkpoints" / "eval.json").read_text())["trained_on"]["dataset"] == "moons"
     refused(dgm("eval", f"checkpoint={run}", "dataset=linear_gaussian", "limit=20", check=False),
             "dataset=linear_gaussian holds examples of shape 20x2", "trained on 2 (moons)")
+
+
+def test_a_generated_toy_split_that_differs_is_scored_with_a_warning_not_refused(toy_run, tmp_path, dgm):
+    run = copy_run(toy_run, tmp_path)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["data"]["fingerprints"]["test"] = "0" * 16  # as drawn by another machine's vector maths
+    torch.save(state, run / "checkpoints" / "last.pt")
+    result = dgm("eval", f"checkpoint={run}", "limit=20", "estimator.k=2")
+    said = result.stdout + result.stderr
+    assert "drawn by dgm's code" in said and "0000000000000000" in said, said
+    assert protocol(run)["data"]["own"] is True
