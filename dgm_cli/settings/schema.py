@@ -12,13 +12,13 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from .validate import COMPILE, DEVICE, NON_NEGATIVE, POSITIVE, checked, choice
+from .rules import COMPILE, DEVICE, NON_NEGATIVE, POSITIVE, checked, choice
 
 
 @dataclass
 class TrainerConfig:
     """A trainer key is one line here: its type, its default with the rule its value must meet
-    (``checked``: validate.py refuses other values before anything runs), and its meaning (the
+    (``checked``, rules.py: validate.py refuses other values before anything runs), and its meaning (the
     comment, which `dgm train --help` prints)."""
 
     max_epochs: int = checked(10, NON_NEGATIVE)  # passes over the training split

@@ -1,60 +1,20 @@
 """Value checks that types alone cannot express, run before anything is written."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 from omegaconf import DictConfig
 
 from ..engine.schedules import SCHEDULES
 from ..errors import UserError
+from .rules import DEVICE, NON_NEGATIVE, POSITIVE, check, check_declared, choice
+from .schema import DataConfig, TrainerConfig
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULERS = tuple(SCHEDULES)  # engine/schedules.py: the one table of schedules
 REPRESENTATIONS = ("binary", "8bit", "dequantized", "continuous")
 BINARIZE = ("dynamic", "static")
 SPLITS = ("train", "val", "test")
-
-
-def _get(cfg: DictConfig, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-#: a rule on a key's value: (ok(value), what the value must be), for the message that refuses it
-Rule = tuple[Callable[[Any], bool], str]
-POSITIVE: Rule = (lambda v: v > 0, "> 0")
-NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
-DEVICE: Rule = (lambda v: v in DEVICES or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()),
-                "one of auto, cpu, cuda, cuda:N, mps")
-COMPILE: Rule = (lambda v: v is True or v is False or v == "auto", "true, false or auto")
-
-
-def choice(choices: Iterable[str]) -> Rule:
-    choices = tuple(choices)
-    return (lambda v: v in choices, "one of " + ", ".join(choices))
-
-
-def checked(default: Any, rule: Rule) -> Any:
-    """A schema field declared with its rule, so a key's type, default, check and meaning (its
-    comment) sit on one line; ``check_declared`` applies the rules."""
-    return dataclasses.field(default=default, metadata={"rule": rule})
-
-
-def check_declared(cfg: DictConfig, section: str, schema: type) -> None:
-    """Apply the rule of every field of dataclass ``schema`` that declares one to ``cfg.<section>``."""
-    for f in dataclasses.fields(schema):
-        if "rule" in f.metadata:
-            check(cfg, f"{section}.{f.name}", *f.metadata["rule"])
-
-
-def check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
-    value = _get(cfg, key)
-    if not ok(value):
-        raise UserError(f"{key}={value!r} is not allowed: {key} must be {allowed}.")
 
 
 def one_of(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
@@ -74,8 +34,6 @@ def non_negative(cfg: DictConfig, key: str) -> None:
 
 
 def validate_train(cfg: DictConfig) -> None:
-    from .schema import DataConfig, TrainerConfig
-
     check_declared(cfg, "trainer", TrainerConfig)
     check_declared(cfg, "data", DataConfig)
     from ..engine.optim import check_optimizer  # (torch: imported only when a run is checked)
