@@ -4,7 +4,7 @@ From Python: ``dgm_cli.train([...]) -> Run``, ``dgm_cli.load(path) -> Run``, ``d
 ``dgm_cli.sample(...)`` (dgm_cli/api.py; docs/python_api.md). They are imported on first use, so the
 command line starts without them."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 _API = ("load", "train", "evaluate", "sample", "Run", "LogLikelihood", "CommandFailed")
 

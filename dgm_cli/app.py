@@ -34,12 +34,10 @@ HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml
 
 def check(command: str, cfg: DictConfig) -> None:
     """Refuse a config that lacks a mandatory key or has a value the command cannot use."""
-    from .settings.docs import known_keys
-
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     missing = sorted(OmegaConf.missing_keys(task))
     if missing:
-        meaning = known_keys(command)
+        meaning = docs.known_keys(command)
         raise UserError("; ".join(f"{k}= must be given: {meaning.get(k) or 'it has no default'}" for k in missing)
                         + f". `dgm {command} --help` lists the keys.")
     VALIDATORS.get(command, lambda cfg: None)(cfg)

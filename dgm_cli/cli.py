@@ -18,12 +18,12 @@ import sys
 import threading
 import time
 
-COMMANDS = {
-    "train": ("dgm_cli.commands.train", "train a model (Hydra overrides: model=vae dataset=mnist ...)"),
-    "sample": ("dgm_cli.commands.sample", "write samples from a checkpoint (checkpoint=... num_samples=64)"),
-    "eval": ("dgm_cli.commands.evaluate", "test log-likelihood and sample-quality metrics (checkpoint=...)"),
-    "report": ("dgm_cli.commands.report", "one table of runs and sweeps, as text, CSV, Markdown and plots (<run folders>)"),
-}
+from .commands import COMMANDS
+from .errors import UserError
+from .version import __version__
+
+# settings.docs and settings.schema (and with them Hydra, about 0.1 s) are imported inside the functions
+# that use them, so that `dgm --help` and `dgm --version` start without them
 
 USAGE = "usage: dgm {train,sample,eval,report} [overrides ...] [--help] [-m]\n\ncommands:\n" + "".join(
     f"  {name:<8}{doc}\n" for name, (_, doc) in COMMANDS.items()
@@ -116,18 +116,16 @@ def condense(command: str, text: str, args: tuple[str, ...] = ()) -> str:
             out.append(ln)
     # Hydra's advice to append the key with + would only make dgm ignore it: say which keys exist instead
     msg = re.sub(r" ?To append to your config use \+\S+", "", " ".join(out))
+    from .settings import docs
+
     if options:
         msg += " " + ", ".join(options) + "."
         missing = re.search(r"Could not find '[\w/]+/([^'/]+)'", msg)
         if missing:  # a mistyped choice of a group (model=vea): the closest choices, as for keys
-            from .settings import docs
-
             msg += docs.suggest(missing.group(1), options)
     if full_key:
         msg += f" (key: {full_key})." + _schema_keys(full_key, args)
     unknown = re.search(r"Could not override '([^']+)'", msg)
-    from .settings import docs
-
     if unknown and command in docs.SCHEMAS:
         model = next((a.split("=", 1)[1] for a in args if a.startswith("model=")), None)
         msg += docs.suggest(unknown.group(1), docs.known_keys(command, model=model))
@@ -269,8 +267,7 @@ def _resume_folder(command: str, args: list[str]) -> list[str]:
     if command != "train" or not value or any(a in ("-m", "--multirun") or a.startswith("hydra.run.dir=")
                                              for a in args):
         return []
-    from .engine.checkpoint import resolve
-    from .errors import UserError
+    from .engine.checkpoint import resolve  # (torch: imported only for a resume)
 
     try:
         run = resolve(value).absolute().parent.parent  # the folder `dgm train` continues (train.run)
@@ -294,8 +291,6 @@ def hydra_overrides(command: str, args: list[str]) -> list[str]:
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as installed
-
-    from . import __version__
 
     try:
         return installed("dgm")

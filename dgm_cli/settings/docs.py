@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..commands import COMMANDS
 from . import schema
 
 
@@ -159,8 +160,6 @@ def help_text(command: str, cfg: DictConfig) -> str:
     """`dgm <command> --help`: what the command does, its groups (train) and every key it accepts,
     with the value it has with the given overrides and what it means. A Hydra help template: Hydra
     fills in $APP_CONFIG_GROUPS, so a literal dollar is written twice."""
-    from ..cli import COMMANDS
-
     keys = known_keys(command, cfg)
     lines = [f"dgm {command}: {COMMANDS[command][1]}", ""]
     if command == "train":
