@@ -86,15 +86,13 @@ def trajectories(sequences: Tensor, bins: int = 200, extent: float = PLOT_RANGE,
     return histogram(torch.cat([path.reshape(-1, 2), p.reshape(-1, 2)]), bins, extent)
 
 
-def of_samples(samples: Tensor, data, nrow: Optional[int] = None) -> Tensor:
+def of_samples(samples: Tensor, piano_roll: bool = False, nrow: Optional[int] = None) -> Tensor:
     """The picture of a batch of samples: images as a grid, piano rolls as a grid of time x keys pictures
-    (``data``, a DataSpec or a dataset's name, is piano rolls: data.sequences.is_piano_roll), other sequences
-    (N, T, D) as their trajectories, 2-D points as a histogram."""
-    from .data.sequences import is_piano_roll
-
+    (``piano_roll``: the caller knows, from data.sequences.is_piano_roll), other sequences (N, T, D) as their
+    trajectories, 2-D points as a histogram."""
     if samples.dim() in (4, 5):
         return grid(samples, nrow)
-    if is_piano_roll(data):
+    if piano_roll:
         return grid(piano_rolls(samples), nrow or max(1, int(math.ceil(math.sqrt(samples.shape[0] / 2)))))
     if samples.dim() == 3:
         return trajectories(samples)

@@ -164,13 +164,13 @@ def test_piano_rolls_are_drawn_time_by_keys_with_the_highest_key_on_top():
     pictures = images.piano_rolls(rolls)
     assert pictures.shape == (3, 1, 88, 5)
     assert pictures[0, 0, 0, 2] == 1 and pictures[1, 0, 87, 4] == 1 and pictures.sum() == 2
-    grid = images.of_samples(rolls, "bach_chorales")  # wide pictures: two to a row
+    grid = images.of_samples(rolls, S.is_piano_roll("bach_chorales"))  # wide pictures: two to a row
     assert grid.shape == (3, 2 * (88 + 2) + 2, 2 * (5 + 2) + 2)
 
 
 def test_sequence_paths_are_drawn_through_their_steps_and_stop_at_padding():
     path = S.pad([torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.tensor([[0.0, 3.0]])])
-    picture = images.of_samples(path, "linear_gaussian")[0]
+    picture = images.of_samples(path, S.is_piano_roll("linear_gaussian"))[0]
     row = picture[100]  # y = 0 (just above): the first sequence's segment from x = -2 to x = 2
     lit = row.nonzero().flatten()
     assert 45 <= lit.min() <= 55 and 145 <= lit.max() <= 155 and picture[:, :40].sum() == 0

@@ -30,7 +30,7 @@ def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
     if cfg.mode == "sample":
         samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label))
         if model.data.is_image or is_piano_roll(model.data):
-            return images.of_samples(samples, model.data, cfg.nrow)
+            return images.of_samples(samples, is_piano_roll(model.data), cfg.nrow)
         if len(model.data.shape) == 2:  # sequences: the test split's paths beside the samples'
             return images.side_by_side(images.trajectories(dataset.test[0][: cfg.num_samples]), images.trajectories(samples))
         return toy_plot(model, samples, dataset)

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from .. import images
 from ..data import pipeline
+from ..data.sequences import is_piano_roll
 from ..errors import UserError
 from ..models.base import GenerativeModel
 from . import checkpoint, distributed, faults, runtime
@@ -425,7 +426,7 @@ class Trainer:
                 for tag, extra in self.model.images(n).items():  # e.g. an RBM's filters
                     self.logger.image(tag, images.grid(extra), self.step)
             else:
-                self.logger.image("samples", images.of_samples(samples, self.model.data), self.step)
+                self.logger.image("samples", images.of_samples(samples, is_piano_roll(self.model.data)), self.step)
         self.model.train()
         self._last_grid_seconds = time.perf_counter() - start
         self._grid_seconds += self._last_grid_seconds
