@@ -387,6 +387,9 @@ def main() -> None:
     cannot list them and Hydra would ask for ``+estimator.k``: the ``+`` is added here, and the model
     refuses keys it does not take (evaluation/estimators.py)."""
     sys.argv = [("+" + a) if ESTIMATOR_OVERRIDE.match(a) else a for a in sys.argv]
+    # metrics.features=inception (issue 22's name for it) is the features= key: metrics= itself is a list
+    sys.argv = [a.replace("metrics.features=", "features=", 1) if a.startswith("metrics.features=") else a
+                for a in sys.argv]
     # dataset=<name> (other data on purpose) is data.name=: `dataset` is a config group of dgm train
     sys.argv = [("data.name=" + a.split("=", 1)[1]) if a.startswith("dataset=") else a for a in sys.argv]
     app()
