@@ -1,4 +1,5 @@
-"""`model=vae model.stochastic_layers=2` (Burda et al. 2015's two-layer model): its IWAE bound is below
+"""`model=hierarchical_vae`, also `model=vae model.stochastic_layers=2` (Burda et al. 2015's two-layer model): its
+IWAE bound is below
 log p(x) computed by quadrature on a tiny model, rises with k towards it, and equals the ELBO at k=1
 in expectation; the architecture and the refusals."""
 from __future__ import annotations
@@ -11,7 +12,8 @@ import torch
 from conftest import phase_steps
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
-from dgm_cli.models.vae.hierarchical import TwoStochasticLayerVAE
+from dgm_cli.models.registry import build_model
+from dgm_cli.models.vae.hierarchical_vae import HierarchicalVAEConfig, TwoStochasticLayerVAE
 from dgm_cli.models.vae.vae import VAE, VAEConfig
 from test_flows import perturb
 
@@ -22,8 +24,8 @@ TINY_DATA = DataSpec((3,), "binary")
 def tiny_model() -> TwoStochasticLayerVAE:
     """x in {0,1}^3, one unit in each stochastic layer: log p(x) by 2-D quadrature."""
     torch.manual_seed(0)
-    config = VAEConfig(hidden=[4], latent_dim_1=1, hidden_2=[4], latent_dim=1, stochastic_layers=2)
-    return perturb(VAE(config, TINY_DATA, ELBO), std=0.3, seed=1).double().eval()
+    config = HierarchicalVAEConfig(hidden=[4], latent_dim_1=1, hidden_2=[4], latent_dim=1)
+    return perturb(TwoStochasticLayerVAE(config, TINY_DATA, ELBO), std=0.3, seed=1).double().eval()
 
 
 def exact_log_px(model: TwoStochasticLayerVAE, x: torch.Tensor) -> torch.Tensor:
@@ -85,8 +87,9 @@ def test_k_equal_one_is_the_elbo_in_expectation():
 
 def test_burda_architecture_trains_with_elbo_and_iwae_and_samples():
     data = DataSpec((1, 28, 28), "binary")
-    model = VAE(VAEConfig(stochastic_layers=2), data, ELBO)
-    assert isinstance(model, TwoStochasticLayerVAE)
+    model = build_model({"name": "vae", "stochastic_layers": 2}, ELBO, data)  # model=vae model.stochastic_layers=2
+    assert type(model) is TwoStochasticLayerVAE and type(build_model({"name": "hierarchical_vae"}, ELBO, data)) is TwoStochasticLayerVAE
+    assert type(build_model({"name": "vae"}, ELBO, data)) is VAE
     linear = lambda m: [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, torch.nn.Linear)]  # noqa: E731
     assert linear(model.encoder) == [(784, 200), (200, 200), (200, 200)]  # q(h1|x): mean and log-variance of 100
     assert linear(model.encoder_2) == [(100, 100), (100, 100), (100, 100)]  # q(h2|h1): of 50
@@ -94,7 +97,7 @@ def test_burda_architecture_trains_with_elbo_and_iwae_and_samples():
     assert linear(model.decoder) == [(100, 200), (200, 200), (200, 784)]  # p(x|h1)
     x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3))
     for objective in (ELBO, {"name": "iwae", "k": 5}):
-        model = VAE(VAEConfig(stochastic_layers=2), data, objective)
+        model = TwoStochasticLayerVAE(HierarchicalVAEConfig(), data, objective)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _, loss, metrics in phase_steps(model, x):
             opt.zero_grad()
@@ -117,7 +120,11 @@ def test_refusals():
     with pytest.raises(UserError, match="stochastic_layers=3"):
         VAE(VAEConfig(stochastic_layers=3), data, ELBO)
     with pytest.raises(UserError, match="architecture=mlp"):
-        VAE(VAEConfig(stochastic_layers=2, architecture="conv"), data, ELBO)
+        TwoStochasticLayerVAE(HierarchicalVAEConfig(architecture="conv"), data, ELBO)
+    with pytest.raises(UserError, match="model=hierarchical_vae"):  # the one-layer class is asked for two layers
+        VAE(VAEConfig(stochastic_layers=2), data, ELBO)
+    with pytest.raises(UserError, match="stochastic_layers=1"):
+        TwoStochasticLayerVAE(HierarchicalVAEConfig(stochastic_layers=1), data, ELBO)
     from dgm_cli.models.vae.conv_vae import ConvVAE
 
     with pytest.raises(UserError, match="stochastic_layers=2"):

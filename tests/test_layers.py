@@ -1,6 +1,7 @@
 """The package's layers only look down: data and the shared network pieces import nothing above them,
-models import no evaluation or engine code, and no two layers import each other (every import,
-including those inside functions, is read from the source)."""
+models import no evaluation or engine code, and no two layers import each other; and no module of the
+package takes part in an import cycle, however long (every import, including those inside functions,
+is read from the source)."""
 from __future__ import annotations
 
 import ast
@@ -12,9 +13,10 @@ ROOT = Path(dgm_cli.__file__).parent
 # lower number = lower layer; a module may import its own layer or lower ones
 LAYERS = [
     ("dgm_cli.errors", 0), ("dgm_cli.atomic", 0), ("dgm_cli.progress", 0),
+    ("dgm_cli.images", 0),  # pictures of tensors: the caller says what the data is (a piano roll or not)
     ("dgm_cli.data", 1),
     ("dgm_cli.models.nn", 2),
-    ("dgm_cli.models", 3), ("dgm_cli.images", 3),
+    ("dgm_cli.models", 3),
     ("dgm_cli.evaluation", 4), ("dgm_cli.engine", 4),
     ("dgm_cli", 5),  # the command line: cli, app, commands/ (train, sample, evaluate, report), settings/
 ]
@@ -47,13 +49,61 @@ def imports(path: Path) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("dgm_cli"):
-                # `from . import toy` imports a module; `from .pipeline import x`, a name of one
-                found |= {f"{target}.{a.name}" if node.module is None else target for a in node.names}
-    return found
+                # `from . import toy` and `from dgm_cli.data import toy` import a module; `from .pipeline
+                # import x`, a name of one
+                found |= {f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in node.names}
+    return found - {name}
+
+
+MODULES = {module_name(p) for p in ROOT.rglob("*.py")}
 
 
 def graph() -> dict[str, set[str]]:
     return {module_name(p): imports(p) for p in ROOT.rglob("*.py")}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan 1972), each as one cycle
+    through some of its modules, found by a walk from its first module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set(stack[stack.index(v):])
+            del stack[stack.index(v):]
+            if len(component) > 1:
+                found.append(_one_cycle(edges, component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _one_cycle(edges: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest path back to the component's first module: breadth first, within the component."""
+    start = min(component)
+    paths = {start: [start]}
+    queue = [start]
+    for v in queue:
+        for w in sorted(edges.get(v, set()) & component):
+            if w == start:
+                return paths[v] + [start]
+            if w not in paths:
+                paths[w] = paths[v] + [w]
+                queue.append(w)
+    raise AssertionError(component)
 
 
 def test_imports_only_look_down():
@@ -78,3 +128,15 @@ def test_no_import_cycle_between_layers():
                 edges.setdefault(a, set()).add(b)
     cycles = [f"{a} <-> {b}" for a, outs in edges.items() for b in outs if a in edges.get(b, set())]
     assert not cycles, cycles
+
+
+def test_no_import_cycle_between_modules():
+    """No module imports, however indirectly, a module that imports it: not at the top and not inside a
+    function (an import put off into a function only moves the circle to run time)."""
+    found = [" -> ".join(c) for c in cycles(graph())]
+    assert not found, "import cycles:\n" + "\n".join(found)
+
+
+def test_cycles_finds_a_circle_and_only_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []

@@ -78,6 +78,13 @@ class GenerativeModel(nn.Module):
     #: the estimator's settings (``dgm eval estimator.<key>=``), a dataclass; None: it takes none.
     Estimator: ClassVar[Optional[type]] = None
 
+    @classmethod
+    def class_for(cls, config) -> type:
+        """The class that ``config`` (a ``Config``) builds: this one, unless a setting names another
+        registered model (``model=vae model.stochastic_layers=2`` builds ``hierarchical_vae``); asked by
+        ``registry.build_model``."""
+        return cls
+
     def __init__(self, config, data: DataSpec, objective: dict):
         super().__init__()
         if data.representation not in self.representations:

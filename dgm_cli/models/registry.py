@@ -31,7 +31,8 @@ def get_model_class(name: str):
 
 def build_model(model_cfg, objective_cfg, data):
     """Instantiate the model a config names: its keys, minus ``name`` and ``representation``, are
-    merged into the model's ``Config`` dataclass, so unknown keys and wrong types are refused."""
+    merged into the model's ``Config`` dataclass, so unknown keys and wrong types are refused; the class
+    built is the one the named class says that config builds (``class_for``)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -45,4 +46,4 @@ def build_model(model_cfg, objective_cfg, data):
         raise UserError(f"model={model_cfg['name']}: {str(exc).splitlines()[0]} (key model.{getattr(exc, 'full_key', '?')}); "
                         f"the keys of this model are: name, representation, {allowed}.") from None
     config = OmegaConf.to_object(merged)
-    return cls(config, data, as_dict(objective_cfg))
+    return cls.class_for(config)(config, data, as_dict(objective_cfg))

@@ -20,7 +20,7 @@ from torch import Tensor
 from ...errors import UserError
 from ..base import DataSpec, Metrics, alternating_rows
 from ..nn import distributions as D
-from ..registry import register
+from ..registry import get_model_class, register
 from ..nn import decoder_ais
 from .base import IWAEEstimator, LatentVariableModel
 from .importance import importance_log_likelihood
@@ -48,7 +48,7 @@ class VAEConfig:
     latent_dim: int = 50
     activation: str = "tanh"
     likelihood: str = "auto"  # auto (from the data representation) | bernoulli | gaussian | discretized_logistic
-    stochastic_layers: int = 1  # 1, or 2: Burda et al. 2015's two-layer model (hierarchical.py)
+    stochastic_layers: int = 1  # 1, or 2: Burda et al. 2015's two-layer model (model=hierarchical_vae)
     latent_dim_1: int = 100  # stochastic_layers=2: units of h1; latent_dim is then the top layer h2
     hidden_2: list = field(default_factory=lambda: [100, 100])  # stochastic_layers=2: deterministic units between h1 and h2
 
@@ -74,18 +74,19 @@ class VAE(LatentVariableModel):
     Config = VAEConfig
     Estimator = VAEEstimator
 
-    def __new__(cls, config: VAEConfig, *args, **kwargs):
-        """``model.stochastic_layers=2`` builds the two-stochastic-layer model (hierarchical.py)."""
-        if cls is VAE and config.stochastic_layers == 2:
-            from .hierarchical import TwoStochasticLayerVAE
+    stochastic_layers = 1  # the layers of latent variables this class builds (model.stochastic_layers)
 
-            cls = TwoStochasticLayerVAE
-        elif config.stochastic_layers != getattr(cls, "stochastic_layers", 1):
-            raise UserError(f"model.stochastic_layers={config.stochastic_layers} is not allowed for "
-                            f"{cls.__name__}; model=vae takes 1 or 2 (model.architecture=mlp), other VAEs 1.")
-        return super().__new__(cls)
+    @classmethod
+    def class_for(cls, config: VAEConfig) -> type:
+        """``model=vae model.stochastic_layers=2`` builds Burda et al.'s two-layer model, registered as
+        ``hierarchical_vae`` (hierarchical_vae.py)."""
+        return get_model_class("hierarchical_vae") if cls is VAE and config.stochastic_layers == 2 else cls
 
     def __init__(self, config: VAEConfig, data: DataSpec, objective: dict):
+        if config.stochastic_layers != self.stochastic_layers:
+            raise UserError(f"model.stochastic_layers={config.stochastic_layers} is not allowed for model={self.name}: "
+                            f"it has {self.stochastic_layers}. model=vae takes 1 or 2 (2 is model=hierarchical_vae, "
+                            f"model.architecture=mlp), other VAEs 1.")
         super().__init__(config, data, objective)
         lik = DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto" else config.likelihood
         if lik not in LIKELIHOODS or data.representation not in LIKELIHOODS[lik][1]:
@@ -194,7 +195,7 @@ class VAE(LatentVariableModel):
         return importance_log_likelihood(lambda m: self._log_weights(x, mean, log_var, m), k, x.shape[0])
 
     def ais_settings(self, **settings) -> VAEEstimator:
-        if type(self).__name__ == "TwoStochasticLayerVAE":
+        if self.stochastic_layers > 1:
             raise UserError("estimator.ais=true anneals one latent layer; this VAE has two (model.stochastic_layers=2): "
                             "use its IWAE estimate.")
         return VAEEstimator(**settings)

@@ -1,5 +1,5 @@
 """The VAE with two stochastic layers of Burda, Grosse & Salakhutdinov 2015 (Sec. 5, Appendix):
-``model=vae model.stochastic_layers=2``.
+``model=hierarchical_vae``, or ``model=vae model.stochastic_layers=2`` (``VAE.class_for``).
 
     generative:  h2 ~ N(0, I),  h1 ~ N(mu(h2), diag sigma^2(h2)),  x ~ p(x | h1)
     recognition: h1 ~ q(h1 | x),  h2 ~ q(h2 | h1)                      (both diagonal Gaussians)
@@ -17,13 +17,21 @@ in closed form given the sampled h1 -- an unbiased estimate of the KL, so the EL
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from ...errors import UserError
 from ..nn import distributions as D
+from ..registry import register
 from .networks import MLPDecoder, MLPEncoder
-from .vae import VAE
+from .vae import VAE, VAEConfig
+
+
+@dataclass
+class HierarchicalVAEConfig(VAEConfig):
+    stochastic_layers: int = 2  # two: h1 (latent_dim_1 units) below h2 (latent_dim units)
 
 
 def gaussian_log_prob_per_dim(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
@@ -31,9 +39,11 @@ def gaussian_log_prob_per_dim(x: Tensor, mean: Tensor, log_var: Tensor) -> Tenso
     return -0.5 * (D.LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var))
 
 
+@register("hierarchical_vae")
 class TwoStochasticLayerVAE(VAE):
-    """Built by ``VAE(config, ...)`` when ``config.stochastic_layers == 2`` (see ``VAE.__new__``)."""
+    """``model=hierarchical_vae``; also what ``model=vae model.stochastic_layers=2`` builds (``VAE.class_for``)."""
 
+    Config = HierarchicalVAEConfig
     stochastic_layers = 2
 
     def __init__(self, config, data, objective: dict):
