@@ -116,13 +116,14 @@ def run_command(argv: list[str]) -> str:
 
 # --- the API ---------------------------------------------------------------------------------------
 def train(overrides: list[str] = (), **kwargs) -> Union["Run", list["Run"]]:
-    """``dgm train <overrides>`` in this process; the finished run, loaded (a sweep, ``"-m"`` among the
-    overrides: its finished runs, in order). ``dgm_cli.train(["model=vae", "dataset=moons"])``, keyword
+    """``dgm train <overrides>`` in this process; the finished run, loaded (a sweep -- ``"-m"`` or a
+    ``hparams_search=`` preset among the overrides -- its finished runs, in order). ``dgm_cli.train(["model=vae", "dataset=moons"])``, keyword
     arguments as in :func:`overrides_of` (``trainer={"max_steps": 100}``)."""
     from .commands import train as train_command
 
     argv = overrides_of(tuple(overrides), kwargs)
-    sweep = any(a in ("-m", "--multirun") for a in argv)
+    sweep = any(a in ("-m", "--multirun") or a.startswith("hparams_search=") or a == "hydra.mode=MULTIRUN"
+                for a in argv)  # a search preset sets hydra.mode=MULTIRUN itself
     train_command.FINISHED.clear()
     run_command(["train", *argv])
     finished = list(dict.fromkeys(train_command.FINISHED))

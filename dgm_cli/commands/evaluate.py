@@ -56,6 +56,15 @@ def headline(report: dict) -> str:
             c = lik["conditional"]
             lines.append(f"conditional NLL -log p(x|y) {c['nll_nats']:.2f} ± {c['nll_nats_stderr']:.2f} nats "
                          "[conditional: given the true labels; not comparable with -log p(x)]")
+    ref = report.get("reference")
+    if ref:
+        truth = ref["true_nll"]
+        lines.append(f"true NLL of these examples {truth['nll_nats']:.2f} ± {truth['nll_nats_stderr']:.2f} nats "
+                     f"[{truth['how']}]" if truth else f"true NLL: {ref['why']}")
+        if "model_gap_nats" in ref:
+            lines.append(f"the model's gap to it {ref['model_gap_nats']:.4f} ± "
+                         f"{ref.get('model_gap_nats_error', ref['model_gap_nats_stderr']):.4f} nats "
+                         "[model NLL - true NLL, paired over the examples; KL >= 0 for an exact likelihood]")
     sq = report.get("sample_quality")
     if sq:
         shown = {k: sq[k] for k in ("fid", "kid_mean", "precision", "recall", "inception_score_mean",
@@ -274,7 +283,7 @@ def evaluate(cfg: DictConfig, state: dict, device) -> dict:
     """The report of one checkpoint (see docs/eval_json.md)."""
     from ..data import identity, pipeline
     from ..engine import runtime
-    from ..evaluation import estimators, likelihood
+    from ..evaluation import estimators, likelihood, reference
     from ..evaluation.samples import sample_quality_report
 
     data_cfg, other = data_config(cfg, state)
@@ -318,6 +327,7 @@ def evaluate(cfg: DictConfig, state: dict, device) -> dict:
         "training_binarization": train_binarization,
         **({"trained_on": {k: saved.get(k) for k in ("dataset", "path")}} if other else {}),
     }
+    per_example: dict = {}
     if want_nll:
         batch = cfg.batch_size or (100 if model.likelihood != "exact" else train_cfg.trainer.eval_batch_size)
         prior = likelihood.label_prior(dataset.train[1], model.data.num_classes) if likelihood.is_conditional(model) else None
@@ -325,7 +335,11 @@ def evaluate(cfg: DictConfig, state: dict, device) -> dict:
             xv, split = (dataset.val[0], "validation") if len(dataset.val[0]) else (dataset.train[0], "training")
             model.tune_on_validation(pipeline.fixed(xv, rep).to(device), split=split, **settings)
         report["likelihood"] = likelihood.evaluate_likelihood(model, pipeline.fixed(x, rep), y, batch, device,
-                                                              log_prior=prior, **settings)
+                                                              log_prior=prior, nll_out=per_example, **settings)
+    truth = reference.reference_report(data_cfg.name, x, rep, per_example.get("nll"),
+                                       (report.get("likelihood") or {}).get("shared_error_nats"))
+    if truth is not None:  # data whose generating density is known: its own NLL on these examples, and the gap
+        report["reference"] = truth
     if sample_metrics:
         scored = OmegaConf.merge(train_cfg, {"data": data_cfg}) if other else train_cfg  # its feature network
         report["sample_quality"] = sample_quality_report(model, dataset, scored, cfg, sample_metrics, device,

@@ -105,6 +105,11 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     row["density_bias"] = (f"normalised on {support}, not [0,1]^D: NLL biased up by the mass outside"
                            if support else None)
     row["conditional_nll_nats"] = (lik.get("conditional") or {}).get("nll_nats")
+    ref = e.get("reference") or {}  # data with a known density: its own NLL on these examples, the model's gap
+    truth = ref.get("true_nll") or {}
+    row["true_nll_nats"], row["true_nll_nats_stderr"] = truth.get("nll_nats"), truth.get("nll_nats_stderr")
+    row["gap_to_truth_nats"] = ref.get("model_gap_nats")
+    row["gap_to_truth_nats_stderr"] = ref.get("model_gap_nats_error", ref.get("model_gap_nats_stderr"))
     row["nll_nats_per_step"] = (lik.get("bound_terms") or {}).get("nll_nats_per_step")  # sequences
     prepared = lik.get("prepared") or {}
     row["sigma"] = prepared.get("sigma")  # a GAN's decoder AIS: its observation noise and BDMC's gap
@@ -182,6 +187,9 @@ def display(rows: list[dict], swept: list[str]) -> tuple[list[str], list[list[st
         ("params", lambda r: _number(r["num_parameters"])), ("device", lambda r: r["device"] or ""),
         *[(tag, lambda r, tag=tag: _number(r.get(tag))) for tag in val_tags],
         ("NLL (nats)", lambda r: _plus_minus(r["nll_nats"], r["nll_nats_stderr"])),
+        ("true NLL", lambda r: _plus_minus(r.get("true_nll_nats"), r.get("true_nll_nats_stderr"))),
+        ("gap to truth", lambda r: "" if r.get("gap_to_truth_nats") is None else
+         f"{r['gap_to_truth_nats']:.3f} ± {r['gap_to_truth_nats_stderr']:.3f}"),
         ("kind", lambda r: r.get("kind") or ""),
         ("bits/dim", lambda r: _number(r["bits_per_dim"])),
         ("nats/step", lambda r: _number(r["nll_nats_per_step"])),

@@ -112,8 +112,10 @@ def score_batches(model, x: torch.Tensor, y, batch_size: int, device, log_prior:
 
 
 def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
-                        log_prior: Optional[torch.Tensor] = None, **settings) -> dict:
-    """Run ``model.log_likelihood`` and ``model.extra_eval`` over a transformed split.
+                        log_prior: Optional[torch.Tensor] = None, nll_out: Optional[dict] = None,
+                        **settings) -> dict:
+    """Run ``model.log_likelihood`` and ``model.extra_eval`` over a transformed split; ``nll_out``, a
+    dict, receives the NLL of each example (``"nll"``, nats, float64) for comparisons on the same examples.
 
     ``settings`` are the model's estimator settings; ``prepare_eval(x, y, **settings)``, where the model
     has it, runs once before the per-example pass (AIS's log Z) and returns fields for the report.
@@ -146,6 +148,8 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
     per_example = torch.cat(dims) if dims else dim
     offset = nll_offset(rep, dim)
     nll = -torch.cat(marginal if conditional else own) + offset
+    if nll_out is not None:
+        nll_out["nll"] = nll
     report = {
         "kind": estimators.likelihood_kind(model, settings),
         "estimator": model.estimator(**settings),
