@@ -19,6 +19,7 @@ from . import cli
 from .settings import docs
 from .settings.schema import register_configs
 from .errors import UserError
+from .models.registry import build_model
 
 CONFIG_PATH = "pkg://dgm_cli.configs"
 log = logging.getLogger("dgm")
@@ -172,8 +173,7 @@ def repoint_data(data, path: Optional[str], other: str = "") -> None:
 def model_from_checkpoint(state: dict, device, data_root: str | None = None, dataset=None):
     """(model in eval mode on ``device``, saved config, dataset) from a loaded checkpoint; ``dataset``:
     the run's data when it is already loaded (else it is read as the run's config says)."""
-    from .data import pipeline
-    from .models.registry import build_model
+    from .data import pipeline  # (torch: `dgm <command> --help` starts without it)
 
     cfg = OmegaConf.create(state["config"])
     if data_root is not None:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from .. import images
 from ..app import command, model_from_checkpoint, repoint_data
+from ..atomic import write_atomically
 from ..settings.validate import ARRAY_SUFFIX, MIDI_SUFFIXES, validate_sample
 from ..data.sequences import PIANO_ROLLS, is_piano_roll
 from ..errors import UserError
@@ -93,8 +94,6 @@ def write_samples(model, cfg: DictConfig, out: Path) -> None:
     (float32, (N, C, H, W) images in [0, 1] in the model's representation, (N, D) points of a toy,
     (N, T, D) sequences) and, for a class-conditional model, ``labels``."""
     import numpy as np
-
-    from ..atomic import write_atomically
 
     if cfg.mode != "sample":
         raise UserError(f"out={cfg.out}: an .npz holds the model's samples (mode=sample), not mode={cfg.mode}; give "

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
+from . import distributed
 
 log = logging.getLogger("dgm.train")
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
@@ -59,8 +60,6 @@ class NonFiniteWatch:
     def read(self) -> list[int]:
         if not self._flags:
             return []
-        from . import distributed
-
         steps = [s for s, _ in self._flags]
         flags = distributed.all_reduce_max(torch.stack([b.reshape(()).float() for _, b in self._flags]))
         self._flags = []

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import UserError
+from ..models.registry import build_model
 
 log = logging.getLogger("dgm.report")
 #: `key=value` overrides of a group choice name the group; the config holds the choice as <node>.name
@@ -229,8 +230,7 @@ class Run:
             return int(self.eval["num_parameters"])
         if not self.config.get("model"):
             return None
-        from ..data import pipeline
-        from ..models.registry import build_model
+        from ..data import pipeline  # (its readers: `dgm report` starts without them)
 
         cfg = OmegaConf.create(self.config)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Type
 
 from ..errors import UserError
+from . import load_all
 
 MODELS: dict[str, type] = {}
 
@@ -21,8 +22,6 @@ def register(name: str):
 
 
 def get_model_class(name: str):
-    from . import load_all
-
     load_all()
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}.")

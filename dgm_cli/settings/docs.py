@@ -14,6 +14,8 @@ from typing import Any, Iterable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from ..commands import COMMANDS
+from ..models import load_all
+from ..models.registry import MODELS
 from . import schema
 
 
@@ -84,9 +86,6 @@ def schema_keys(cls: type, prefix: str = "") -> dict[str, str]:
 
 def model_keys(name: Optional[str] = None) -> dict[str, str]:
     """``model.*`` keys: of the model ``name``, or of every registered model."""
-    from ..models import load_all
-    from ..models.registry import MODELS
-
     load_all()
     classes = [MODELS[name]] if name in MODELS else list(MODELS.values())
     keys = {"model.name": "the model (pick with model=<name>)",
@@ -163,8 +162,6 @@ def help_text(command: str, cfg: DictConfig) -> str:
     keys = known_keys(command, cfg)
     lines = [f"dgm {command}: {COMMANDS[command][1]}", ""]
     if command == "train":
-        from ..models.registry import MODELS
-
         model = OmegaConf.select(cfg, "model.name")
         if model in MODELS:  # show the model's defaults for the keys its YAML does not set
             defaults = OmegaConf.to_container(OmegaConf.structured(MODELS[model].Config))

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from ..engine.schedules import SCHEDULES
 from ..errors import UserError
+from ..models.registry import get_model_class
 from .rules import DEVICE, NON_NEGATIVE, POSITIVE, check, check_declared, choice
 from .schema import DataConfig, TrainerConfig
 
@@ -60,8 +61,6 @@ def validate_train(cfg: DictConfig) -> None:
 
 def check_domains(cfg: DictConfig) -> None:
     """data.domain_b (a second image domain) goes with a translation model, and a translation model needs it."""
-    from ..models.registry import get_model_class
-
     translates = getattr(get_model_class(cfg.model.name), "two_domains", False)
     if cfg.data.get("domain_b") and not translates:
         raise UserError(f"data.domain_b={cfg.data.domain_b} names a second image domain, which only translation "
