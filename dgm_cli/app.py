@@ -15,7 +15,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import cli
 from .settings import docs
 from .settings.schema import register_configs
 from .errors import UserError
@@ -31,6 +30,16 @@ VALIDATORS: dict[str, Callable[[DictConfig], None]] = {}
 NEW_FOLDERS: list[Path] = []
 #: what Hydra itself writes into a run folder before the command runs (besides ``<command>.log``)
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+#: set once Hydra has composed the command's config and its job runs: a SystemExit(1) from Hydra before
+#: that is a composition error (user input), which cli.py rewords into one paragraph
+job_started = False
+
+
+def reset() -> None:
+    """Forget an earlier command of this process (``cli.main`` runs each call as in a fresh process)."""
+    global job_started
+    job_started = False
+    NEW_FOLDERS.clear()
 
 
 def check(command: str, cfg: DictConfig) -> None:
@@ -131,7 +140,8 @@ def command(config_name: str, validate: Callable[[DictConfig], None]):
         @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
         @functools.wraps(fn)
         def main(cfg: DictConfig):
-            cli.job_started = True
+            global job_started
+            job_started = True
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             log_name = f"{HydraConfig.get().job.name}.log"
             try:

@@ -29,10 +29,6 @@ USAGE = "usage: dgm {train,sample,eval,report} [overrides ...] [--help] [-m]\n\n
     f"  {name:<8}{doc}\n" for name, (_, doc) in COMMANDS.items()
 ) + "\n`dgm <command> --help` lists the config groups and keys of that command; `dgm --version` the version.\n"
 
-# Set by a command once Hydra has composed its config and the job has started:
-# a SystemExit(1) from Hydra before that point is a composition error (user input).
-# Reset by every call of main().
-job_started = False
 #: calls of main() in this process: the second and later calls name their run folders
 #: ``<time>-<pid>-<call>`` (a fresh process would have had a pid of its own)
 _calls = 0
@@ -45,12 +41,13 @@ class _HeldStderr(io.StringIO):
     """Holds what Hydra writes to stderr before the job starts, so that a composition error
     can be reworded into one paragraph; passes everything through to ``real`` once the job runs."""
 
-    def __init__(self, real) -> None:
+    def __init__(self, real, job_started) -> None:
         super().__init__()
         self.real = real
+        self.job_started = job_started  # () -> whether the command's job runs (app.job_started)
 
     def write(self, text: str) -> int:
-        if job_started:
+        if self.job_started():
             return self.real.write(text)
         return super().write(text)
 
@@ -313,27 +310,22 @@ def _forget_hydra() -> None:
 @contextlib.contextmanager
 def _fresh_process():
     """Run one command as if in a process of its own: on the way in, no state of an earlier call
-    (this module's and app.py's flags, Hydra's singletons); on the way out, the caller's sys.argv,
-    stderr, environment, signal handlers and root-logger handlers back as they were (the
-    handlers Hydra opened on the run's log file closed)."""
-    global job_started, _calls
+    (this module's run stamp, Hydra's singletons; ``_dispatch`` resets app.py's flags); on the way out,
+    the caller's sys.argv, stderr, environment, signal handlers and root-logger handlers back as they
+    were (the handlers Hydra opened on the run's log file closed)."""
+    global _calls
     argv, stderr, environ = sys.argv, sys.stderr, dict(os.environ)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     signals = {}
     if threading.current_thread() is threading.main_thread():
         signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    app = sys.modules.get(f"{__package__}.app")
-    job_started = False
-    if app is not None:
-        app.NEW_FOLDERS.clear()
     _forget_hydra()
     _calls += 1
     _stamp_run()
     try:
         yield
     finally:
-        job_started = False
         _forget_hydra()
         sys.argv, sys.stderr = argv, stderr
         if dict(os.environ) != environ:
@@ -418,7 +410,10 @@ def _dispatch(argv: list[str]) -> None:
     import importlib
 
     module = importlib.import_module(COMMANDS[command][0])
+    from . import app  # imported by the command's module (with Hydra); deferred so `dgm --help` starts without it
     from .settings.docs import SCHEMAS
+
+    app.reset()
 
     if command in SCHEMAS:  # a Hydra app
         if command in ("sample", "eval"):
@@ -432,19 +427,19 @@ def _dispatch(argv: list[str]) -> None:
     else:
         sys.argv = [f"dgm {command}"] + argv[1:]
     real_stderr = sys.stderr
-    held = _HeldStderr(real_stderr)
+    held = _HeldStderr(real_stderr, lambda: app.job_started)
     sys.stderr = held
     try:
         module.main()
     except SystemExit as exc:
-        if exc.code == 1 and not job_started:
+        if exc.code == 1 and not app.job_started:
             text = held.getvalue()
             held.seek(0)
             held.truncate(0)
             real_stderr.write(condense(command, text, tuple(argv[1:])) + "\n")
             sys.exit(2)
         if exc.code == 2 and any(a in ("-m", "--multirun") for a in argv):  # a refused job stopped the sweep
-            sys.modules[f"{__package__}.app"].remove_unused_jobs(f"{command}.log")
+            app.remove_unused_jobs(f"{command}.log")
         raise
     finally:
         sys.stderr = real_stderr
