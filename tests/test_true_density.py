@@ -16,10 +16,11 @@ from dgm_cli.evaluation import reference
 from conftest import copy_run, run_dgm
 
 #: (toy, half-width of the square that holds its mass, grid spacing: at most half its smallest scale, and a
-#: divisor of the 0.5 cells below; draws compared with it: fewer for the moons, whose density is a sum over
-#: 8,192 arc points)
+#: divisor of the 0.5 cells below; draws compared with it: fewer for the moons and the pinwheel, whose densities
+#: are a sum over 4,096 arc points and a root search over 512 angles)
 GRIDS = [("eight_gaussians", 3.0, 0.02, 100_000), ("twenty_five_gaussians", 3.5, 0.025, 100_000),
-         ("checkerboard", 4.0, 0.05, 100_000), pytest.param("moons", 4.0, 0.05, 25_000, marks=pytest.mark.slow)]
+         ("checkerboard", 4.0, 0.05, 100_000), pytest.param("pinwheel", 5.0, 0.05, 30_000, marks=pytest.mark.slow),
+         pytest.param("moons", 4.0, 0.05, 25_000, marks=pytest.mark.slow)]
 
 
 def midpoint_grid(half: float, h: float, dtype=torch.float64) -> torch.Tensor:
@@ -112,11 +113,35 @@ def test_the_kalman_filter_against_the_joint_gaussian_of_whole_sequences():
     assert truth["true_nll"]["bits_per_dim"] == pytest.approx(truth["true_nll"]["nll_nats"] / (4 * D * math.log(2)))
 
 
-def test_a_toy_whose_density_is_not_computed_says_so():
-    x = toy.pinwheel(10, torch.Generator().manual_seed(0))
-    said = reference.reference_report("pinwheel", x, "continuous")
-    assert said["true_nll"] is None and "not computed" in said["why"]
+def test_every_toy_has_its_density_and_other_data_none():
+    assert set(toy.TRUE_DENSITIES) == set(toy.TOYS)  # a new toy comes with its density (or this test says so)
     assert reference.reference_report("mnist", torch.zeros(3, 1, 28, 28, dtype=torch.uint8), "binary") is None
+
+
+def test_the_pinwheel_density_against_its_change_of_variables_in_cartesian_coordinates():
+    """Independent of the polar root-finding: draw (f, arm), map each to x = 2 R(theta) f, and compare
+    log p(x) with log p_f(f) - log |det dx/df| - log(arms), the density of that one preimage -- a lower bound on
+    log p(x), equal to it where x has a single preimage (most draws), never above it."""
+    g = torch.Generator().manual_seed(6)
+    n, arms, rate = 400, 5, 0.25
+    f = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([0.3, 0.1], dtype=torch.float64)
+    f[:, 0] += 1
+    k = torch.randint(arms, (n,), generator=g)
+    rads = torch.linspace(0, 2 * math.pi, arms + 1)[:-1].double()  # the sampler's arm angles (float32 values)
+    theta = rads[k] + rate * torch.exp(f[:, 0])
+    x = 2 * torch.stack([torch.cos(theta) * f[:, 0] - torch.sin(theta) * f[:, 1],
+                         torch.sin(theta) * f[:, 0] + torch.cos(theta) * f[:, 1]], 1)
+    jac = torch.autograd.functional.jacobian  # det dx/df by autograd, not by the formula the density uses
+    det = torch.stack([torch.linalg.det(jac(lambda v, t0=rads[kk]: 2 * torch.stack(
+        [torch.cos(t0 + rate * torch.exp(v[0])) * v[0] - torch.sin(t0 + rate * torch.exp(v[0])) * v[1],
+         torch.sin(t0 + rate * torch.exp(v[0])) * v[0] + torch.cos(t0 + rate * torch.exp(v[0])) * v[1]]), fi))
+        for fi, kk in zip(f, k)])
+    one = (torch.distributions.Normal(torch.tensor([1.0, 0.0], dtype=torch.float64),
+                                      torch.tensor([0.3, 0.1], dtype=torch.float64)).log_prob(f).sum(1)
+           - det.abs().log() - math.log(arms))
+    got = toy.TRUE_DENSITIES["pinwheel"][0](x)
+    assert (got >= one - 1e-9).all()
+    assert ((got - one).abs() < 1e-9).float().mean() > 0.5  # a single preimage: the same number
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def headline(report: dict) -> str:
     if ref:
         truth = ref["true_nll"]
         lines.append(f"true NLL of these examples {truth['nll_nats']:.2f} ± {truth['nll_nats_stderr']:.2f} nats "
-                     f"[{truth['how']}]" if truth else f"true NLL: {ref['why']}")
+                     f"[{truth['how']}]")
         if "model_gap_nats" in ref:
             lines.append(f"the model's gap to it {ref['model_gap_nats']:.4f} ± "
                          f"{ref.get('model_gap_nats_error', ref['model_gap_nats_stderr']):.4f} nats "

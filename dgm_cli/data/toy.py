@@ -115,6 +115,47 @@ def moons_log_density(x: Tensor, nodes: int = MOONS_NODES) -> Tensor:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
+PINWHEEL_NODES = 512  # angles on which the roots of the pinwheel's angle equation are bracketed
+
+
+def pinwheel_log_density(x, arms=5, radial_std=0.3, tangential_std=0.1, rate=0.25, nodes=PINWHEEL_NODES):
+    """pinwheel: f = (f0, f1) ~ N((1, 0), diag(radial_std^2, tangential_std^2)), an arm k of `arms`, and
+    x = 2 R(theta) f with theta = 2 pi k / arms + rate exp(f0). In polar coordinates x = (2r, psi), f = (r, phi):
+    psi = phi + 2 pi k/arms + rate exp(r cos phi) (mod 2 pi), so p(x) = 1/arms sum_k sum_roots p_f(f) / (4 |dpsi/dphi|),
+    with dpsi/dphi = 1 - rate exp(r cos phi) r sin phi, over every root phi of that equation: found on a grid of
+    `nodes` angles and refined by Newton's method. With 256 or 1,024 nodes instead of 512 the mean NLL of 20,000
+    draws (seed 1) is the same to the last digit, 2.322464 nats, and the density integrates to 1 within 2e-10 on a
+    grid of 0.05 over [-6, 6]^2 (measured on the 2-core machine)."""
+    x = x.double()
+    out = []
+    rads = torch.linspace(0, 2 * math.pi, arms + 1)[:-1].double()  # the sampler's arm angles, float32 as it draws them
+    phi = torch.linspace(-math.pi, math.pi, nodes + 1, dtype=torch.float64)
+    two_pi = 2 * math.pi
+    for chunk in x.split(256):
+        n = len(chunk)
+        r = chunk.norm(dim=1) / 2
+        psi = torch.atan2(chunk[:, 1], chunk[:, 0])
+        g = phi + rate * torch.exp(r[:, None] * torch.cos(phi))            # (n, nodes+1), g(pi) - g(-pi) = 2 pi
+        level = psi[:, None] - rads                                         # (n, arms)
+        turns = torch.floor((g[:, None, :] - level[:, :, None]) / two_pi)   # (n, arms, nodes+1)
+        i, k, j = torch.nonzero(turns[:, :, 1:] != turns[:, :, :-1], as_tuple=True)  # a crossing in [phi_j, phi_j+1]
+        target = level[i, k] + two_pi * torch.maximum(turns[i, k, j], turns[i, k, j + 1])
+        g0, g1 = g[i, j], g[i, j + 1]
+        t = phi[j] + (target - g0) / (g1 - g0) * (phi[j + 1] - phi[j])
+        ri = r[i]
+        for _ in range(3):  # Newton's method on g(t) = target
+            e = rate * torch.exp(ri * torch.cos(t))
+            t = (t - (t + e - target) / (1 - e * ri * torch.sin(t))).clamp(phi[j], phi[j + 1])
+        e = rate * torch.exp(ri * torch.cos(t))
+        slope = (1 - e * ri * torch.sin(t)).abs()
+        f0, f1 = ri * torch.cos(t), ri * torch.sin(t)
+        log_pf = (-((f0 - 1) / radial_std) ** 2 / 2 - (f1 / tangential_std) ** 2 / 2
+                  - math.log(2 * math.pi * radial_std * tangential_std))
+        contrib = (log_pf - torch.log(4 * slope)).exp()
+        out.append(torch.log(torch.zeros(n, dtype=torch.float64).index_add_(0, i, contrib) / arms))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
 TRUE_DENSITIES = {
     "eight_gaussians": (_mixture_log_density(eight_gaussians_centers(), 0.05 * 2),
                         "closed form: an equal mixture of 8 Gaussians, std 0.1, on a circle of radius 2"),
@@ -125,4 +166,7 @@ TRUE_DENSITIES = {
     "moons": (moons_log_density,
               f"numerical integration: each moon an arc smoothed by N(0, 0.1^2 I), the integral over the arc by the "
               f"midpoint rule with {MOONS_NODES} nodes per moon (at most 2e-4 nats off on a point)"),
+    "pinwheel": (pinwheel_log_density,
+                 f"numerical: change of variables from the Gaussian (radial, tangential) draw over every root of the "
+                 f"arm's angle equation, bracketed on {PINWHEEL_NODES} angles and refined by Newton's method"),
 }

@@ -2,9 +2,10 @@
 density on the same examples `dgm eval` scored, and the model's gap to it (``reference`` in eval.json,
 docs/eval_json.md).
 
-Known densities: the 2-D toys of data/toy.py whose density has a closed form or a 1-D integral
-(``toy.TRUE_DENSITIES``: the Gaussian mixtures, the checkerboard, the moons) and ``linear_gaussian``, whose
-exact marginal likelihood the Kalman filter gives (data/sequences.py). The gap, model NLL - true NLL per
+Known densities: every 2-D toy of data/toy.py (``toy.TRUE_DENSITIES``: closed forms for the Gaussian
+mixtures and the checkerboard, a 1-D integral for the moons, a change of variables over the roots of a 1-D
+equation for the pinwheel) and ``linear_gaussian``, whose exact marginal likelihood the Kalman filter gives
+(data/sequences.py). The gap, model NLL - true NLL per
 example averaged, estimates KL(p_data || p_model) >= 0 for an exact likelihood (plus the bound's own gap for
 a bound); its standard error is over the paired differences, much smaller than either NLL's own, since both
 vary with the same examples. A model whose gap is below zero by more than a few standard errors is scoring
@@ -26,12 +27,6 @@ KNOWN: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
     "linear_gaussian": (lambda x: sequences.LinearGaussianSSM.toy().log_likelihood(x),
                         "exact: the Kalman filter's prediction-error decomposition of the linear-Gaussian state-space "
                         "model that draws the data (LinearGaussianSSM.toy())"),
-}
-#: datasets drawn from a density dgm knows but does not compute, and why (said in eval.json, never invented)
-NOT_COMPUTED = {
-    "pinwheel": "not computed: the pinwheel rotates each point by an angle that grows with its own radial "
-                "coordinate, so its density needs, for every point and arm, all roots of a 1-D equation; dgm does "
-                "not compute them yet",
 }
 WHAT = "the data's own NLL under the density that generated it, on the same examples"
 GAP = ("model NLL - true NLL per example, averaged (standard error over the paired differences): an estimate of "
@@ -58,8 +53,6 @@ def reference_report(dataset: str, x: torch.Tensor, representation: str,
     """eval.json's ``reference`` for ``x`` (the examples as the data set holds them), with the model's gap when
     ``model_nll`` (its per-example NLL on the same examples) is given; None for data with no known density.
     ``shared_error``: an error every example's NLL shares (AIS's log Z), added to the gap's as to the NLL's."""
-    if dataset in NOT_COMPUTED:
-        return {"what": WHAT, "true_nll": None, "why": NOT_COMPUTED[dataset]}
     found = true_nll(dataset, x) if representation == "continuous" else None
     if found is None:
         return None
