@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +116,10 @@ class FlowMatching(GenerativeModel):
     likelihood = "exact"
     Config = FlowMatchingConfig
     Estimator = ODELikelihoodEstimator
+    #: `dgm sample`'s density picture of a toy (40,000 points): a fixed-step solve; dopri5 at eval's tolerances
+    #: took 181 s for it on the 2-core machine, rk4 with 20 steps 173 s, midpoint with 8 steps 46 s (each beside
+    #: another job), and the picture looked the same
+    plot_settings: ClassVar[dict] = {"solver": "midpoint", "steps": 8}
 
     def __init__(self, config: FlowMatchingConfig, data: DataSpec, objective: dict):
         super().__init__(config, data, objective)
