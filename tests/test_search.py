@@ -42,6 +42,21 @@ def test_three_trials_on_a_toy_and_the_study_picks_the_lowest_validation_loss(tm
     assert "optimizer.lr" in rows[0]  # a searched key is a swept column
 
 
+@pytest.mark.slow
+def test_a_study_kept_in_a_database_goes_on_across_commands(tmp_path):
+    """hydra.sweeper.storage: the second command adds its trials to the first's study (Optuna 2.10's storage
+    needs SQLAlchemy below 2, which pyproject.toml pins)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for seed in (1, 2):
+        run_dgm("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}",
+                "hydra.sweeper.study_name=toy", f"hydra.sweeper.sampler.seed={seed}", "optimizer.lr=interval(1e-4,1e-2)",
+                *TOY, "trainer.max_steps=3", cwd=tmp_path)
+    study = optuna.load_study(storage=storage, study_name="toy")
+    assert len(study.trials) == 2 and study.best_value == min(t.value for t in study.trials)
+
+
 def test_a_search_refuses_a_run_without_validation_data(tmp_path):
     result = run_dgm("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", *TOY, "data.val_size=0",
                      "trainer.max_steps=2", cwd=tmp_path, check=False)
