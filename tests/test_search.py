@@ -41,6 +41,12 @@ def test_three_trials_on_a_toy_and_the_study_picks_the_lowest_validation_loss(tm
     assert marked["run"] == f"{sweep.name}/{best.name.split('_')[0]}"
     assert "optimizer.lr" in rows[0]  # a searched key is a swept column
 
+    (sweep / "optimization_results.yaml").unlink()  # a search still running (or killed) is a sweep all the same
+    run_dgm("report", str(sweep), f"out={tmp_path / 'report2'}", cwd=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "report2" / "report.csv").open()))
+    assert sorted(r["run"] for r in rows) == sorted(f"{sweep.name}/{run.name.split('_')[0]}" for run in runs)
+    assert "optimizer.lr" in rows[0] and "best_trial" not in rows[0]
+
 
 @pytest.mark.slow
 def test_a_study_kept_in_a_database_goes_on_across_commands(tmp_path):

@@ -75,12 +75,18 @@ STUDY_FILE = "optimization_results.yaml"
 SWEEP_FILES = ("multirun.yaml", STUDY_FILE)
 
 
+MULTIRUN = re.compile(r"^  mode: MULTIRUN$", re.M)
+
+
 def sweep_of(run: Path) -> Optional[Path]:
     """The sweep folder (with multirun.yaml, or a finished search's optimization_results.yaml) a run belongs
-    to, if any."""
+    to, if any; a job of a search that has not finished (no results file yet) by its .hydra/hydra.yaml."""
     for parent in run.parents[:3]:
         if any((parent / name).is_file() for name in SWEEP_FILES):
             return parent
+    hydra_yaml = run / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file() and MULTIRUN.search(hydra_yaml.read_text(errors="replace")):
+        return run.parent
     return None
 
 
