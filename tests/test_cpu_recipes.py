@@ -24,7 +24,7 @@ CHEAP = ["limit=2", "num_samples=8", "estimator.ais_runs=2", "estimator.ais_temp
 
 def test_there_is_a_recipe_for_every_family_the_issue_names():
     families = {compose_train(f"experiment={name}").model.name for name in RECIPES}
-    assert {"vae", "made", "pixelcnn", "maf", "glow", "rbm", "dcgan", "ddpm", "vrnn"} <= families
+    assert {"vae", "made", "pixelcnn", "maf", "glow", "rbm", "dcgan", "ddpm", "dmm"} <= families
 
 
 def test_a_recipe_names_its_evaluation(tmp_path):
