@@ -93,6 +93,39 @@ def test_dequantization_stays_in_each_value_bin():
     assert torch.equal(torch.floor(y * 256).to(torch.uint8), x)
 
 
+def test_each_representation_is_its_formula_and_the_one_table_is_what_validation_and_help_read(dgm):
+    """data/representations.py's table gives, for a fixed uint8 batch and generator, the numbers of each
+    representation's definition (the if-chain it replaced computed exactly these); validation refuses a
+    name outside it and `--help` lists its names."""
+    import dataclasses
+
+    from dgm_cli.data.representations import REPRESENTATIONS
+
+    x = torch.randint(0, 256, (8, 1, 5, 5), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    xf = x.float()
+    expected = {"binary": torch.bernoulli(xf / 255.0, generator=g()), "8bit": xf / 255.0,
+                "dequantized": (xf + torch.rand(x.shape, generator=g())) / 256.0, "continuous": xf}
+    assert list(REPRESENTATIONS) == list(expected)
+    for name, want in expected.items():
+        assert torch.equal(pipeline.transform(x, name, g()), want), name
+    assert torch.equal(pipeline.transform(xf, "binary", g()), xf)  # points and sequences are used as given
+    (rep,) = [f for f in dataclasses.fields(DataConfig) if f.name == "representation"]
+    assert rep.metadata["choices"] == tuple(REPRESENTATIONS)
+    bad = dgm("train", "dataset=moons", "data.representation=rgb", check=False)
+    assert bad.returncode == 2 and "binary, 8bit, dequantized, continuous" in bad.stderr
+    assert "null: the model's own; binary | 8bit | dequantized | continuous" in dgm("train", "--help").stdout
+
+
+def test_static_binarization_batches_are_the_fixed_binarization():
+    x = torch.randint(0, 256, (16, 1, 3, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    it = pipeline.BatchIterator(x, None, "binary", "static", 4, torch.device("cpu"), seed=0)
+    binarized = pipeline.fixed(x, "binary")
+    for _ in range(4):  # one epoch: every batch is rows of the once-binarized set, in the epoch's order
+        idx = it._permutation()[it.position * 4:(it.position + 1) * 4]
+        assert torch.equal(next(it)[0], binarized[idx])
+
+
 def test_batches_resume_exactly():
     x = torch.randint(0, 256, (50, 1, 2, 2), dtype=torch.uint8)
     make = lambda: pipeline.BatchIterator(x, None, "binary", "dynamic", 8, torch.device("cpu"), seed=1)  # noqa: E731

@@ -130,9 +130,12 @@ def test_every_scheduler_config_names_a_schedule_and_every_schedule_has_a_config
     """scheduler.name is checked against the same table the engine builds from (engine/schedules.py)."""
     from pathlib import Path
 
+    import dataclasses
+
     from dgm_cli.engine.schedules import SCHEDULES
-    from dgm_cli.settings.validate import SCHEDULERS
+    from dgm_cli.settings.schema import SchedulerConfig
 
     configs = Path(__file__).resolve().parents[1] / "dgm_cli" / "configs" / "scheduler"
     names = {OmegaConf.load(p).name for p in configs.glob("*.yaml")}
-    assert names == set(SCHEDULES) == set(SCHEDULERS)
+    (name,) = [f for f in dataclasses.fields(SchedulerConfig) if f.name == "name"]
+    assert names == set(SCHEDULES) == set(name.metadata["choices"])

@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ..app import command
+from ..data.representations import eight_bit_names
 from ..settings.validate import validate_train
 from ..errors import UserError
 
@@ -99,7 +100,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                                               None if cfg.data.representation else cfg.model.representation))
         if (representation == "binary" and not cfg.data.representation and cfg.data.name in identity.USER_DATA
                 and not pipeline.is_binary(dataset.train[0])):
-            others = [r for r in get_model_class(cfg.model.name).representations if r in ("8bit", "dequantized")]
+            others = [r for r in get_model_class(cfg.model.name).representations if r in eight_bit_names()]
             log.warning("data: these greyscale images are binarized, as %s's default is on MNIST: each pixel becomes "
                         "a Bernoulli draw of its intensity. %s", cfg.model.name,
                         f"To model their grey levels, add data.representation={' or '.join(others)}." if others else

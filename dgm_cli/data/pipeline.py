@@ -4,15 +4,11 @@ The whole dataset is held as one uint8 tensor (on the training device when it
 fits); a batch is an index into it followed by the representation's transform.
 There is no per-image PIL transform and no DataLoader worker on the hot path.
 
-Representations (what a model sees):
-  binary       x in {0,1}. ``binarize=dynamic`` draws a fresh Bernoulli sample of
-               the pixel intensities for every training batch (Burda et al. 2015);
-               ``static`` binarizes once. Validation and test sets are binarized
-               once with a fixed seed either way, so every evaluation sees the same data.
-  8bit         x = k/255, the 256 discrete values.
-  dequantized  x = (k + u)/256 with u ~ U[0,1)^D, fresh for every training batch,
-               fixed-seed for validation and test (for continuous densities).
-  continuous   real vectors (2-D toys), used as they are.
+Representations (what a model sees) are one table, data/representations.py: binary (x in {0,1};
+``binarize=dynamic`` draws a fresh Bernoulli sample of the pixel intensities for every training batch,
+Burda et al. 2015, ``static`` binarizes once), 8bit (k/255), dequantized ((k + u)/256, u fresh for every
+training batch) and continuous (real vectors, used as they are). Validation and test sets are
+transformed once with a fixed seed (``fixed``), so every evaluation sees the same data.
 
 Unpaired two-domain data (``data.domain_b``, for translation models such as CycleGAN): every split
 holds (domain A images, domain B images) in the (x, y) slots, and ``BatchIterator`` draws the B
@@ -29,6 +25,7 @@ from torch import Tensor
 from ..errors import UserError
 from .spec import DataSpec
 from . import files, music, sequences, toy
+from .representations import BINARY_SEQUENCES, IMAGES, REAL, REPRESENTATIONS, eight_bit_names, fitting
 
 EVAL_SEED = 1234  # fixed: the binarization/dequantization noise of the val and test sets
 SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
@@ -203,7 +200,7 @@ def resolve_representation(data_cfg, model_cfg, ds: Dataset, allowed: Optional[t
     x = ds.train[0]
     if rep != "binary" or allowed is None or x.shape[1] != 3 or is_binary(x):
         return rep
-    other = next((r for r in allowed if r in ("8bit", "dequantized")), None)
+    other = next((r for r in allowed if r in eight_bit_names()), None)
     if other is None:
         raise UserError(f"dataset={data_cfg.name} holds colour images with values other than 0 and 255, and "
                         f"model={model_cfg.name} models binary data only ({', '.join(allowed)}): dgm does not binarize "
@@ -221,8 +218,7 @@ def binary_sequences(ds: Dataset) -> bool:
 
 def spec(ds: Dataset, representation: str, dataset: str = "") -> DataSpec:
     x = ds.train[0]
-    allowed = ("binary", "8bit", "dequantized") if ds.is_image else ("binary", "continuous") if binary_sequences(ds) else (
-        "continuous",)
+    allowed = fitting(IMAGES if ds.is_image else BINARY_SEQUENCES if binary_sequences(ds) else REAL)
     if representation not in allowed:
         allowed = ", ".join(allowed)
         raise UserError(f"data.representation={representation} does not fit this dataset; allowed: {allowed}.")
@@ -231,27 +227,14 @@ def spec(ds: Dataset, representation: str, dataset: str = "") -> DataSpec:
 
 
 def transform(x: Tensor, representation: str, generator: Optional[torch.Generator]) -> Tensor:
-    """Raw batch -> what the model sees. ``generator`` draws binarization/dequantization noise. Only 8-bit
-    images (uint8) are binarized or dequantized: points and sequences (binary ones too) are used as given."""
-    if representation == "continuous" or x.dtype != torch.uint8:
+    """Raw batch -> what the model sees (the table in data/representations.py). ``generator`` draws
+    binarization/dequantization noise. Only 8-bit images (uint8) are binarized or dequantized: points and
+    sequences (binary ones too) are used as given."""
+    if x.dtype != torch.uint8:
         return x.float()
-    xf = x.float()
-    if representation == "binary":
-        if generator is None or generator.device == xf.device:
-            return torch.bernoulli(xf / 255.0, generator=generator)
-        return (_uniform(xf, generator) < xf / 255.0).float()
-    if representation == "8bit":
-        return xf / 255.0
-    if representation == "dequantized":
-        return (xf + _uniform(xf, generator)) / 256.0
-    raise UserError(f"unknown representation {representation!r}")
-
-
-def _uniform(like: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """U[0,1) noise shaped like ``like``, drawn on the generator's own device and moved to ``like``'s:
-    on MPS the generator is a CPU one (its state is what checkpoints hold), never the device's global one."""
-    device = generator.device if generator is not None else like.device
-    return torch.rand(like.shape, generator=generator, device=device).to(like.device)
+    if representation not in REPRESENTATIONS:
+        raise UserError(f"unknown representation {representation!r}; available: {', '.join(REPRESENTATIONS)}.")
+    return REPRESENTATIONS[representation].transform(x, generator)
 
 
 def fixed(x: Tensor, representation: str) -> Tensor:
@@ -302,8 +285,11 @@ class BatchIterator:
         self.two_domains = y is not None and y.dim() == 4
         if self.two_domains and len(y) < batch_size:
             raise UserError(f"trainer.batch_size={batch_size} is larger than the {len(y)} training images of data.domain_b.")
-        if representation == "binary" and binarize == "static" and x.dtype == torch.uint8:
-            x, representation = fixed(x, "binary").to(torch.uint8), "8bit_binary"
+        #: binarized once here (data.binarize=static): x holds the final 0/1 values (as uint8, a quarter of
+        #: float's memory), so a batch is only made float
+        self.binarized = representation == "binary" and binarize == "static" and x.dtype == torch.uint8
+        if self.binarized:
+            x = fixed(x, "binary").to(torch.uint8)
             y = fixed(y, "binary").to(torch.uint8) if self.two_domains else y
         nbytes = x.element_size() * x.nelement() + (0 if y is None else y.element_size() * y.nelement())
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" and on_device else None
@@ -341,7 +327,7 @@ class BatchIterator:
         return self._perm_b[(self.position_b - 1) * self.batch_size:self.position_b * self.batch_size]
 
     def _represent(self, x: Tensor) -> Tensor:
-        return x.float() if self.representation == "8bit_binary" else transform(x, self.representation, self.noise)
+        return x.float() if self.binarized else transform(x, self.representation, self.noise)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Optional[Tensor]]]:
         return self

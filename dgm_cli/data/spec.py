@@ -9,8 +9,8 @@ class DataSpec:
     """What a model needs to know about its data.
 
     shape: one example's shape, (C, H, W) for images, (2,) for 2-D toys.
-    representation: "binary" (values in {0, 1}), "8bit" (k/255 for k in 0..255),
-        "dequantized" ((k + u)/256 with u ~ U[0,1)), or "continuous" (real vectors).
+    representation: a name in data/representations.py's table: "binary" (values in {0, 1}), "8bit"
+        (k/255 for k in 0..255), "dequantized" ((k + u)/256 with u ~ U[0,1)), or "continuous" (real vectors).
     num_classes: number of labels (0 when the data has none).
     domain_b: the second domain of unpaired two-domain data (data.domain_b), "" for one dataset.
     """

@@ -38,10 +38,14 @@ TRAIN_GROUPS = ("model", "dataset", "objective", "optimizer", "scheduler", "expe
 
 def field_comments(cls: type) -> dict[str, str]:
     """The comment that ends each field's line in the source of dataclass ``cls``, or of the
-    dataclass it inherits the field from (a subclass that changes a default may restate it)."""
+    dataclass it inherits the field from (a subclass that changes a default may restate it); ``{choices}``
+    in it is the names a ``checked_choice`` field accepts."""
     docs: dict[str, str] = {}
     for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
         docs.update(_own_field_comments(base))
+    for f in dataclasses.fields(cls):  # a choice among a table's names (rules.checked_choice) lists them
+        if f.name in docs and "choices" in f.metadata:
+            docs[f.name] = docs[f.name].replace("{choices}", " | ".join(f.metadata["choices"]))
     return docs
 
 

@@ -38,6 +38,16 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return node
 
 
+def checked_choice(default: Any, choices: Iterable[str], null: bool = False) -> Any:
+    """A schema field whose value is one of ``choices`` (or null, with ``null``), a table's names: its
+    comment's ``{choices}`` reads "a | b | c" in `--help` (docs.field_comments), so the names live only in
+    the table."""
+    choices = tuple(choices)
+    ok, allowed = choice(choices)
+    rule: Rule = ((lambda v: v is None or ok(v)), f"null or {allowed}") if null else (ok, allowed)
+    return dataclasses.field(default=default, metadata={"rule": rule, "choices": choices})
+
+
 def check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
     value = _get(cfg, key)
     if not ok(value):

@@ -12,7 +12,9 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from .rules import COMPILE, DEVICE, NON_NEGATIVE, POSITIVE, checked, choice
+from ..data.representations import REPRESENTATIONS
+from ..engine.schedules import SCHEDULES
+from .rules import COMPILE, DEVICE, NON_NEGATIVE, POSITIVE, checked, checked_choice, choice
 
 
 @dataclass
@@ -48,7 +50,7 @@ class DataConfig:
     name: str = MISSING  # mnist | fashion_mnist | cifar10 | image_folder | npz | moons | ...
     root: str = "${oc.env:DGM_DATA_ROOT,./data}"  # the folder that holds the datasets (env DGM_DATA_ROOT, else ./data)
     path: Optional[str] = None  # image_folder, midi_folder: a folder; npz, sequences, jsb_chorales, piano_midi, musedata, nottingham: a file
-    representation: Optional[str] = None  # null: the model's own; binary | 8bit | dequantized | continuous
+    representation: Optional[str] = checked_choice(None, REPRESENTATIONS, null=True)  # null: the model's own; {choices}
     binarize: str = "dynamic"  # dynamic | static (binary representation only)
     val_size: Optional[int] = None  # examples held out of training for validation; null: 10%, at most 5000
     image_size: Optional[int] = None  # image_folder/npz: resize to this size
@@ -73,7 +75,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "cosine"  # cosine | step | exponential | constant | burda2015
+    name: str = checked_choice("cosine", SCHEDULES)  # {choices}
     warmup_steps: int = 0
     min_lr: float = 0.0
     step_size: int = 1000

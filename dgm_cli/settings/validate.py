@@ -6,14 +6,11 @@ from typing import Iterable
 
 from omegaconf import DictConfig
 
-from ..engine.schedules import SCHEDULES
 from ..errors import UserError
 from ..models.registry import get_model_class
 from .rules import DEVICE, NON_NEGATIVE, POSITIVE, check, check_declared, choice
-from .schema import DataConfig, TrainerConfig
+from .schema import DataConfig, SchedulerConfig, TrainerConfig
 
-SCHEDULERS = tuple(SCHEDULES)  # engine/schedules.py: the one table of schedules
-REPRESENTATIONS = ("binary", "8bit", "dequantized", "continuous")
 BINARIZE = ("dynamic", "static")
 SPLITS = ("train", "val", "test")
 
@@ -47,11 +44,9 @@ def validate_train(cfg: DictConfig) -> None:
     if "betas" in cfg.optimizer:
         check(cfg, "optimizer.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
     if cfg.scheduler is not None:
-        one_of(cfg, "scheduler.name", SCHEDULERS)
+        check_declared(cfg, "scheduler", SchedulerConfig)  # its name: engine/schedules.py's table
         non_negative(cfg, "scheduler.warmup_steps")
         positive(cfg, "scheduler.step_size")
-    if cfg.data.representation is not None:
-        one_of(cfg, "data.representation", REPRESENTATIONS)
     one_of(cfg, "data.binarize", BINARIZE)
     check(cfg, "data.val_size", lambda v: v is None or v >= 0, "null (a tenth of the training examples, at most "
           "5000) or a number >= 0")
