@@ -292,7 +292,7 @@ def test_compile_auto_compiles_cpu_runs_long_enough_to_pay(tmp_path, monkeypatch
     monkeypatch.setattr(type(model), "compile_pays_after", pays_after)
     with torch._dynamo.config.patch(suppress_errors=False):  # auto sets it where it compiles
         trainer = trainer_for(tmp_path, model, max_steps=max_steps)
-    assert trainer.t.compile == "auto"
+    assert trainer.settings.compile == "auto"
     assert (trainer.net[1] is trainer.ddp if compiled else trainer.net is trainer.ddp)
     off = trainer_for(tmp_path / "off", model, max_steps=max_steps, compile=False)
     assert off.net is off.ddp

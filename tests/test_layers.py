@@ -16,6 +16,7 @@ ROOT = Path(dgm_cli.__file__).parent
 LAYERS = [
     ("dgm_cli.errors", 0), ("dgm_cli.atomic", 0), ("dgm_cli.progress", 0),
     ("dgm_cli.images", 0),  # pictures of tensors: the caller says what the data is (a piano roll or not)
+    ("dgm_cli.rules", 0),  # a key's rule, declared beside it in a schema (the trainer's lives in engine/)
     ("dgm_cli.data", 1),
     ("dgm_cli.models.nn", 2),
     ("dgm_cli.models", 3),

@@ -19,12 +19,12 @@ def test_checkpoint_interval_zero_is_refused():
 
 
 def test_every_trainer_key_declares_its_rule_and_a_bad_value_is_refused():
-    """A trainer key is declared once (settings/schema.TrainerConfig: type, default, rule, meaning):
+    """A trainer key is declared once (engine/config.TrainerConfig: type, default, rule, meaning):
     every key but the switches has a rule, the default meets it, and a value that breaks it is
     refused naming the key and what it must be."""
     import dataclasses
 
-    from dgm_cli.settings.schema import TrainerConfig
+    from dgm_cli.engine.config import TrainerConfig
 
     for f in dataclasses.fields(TrainerConfig):
         if f.type in (bool, "bool"):

@@ -34,7 +34,6 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -47,6 +46,7 @@ from ..data.sequences import is_piano_roll
 from ..errors import UserError
 from ..models.base import GenerativeModel
 from . import checkpoint, distributed, faults, runtime
+from .config import TrainerConfig
 from .ema import WeightAverage
 from .faults import NonFiniteLoss, StopRequested, StopSignals
 from .optim import build_scheduler, optimizer_factory
@@ -65,29 +65,29 @@ def step_seed(seed: int, step: int, phase: int, shard: int) -> int:
 class Trainer:
     def __init__(self, cfg: DictConfig, model: GenerativeModel, data: pipeline.Dataset, run_dir: Path,
                  device: torch.device, resume_state: Optional[dict] = None):
-        # The trainer's settings and the seed as plain Python values: OmegaConf's attribute access, a few
-        # times per step, cost ~5% of a small model's step (cProfile of the default VAE).
-        self.t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
+        # The trainer's settings (typed: engine/config.py) and the seed as plain Python values: OmegaConf's
+        # attribute access, a few times per step, cost ~5% of a small model's step (cProfile of the default VAE).
+        self.settings = TrainerConfig.of(OmegaConf.to_container(cfg.trainer, resolve=True))
         self.cfg, self.seed, self.run_dir, self.device = cfg, int(cfg.seed), run_dir, device
-        model.check_precision(cfg.trainer.precision)
+        model.check_precision(self.settings.precision)
         self.world, self.rank, self.main = distributed.world_size(), distributed.rank(), distributed.is_main()
-        self.shards = self.world * self.t.accumulate  # micro-batches per global batch
-        if self.t.batch_size % self.shards:
-            raise UserError(f"trainer.batch_size={self.t.batch_size} is the global batch; it must split evenly "
-                            f"into {self.world} process(es) x trainer.accumulate={self.t.accumulate} micro-batches.")
+        self.shards = self.world * self.settings.accumulate  # micro-batches per global batch
+        if self.settings.batch_size % self.shards:
+            raise UserError(f"trainer.batch_size={self.settings.batch_size} is the global batch; it must split evenly "
+                            f"into {self.world} process(es) x trainer.accumulate={self.settings.accumulate} micro-batches.")
         self.model = model.to(device)
         self.representation = model.data.representation
         self.data_identity = data.identity
-        self.batches = pipeline.BatchIterator(*data.train, self.representation, cfg.data.binarize, self.t.batch_size,
+        self.batches = pipeline.BatchIterator(*data.train, self.representation, cfg.data.binarize, self.settings.batch_size,
                                               device, cfg.seed, cfg.data.on_device)
         self.val = self._fixed_split(data.val)
-        self.total_steps = self.t.max_steps if self.t.max_steps > 0 else self.t.max_epochs * self.batches.steps_per_epoch
+        self.total_steps = self.settings.max_steps if self.settings.max_steps > 0 else self.settings.max_epochs * self.batches.steps_per_epoch
         self.optimizers = model.configure_optimizers(optimizer_factory(cfg.optimizer))
         self.schedulers = {k: build_scheduler(cfg.scheduler, o, self.total_steps, self.batches.steps_per_epoch)
                            for k, o in self.optimizers.items()}
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.t.precision == "16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.settings.precision == "16")
         self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.optimizers.items()}
-        self.ema = WeightAverage(model, self.t.ema_decay) if self.t.ema_decay > 0 else None
+        self.ema = WeightAverage(model, self.settings.ema_decay) if self.settings.ema_decay > 0 else None
         self.step, self.best_val, self.skipped = 0, math.inf, 0
         self.watch = faults.NonFiniteWatch()
         #: trainer.nan=skip undoes a bad batch on the device (a copy of the state per batch, no host sync)
@@ -111,8 +111,8 @@ class Trainer:
         """trainer.compile: true/false as given; auto compiles where it was measured to pay: on a CPU,
         for a run with at least the steps the model needs to earn back a cold compile (one to two
         minutes, against a tenth of a second or more saved per step)."""
-        if self.t.compile != "auto":
-            return bool(self.t.compile)
+        if self.settings.compile != "auto":
+            return bool(self.settings.compile)
         needs = model.compile_pays_after
         if needs is None or self.device.type != "cpu" or self.total_steps - self.step < needs:
             return False
@@ -137,15 +137,15 @@ class Trainer:
         if self.shards == 1:
             return [(x, y, 0)]
         size = len(x) // self.shards
-        first = self.rank * self.t.accumulate
+        first = self.rank * self.settings.accumulate
         return [(x[i * size:(i + 1) * size], None if y is None else y[i * size:(i + 1) * size], i)
-                for i in range(first, first + self.t.accumulate)]
+                for i in range(first, first + self.settings.accumulate)]
 
     def train_step(self, x: torch.Tensor, y: Optional[torch.Tensor], want_grad_norm: bool) -> None:
         """One global batch: every phase the model asks for, in order (see the module docstring).
         Whether a loss was finite stays on the device (``self.watch``): no host sync per step."""
         chunks = self.micro_batches(x, y)
-        skip = self.t.nan == "skip"
+        skip = self.settings.nan == "skip"
         saved = faults.Snapshot(self.model, self.optimizers, self.ema) if skip and self.skip_on_device else None
         bad_batch = None
         for p, phase in enumerate(self.model.phases(self.step)):
@@ -159,9 +159,9 @@ class Trainer:
                     o.zero_grad(set_to_none=True)
                 self.watch.record(self.step, bad)
                 break
-            if self.t.grad_clip > 0 or want_grad_norm:
+            if self.settings.grad_clip > 0 or want_grad_norm:
                 self.scaler.unscale_(opt)
-                clip = self.t.grad_clip if self.t.grad_clip > 0 else math.inf
+                clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
                 metrics[f"grad_norm_{phase}"] = torch.nn.utils.clip_grad_norm_(self.params[phase], clip)
             self.scaler.step(opt)
             self.scaler.update()
@@ -191,7 +191,7 @@ class Trainer:
             last = i == len(chunks) - 1
             sync = self.ddp.no_sync() if (not last and self.ddp is not self.model) else nullcontext()
             with sync:
-                with runtime.autocast(self.device, self.t.precision):
+                with runtime.autocast(self.device, self.settings.precision):
                     loss, metrics = self.net(xm, ym, phase)
                 not_finite = ~torch.isfinite(loss.detach())
                 bad = not_finite if bad is None else bad | not_finite
@@ -216,7 +216,7 @@ class Trainer:
         bad_steps = self.watch.read()
         if not bad_steps:
             return
-        if self.t.nan == "skip":
+        if self.settings.nan == "skip":
             self.skipped += len(bad_steps)
             log.warning("step%s %s: non-finite loss; %s update was skipped (%d so far)", "s"[:len(bad_steps) - 1],
                         ", ".join(map(str, bad_steps)), "that batch's" if len(bad_steps) == 1 else "those batches'",
@@ -255,24 +255,24 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> dict[str, float]:
-        t = self.t
+        settings = self.settings
         bar = tqdm(total=self.total_steps, initial=self.step, dynamic_ncols=True, desc="train",
-                   disable=not (t.progress and self.main and sys.stderr.isatty()))
+                   disable=not (settings.progress and self.main and sys.stderr.isatty()))
         log.info("training %s for %d steps (%d per epoch) on %s%s, run folder %s", self.cfg.model.name,
                  self.total_steps, self.batches.steps_per_epoch, self.device,
                  f" x {self.world} processes" if self.world > 1 else "", self.run_dir)
         log.info("%s", self.batches.placement)
         tick, tick_step = time.perf_counter(), self.step
         self._fit_started, self._grid_seconds, self._last_grid_seconds = tick, 0.0, None
-        lines = t.progress and self.main and not sys.stderr.isatty()  # off a terminal: a line now and then
-        next_line, first_step = tick + t.progress_every, self.step
+        lines = settings.progress and self.main and not sys.stderr.isatty()  # off a terminal: a line now and then
+        next_line, first_step = tick + settings.progress_every, self.step
         self.model.train()
         while self.step < self.total_steps:
             x, y = next(self.batches)
             self.step += 1
             if self.fresh and self.step == 1:
                 self.model.initialize(x, y)  # the same global batch on every process
-            log_now = self.step % t.log_every == 0 or self.step == self.total_steps
+            log_now = self.step % settings.log_every == 0 or self.step == self.total_steps
             try:
                 self.train_step(x, y, want_grad_norm=log_now)
             except RuntimeError:  # a model that fails on non-finite weights (a Bernoulli of NaN): say why
@@ -281,7 +281,7 @@ class Trainer:
                 raise
             bar.update(1)
             if lines and time.perf_counter() >= next_line:
-                next_line = time.perf_counter() + t.progress_every
+                next_line = time.perf_counter() + settings.progress_every
                 self._progress_line(first_step)
             if log_now:
                 self.check_finite()
@@ -289,23 +289,24 @@ class Trainer:
                 if self.skipped:
                     values["nan_skipped"] = float(self.skipped)
                 now = time.perf_counter()
-                values[f"{self.unit}_per_sec"] = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
+                values[f"{self.unit}_per_sec"] = (self.step - tick_step) * settings.batch_size / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
                 for name, opt in self.optimizers.items():
                     values[f"lr_{name}" if len(self.optimizers) > 1 else "lr"] = opt.param_groups[0]["lr"]
                 self.logger.scalars("train", values, self.step)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss")})
             epoch_end = self.step % self.batches.steps_per_epoch == 0
-            if t.sample_every and self.step % t.sample_every == 0:
+            if settings.sample_every and self.step % settings.sample_every == 0:
                 self.log_images()
-            if (t.val_every and self.step % t.val_every == 0) or (not t.val_every and epoch_end) or self.step == self.total_steps:
+            val_due = self.step % settings.val_every == 0 if settings.val_every else epoch_end
+            if val_due or self.step == self.total_steps:
                 self.validate()
-            if self.step % t.ckpt_every == 0 or epoch_end or self.step == self.total_steps:
+            if self.step % settings.ckpt_every == 0 or epoch_end or self.step == self.total_steps:
                 self.save()
             if self._stop_agreed if self.world > 1 else self.signals.requested is not None:
                 self._stop(bar)
         bar.close()
-        if t.sample_every and self.step % t.sample_every != 0:  # the last step's grid, once
+        if settings.sample_every and self.step % settings.sample_every != 0:  # the last step's grid, once
             self.log_images()
         final = {f"val_{k}": v for k, v in self.last_val.items()}
         self.logger.hparams(self.cfg, final or {"train_steps": float(self.step)})
@@ -323,7 +324,7 @@ class Trainer:
         done = max(self.step - first_step, 1)
         left = elapsed / done * (self.total_steps - self.step)
         log.info("step %d/%d (%.0f%%), %.3g %s/s, about %s left", self.step, self.total_steps,
-                 100 * self.step / self.total_steps, done * self.t.batch_size / max(elapsed, 1e-9), self.unit,
+                 100 * self.step / self.total_steps, done * self.settings.batch_size / max(elapsed, 1e-9), self.unit,
                  f"{left / 60:.1f} min" if left >= 90 else f"{left:.0f} s")
 
     def _stop(self, bar) -> None:
@@ -364,8 +365,8 @@ class Trainer:
         n = torch.zeros((), dtype=torch.float64, device=self.device)
         # fp32 unless trainer.val_precision asks: best.pt is chosen by this number (the RBM's exact NLL was
         # off by up to 0.585 nats an example in bf16)
-        precision = getattr(self.t, "val_precision", "32")
-        for x, y in pipeline.eval_batches(x_mine, y_mine, self.t.eval_batch_size, self.device):
+        precision = self.settings.val_precision
+        for x, y in pipeline.eval_batches(x_mine, y_mine, self.settings.eval_batch_size, self.device):
             with runtime.autocast(self.device, precision):
                 for k, v in self.model.validation_step(x, y).items():
                     sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=self.device).detach().double() * len(x)
@@ -375,7 +376,7 @@ class Trainer:
             packed = distributed.all_reduce_sum(torch.stack([n] + [sums[k] for k in names]))
             n, sums = packed[0], {k: packed[i + 1] for i, k in enumerate(names)}
         values = {k: float(sums[k] / n) for k in names}
-        real = x_all[: self.t.eval_batch_size].to(self.device)
+        real = x_all[: self.settings.eval_batch_size].to(self.device)
         values.update({k: float(v) for k, v in self.model.monitor(real).items()})
         self.model.train()
         return values
@@ -387,7 +388,7 @@ class Trainer:
         """Samples per logged grid: ``trainer.num_samples``, or fewer for a model whose sampler costs
         a network pass per dimension (``grid_samples``)."""
         cap = self.model.grid_samples
-        return min(self.t.num_samples, cap) if cap else self.t.num_samples
+        return min(self.settings.num_samples, cap) if cap else self.settings.num_samples
 
     def grid_affordable(self) -> bool:
         """Whether one more grid keeps all grids within GRID_BUDGET of the run's wall time so far
@@ -412,16 +413,16 @@ class Trainer:
             return
         start = time.perf_counter()
         n = self.grid_size()
-        if n < self.t.num_samples and self._last_grid_seconds is None:
+        if n < self.settings.num_samples and self._last_grid_seconds is None:
             log.info("sample grids hold %d samples, not trainer.num_samples=%d: %s samples one pixel per network "
-                     "pass", n, self.t.num_samples, self.cfg.model.name)
+                     "pass", n, self.settings.num_samples, self.cfg.model.name)
         self.model.eval()
         with runtime.fork_rng(self.device), self.averaged():
             samples = self.model.sample_for_logging(n)
             if self.model.data.is_image:
                 self.logger.image("samples", images.grid(samples), self.step)
                 if "reconstruct" in self.model.sample_modes and self.val is not None:
-                    x = self.val[0][: min(32, self.t.num_samples)].to(self.device)
+                    x = self.val[0][: min(32, self.settings.num_samples)].to(self.device)
                     self.logger.image("reconstructions", images.grid(self.model.sample_reconstruct(x)), self.step)
                 for tag, extra in self.model.images(n).items():  # e.g. an RBM's filters
                     self.logger.image(tag, images.grid(extra), self.step)
@@ -479,4 +480,4 @@ class Trainer:
             if "ema" in state:
                 self.ema.load_state_dict(state["ema"])
             else:  # a run that had no average: start it from the resumed weights
-                self.ema = WeightAverage(self.model, self.t.ema_decay)
+                self.ema = WeightAverage(self.model, self.settings.ema_decay)

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from ..errors import UserError
 from ..models.registry import get_model_class
-from .rules import DEVICE, NON_NEGATIVE, POSITIVE, check, check_declared, choice
+from ..rules import DEVICE, NON_NEGATIVE, POSITIVE, check, check_declared, choice
 from .schema import DataConfig, SchedulerConfig, TrainerConfig
 
 BINARIZE = ("dynamic", "static")

@@ -1,5 +1,6 @@
 """Rules on a key's value, declared with the key (``checked`` in a schema dataclass) and applied by
-``validate.py`` before anything runs. Both import this module; neither imports the other's rules."""
+``settings/validate.py`` before anything runs. In the bottom layer, so that a schema below the command
+line (engine/config.py's TrainerConfig) declares its rules too; nothing here imports the package above."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig
 
-from ..errors import UserError
+from .errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
