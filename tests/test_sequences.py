@@ -104,6 +104,28 @@ def test_bounds_stay_below_the_kalman_likelihood_and_tighten(cls):
         assert gain > 2 * se
 
 
+def test_the_bound_over_trajectories_is_assembled_from_chunks_that_bound_its_memory(monkeypatch):
+    """k trajectories per sequence are drawn in chunks of at most STEP_ROWS_PER_CHUNK (samples x sequences x
+    steps), and the chunks' weights combine into log (1/k) sum_i w_i exactly as one draw of all k would."""
+    import dgm_cli.models.sequence.base as sequence_base
+
+    model = small(DMM)
+    x = SSM.sample(3, 5, torch.Generator().manual_seed(0))
+    weights = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+    taken = []
+
+    def log_weights(x, m, noise=None):
+        w = weights[sum(taken): sum(taken) + m]
+        taken.append(m)
+        return w, torch.zeros_like(w), torch.zeros_like(w)
+
+    monkeypatch.setattr(model, "log_weights", log_weights)
+    monkeypatch.setattr(sequence_base, "STEP_ROWS_PER_CHUNK", 3 * 5 * 7)  # 7 trajectories of 3 x 5 steps
+    bound = model.iwae(x, 40)
+    assert taken == [7] * 5 + [5]
+    assert torch.allclose(bound, torch.logsumexp(weights, 0) - math.log(40))
+
+
 @pytest.mark.parametrize("cls", MODELS)
 def test_samples_have_the_data_shape_and_objectives_run(cls):
     assert small(cls).sample(3).shape == (3, 10, 2)

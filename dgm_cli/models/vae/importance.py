@@ -16,8 +16,10 @@ from torch import Tensor
 ROWS_PER_CHUNK = 1 << 16
 
 
-def importance_log_likelihood(log_weights: Callable[[int], Tensor], k: int, batch: int) -> Tensor:
-    """``log_weights(m)`` gives (m, batch) fresh log importance weights; returns log (1/k) sum of k of them."""
-    chunk = max(1, min(k, ROWS_PER_CHUNK // max(1, batch)))
+def importance_log_likelihood(log_weights: Callable[[int], Tensor], k: int, batch: int,
+                               rows_per_chunk: int = ROWS_PER_CHUNK) -> Tensor:
+    """``log_weights(m)`` gives (m, batch) fresh log importance weights; returns log (1/k) sum of k of them.
+    ``batch``: the rows one sample costs (examples; for sequences, examples x time steps)."""
+    chunk = max(1, min(k, rows_per_chunk // max(1, batch)))
     parts = [torch.logsumexp(log_weights(min(chunk, k - i)), dim=0) for i in range(0, k, chunk)]
     return torch.logsumexp(torch.stack(parts), dim=0) - math.log(k)
