@@ -33,12 +33,15 @@ HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml
 #: set once Hydra has composed the command's config and its job runs: a SystemExit(1) from Hydra before
 #: that is a composition error (user input), which cli.py rewords into one paragraph
 job_started = False
+#: set once RunFolder has checked a single run's config, before its folder existed: the job does not check
+#: it again (the jobs of a sweep, which Hydra composes one by one, are checked each in its job)
+run_checked = False
 
 
 def reset() -> None:
     """Forget an earlier command of this process (``cli.main`` runs each call as in a fresh process)."""
-    global job_started
-    job_started = False
+    global job_started, run_checked
+    job_started = run_checked = False
     NEW_FOLDERS.clear()
 
 
@@ -72,11 +75,13 @@ class RunFolder(Callback):
     else; and checks a single run's config, so that a bad value is refused before any folder exists."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        global run_checked
         self._note(config, "hydra.run.dir")
         try:
             check(config.hydra.job.name, config)
         except UserError as exc:
             refuse(config.hydra.job.name, exc)
+        run_checked = True
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._note(config, "hydra.sweep.dir")
@@ -145,7 +150,8 @@ def command(config_name: str, validate: Callable[[DictConfig], None]):
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             log_name = f"{HydraConfig.get().job.name}.log"
             try:
-                check(config_name, cfg)
+                if not run_checked:  # a sweep's job, or a run started without dgm's callback
+                    check(config_name, cfg)
                 result = fn(cfg)
             except UserError as exc:
                 remove_if_unused(run_dir, log_name)
@@ -189,7 +195,8 @@ def model_from_checkpoint(state: dict, device, data_root: str | None = None, dat
     if data_root is not None:
         cfg.data.root = data_root
     dataset = pipeline.load(cfg.data) if dataset is None else dataset
-    representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
+    # the representation the model was trained on: the checkpoint says (before it did, the saved config held it)
+    representation = state.get("representation") or pipeline.resolve_representation(cfg.data, cfg.model, dataset)
     spec = pipeline.spec(dataset, representation, cfg.data.name)
     model = build_model(cfg.model, cfg.objective, spec)
     model.load_state_dict(state["model"])

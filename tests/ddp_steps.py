@@ -47,7 +47,6 @@ def overrides(name: str, data: Path) -> list[str]:
 def train_two_steps(name: str, data: Path, folder: Path) -> None:
     """What `dgm train` does, in a process group that stays up for the next model."""
     import torch
-    from omegaconf import OmegaConf
 
     from conftest import compose_train
     from dgm_cli.data import pipeline
@@ -60,7 +59,6 @@ def train_two_steps(name: str, data: Path, folder: Path) -> None:
     dataset = pipeline.load(cfg.data)
     representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
     model = build_model(cfg.model, cfg.objective, pipeline.spec(dataset, representation, cfg.data.name))
-    OmegaConf.update(cfg, "data.representation", representation)
     Trainer(cfg, model, dataset, folder / name, torch.device("cpu")).fit()
 
 

@@ -60,7 +60,8 @@ def photos_run(tmp_path_factory):
 def test_colour_photos_are_not_binarized_and_the_log_says_what_was_done_to_them(photos_run):
     folder, run = photos_run
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert state["config"]["data"]["representation"] == "8bit"  # the VAE's default is binary
+    assert state["representation"] == "8bit"  # the VAE's default is binary
+    assert state["config"]["data"]["representation"] is None  # the config stays as given: nothing written into it
     assert state["config"]["data"]["path"] == str(folder)  # the relative path, stored resolved
     data = state["data"]
     assert data["path"] == str(folder) and data["shape"] == [3, 8, 8] and data["representation"] == "8bit"

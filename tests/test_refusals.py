@@ -49,3 +49,27 @@ def test_an_optimizer_name_that_is_another_optimizer_is_refused():
 def test_logit_alpha_outside_the_open_interval_is_refused(alpha):
     with pytest.raises(UserError, match=rf"model.alpha={alpha}.*0 < alpha < 0.5"):
         build_model({"name": "realnvp", "alpha": alpha}, {"name": "nll"}, DataSpec((1, 4, 4), "dequantized"))
+
+
+def test_a_run_is_checked_once_and_each_job_of_a_sweep_once(dgm, tmp_path, monkeypatch):
+    """validate_train runs once per run: before a single run's folder exists (app.RunFolder), or in each
+    job of a sweep (whose configs Hydra composes one by one); and the user's config comes back unchanged
+    in the checkpoint, the representation the model got beside it."""
+    import torch
+    from conftest import TOY, run_folders
+
+    from dgm_cli import app
+    import dgm_cli.commands.train  # noqa: F401 -- registers train's check
+
+    seen = []
+    check = app.VALIDATORS["train"]
+    monkeypatch.setitem(app.VALIDATORS, "train", lambda cfg: (seen.append(cfg.trainer.max_steps), check(cfg)))
+    dgm("train", *TOY, "trainer.max_steps=1")
+    assert seen == [1]
+    (run,) = run_folders(tmp_path)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["config"]["data"]["representation"] is None and state["config"]["resume"] is None
+    assert state["representation"] == "continuous"
+    seen.clear()
+    dgm("train", "-m", *TOY, "trainer.max_steps=1,2")
+    assert sorted(seen) == [1, 2]

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -47,7 +48,7 @@ def resolve_data_paths(cfg: DictConfig) -> None:
         cfg.data.domain_b = str(Path(cfg.data.domain_b).expanduser().resolve())
 
 
-def data_identity(dataset, cfg: DictConfig, representation: str, state) -> dict:
+def data_identity(dataset, cfg: DictConfig, representation: str, state, resume: Optional[str]) -> dict:
     """The data's identity (data/identity.py), saved in every checkpoint. A resumed run refuses data whose
     training split is not the one it started on (it would go on training on other data in silence)."""
     from ..data import identity
@@ -55,7 +56,7 @@ def data_identity(dataset, cfg: DictConfig, representation: str, state) -> dict:
     ident = identity.identity(dataset, cfg.data, representation)
     saved = (state or {}).get("data")
     if saved and saved["fingerprints"]["train"] != ident["fingerprints"]["train"]:
-        raise UserError(f"resume={cfg.resume}: the data changed since this run started: "
+        raise UserError(f"resume={resume}: the data changed since this run started: "
                         f"{identity.what_changed(saved, ident, 'train')}. A resumed run goes on with the data it "
                         "started on: restore it (or point data.root at it), or start a new run on this data.")
     return ident
@@ -63,7 +64,9 @@ def data_identity(dataset, cfg: DictConfig, representation: str, state) -> dict:
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     """Train as ``cfg`` says into ``run_dir`` (or, with ``cfg.resume``, continue that run in its own
-    folder, where ``overrides`` are the command line's, checked against what a resume may change)."""
+    folder, where ``overrides`` are the command line's, checked against what a resume may change).
+    ``cfg`` is the user's config: what the run works out (the run it resumes, the representation it
+    gets) is kept in variables and the checkpoint, never written into it."""
 
     from ..data import pipeline
     from ..engine import checkpoint, distributed, faults, runtime
@@ -72,14 +75,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     from ..data import identity
 
     distributed.init()
-    state = None
-    if not cfg.resume and (run_dir / "checkpoints" / "last.pt").exists():
+    state, resume = None, cfg.resume
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
         # the run folder already holds this run's checkpoint: a job requeued after preemption
         # (submitit restarts it in the same folder) continues where it stopped
-        cfg.resume = str(run_dir)
+        resume = str(run_dir)
         overrides = [o for o in overrides if o.partition("=")[0] in RESUMABLE_KEYS]
-    if cfg.resume:
-        state = checkpoint.load(cfg.resume)
+    if resume:
+        state = checkpoint.load(resume)
         cfg = _resume_config(cfg, state, list(overrides))
         run_dir = Path(state["path"]).parent.parent
         log.info("resuming %s at step %d", state["path"], state["step"])
@@ -90,24 +93,23 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     if state is None:  # stored resolved: eval, sample and resume find the data from any folder
         resolve_data_paths(cfg)
     dataset = pipeline.load(cfg.data)
-    representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset,
-                                                     get_model_class(cfg.model.name).representations)
+    # a resumed run goes on with the representation it started with (the checkpoint's "representation")
+    chosen = state is None and not cfg.data.representation  # the model's default, or another for colour images
+    representation = (state or {}).get("representation") or pipeline.resolve_representation(
+        cfg.data, cfg.model, dataset, get_model_class(cfg.model.name).representations)
     spec = pipeline.spec(dataset, representation, cfg.data.name)
     model = build_model(cfg.model, cfg.objective, spec)
-    dataset.identity = data_identity(dataset, cfg, representation, state)
+    dataset.identity = data_identity(dataset, cfg, representation, state, resume)
     if distributed.is_main():
         log.info("data: %s", identity.summary(dataset.identity, dataset.source, cfg.data.binarize,
-                                              None if cfg.data.representation else cfg.model.representation))
-        if (representation == "binary" and not cfg.data.representation and cfg.data.name in identity.USER_DATA
+                                              cfg.model.representation if chosen else None))
+        if (representation == "binary" and chosen and cfg.data.name in identity.USER_DATA
                 and not pipeline.is_binary(dataset.train[0])):
             others = [r for r in get_model_class(cfg.model.name).representations if r in eight_bit_names()]
             log.warning("data: these greyscale images are binarized, as %s's default is on MNIST: each pixel becomes "
                         "a Bernoulli draw of its intensity. %s", cfg.model.name,
                         f"To model their grey levels, add data.representation={' or '.join(others)}." if others else
                         "This model models binary data only; a VAE or PixelCNN models grey levels (8bit).")
-    if state is None:
-        # the resolved config, with the representation the model actually got, for eval/sample/resume
-        OmegaConf.update(cfg, "data.representation", representation)
     trainer = Trainer(cfg, model, dataset, run_dir, device, resume_state=state)
     last = run_dir / "checkpoints" / "last.pt"
     if state is not None and trainer.step >= trainer.total_steps:

@@ -309,7 +309,8 @@ class Trainer:
         if settings.sample_every and self.step % settings.sample_every != 0:  # the last step's grid, once
             self.log_images()
         final = {f"val_{k}": v for k, v in self.last_val.items()}
-        self.logger.hparams(self.cfg, final or {"train_steps": float(self.step)})
+        self.logger.hparams(self.cfg, final or {"train_steps": float(self.step)},
+                            {"data.representation": self.representation})
         self.logger.close()
         return final
 
@@ -437,7 +438,8 @@ class Trainer:
 
     def state(self) -> dict:
         state = {
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),  # as the user gave it
+            "representation": self.representation,  # the one the model got (data.representation may be null)
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items() if s is not None},

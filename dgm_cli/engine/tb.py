@@ -26,10 +26,11 @@ class Logger:
     def image(self, tag: str, image: Tensor, step: int) -> None:
         self.writer.add_image(tag, image, step)
 
-    def hparams(self, cfg, metrics: Mapping[str, float]) -> None:
-        flat = {}
+    def hparams(self, cfg, metrics: Mapping[str, float], resolved: Mapping[str, object] | None = None) -> None:
+        """``resolved``: values the run worked out for keys the config may leave null (the representation)."""
+        flat, resolved = {}, resolved or {}
         for key in HPARAM_KEYS:
-            v = OmegaConf.select(cfg, key, default=None)
+            v = resolved.get(key, OmegaConf.select(cfg, key, default=None))
             if v is not None:
                 flat[key] = v
         for k, v in cfg.model.items():

@@ -160,6 +160,8 @@ class Run:
     overrides: dict[str, str]
     train_step: Optional[int]
     eval: dict = field(default_factory=dict)
+    #: the representation the model was trained on, where its checkpoint says (data.representation may be null)
+    representation: Optional[str] = None
 
     @classmethod
     def read(cls, path: Path) -> "Run":
@@ -175,7 +177,8 @@ class Run:
                          if "=" in o)
         report = path / "checkpoints" / "eval.json"
         evaluation = json.loads(report.read_text()) if report.is_file() else {}
-        return cls(path, config, overrides, int(state["step"]) if state else None, evaluation)
+        return cls(path, config, overrides, int(state["step"]) if state else None, evaluation,
+                   state.get("representation") if state else None)
 
     # --- TensorBoard --------------------------------------------------------------------------
     @cached_property
@@ -244,7 +247,7 @@ class Run:
             if key not in data_cache:
                 data_cache[key] = pipeline.load(cfg.data)
             dataset = data_cache[key]
-            rep = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
+            rep = self.representation or pipeline.resolve_representation(cfg.data, cfg.model, dataset)
             model = build_model(cfg.model, cfg.objective, pipeline.spec(dataset, rep, cfg.data.name))
         except (UserError, OmegaConfBaseException) as exc:  # no data here, a config of an older dgm: no count
             log.warning("no parameter count for %s: %s", self.path, exc)
