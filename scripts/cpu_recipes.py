@@ -79,8 +79,10 @@ def headline(run: Path) -> str:
     lik, sq = report.get("likelihood"), report.get("sample_quality")
     parts = []
     if lik:
+        per_step = lik.get("bound_terms", {}).get("nll_nats_per_step")
         parts.append(f"NLL {lik['nll_nats']:.2f} ± {lik['nll_nats_stderr']:.2f} nats, "
-                     f"{lik['bits_per_dim']:.4f} bits/dim ({lik['kind']})")
+                     + (f"{per_step:.3f} nats/step" if per_step else f"{lik['bits_per_dim']:.4f} bits/dim")
+                     + f" ({lik['kind']})")
     if sq and "fid" in sq:
         parts.append(f"FID {sq['fid']:.2f}")
     return "; ".join(parts)
