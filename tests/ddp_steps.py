@@ -51,7 +51,7 @@ def train_two_steps(name: str, data: Path, folder: Path) -> None:
     from conftest import compose_train
     from dgm_cli.data import pipeline
     from dgm_cli.engine import runtime
-    from dgm_cli.engine.loop import Trainer
+    from dgm_cli.engine.loop import build
     from dgm_cli.models.registry import build_model
 
     cfg = compose_train(*overrides(name, data))
@@ -59,7 +59,7 @@ def train_two_steps(name: str, data: Path, folder: Path) -> None:
     dataset = pipeline.load(cfg.data)
     representation = pipeline.resolve_representation(cfg.data, cfg.model, dataset)
     model = build_model(cfg.model, cfg.objective, pipeline.spec(dataset, representation, cfg.data.name))
-    Trainer(cfg, model, dataset, folder / name, torch.device("cpu")).fit()
+    build(cfg, model, dataset, folder / name, torch.device("cpu")).fit()
 
 
 def _worker(rank: int, names: list[str], port: int, data: str, folder: str) -> None:

@@ -199,7 +199,7 @@ def test_training_logs_the_weights_as_filter_images(name, objective, chains, tmp
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from dgm_cli.data import pipeline
-    from dgm_cli.engine.loop import Trainer
+    from dgm_cli.engine import loop
     from dgm_cli.settings.schema import TrainConfig
 
     path = tmp_path / "bars.npz"
@@ -213,7 +213,7 @@ def test_training_logs_the_weights_as_filter_images(name, objective, chains, tmp
     dataset = pipeline.load(cfg.data)
     sizes = {"hidden_units": [5, 3], "steps_per_layer": 2} if name == "dbn" else {"hidden_units": 5}
     model = build(name, objective=objective, sample_steps=2, **sizes)
-    Trainer(cfg, model, dataset, tmp_path, torch.device("cpu")).fit()
+    loop.build(cfg, model, dataset, tmp_path, torch.device("cpu")).fit()
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert {"samples", "filters"} <= set(events.Tags()["images"])
     filters = model.images(9)["filters"]

@@ -11,7 +11,7 @@ from torch import nn
 from dgm_cli.settings.schema import TrainConfig
 from dgm_cli.data import pipeline
 from dgm_cli.engine.checkpoint import load
-from dgm_cli.engine.loop import Trainer
+from dgm_cli.engine.loop import build
 from dgm_cli.engine.optim import build_scheduler
 from dgm_cli.models.base import DataSpec, GenerativeModel
 
@@ -65,7 +65,7 @@ def make(tmp_path, **trainer):
     cfg = toy_cfg(tmp_path, **trainer)
     ds = pipeline.load(cfg.data)
     model = TwoPlayers(TwoPlayerConfig(), DataSpec((2,), "continuous"), {"name": "test"})
-    return Trainer(cfg, model, ds, tmp_path, torch.device("cpu")), model
+    return build(cfg, model, ds, tmp_path, torch.device("cpu")), model
 
 
 def test_each_named_optimizer_steps_only_its_player(tmp_path):

@@ -23,7 +23,7 @@ from dgm_cli.data import pipeline
 from dgm_cli.engine import checkpoint
 from dgm_cli.engine.ema import WeightAverage
 from dgm_cli.engine.faults import NonFiniteLoss, run_lock
-from dgm_cli.engine.loop import Trainer
+from dgm_cli.engine.loop import Trainer, build
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec, GenerativeModel
 from dgm_cli.models.registry import build_model
@@ -69,7 +69,7 @@ def trainer_for(tmp_path, model, **trainer) -> Trainer:
         "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.05},
         "trainer": {"batch_size": 32, "max_steps": 8, "log_every": 2, "progress": False, "ckpt_every": 1,
                     "sample_every": 0, **trainer}})
-    return Trainer(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cpu"))
+    return build(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cpu"))
 
 
 def regression(**config) -> Regression:
@@ -317,7 +317,7 @@ def test_cuda_precisions_and_compile_train(tmp_path, precision):
         "optimizer": {"_target_": "torch.optim.Adam", "name": "adam", "lr": 1e-3},
         "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
         "trainer": {"batch_size": 32, "max_steps": 20, "progress": False, "sample_every": 0, **cfg_trainer}})
-    trainer = Trainer(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda"))
+    trainer = build(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda"))
     trainer.fit()
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -13,7 +13,7 @@ from torch import nn
 from dgm_cli.settings.schema import TrainConfig
 from dgm_cli.data import pipeline
 from dgm_cli.engine.checkpoint import load
-from dgm_cli.engine.loop import Trainer
+from dgm_cli.engine.loop import build
 from dgm_cli.models.base import DataSpec, GenerativeModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a gradient scaler needs CUDA")
@@ -51,7 +51,7 @@ def make(tmp_path, steps):
         "trainer": {"batch_size": 32, "max_steps": steps, "log_every": 5, "progress": False, "precision": "16",
                     "device": "cuda", "sample_every": 0}})
     model = Overflowing(NoConfig(), DataSpec((2,), "continuous"), {"name": "test"})
-    return Trainer(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda")), model
+    return build(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda")), model
 
 
 def test_an_overflowing_step_is_skipped_and_the_scale_halved(tmp_path):

@@ -70,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
 
     from ..data import pipeline
     from ..engine import checkpoint, distributed, faults, runtime
-    from ..engine.loop import Trainer
+    from ..engine import loop
     from ..models.registry import build_model, get_model_class
     from ..data import identity
 
@@ -110,7 +110,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                         "a Bernoulli draw of its intensity. %s", cfg.model.name,
                         f"To model their grey levels, add data.representation={' or '.join(others)}." if others else
                         "This model models binary data only; a VAE or PixelCNN models grey levels (8bit).")
-    trainer = Trainer(cfg, model, dataset, run_dir, device, resume_state=state)
+    trainer = loop.build(cfg, model, dataset, run_dir, device, resume_state=state)
     last = run_dir / "checkpoints" / "last.pt"
     if state is not None and trainer.step >= trainer.total_steps:
         print(f"{state['path']} has finished its {trainer.total_steps} steps: nothing to do. To train on, "

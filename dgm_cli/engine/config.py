@@ -1,6 +1,7 @@
 """The trainer's settings, ``trainer.*``: one typed dataclass, declared here, below the command line, so
-that the engine receives it (``Trainer(..., settings=TrainerConfig)``) and settings/schema.py puts it in
-``dgm train``'s schema. Pure Python (no torch, no Hydra): validation and `--help` read it cheaply.
+that the engine receives it (``Trainer(..., settings, ...)``, built by ``loop.build``) and
+settings/schema.py puts it in ``dgm train``'s schema. Pure Python (no torch, no Hydra): validation and
+`--help` read it cheaply.
 
 The loop reads these values a few times per step as plain attributes of a dataclass instance, which cost
 what a SimpleNamespace's did; OmegaConf's attribute access cost ~5% of a small model's step (cProfile of

@@ -27,6 +27,7 @@ a bare PyTorch loop (see scripts/bench_overhead.py).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -34,7 +35,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -62,29 +63,51 @@ def step_seed(seed: int, step: int, phase: int, shard: int) -> int:
     return hash((seed, step, phase, shard)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+#: an optimizer of the model's parameters (engine/optim.optimizer_factory: the configured class, per-player
+#: overrides of its arguments)
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+#: the learning-rate schedule of one optimizer over ``total_steps`` (``steps_per_epoch`` long epochs), or None
+ScheduleFactory = Callable[[torch.optim.Optimizer, int, int], Optional[torch.optim.lr_scheduler.LRScheduler]]
+
+
+def build(cfg: DictConfig, model: GenerativeModel, data: pipeline.Dataset, run_dir: Path, device: torch.device,
+          resume_state: Optional[dict] = None) -> "Trainer":
+    """The Trainer of a composed `dgm train` config: everything it needs is built here from ``cfg`` (the
+    trainer's settings, the batch iterator, the optimizer factory, the schedule), so the loop reads no config;
+    ``cfg`` itself goes along only as the run's record (the checkpoint's and TensorBoard's HParams)."""
+    settings = TrainerConfig.of(OmegaConf.to_container(cfg.trainer, resolve=True))
+    batches = pipeline.BatchIterator(*data.train, model.data.representation, cfg.data.binarize, settings.batch_size,
+                                     device, cfg.seed, cfg.data.on_device)
+    schedule = functools.partial(build_scheduler, cfg.scheduler)
+    return Trainer(model, data, batches, settings, optimizer_factory(cfg.optimizer), schedule, run_dir, device,
+                   seed=int(cfg.seed), record=cfg, resume_state=resume_state)
+
+
 class Trainer:
-    def __init__(self, cfg: DictConfig, model: GenerativeModel, data: pipeline.Dataset, run_dir: Path,
-                 device: torch.device, resume_state: Optional[dict] = None):
+    def __init__(self, model: GenerativeModel, data: pipeline.Dataset, batches: pipeline.BatchIterator,
+                 settings: TrainerConfig, optimizer: OptimizerFactory, schedule: ScheduleFactory, run_dir: Path,
+                 device: torch.device, seed: int, record: DictConfig, resume_state: Optional[dict] = None):
+        """``model`` trained on ``batches`` (data.train's, drawn by index) and validated on ``data.val``,
+        with the optimizers ``model.configure_optimizers(optimizer)`` names, each on its ``schedule``, as
+        ``settings`` say; ``record``: the run's config, saved with each checkpoint and in TensorBoard's
+        HParams, never read for what the loop does (``build`` makes all of this from a config)."""
         # The trainer's settings (typed: engine/config.py) and the seed as plain Python values: OmegaConf's
         # attribute access, a few times per step, cost ~5% of a small model's step (cProfile of the default VAE).
-        self.settings = TrainerConfig.of(OmegaConf.to_container(cfg.trainer, resolve=True))
-        self.cfg, self.seed, self.run_dir, self.device = cfg, int(cfg.seed), run_dir, device
-        model.check_precision(self.settings.precision)
+        self.settings, self.seed, self.run_dir, self.device, self.record = settings, seed, run_dir, device, record
+        model.check_precision(settings.precision)
         self.world, self.rank, self.main = distributed.world_size(), distributed.rank(), distributed.is_main()
-        self.shards = self.world * self.settings.accumulate  # micro-batches per global batch
-        if self.settings.batch_size % self.shards:
-            raise UserError(f"trainer.batch_size={self.settings.batch_size} is the global batch; it must split evenly "
-                            f"into {self.world} process(es) x trainer.accumulate={self.settings.accumulate} micro-batches.")
+        self.shards = self.world * settings.accumulate  # micro-batches per global batch
+        if settings.batch_size % self.shards:
+            raise UserError(f"trainer.batch_size={settings.batch_size} is the global batch; it must split evenly "
+                            f"into {self.world} process(es) x trainer.accumulate={settings.accumulate} micro-batches.")
         self.model = model.to(device)
         self.representation = model.data.representation
         self.data_identity = data.identity
-        self.batches = pipeline.BatchIterator(*data.train, self.representation, cfg.data.binarize, self.settings.batch_size,
-                                              device, cfg.seed, cfg.data.on_device)
+        self.batches = batches
         self.val = self._fixed_split(data.val)
-        self.total_steps = self.settings.max_steps if self.settings.max_steps > 0 else self.settings.max_epochs * self.batches.steps_per_epoch
-        self.optimizers = model.configure_optimizers(optimizer_factory(cfg.optimizer))
-        self.schedulers = {k: build_scheduler(cfg.scheduler, o, self.total_steps, self.batches.steps_per_epoch)
-                           for k, o in self.optimizers.items()}
+        self.total_steps = settings.max_steps if settings.max_steps > 0 else settings.max_epochs * batches.steps_per_epoch
+        self.optimizers = model.configure_optimizers(optimizer)
+        self.schedulers = {k: schedule(o, self.total_steps, batches.steps_per_epoch) for k, o in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.settings.precision == "16")
         self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.optimizers.items()}
         self.ema = WeightAverage(model, self.settings.ema_decay) if self.settings.ema_decay > 0 else None
@@ -258,7 +281,7 @@ class Trainer:
         settings = self.settings
         bar = tqdm(total=self.total_steps, initial=self.step, dynamic_ncols=True, desc="train",
                    disable=not (settings.progress and self.main and sys.stderr.isatty()))
-        log.info("training %s for %d steps (%d per epoch) on %s%s, run folder %s", self.cfg.model.name,
+        log.info("training %s for %d steps (%d per epoch) on %s%s, run folder %s", self.record.model.name,
                  self.total_steps, self.batches.steps_per_epoch, self.device,
                  f" x {self.world} processes" if self.world > 1 else "", self.run_dir)
         log.info("%s", self.batches.placement)
@@ -309,7 +332,7 @@ class Trainer:
         if settings.sample_every and self.step % settings.sample_every != 0:  # the last step's grid, once
             self.log_images()
         final = {f"val_{k}": v for k, v in self.last_val.items()}
-        self.logger.hparams(self.cfg, final or {"train_steps": float(self.step)},
+        self.logger.hparams(self.record, final or {"train_steps": float(self.step)},
                             {"data.representation": self.representation})
         self.logger.close()
         return final
@@ -416,7 +439,7 @@ class Trainer:
         n = self.grid_size()
         if n < self.settings.num_samples and self._last_grid_seconds is None:
             log.info("sample grids hold %d samples, not trainer.num_samples=%d: %s samples one pixel per network "
-                     "pass", n, self.settings.num_samples, self.cfg.model.name)
+                     "pass", n, self.settings.num_samples, self.record.model.name)
         self.model.eval()
         with runtime.fork_rng(self.device), self.averaged():
             samples = self.model.sample_for_logging(n)
@@ -438,7 +461,7 @@ class Trainer:
 
     def state(self) -> dict:
         state = {
-            "config": OmegaConf.to_container(self.cfg, resolve=True),  # as the user gave it
+            "config": OmegaConf.to_container(self.record, resolve=True),  # as the user gave it
             "representation": self.representation,  # the one the model got (data.representation may be null)
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
