@@ -243,3 +243,19 @@ def test_evaluations_with_other_settings_are_all_kept_and_the_report_shows_the_m
     every = list(csv.DictReader(make_report(tmp_path, runs=[str(run)], evals="all")["csv"].open()))
     assert sorted(r["evaluation"] for r in every) == names
     assert {r["estimator"] for r in every if r["evaluation"] == "step5_test60_nll_k10"} == {"IWAE, k=10 importance samples (Burda et al. 2015)"}
+
+
+def test_a_vaes_second_estimate_never_displaces_its_own_bound_as_the_runs_number(tmp_path, toy_run):
+    """estimator.ais=true gives a VAE a second estimate (decoder-based AIS) with far more 'effort' than an
+    IWAE bound's k: it is kept as a record, but eval.json -- the run's number in dgm report -- stays the
+    model's own estimator, whose effort it can be ranked by."""
+    from conftest import copy_run
+
+    run = copy_run(toy_run, tmp_path / "runs")
+    run_dgm("eval", f"checkpoint={run}", "estimator.k=20", "limit=20", cwd=tmp_path)
+    run_dgm("eval", f"checkpoint={run}", "estimator.ais=true", "estimator.ais_chains=2", "estimator.ais_temperatures=20",
+            "estimator.ais_leapfrog=2", "estimator.ais_pilot_chains=2", "limit=20", cwd=tmp_path)
+    names = sorted(p.stem for p in (run / "checkpoints" / "evals").glob("*.json"))
+    assert len(names) == 2 and any("ais" in n for n in names)
+    best = json.loads((run / "checkpoints" / "eval.json").read_text())
+    assert best["likelihood"]["estimator_settings"] == {"k": 20}

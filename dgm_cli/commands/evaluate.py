@@ -145,12 +145,23 @@ def effort(settings: dict) -> float:
     return total
 
 
+def switched_off(report: dict) -> bool:
+    """Whether a likelihood record came without an estimator switched on by estimator.ais=true: a VAE's IWAE
+    bound rather than its second estimate, decoder-based AIS. Two estimators' effort counts mean different
+    things, so they are not ranked by them: the model's own comes first. (A GAN's and an EBM's likelihoods
+    are all AIS records: among them, effort decides.)"""
+    settings = (report.get("likelihood") or {}).get("estimator_settings") or {}
+    return settings.get("ais") is not True
+
+
 def thoroughness(report: dict, section: str) -> tuple:
-    """Orders records of one section: the latest step, then the most examples, then the most effort."""
+    """Orders records of one section: the latest step, then the most examples, then the model's own
+    estimator, then the most effort."""
     part = report.get(section) or {}
     size = part.get("num_examples", 0) if section == "likelihood" else part.get("num_generated", 0)
     work = effort(part.get("estimator_settings") or {}) if section == "likelihood" else 0
-    return report.get("train_step", -1), report["protocol"].get("num_examples", 0), size, work
+    own = switched_off(report) if section == "likelihood" else True
+    return report.get("train_step", -1), report["protocol"].get("num_examples", 0), own, size, work
 
 
 def records(folder: Path) -> list[tuple[str, dict]]:
