@@ -154,3 +154,15 @@ def test_no_module_reaches_another_through_sys_modules():
              for n, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"sys\.modules(\.get\(|\[)\s*f?[\"'](\{__package__\}|\{__name__\}|dgm_cli)", line)]
     assert not found, found
+
+
+def test_each_family_is_a_folder_of_models_and_the_interface_names_every_one():
+    """The architecture shows in the tree: a model's `family` is the folder its module lives in, and the
+    interface's comment lists every family there is."""
+    from dgm_cli.models.registry import MODELS, get_model_class
+
+    get_model_class("vae")  # loads the registry
+    families = {cls.family for cls in MODELS.values()}
+    assert all(cls.__module__.split(".")[2] == cls.family for cls in MODELS.values())
+    comment = (ROOT / "models" / "base.py").read_text().split("family: ClassVar")[0].rsplit("#: family name", 1)[1]
+    assert families == set(re.findall(r'"(\w+)"', comment)), "models/base.py's list of families is out of date"

@@ -51,7 +51,8 @@ def alternating_rows(x: Tensor, reconstruct: Callable[[Tensor], Tensor], cols: i
 
 
 class GenerativeModel(nn.Module):
-    #: family name: "vae", "autoregressive", "flow", "gan", "energy".
+    #: family name, the folder it lives in: "vae", "autoregressive", "flow", "flow_matching", "gan", "energy",
+    #: "diffusion", "sequence" (a test keeps this list and the folders in step)
     family: ClassVar[str] = ""
     #: objective names this model trains with; the first is the default.
     objectives: ClassVar[tuple[str, ...]] = ()
