@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .representations import BINARIZATIONS
+
 #: datasets read from a user's folder or file (data.path): their path is part of their identity
 USER_DATA = ("image_folder", "npz")
 SPLITS = ("train", "val", "test")
@@ -92,7 +94,7 @@ def summary(ident: dict, source: dict, binarize: str = "", asked: Optional[str] 
     rep = ident["representation"]
     how = f"representation {rep}"
     if rep == "binary" and ident["dtype"] == "uint8":  # sequences of 0/1 values are used as they are
-        how += f" ({binarize} binarization: {'a fresh Bernoulli draw of the intensities per batch' if binarize == 'dynamic' else 'one fixed Bernoulli draw'})"
+        how += f" ({binarize} binarization: {BINARIZATIONS.get(binarize, binarize)})"
     if asked and asked != rep:
         how += (f", not the model's default {asked}: these are not black-and-white images, and binarizing them would "
                 f"throw away most of each pixel (data.representation={asked} does it on purpose)")

@@ -82,3 +82,9 @@ def fitting(kind: str) -> tuple[str, ...]:
 def eight_bit_names() -> tuple[str, ...]:
     """The representations of 8-bit values (8bit, dequantized)."""
     return tuple(name for name, r in REPRESENTATIONS.items() if r.eight_bit)
+
+
+#: data.binarize -> how the binary representation draws 8-bit images: afresh for every batch (dynamic, as
+#: Burda et al. 2015 train) or once with a fixed seed (static); evaluation splits are always drawn once
+BINARIZATIONS: dict[str, str] = {"dynamic": "a fresh Bernoulli draw of the intensities per batch",
+                                 "static": "one fixed Bernoulli draw of the intensities"}

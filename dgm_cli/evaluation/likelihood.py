@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from ..data import pipeline, sequences
+from ..data.representations import BINARIZATIONS
 from ..engine import distributed
 from ..progress import Progress
 from . import estimators
@@ -52,8 +53,7 @@ def binarization(dataset: str, representation: str, binarize: str) -> tuple[Opti
         return None, None
     if dataset in FIXED_BINARIZATION:
         return FIXED_BINARIZATION[dataset], FIXED_BINARIZATION[dataset]
-    training = {"dynamic": "dynamic: a fresh Bernoulli draw of the intensities per batch",
-                "static": f"static: one Bernoulli draw of the intensities, seed {pipeline.EVAL_SEED}"}[binarize]
+    training = f"{binarize}: {BINARIZATIONS[binarize]}" + (f", seed {pipeline.EVAL_SEED}" if binarize == "static" else "")
     return f"one Bernoulli draw of the intensities, seed {pipeline.EVAL_SEED}", training
 
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from ..data.representations import REPRESENTATIONS
+from ..data.representations import BINARIZATIONS, REPRESENTATIONS
 from ..engine.config import TrainerConfig
 from ..engine.schedules import SCHEDULES
 from ..rules import POSITIVE, checked, checked_choice
@@ -24,7 +24,7 @@ class DataConfig:
     root: str = "${oc.env:DGM_DATA_ROOT,./data}"  # the folder that holds the datasets (env DGM_DATA_ROOT, else ./data)
     path: Optional[str] = None  # image_folder, midi_folder: a folder; npz, sequences, jsb_chorales, piano_midi, musedata, nottingham: a file
     representation: Optional[str] = checked_choice(None, REPRESENTATIONS, null=True)  # null: the model's own; {choices}
-    binarize: str = "dynamic"  # dynamic | static (binary representation only)
+    binarize: str = checked_choice("dynamic", BINARIZATIONS)  # {choices} (binary representation only)
     val_size: Optional[int] = None  # examples held out of training for validation; null: 10%, at most 5000
     image_size: Optional[int] = None  # image_folder/npz: resize to this size
     channels: Optional[int] = None  # image_folder: 1 (grayscale) or 3 (RGB); null keeps the files'

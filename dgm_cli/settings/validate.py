@@ -11,7 +11,6 @@ from ..models.registry import get_model_class
 from ..rules import DEVICE, NON_NEGATIVE, POSITIVE, check, check_declared, choice
 from .schema import DataConfig, SchedulerConfig, TrainerConfig
 
-BINARIZE = ("dynamic", "static")
 SPLITS = ("train", "val", "test")
 
 
@@ -47,7 +46,6 @@ def validate_train(cfg: DictConfig) -> None:
         check_declared(cfg, "scheduler", SchedulerConfig)  # its name: engine/schedules.py's table
         non_negative(cfg, "scheduler.warmup_steps")
         positive(cfg, "scheduler.step_size")
-    one_of(cfg, "data.binarize", BINARIZE)
     check(cfg, "data.val_size", lambda v: v is None or v >= 0, "null (a tenth of the training examples, at most "
           "5000) or a number >= 0")
     check(cfg, "data.channels", lambda v: v in (None, 1, 3), "null, 1 or 3")
