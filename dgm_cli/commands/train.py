@@ -38,14 +38,17 @@ def _resume_config(cfg: DictConfig, state: dict, overrides: list[str]) -> DictCo
     return saved
 
 
-def resolve_data_paths(cfg: DictConfig) -> None:
-    """``data.path`` (and a ``data.domain_b`` that names a file or folder) as absolute paths: a run trained
-    on ``data.path=patches.npz`` is evaluated from any folder."""
+def with_absolute_data_paths(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose ``data.path`` (and a ``data.domain_b`` that names a file or folder) are absolute
+    paths, the run's record: a run trained on ``data.path=patches.npz`` is evaluated from any folder. ``cfg``
+    itself is left as the user gave it."""
+    absolute = {}
     if cfg.data.path:
-        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+        absolute["path"] = str(Path(cfg.data.path).expanduser().resolve())
     b = cfg.data.get("domain_b")
     if b and b not in ("mnist", "fashion_mnist", "binarized_mnist", "cifar10") and Path(b).expanduser().exists():
-        cfg.data.domain_b = str(Path(cfg.data.domain_b).expanduser().resolve())
+        absolute["domain_b"] = str(Path(b).expanduser().resolve())
+    return OmegaConf.merge(cfg, {"data": absolute}) if absolute else cfg
 
 
 def data_identity(dataset, cfg: DictConfig, representation: str, state, resume: Optional[str]) -> dict:
@@ -86,12 +89,13 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
         cfg = _resume_config(cfg, state, list(overrides))
         run_dir = Path(state["path"]).parent.parent
         log.info("resuming %s at step %d", state["path"], state["step"])
-    device = runtime.pick_device(cfg.trainer.device, distributed.local_rank() if distributed.active() else None)
-    for precision in (cfg.trainer.precision, cfg.trainer.get("val_precision", "32")):
+    settings = loop.trainer_settings(cfg)
+    device = runtime.pick_device(settings.device, distributed.local_rank() if distributed.active() else None)
+    for precision in (settings.precision, settings.val_precision):
         runtime.autocast(device, precision)  # refuses fp16 off CUDA before anything runs
     runtime.seed_everything(cfg.seed)
-    if state is None:  # stored resolved: eval, sample and resume find the data from any folder
-        resolve_data_paths(cfg)
+    if state is None:  # the record holds them resolved: eval, sample and resume find the data from any folder
+        cfg = with_absolute_data_paths(cfg)
     dataset = pipeline.load(cfg.data)
     # a resumed run goes on with the representation it started with (the checkpoint's "representation")
     chosen = state is None and not cfg.data.representation  # the model's default, or another for colour images
@@ -110,7 +114,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
                         "a Bernoulli draw of its intensity. %s", cfg.model.name,
                         f"To model their grey levels, add data.representation={' or '.join(others)}." if others else
                         "This model models binary data only; a VAE or PixelCNN models grey levels (8bit).")
-    trainer = loop.build(cfg, model, dataset, run_dir, device, resume_state=state)
+    trainer = loop.build(cfg, model, dataset, run_dir, device, resume_state=state, settings=settings)
     last = run_dir / "checkpoints" / "last.pt"
     if state is not None and trainer.step >= trainer.total_steps:
         print(f"{state['path']} has finished its {trainer.total_steps} steps: nothing to do. To train on, "
@@ -120,7 +124,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     main = distributed.is_main()
     lock = faults.run_lock(run_dir) if main else contextlib.nullcontext()
     try:
-        with lock, runtime.determinism(bool(cfg.trainer.get("deterministic", False)), device):
+        with lock, runtime.determinism(settings.deterministic, device):
             final = trainer.fit()
     except faults.StopRequested as stop:
         if main:

@@ -58,9 +58,9 @@ log = logging.getLogger("dgm.train")
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
-def step_seed(seed: int, step: int, phase: int, shard: int) -> int:
+def step_seed(seed: int, step: int, phase_index: int, shard: int) -> int:
     """A seed for the global RNG that depends only on where in the run a micro-batch is."""
-    return hash((seed, step, phase, shard)) & 0x7FFF_FFFF_FFFF_FFFF
+    return hash((seed, step, phase_index, shard)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 #: an optimizer of the model's parameters (engine/optim.optimizer_factory: the configured class, per-player
@@ -70,12 +70,18 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 ScheduleFactory = Callable[[torch.optim.Optimizer, int, int], Optional[torch.optim.lr_scheduler.LRScheduler]]
 
 
+def trainer_settings(cfg: DictConfig) -> TrainerConfig:
+    """The trainer's settings of a composed `dgm train` config (or a checkpoint's), typed."""
+    return TrainerConfig.of(OmegaConf.to_container(cfg.trainer, resolve=True))
+
+
 def build(cfg: DictConfig, model: GenerativeModel, data: pipeline.Dataset, run_dir: Path, device: torch.device,
-          resume_state: Optional[dict] = None) -> "Trainer":
+          resume_state: Optional[dict] = None, settings: Optional[TrainerConfig] = None) -> "Trainer":
     """The Trainer of a composed `dgm train` config: everything it needs is built here from ``cfg`` (the
-    trainer's settings, the batch iterator, the optimizer factory, the schedule), so the loop reads no config;
-    ``cfg`` itself goes along only as the run's record (the checkpoint's and TensorBoard's HParams)."""
-    settings = TrainerConfig.of(OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer's settings, unless given as ``settings``; the batch iterator, the optimizer factory, the schedule),
+    so the loop reads no config; ``cfg`` itself goes along only as the run's record (the checkpoint's and
+    TensorBoard's HParams)."""
+    settings = settings or trainer_settings(cfg)
     batches = pipeline.BatchIterator(*data.train, model.data.representation, cfg.data.binarize, settings.batch_size,
                                      device, cfg.seed, cfg.data.on_device)
     schedule = functools.partial(build_scheduler, cfg.scheduler)
@@ -91,8 +97,8 @@ class Trainer:
         with the optimizers ``model.configure_optimizers(optimizer)`` names, each on its ``schedule``, as
         ``settings`` say; ``record``: the run's config, saved with each checkpoint and in TensorBoard's
         HParams, never read for what the loop does (``build`` makes all of this from a config)."""
-        # The trainer's settings (typed: engine/config.py) and the seed as plain Python values: OmegaConf's
-        # attribute access, a few times per step, cost ~5% of a small model's step (cProfile of the default VAE).
+        # The trainer's settings (typed: engine/config.py) and the seed as plain Python values: the loop reads
+        # them a few times per step, and an OmegaConf attribute read costs hundreds of times a dataclass's.
         self.settings, self.seed, self.run_dir, self.device, self.record = settings, seed, run_dir, device, record
         model.check_precision(settings.precision)
         self.world, self.rank, self.main = distributed.world_size(), distributed.rank(), distributed.is_main()
@@ -171,10 +177,10 @@ class Trainer:
         skip = self.settings.nan == "skip"
         saved = faults.Snapshot(self.model, self.optimizers, self.ema) if skip and self.skip_on_device else None
         bad_batch = None
-        for p, phase in enumerate(self.model.phases(self.step)):
+        for phase_index, phase in enumerate(self.model.phases(self.step)):
             opt = self.optimizers[phase]
             opt.zero_grad(set_to_none=True)
-            metrics, bad = self._forward_backward(chunks, p, phase)
+            metrics, bad = self._forward_backward(chunks, phase_index, phase)
             if saved is not None:  # no NaN reaches the optimizer's state; the update itself is undone below
                 faults.zero_grads_where(bad, self.params[phase])
             elif skip and bool(bad):  # on a CPU, reading the flag costs nothing: skip the batch's updates here
@@ -203,14 +209,14 @@ class Trainer:
             if scheduler is not None:
                 scheduler.step()
 
-    def _forward_backward(self, chunks, p: int, phase: str) -> tuple[dict, torch.Tensor]:
+    def _forward_backward(self, chunks, phase_index: int, phase: str) -> tuple[dict, torch.Tensor]:
         """Gradients of ``phase``'s loss summed over this process's micro-batches (and averaged over
         processes by DDP on the last one); the mean metrics; whether a loss was not finite (a tensor on
         the device, and under several processes: on any process)."""
         total: dict = {}
         bad = None
         for i, (xm, ym, shard) in enumerate(chunks):
-            runtime.seed_step(step_seed(self.seed, self.step, p, shard), self.device)
+            runtime.seed_step(step_seed(self.seed, self.step, phase_index, shard), self.device)
             last = i == len(chunks) - 1
             sync = self.ddp.no_sync() if (not last and self.ddp is not self.model) else nullcontext()
             with sync:
