@@ -365,7 +365,7 @@ def normflows_realnvp(config, shape: tuple[int, int, int]):
         for i in range(count):
             if mode == "checkerboard":
                 net = ResNet(channels, config.hidden_channels, 2 * channels, config.num_blocks)
-                b = checkerboard_mask(torch.zeros(1, channels, size, size), i % 2)[0].expand(channels, size, size)
+                b = checkerboard_mask(torch.zeros(1, channels, size, size), parity=i % 2)[0].expand(channels, size, size)
                 s = Joint(net)
                 out.append(nf.flows.MaskedAffineFlow(b.contiguous(), t=Joint(scale_of=s), s=s))
             else:

@@ -74,16 +74,16 @@ LAYERS = {
     "batchnorm_vector": (lambda: _batch_norm(2), (2,), "real"),
     "invconv_image": (lambda: L.InvertibleConv1x1(4), (4, 2, 2), "real"),
     "invconv_vector": (lambda: L.InvertibleConv1x1(2), (2,), "real"),
-    "coupling_checkerboard": (lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, "checkerboard", 1, "tanh"),
-                              (1, 4, 4), "real"),
-    "coupling_checkerboard_odd": (lambda: L.AffineCoupling(ResNet(2, 8, 4, 1), 2, "checkerboard", 0, "sigmoid"),
-                                  (2, 3, 3), "real"),
-    "coupling_channel": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 4), 4, "channel", 0, "sigmoid"),
+    "coupling_checkerboard": (lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, mask="checkerboard", parity=1,
+                                                       scale="tanh"), (1, 4, 4), "real"),
+    "coupling_checkerboard_odd": (lambda: L.AffineCoupling(ResNet(2, 8, 4, 1), 2, mask="checkerboard", parity=0,
+                                                           scale="sigmoid"), (2, 3, 3), "real"),
+    "coupling_channel": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 4), 4, mask="channel", parity=0, scale="sigmoid"),
                          (4, 2, 2), "real"),
-    "coupling_channel_odd": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 2), 3, "channel", 1, "tanh"),
+    "coupling_channel_odd": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 2), 3, mask="channel", parity=1, scale="tanh"),
                              (3, 2, 2), "real"),
-    "coupling_vector": (lambda: L.AffineCoupling(L.coupling_mlp(1, 2, 8), 2, "channel", 1, "tanh"), (2,), "real"),
-    "split": (lambda: L.Split(L.AffineCoupling(coupling_cnn(1, 8, 2), 2, "channel", 1, "tanh")), (4, 2, 2), "real"),
+    "coupling_vector": (lambda: L.AffineCoupling(L.coupling_mlp(1, 2, 8), 2, mask="channel", parity=1, scale="tanh"), (2,), "real"),
+    "split": (lambda: L.Split(L.AffineCoupling(coupling_cnn(1, 8, 2), 2, mask="channel", parity=1, scale="tanh")), (4, 2, 2), "real"),
     "split_prior": (lambda: L.Split(L.InvertibleConv1x1(2), nn.Conv2d(2, 4, 3, padding=1)), (4, 2, 2), "real"),
     "made": (lambda: _made(5, torch.arange(1, 6)), (5,), "real"),
     "made_reversed": (lambda: _made(5, torch.arange(5, 0, -1)), (5,), "real"),
@@ -146,9 +146,9 @@ def test_coupling_network_sees_the_conditioning_half_and_computes_the_other(mask
     """A channel-wise coupling's network reads the conditioning half's channels only and writes the
     transformed half's raw scale and shift; a checkerboard coupling's reads the masked image. The
     conditioning half passes through unchanged."""
-    conditioning, transformed = L.coupling_halves(channels, mask, parity)
+    conditioning, transformed = L.coupling_halves(channels, mask=mask, parity=parity)
     net = _Recording(2 * transformed)
-    layer = L.AffineCoupling(net, channels, mask, parity, "tanh")
+    layer = L.AffineCoupling(net, channels, mask=mask, parity=parity, scale="tanh")
     x = torch.randn(3, *shape, dtype=torch.float64)
     y, _ = layer(x)
     (seen,) = net.seen
@@ -161,7 +161,7 @@ def test_coupling_network_sees_the_conditioning_half_and_computes_the_other(mask
         changed[kept] = False
         assert not torch.allclose(y[:, changed], x[:, changed])
     else:
-        mask_b = L.checkerboard_mask(x, parity)
+        mask_b = L.checkerboard_mask(x, parity=parity)
         assert conditioning == transformed == channels
         torch.testing.assert_close(seen, x * mask_b)  # eq. 9: the network sees b*x
         kept = mask_b.bool().expand_as(x)
@@ -457,7 +457,7 @@ def test_coupling_inverse_grows_its_input_by_at_most_e_to_the_bound(scale):
     (Before the clamp, log sigmoid(-1e4 + 2) = -1e4 and the inverse was inf.)"""
     z = torch.randn(3, 4, 2, 2)
     for raw in (-1e4, 1e4):
-        layer = L.AffineCoupling(_Constant(2, raw, 0.0), 4, "channel", 0, scale)
+        layer = L.AffineCoupling(_Constant(2, raw, 0.0), 4, mask="channel", parity=0, scale=scale)
         if scale == "tanh":
             layer.tanh_scale.data.fill_(abs(raw))  # the learned scale, grown large
         _grows_at_most(layer, z)

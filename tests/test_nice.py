@@ -25,7 +25,8 @@ def tiny(data: DataSpec, **overrides) -> NICE:
     return perturb(NICE(config, data, NLL).double(), std=0.3).eval()
 
 
-@pytest.mark.parametrize("layer", [lambda: AdditiveCoupling(5, 0, 8, 2), lambda: AdditiveCoupling(5, 1, 8, 2),
+@pytest.mark.parametrize("layer", [lambda: AdditiveCoupling(5, parity=0, hidden=8, hidden_layers=2),
+                                   lambda: AdditiveCoupling(5, parity=1, hidden=8, hidden_layers=2),
                                    lambda: DiagonalScaling(5)], ids=["coupling_even", "coupling_odd", "scaling"])
 def test_layer_inverse_and_log_det_against_autograd(layer):
     torch.manual_seed(0)
@@ -41,7 +42,7 @@ def test_layer_inverse_and_log_det_against_autograd(layer):
 
 
 def test_coupling_changes_only_the_other_half_from_the_kept_half():
-    f = perturb(AdditiveCoupling(6, 1, 8, 2)).double()
+    f = perturb(AdditiveCoupling(6, parity=1, hidden=8, hidden_layers=2)).double()
     x = torch.randn(1, 6, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(lambda v: f(v.view(1, 6))[0].reshape(-1), x.reshape(-1))
     odd, even = torch.arange(1, 6, 2), torch.arange(0, 6, 2)

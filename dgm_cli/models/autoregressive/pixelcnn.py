@@ -111,7 +111,7 @@ def check_divisible(data_channels: int, **channels: int) -> None:
 
 @register("pixelcnn")
 class PixelCNN(AutoregressiveModel):
-    # trainer.compile on a CPU, 1 thread: 0.70 -> 0.52 s a step (1.38x); a cold compile takes ~51 s: even after ~300
+    # a CPU run this long earns back trainer.compile's cold compilation (measured: docs/results.md, trainer.compile)
     compile_pays_after = 500
     @dataclass
     class Config:

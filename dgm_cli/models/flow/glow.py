@@ -47,15 +47,15 @@ def coupling_cnn(in_channels: int, hidden: int, out_channels: int) -> nn.Sequent
 
 @register("glow")
 class Glow(Flow):
-    # trainer.compile on a CPU, 1 thread: 0.48 -> 0.38 s a step (1.12-1.44x); a cold compile takes ~117 s: even after ~1200
+    # a CPU run this long earns back trainer.compile's cold compilation (measured: docs/results.md, trainer.compile)
     compile_pays_after = 2000
     Config = GlowConfig
 
     def _step(self, channels: int, network: Callable[[int, int], nn.Module]) -> list[nn.Module]:
         """One step of flow (Table 1): actnorm, invertible 1x1 conv, affine coupling, whose NN() maps
         the conditioning half's channels a to the transformed half's scale and shift, ``network(a, 2b)``."""
-        a, b = coupling_halves(channels, "channel", 0)
-        coupling = AffineCoupling(network(a, 2 * b), channels, "channel", 0, "sigmoid")
+        a, b = coupling_halves(channels, mask="channel", parity=0)
+        coupling = AffineCoupling(network(a, 2 * b), channels, mask="channel", parity=0, scale="sigmoid")
         return [ActNorm(channels), InvertibleConv1x1(channels), coupling]
 
     def _level(self, channels: int, index: int) -> FlowSequential:

@@ -47,7 +47,7 @@ class MAF(VectorFlow):
         for k in range(c.num_layers):
             order = natural if k % 2 == 0 else natural.flip(0)  # reverse the order between layers
             # fixed seed per layer: the random MADE hidden degrees (Germain et al. 2015, Sec. 4) are reproducible
-            made = MaskedAffineAutoregressive(d, list(c.hidden), order, c.activation,
+            made = MaskedAffineAutoregressive(d, list(c.hidden), order, act=c.activation,
                                               generator=torch.Generator().manual_seed(k))
             layers.append(made)
             if c.batch_norm and k < c.num_layers - 1:

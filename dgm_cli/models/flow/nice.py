@@ -48,7 +48,7 @@ class AdditiveCoupling(nn.Module):
     components of index parity ``parity`` (0: even, 1: odd) and I2 the others. Volume preserving:
     log_det = 0; the inverse subtracts m(y_I1)."""
 
-    def __init__(self, dim: int, parity: int, hidden: int, hidden_layers: int):
+    def __init__(self, dim: int, *, parity: int, hidden: int, hidden_layers: int):
         super().__init__()
         if dim < 2:
             raise ValueError("an additive coupling needs at least 2 dimensions")
@@ -106,7 +106,8 @@ class NICE(VectorFlow):
             raise UserError("model.num_couplings, model.hidden_features and model.hidden_layers must be >= 1.")
         if d < 2:
             raise UserError(f"NICE needs data of at least 2 dimensions to partition; got shape {self.data.shape}.")
-        couplings = [AdditiveCoupling(d, i % 2, c.hidden_features, c.hidden_layers) for i in range(c.num_couplings)]
+        couplings = [AdditiveCoupling(d, parity=i % 2, hidden=c.hidden_features, hidden_layers=c.hidden_layers)
+                     for i in range(c.num_couplings)]
         return [*couplings, DiagonalScaling(d)]
 
     def base_log_prob(self, z: Tensor) -> Tensor:

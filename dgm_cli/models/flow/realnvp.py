@@ -69,8 +69,8 @@ class RealNVP(Flow):
                   network: Callable[[int, int], nn.Module]) -> list[nn.Module]:
         """A coupling whose network, ``network(a, 2b)``, maps the conditioning half's a channels to the
         transformed half's scale and shift (2b channels)."""
-        a, b = coupling_halves(channels, mask, parity)
-        layers: list[nn.Module] = [AffineCoupling(network(a, 2 * b), channels, mask, parity, scale="tanh")]
+        a, b = coupling_halves(channels, mask=mask, parity=parity)
+        layers: list[nn.Module] = [AffineCoupling(network(a, 2 * b), channels, mask=mask, parity=parity, scale="tanh")]
         if self.config.batch_norm:
             layers.append(BatchNorm(channels))
         return layers

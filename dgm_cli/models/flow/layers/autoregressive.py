@@ -15,7 +15,7 @@ class MADEConditioner(nn.Module):
     """Masked autoencoder (Germain et al. 2015) giving, for every dimension i, two
     numbers that depend on x_<i only (in the order ``order``): here (mu_i, alpha_i)."""
 
-    def __init__(self, dim: int, hidden: list[int], order: Tensor, act: str = "relu",
+    def __init__(self, dim: int, hidden: list[int], order: Tensor, *, act: str = "relu",
                  generator: Optional[torch.Generator] = None):
         super().__init__()
         degrees = made_degrees(dim, hidden, order, generator=generator)
@@ -45,11 +45,11 @@ class MaskedAffineAutoregressive(nn.Module):
     one MADE pass. The inverse (sampling) x_i = u_i exp(alpha_i) + mu_i is
     sequential: D passes, each fixing one more dimension in the order."""
 
-    def __init__(self, dim: int, hidden: list[int], order: Tensor, act: str = "relu",
+    def __init__(self, dim: int, hidden: list[int], order: Tensor, *, act: str = "relu",
                  generator: Optional[torch.Generator] = None):
         super().__init__()
         self.dim = dim
-        self.made = MADEConditioner(dim, hidden, order, act, generator)
+        self.made = MADEConditioner(dim, hidden, order, act=act, generator=generator)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, alpha = self.made(x)

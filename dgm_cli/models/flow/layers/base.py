@@ -1,4 +1,5 @@
-"""What every flow layer shares: the composition of layers, and the helpers the layers use.
+"""What every flow layer shares: the composition of layers, and the helpers the layers use (``per_channel``,
+``positions_per_channel``, ``channel_stat_dims``, ``soft_clamp``).
 
 Every layer is a small ``nn.Module`` with
 
@@ -20,17 +21,18 @@ from torch import Tensor, nn
 
 from ...nn.distributions import sum_except_batch  # noqa: F401  (the layers import it from here)
 
-def _per_channel(param: Tensor, x: Tensor) -> Tensor:
+def per_channel(param: Tensor, x: Tensor) -> Tensor:
     """View a (C,) parameter so it broadcasts over (B, C) or (B, C, H, W)."""
     return param.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-def _spatial(x: Tensor) -> int:
+def positions_per_channel(x: Tensor) -> int:
     """Number of positions a per-channel parameter is shared over (H*W, or 1 for vectors)."""
     return x[0, 0].numel()
 
 
-def _channel_stat_dims(x: Tensor) -> tuple[int, ...]:
+def channel_stat_dims(x: Tensor) -> tuple[int, ...]:
+    """The dimensions a per-channel statistic averages over: the batch and every position."""
     return (0,) + tuple(range(2, x.dim()))
 
 

@@ -8,12 +8,12 @@ from torch import Tensor, nn
 
 from ....errors import UserError
 from ...nn.mlp import mlp
-from .base import _per_channel, soft_clamp, sum_except_batch
+from .base import per_channel, soft_clamp, sum_except_batch
 
 PARTITIONS = ("channel", "checkerboard")
 
 
-def coupling_halves(num_channels: int, mask: str, parity: int) -> tuple[int, int]:
+def coupling_halves(num_channels: int, *, mask: str, parity: int) -> tuple[int, int]:
     """(conditioning, transformed) channels of a coupling on ``num_channels`` channels (features): a
     channel-wise coupling conditions on one half of the channels and transforms the other (parity 0:
     conditions on the first C // 2); a checkerboard coupling conditions on half of the pixels of every
@@ -25,7 +25,7 @@ def coupling_halves(num_channels: int, mask: str, parity: int) -> tuple[int, int
     return (first, num_channels - first) if parity == 0 else (num_channels - first, first)
 
 
-def checkerboard_mask(x: Tensor, parity: int) -> Tensor:
+def checkerboard_mask(x: Tensor, *, parity: int) -> Tensor:
     """(1, 1, H, W) with 1 where (i + j) % 2 == parity (Dinh et al. 2017, Fig. 3)."""
     h, w = x.shape[-2:]
     i = torch.arange(h, device=x.device).view(-1, 1)
@@ -41,20 +41,17 @@ class AffineCoupling(nn.Module):
     mask="channel": x_a is the first (parity 0) or second (parity 1) half of the channels (features),
     and the network ``net`` sees only x_a and computes s and t only for x_b, as Kingma & Dhariwal 2018
     (Sec. 3.3) and their code do: it maps (B, C_a, ...) to (B, 2 C_b, ...) = (raw scale, shift), with
-    (C_a, C_b) = ``coupling_halves(num_channels, mask, parity)``.
+    (C_a, C_b) = ``coupling_halves(num_channels, mask=mask, parity=parity)``.
 
     mask="checkerboard": x_a is the pixels with (i + j) % 2 == parity (Dinh et al. 2017, Fig. 3), in
     the masked form of eq. 9, y = b*x + (1-b) * (x * exp(s(b*x)) + t(b*x)): the network maps (B, C, H, W)
     to (B, 2C, H, W) and keeps its hidden features at every position. Packing each half into H x W/2
     (normflows' checkerboard split) halves the network's work, but the packed rows zig-zag (a kernel
     tap that means down-left on one row means down-right on the next) and the hidden features are half
-    as many: one epoch of RealNVP on MNIST (docs/results.md) ended at 2.776 bits/dim that way against
-    2.557 masked.
+    as many: RealNVP trained to a worse bound that way (docs/results.md has the runs).
 
     A convolutional network's weights are kept channels-last (``to(memory_format=channels_last)``), so
-    its convolutions run on (B, H, W, C) data: on the 2-core development CPU (oneDNN, one thread) the
-    forward and backward of a coupling at RealNVP's and Glow's default sizes took 0.97-2.0x less time
-    that way (most at 14 x 14 and 28 x 28 with 16-64 hidden channels, nothing at 14 x 14 with 2 inputs).
+    its convolutions run on (B, H, W, C) data, the layout oneDNN runs fastest on a CPU.
 
     scale="tanh": s = scale * tanh(raw), a learned per-channel scale (RealNVP code);
     scale="sigmoid": s = log sigmoid(raw + 2) (Glow, Kingma & Dhariwal 2018, code),
@@ -67,7 +64,7 @@ class AffineCoupling(nn.Module):
     # Version 1 (dgm before 2026-12-07) fed it all channels, the other half masked to zero, and read 2C back.
     _version = 2
 
-    def __init__(self, net: nn.Module, num_channels: int, mask: str = "channel", parity: int = 0,
+    def __init__(self, net: nn.Module, num_channels: int, *, mask: str = "channel", parity: int = 0,
                  scale: str = "tanh"):
         super().__init__()
         if mask not in PARTITIONS:
@@ -76,7 +73,7 @@ class AffineCoupling(nn.Module):
             raise ValueError(f"unknown coupling scale {scale!r}")
         self.net = net.to(memory_format=torch.channels_last)  # converts 4-D weights only; MLPs stay as they are
         self.mask_type, self.parity, self.scale_type = mask, parity, scale
-        self.conditioning, self.transformed = coupling_halves(num_channels, mask, parity)
+        self.conditioning, self.transformed = coupling_halves(num_channels, mask=mask, parity=parity)
         self.tanh_scale = nn.Parameter(torch.ones(self.transformed)) if scale == "tanh" else None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
@@ -92,7 +89,7 @@ class AffineCoupling(nn.Module):
 
     def _log_scale(self, raw: Tensor) -> Tensor:
         if self.scale_type == "tanh":
-            log_s = _per_channel(self.tanh_scale, raw) * torch.tanh(raw)
+            log_s = per_channel(self.tanh_scale, raw) * torch.tanh(raw)
         else:
             log_s = F.logsigmoid(raw + 2.0)
         return soft_clamp(log_s)
@@ -109,7 +106,7 @@ class AffineCoupling(nn.Module):
 
     def _masked_scale_shift(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Eq. 9's s and t of a checkerboard coupling, zero on the conditioning pixels."""
-        mask = checkerboard_mask(x, self.parity)
+        mask = checkerboard_mask(x, parity=self.parity)
         raw, shift = self.net(x * mask).chunk(2, dim=1)
         return self._log_scale(raw) * (1 - mask), shift * (1 - mask)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import _spatial
+from .base import positions_per_channel
 
 
 class InvertibleConv1x1(nn.Module):
@@ -42,9 +42,9 @@ class InvertibleConv1x1(nn.Module):
         return F.conv2d(x, w.view(*w.shape, 1, 1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        log_det = (self.log_s.sum() * _spatial(x)).expand(x.shape[0])
+        log_det = (self.log_s.sum() * positions_per_channel(x)).expand(x.shape[0])
         return self._multiply(self.weight(), x), log_det
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        log_det = (-self.log_s.sum() * _spatial(z)).expand(z.shape[0])
+        log_det = (-self.log_s.sum() * positions_per_channel(z)).expand(z.shape[0])
         return self._multiply(torch.linalg.inv(self.weight()), z), log_det

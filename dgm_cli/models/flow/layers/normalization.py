@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import _channel_stat_dims, _per_channel, _spatial
+from .base import channel_stat_dims, per_channel, positions_per_channel
 
 
 class ActNorm(nn.Module):
@@ -27,7 +27,7 @@ class ActNorm(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
-        dims = _channel_stat_dims(x)
+        dims = channel_stat_dims(x)
         self.bias.copy_(-x.mean(dim=dims))
         self.log_scale.copy_(-torch.log(x.std(dim=dims) + 1e-6))
         self.initialized.fill_(True)
@@ -37,13 +37,13 @@ class ActNorm(nn.Module):
             if not bool(self.initialized):
                 self._initialize(x)
             self._known_initialized = True
-        z = (x + _per_channel(self.bias, x)) * torch.exp(_per_channel(self.log_scale, x))
-        log_det = (self.log_scale.sum() * _spatial(x)).expand(x.shape[0])
+        z = (x + per_channel(self.bias, x)) * torch.exp(per_channel(self.log_scale, x))
+        log_det = (self.log_scale.sum() * positions_per_channel(x)).expand(x.shape[0])
         return z, log_det
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        x = z * torch.exp(-_per_channel(self.log_scale, z)) - _per_channel(self.bias, z)
-        log_det = (-self.log_scale.sum() * _spatial(z)).expand(z.shape[0])
+        x = z * torch.exp(-per_channel(self.log_scale, z)) - per_channel(self.bias, z)
+        log_det = (-self.log_scale.sum() * positions_per_channel(z)).expand(z.shape[0])
         return x, log_det
 
 
@@ -67,7 +67,7 @@ class BatchNorm(nn.Module):
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:
             return self.running_mean, self.running_var
-        dims = _channel_stat_dims(x)
+        dims = channel_stat_dims(x)
         mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach(), self.momentum)
@@ -75,16 +75,16 @@ class BatchNorm(nn.Module):
         return mean, var
 
     def _log_det(self, var: Tensor, x: Tensor) -> Tensor:
-        return ((self.log_gamma - 0.5 * torch.log(var + self.eps)).sum() * _spatial(x)).expand(x.shape[0])
+        return ((self.log_gamma - 0.5 * torch.log(var + self.eps)).sum() * positions_per_channel(x)).expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, var = self._stats(x)
-        x_hat = (x - _per_channel(mean, x)) / torch.sqrt(_per_channel(var, x) + self.eps)
-        z = x_hat * torch.exp(_per_channel(self.log_gamma, x)) + _per_channel(self.beta, x)
+        x_hat = (x - per_channel(mean, x)) / torch.sqrt(per_channel(var, x) + self.eps)
+        z = x_hat * torch.exp(per_channel(self.log_gamma, x)) + per_channel(self.beta, x)
         return z, self._log_det(var, x)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         mean, var = self.running_mean, self.running_var
-        x_hat = (z - _per_channel(self.beta, z)) * torch.exp(-_per_channel(self.log_gamma, z))
-        x = x_hat * torch.sqrt(_per_channel(var, z) + self.eps) + _per_channel(mean, z)
+        x_hat = (z - per_channel(self.beta, z)) * torch.exp(-per_channel(self.log_gamma, z))
+        x = x_hat * torch.sqrt(per_channel(var, z) + self.eps) + per_channel(mean, z)
         return x, -self._log_det(var, z)
