@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 
 from ..app import command
 from ..atomic import write_text_atomically
+from ..data.representations import eight_bit_names
 from ..errors import UserError
 
 log = logging.getLogger("dgm.report")
@@ -43,8 +44,6 @@ HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config
                      "-cn", "--config-dir", "-cd", "--experimental-rerun", "-sc", "--shell-completion"}
 LIKELIHOOD_COLUMNS = ["nll_nats", "nll_nats_stderr", "bits_per_dim", "bits_per_dim_stderr", "shared_error_nats",
                       "conditional_nll_nats", "estimator"]
-#: representations whose likelihoods are all numbers about the discrete NLL of the same 8-bit values
-EIGHT_BIT = ("8bit", "dequantized")
 EIGHT_BIT_PROTOCOL = ("8-bit images, one scale: the discrete NLL of the test values (a density of the dequantized "
                       "values (k+u)/256 counts -log p + D ln 256, an upper bound in expectation)")
 SAMPLE_COLUMNS = ["fid", "fid_floor", "kid_mean", "kid_std", "precision", "recall", "inception_score_mean",
@@ -59,7 +58,7 @@ def protocol_of(evaluation: dict) -> str:
     p = evaluation.get("protocol")
     if p is None:
         return "eval.json of an earlier dgm, which did not record its protocol: run `dgm eval` again"
-    one_scale = p["representation"] in EIGHT_BIT and "likelihood" in evaluation
+    one_scale = p["representation"] in eight_bit_names() and "likelihood" in evaluation
     parts = [f"{p['dataset']}, {p['split']} split ({p['num_examples']:,} examples), "
              f"{EIGHT_BIT_PROTOCOL if one_scale else p['representation']}"
              + (f", binarization: {p['binarization']}" if p.get("binarization") else "")]
@@ -99,7 +98,7 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     lik = e.get("likelihood") or {}
     for key in LIKELIHOOD_COLUMNS:
         row[key] = lik.get(key)
-    one_scale = (e.get("protocol") or {}).get("representation") in EIGHT_BIT and bool(lik)
+    one_scale = (e.get("protocol") or {}).get("representation") in eight_bit_names() and bool(lik)
     row["kind"] = f"{lik.get('kind')} ({e['protocol']['representation']})" if one_scale else None
     support = lik.get("density_support")
     row["density_bias"] = (f"normalised on {support}, not [0,1]^D: NLL biased up by the mass outside"

@@ -10,6 +10,7 @@ Only 8-bit images (uint8) are transformed: points and sequences (binary ones too
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -27,6 +28,8 @@ class Representation:
     fits: tuple[str, ...]  # the kinds of data it may be asked of (IMAGES, BINARY_SEQUENCES, REAL)
     eight_bit: bool  # the 256 levels of an 8-bit image (likelihoods comparable in bits/dim with each other)
     transform: Callable[["Tensor", Optional["Generator"]], "Tensor"]  # uint8 batch, noise generator -> floats
+    scored: str  # what dgm eval's likelihood is a number about, in words ({seed}: the evaluation's noise seed)
+    nll_offset_per_dim: float = 0.0  # nats dgm eval adds per dimension to a density's -log p to report a discrete NLL
 
 
 def uniform(like: "Tensor", generator: Optional["Generator"]) -> "Tensor":
@@ -65,12 +68,17 @@ def continuous(x: "Tensor", generator: Optional["Generator"]) -> "Tensor":
 #: data.representation -> its Representation; the order is the order --help and refusals list them in
 REPRESENTATIONS: dict[str, Representation] = {r.name: r for r in (
     Representation("binary", "x in {0,1}: a Bernoulli draw of each intensity (data.binarize: fresh per batch or once)",
-                   (IMAGES, BINARY_SEQUENCES), False, binary),
-    Representation("8bit", "x = k/255, the 256 discrete values", (IMAGES,), True, eight_bit),
+                   (IMAGES, BINARY_SEQUENCES), False, binary, scored="binary values (pixels, or a piano roll's keys)"),
+    Representation("8bit", "x = k/255, the 256 discrete values", (IMAGES,), True, eight_bit,
+                   scored="discrete 8-bit pixel values"),
+    # a density p(y) of y = (k + u)/256 on [0,1)^D is p(y)/256^D on the 0..256 scale, and E_u[log p] bounds
+    # log P(k) from below (Theis et al. 2016): -log p(y) + D ln 256 is an upper bound on the discrete NLL
     Representation("dequantized", "x = (k + u)/256, u ~ U[0,1): 8-bit values made continuous", (IMAGES,), True,
-                   dequantized),
+                   dequantized, scored="8-bit values with uniform dequantization (seed {seed}); NLL includes D ln 256, "
+                                       "an upper bound on the discrete NLL", nll_offset_per_dim=math.log(256)),
     Representation("continuous", "real vectors (2-D toys, real sequences), used as they are",
-                   (BINARY_SEQUENCES, REAL), False, continuous),
+                   (BINARY_SEQUENCES, REAL), False, continuous,
+                   scored="continuous data (a density; bits/dim not comparable with image likelihoods)"),
 )}
 
 

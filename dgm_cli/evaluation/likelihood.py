@@ -25,26 +25,20 @@ from typing import Optional
 import torch
 
 from ..data import pipeline, sequences
-from ..data.representations import BINARIZATIONS
+from ..data.representations import BINARIZATIONS, REPRESENTATIONS
 from ..engine import distributed
 from ..progress import Progress
 from . import estimators
 
 log = logging.getLogger("dgm.eval")
 
-REPRESENTATION_NOTES = {
-    "binary": "binary values (pixels, or a piano roll's keys)",
-    "8bit": "discrete 8-bit pixel values",
-    "dequantized": f"8-bit values with uniform dequantization (seed {pipeline.EVAL_SEED}); NLL includes D ln 256, "
-                   "an upper bound on the discrete NLL",
-    "continuous": "continuous data (a density; bits/dim not comparable with image likelihoods)",
-}
 FIXED_BINARIZATION = {"binarized_mnist": "fixed: the Larochelle & Murray 2011 files",
                       **{name: "none: the sequences' own 0/1 values" for name in sequences.SEQUENCE_DATASETS}}
 
 
 def nll_offset(representation: str, dim: int) -> float:
-    return dim * math.log(256) if representation == "dequantized" else 0.0
+    """What a representation's -log p adds up to a discrete NLL over ``dim`` dimensions (the table's offset)."""
+    return dim * REPRESENTATIONS[representation].nll_offset_per_dim
 
 
 def binarization(dataset: str, representation: str, binarize: str) -> tuple[Optional[str], Optional[str]]:
@@ -154,7 +148,7 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
         "kind": estimators.likelihood_kind(model, settings),
         "estimator": model.estimator(**settings),
         "estimator_settings": dict(settings),
-        "data": REPRESENTATION_NOTES[rep],
+        "data": REPRESENTATIONS[rep].scored.format(seed=pipeline.EVAL_SEED),
         "num_examples": len(nll),
         "dim": dim if not dims else f"varies: {float(per_example.mean()):.1f} on average (padding excluded)",
         **summary(nll, per_example),
