@@ -47,13 +47,13 @@ def headline(report: dict) -> str:
     p, lines = report["protocol"], []
     data = f"{p['num_examples']:,} {p['split']} examples of {p['dataset']}, {p['representation']}" + (
         f" ({p['binarization']})" if p.get("binarization") else "")
-    lik = report.get("likelihood")
-    if lik:
-        how = lik["estimator"] if lik["estimator"].startswith(lik["kind"]) else f"{lik['kind']}: {lik['estimator']}"
-        lines.append(f"NLL {lik['nll_nats']:.2f} ± {lik['nll_nats_stderr']:.2f} nats, {lik['bits_per_dim']:.4f} "
+    likelihood = report.get("likelihood")
+    if likelihood:
+        how = likelihood["estimator"] if likelihood["estimator"].startswith(likelihood["kind"]) else f"{likelihood['kind']}: {likelihood['estimator']}"
+        lines.append(f"NLL {likelihood['nll_nats']:.2f} ± {likelihood['nll_nats_stderr']:.2f} nats, {likelihood['bits_per_dim']:.4f} "
                      f"bits/dim [{how}] on {data}")
-        if "conditional" in lik:
-            c = lik["conditional"]
+        if "conditional" in likelihood:
+            c = likelihood["conditional"]
             lines.append(f"conditional NLL -log p(x|y) {c['nll_nats']:.2f} ± {c['nll_nats_stderr']:.2f} nats "
                          "[conditional: given the true labels; not comparable with -log p(x)]")
     ref = report.get("reference")
@@ -115,13 +115,13 @@ def record_name(report: dict) -> str:
     """What an evaluation measured, as a file name: the step, split and size, the estimator's
     settings, the sample metrics and how many samples. Evaluations with other settings get other
     names, so none overwrites another; the same settings again replace their own record."""
-    p, lik, sq = report["protocol"], report.get("likelihood"), report.get("sample_quality")
+    p, likelihood, sq = report["protocol"], report.get("likelihood"), report.get("sample_quality")
     parts = [f"step{report['train_step']}", f"{p['split']}{p['num_examples']}"]
     data = p.get("data") or {}
     if not data.get("own", True):  # other data on purpose: a record of its own, never the run's eval.json
         parts.insert(1, f"data-{data['name']}-{data['fingerprint'][:8]}")
-    if lik:
-        parts.append("nll" + (f"_{_settings_slug(lik.get('estimator_settings') or {})}" if lik.get("estimator_settings") else ""))
+    if likelihood:
+        parts.append("nll" + (f"_{_settings_slug(likelihood.get('estimator_settings') or {})}" if likelihood.get("estimator_settings") else ""))
     if sq:
         metrics = sorted({k.split("_")[0] for k in sq if k in SAMPLE_METRIC_KEYS or k.startswith("parzen_")})
         # another feature network than the classifier (features=autoencoder|inception): a record of its own
@@ -181,11 +181,11 @@ def most_thorough(kept: list[tuple[str, dict]]) -> dict:
         having = [(n, r) for n, r in kept if section in r]
         return max(having, key=lambda nr: thoroughness(nr[1], section)) if having else None
 
-    lik, sq = best("likelihood"), best("sample_quality")
-    base_name, base = lik or sq
+    likelihood, sq = best("likelihood"), best("sample_quality")
+    base_name, base = likelihood or sq
     report = {**{k: v for k, v in base.items() if k not in ("likelihood", "sample_quality")},
               "records": {}}
-    for section, chosen in (("likelihood", lik), ("sample_quality", sq)):
+    for section, chosen in (("likelihood", likelihood), ("sample_quality", sq)):
         if chosen and (chosen is base or chosen[1]["protocol"] == base["protocol"]):
             report[section] = chosen[1][section]
             report["records"][section] = f"{RECORDS}/{chosen[0]}.json"

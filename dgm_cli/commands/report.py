@@ -95,22 +95,22 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     for tag in sorted(run.scalars):
         if tag == "train/loss" or tag.startswith("train/loss_") or tag.startswith("val/"):
             row[tag] = run.final(tag)
-    lik = e.get("likelihood") or {}
+    likelihood = e.get("likelihood") or {}
     for key in LIKELIHOOD_COLUMNS:
-        row[key] = lik.get(key)
-    one_scale = (e.get("protocol") or {}).get("representation") in eight_bit_names() and bool(lik)
-    row["kind"] = f"{lik.get('kind')} ({e['protocol']['representation']})" if one_scale else None
-    support = lik.get("density_support")
+        row[key] = likelihood.get(key)
+    one_scale = (e.get("protocol") or {}).get("representation") in eight_bit_names() and bool(likelihood)
+    row["kind"] = f"{likelihood.get('kind')} ({e['protocol']['representation']})" if one_scale else None
+    support = likelihood.get("density_support")
     row["density_bias"] = (f"normalised on {support}, not [0,1]^D: NLL biased up by the mass outside"
                            if support else None)
-    row["conditional_nll_nats"] = (lik.get("conditional") or {}).get("nll_nats")
+    row["conditional_nll_nats"] = (likelihood.get("conditional") or {}).get("nll_nats")
     ref = e.get("reference") or {}  # data with a known density: its own NLL on these examples, the model's gap
     truth = ref.get("true_nll") or {}
     row["true_nll_nats"], row["true_nll_nats_stderr"] = truth.get("nll_nats"), truth.get("nll_nats_stderr")
     row["gap_to_truth_nats"] = ref.get("model_gap_nats")
     row["gap_to_truth_nats_stderr"] = ref.get("model_gap_nats_error", ref.get("model_gap_nats_stderr"))
-    row["nll_nats_per_step"] = (lik.get("bound_terms") or {}).get("nll_nats_per_step")  # sequences
-    prepared = lik.get("prepared") or {}
+    row["nll_nats_per_step"] = (likelihood.get("bound_terms") or {}).get("nll_nats_per_step")  # sequences
+    prepared = likelihood.get("prepared") or {}
     row["sigma"] = prepared.get("sigma")  # a GAN's decoder AIS: its observation noise and BDMC's gap
     row["bdmc_gap_nats"] = prepared.get("bdmc_gap_nats")
     row["nll_nats_reverse_end"] = (  # AIS's bracket: the NLL with the reverse-AIS log Z in place of the forward one
