@@ -60,10 +60,10 @@ class GatedLayer(nn.Module):
         self.pad_vertical = (k // 2, k // 2, k // 2, 0)  # rows i - k//2 .. i, columns j +- k//2
         self.vertical = nn.Conv2d(in_channels, 2 * n, (k // 2 + 1, k))
         self.vertical_to_horizontal = nn.Conv2d(2 * n, 2 * n, 1)
-        self.horizontal = MaskedConv2d(in_channels, 2 * n, (1, k // 2 + 1), "A" if first else "B",
-                                       data_channels, anchor=(0, k // 2), out_chunks=2)
-        self.skip = MaskedConv2d(n, n, 1, "B", data_channels)
-        self.residual = None if first or last else MaskedConv2d(n, n, 1, "B", data_channels)
+        self.horizontal = MaskedConv2d(in_channels, 2 * n, (1, k // 2 + 1), mask_type="A" if first else "B",
+                                       data_channels=data_channels, anchor=(0, k // 2), out_chunks=2)
+        self.skip = MaskedConv2d(n, n, 1, mask_type="B", data_channels=data_channels)
+        self.residual = None if first or last else MaskedConv2d(n, n, 1, mask_type="B", data_channels=data_channels)
         self.class_vertical = nn.Embedding(num_classes, 2 * n) if num_classes and not last else None  # V^T h, one-hot h
         self.class_horizontal = nn.Embedding(num_classes, 2 * n) if num_classes else None
 

@@ -36,11 +36,11 @@ class MaskedResidualBlock(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.ReLU(),
-            MaskedConv2d(2 * h, h, 1, "B", data_channels),
+            MaskedConv2d(2 * h, h, 1, mask_type="B", data_channels=data_channels),
             nn.ReLU(),
-            MaskedConv2d(h, h, kernel_size, "B", data_channels),
+            MaskedConv2d(h, h, kernel_size, mask_type="B", data_channels=data_channels),
             nn.ReLU(),
-            MaskedConv2d(h, 2 * h, 1, "B", data_channels),
+            MaskedConv2d(h, 2 * h, 1, mask_type="B", data_channels=data_channels),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -52,9 +52,9 @@ def output_layers(channels: int, head_channels: int, data_channels: int, bins: i
     (van den Oord et al. 2016a, Table 1); shared with Gated PixelCNN."""
     return nn.Sequential(
         nn.ReLU(),
-        MaskedConv2d(channels, head_channels, 1, "B", data_channels),
+        MaskedConv2d(channels, head_channels, 1, mask_type="B", data_channels=data_channels),
         nn.ReLU(),
-        MaskedConv2d(head_channels, data_channels * bins, 1, "B", data_channels),
+        MaskedConv2d(head_channels, data_channels * bins, 1, mask_type="B", data_channels=data_channels),
     )
 
 
@@ -127,7 +127,7 @@ class PixelCNN(AutoregressiveModel):
             raise UserError("pixelcnn needs image data (C, H, W).")
         c, h = data.shape[0], config.hidden_channels
         check_divisible(c, hidden_channels=h, head_channels=config.head_channels)
-        self.input = MaskedConv2d(c, 2 * h, config.input_kernel_size, "A", c)
+        self.input = MaskedConv2d(c, 2 * h, config.input_kernel_size, mask_type="A", data_channels=c)
         self.blocks = nn.Sequential(*[MaskedResidualBlock(h, config.kernel_size, c) for _ in range(config.num_blocks)])
         self.output = output_layers(2 * h, config.head_channels, c, self.bins)
 

@@ -67,7 +67,8 @@ class RowLSTM(nn.Module):
     def __init__(self, in_channels: int, hidden: int, kernel_size: int, data_channels: int):
         super().__init__()
         self.hidden = hidden
-        self.input_to_state = MaskedConv2d(in_channels, 4 * hidden, (1, kernel_size), "B", data_channels, out_chunks=4)
+        self.input_to_state = MaskedConv2d(in_channels, 4 * hidden, (1, kernel_size), mask_type="B",
+                                           data_channels=data_channels, out_chunks=4)
         self.state_to_state = nn.Conv1d(hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,7 +90,8 @@ class DiagonalBiLSTM(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.input_to_state = nn.ModuleList(
-            [MaskedConv2d(in_channels, 4 * hidden, 1, "B", data_channels, out_chunks=4) for _ in range(2)])
+            [MaskedConv2d(in_channels, 4 * hidden, 1, mask_type="B", data_channels=data_channels, out_chunks=4)
+             for _ in range(2)])
         # rows i-1 and i of the previous column, one group per direction
         self.state_to_state = nn.Conv1d(2 * hidden, 8 * hidden, 2, padding=1, groups=2)
 
@@ -112,7 +114,7 @@ class ResidualLSTM(nn.Module):
     def __init__(self, lstm: nn.Module, hidden: int, data_channels: int):
         super().__init__()
         self.lstm = lstm
-        self.out = MaskedConv2d(hidden, 2 * hidden, 1, "B", data_channels)
+        self.out = MaskedConv2d(hidden, 2 * hidden, 1, mask_type="B", data_channels=data_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.out(self.lstm(x))
@@ -139,7 +141,7 @@ class PixelRNN(AutoregressiveModel):
         check_divisible(c, hidden_channels=h, head_channels=config.head_channels)
         if config.num_layers < 1 or config.kernel_size < 1 or config.kernel_size % 2 == 0:
             raise UserError("model.num_layers must be >= 1 and model.kernel_size odd and >= 1.")
-        self.input = MaskedConv2d(c, 2 * h, config.input_kernel_size, "A", c)
+        self.input = MaskedConv2d(c, 2 * h, config.input_kernel_size, mask_type="A", data_channels=c)
         self.layers = nn.Sequential(*[ResidualLSTM(self.lstm(2 * h, h, c), h, c) for _ in range(config.num_layers)])
         self.output = output_layers(2 * h, config.head_channels, c, self.bins)
 

@@ -38,6 +38,7 @@ def causal_mask(
     out_channels: int,
     kernel_size: tuple[int, int],
     anchor: tuple[int, int],
+    *,
     mask_type: str,
     data_channels: int = 1,
     out_chunks: int = 1,
@@ -71,6 +72,7 @@ class MaskedConv2d(nn.Conv2d):
         in_channels: int,
         out_channels: int,
         kernel_size: Union[int, tuple[int, int]],
+        *,
         mask_type: str,
         data_channels: int = 1,
         anchor: Optional[tuple[int, int]] = None,
@@ -83,7 +85,8 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, (kh, kw), padding=(ay, ax) if centred else 0)
         self.pad = None if centred else (ax, kw - 1 - ax, ay, kh - 1 - ay)  # left, right, top, bottom
         self.anchor = (ay, ax)
-        mask = causal_mask(in_channels, out_channels, (kh, kw), (ay, ax), mask_type, data_channels, out_chunks)
+        mask = causal_mask(in_channels, out_channels, (kh, kw), (ay, ax), mask_type=mask_type,
+                           data_channels=data_channels, out_chunks=out_chunks)
         self.register_buffer("mask", mask)
 
     def forward(self, x: Tensor) -> Tensor:

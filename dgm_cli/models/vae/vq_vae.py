@@ -100,7 +100,7 @@ class CodePrior(nn.Module):
     def __init__(self, num_codes: int, channels: int, blocks: int, kernel_size: int, head_channels: int):
         super().__init__()
         self.num_codes = num_codes
-        self.input = MaskedConv2d(num_codes, 2 * channels, 7, "A")
+        self.input = MaskedConv2d(num_codes, 2 * channels, 7, mask_type="A")
         self.blocks = nn.Sequential(*[MaskedResidualBlock(channels, kernel_size, 1) for _ in range(blocks)])
         self.output = output_layers(2 * channels, head_channels, 1, num_codes)
 
