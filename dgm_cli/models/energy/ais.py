@@ -146,7 +146,8 @@ def forward_ais(path, runs: int, betas: Tensor) -> LogZ:
     log_w = anneal(path, path.sample_base(runs), betas)
     log_mean, stderr, low, high = _log_mean_and_interval(log_w)
     z_a = path.log_z_base()
-    return LogZ(z_a + log_mean, stderr, z_a + low, z_a + high, runs, len(betas) - 1, "forward", log_w)
+    return LogZ(z_a + log_mean, stderr, lower=z_a + low, upper=z_a + high, runs=runs, temperatures=len(betas) - 1,
+                direction="forward", log_weights=log_w)
 
 
 @torch.no_grad()
@@ -156,7 +157,8 @@ def reverse_ais(path, samples: Tensor, betas: Tensor) -> LogZ:
     log_w = anneal(path, samples, betas.flip(0))
     log_mean, stderr, low, high = _log_mean_and_interval(log_w)
     z_a = path.log_z_base()
-    return LogZ(z_a - log_mean, stderr, z_a - high, z_a - low, len(samples), len(betas) - 1, "reverse", log_w)
+    return LogZ(z_a - log_mean, stderr, lower=z_a - high, upper=z_a - low, runs=len(samples),
+                temperatures=len(betas) - 1, direction="reverse", log_weights=log_w)
 
 
 # --- exact enumeration ----------------------------------------------------------------------------

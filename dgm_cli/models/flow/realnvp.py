@@ -65,8 +65,8 @@ class ResNet(nn.Module):
 class RealNVP(Flow):
     Config = RealNVPConfig
 
-    def _coupling(self, channels: int, mask: str, parity: int,
-                  network: Callable[[int, int], nn.Module]) -> list[nn.Module]:
+    def _coupling(self, channels: int, network: Callable[[int, int], nn.Module], *, mask: str,
+                  parity: int) -> list[nn.Module]:
         """A coupling whose network, ``network(a, 2b)``, maps the conditioning half's a channels to the
         transformed half's scale and shift (2b channels)."""
         a, b = coupling_halves(channels, mask=mask, parity=parity)
@@ -75,20 +75,21 @@ class RealNVP(Flow):
             layers.append(BatchNorm(channels))
         return layers
 
-    def _image_couplings(self, channels: int, mask: str, count: int) -> list[nn.Module]:
+    def _image_couplings(self, channels: int, count: int, *, mask: str) -> list[nn.Module]:
         """``count`` couplings with ResNet networks, mask parity alternating."""
         c = self.config
         return [layer for i in range(count) for layer in self._coupling(
-            channels, mask, i % 2, lambda n_in, n_out: ResNet(n_in, c.hidden_channels, n_out, c.num_blocks))]
+            channels, lambda n_in, n_out: ResNet(n_in, c.hidden_channels, n_out, c.num_blocks), mask=mask,
+            parity=i % 2)]
 
     def _scale(self, channels: int, index: int) -> FlowSequential:
         """One scale of the multi-scale architecture (Sec. 3.6) on ``channels`` channels."""
         if index == self.config.num_scales - 1:
-            return FlowSequential(self._image_couplings(channels, "checkerboard", 4))
+            return FlowSequential(self._image_couplings(channels, 4, mask="checkerboard"))
         return FlowSequential([
-            *self._image_couplings(channels, "checkerboard", 3),
+            *self._image_couplings(channels, 3, mask="checkerboard"),
             Squeeze(),
-            *self._image_couplings(4 * channels, "channel", 3),
+            *self._image_couplings(4 * channels, 3, mask="channel"),
             Split(self._scale(2 * channels, index + 1)),  # factor out half, the rest goes to the next scale
             Unsqueeze(),
         ])
@@ -98,8 +99,8 @@ class RealNVP(Flow):
         if not self.data.is_image:
             d = self.data.dim
             return [layer for i in range(c.num_couplings)
-                    for layer in self._coupling(d, "channel", i % 2,
-                                                lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features))]
+                    for layer in self._coupling(d, lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features),
+                                                mask="channel", parity=i % 2)]
         channels, h, w = self.data.shape
         factor = 2 ** (c.num_scales - 1)
         if c.num_scales < 1 or h % factor or w % factor:
