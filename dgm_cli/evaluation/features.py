@@ -18,8 +18,8 @@ caches it (``dgm eval features=``; ``auto``, the default, picks the first two):
   (``inception_fid_network``): the numbers papers quote.
 
 A network whose quality is below ``WEAK_QUALITY`` (a classifier right on fewer than 80%
-of held-out images, an autoencoder that reconstructs less than 70% of their variance; MNIST's
-reconstructs 83% after 600 steps) comes with a warning beside every number computed through it.
+of held-out images, an autoencoder that reconstructs less than 70% of their variance; docs/own_data.md
+has MNIST's) comes with a warning beside every number computed through it.
 * CIFAR-10: torchvision's Inception-v3 (2048-d pool features, 1000 ImageNet logits)
   if its weights are already on this machine (the path in ``DGM_INCEPTION_WEIGHTS``,
   or torchvision's file in the torch hub cache); nothing is ever downloaded.
@@ -72,7 +72,8 @@ PRETTY_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "
 
 
 class SmallCNN(nn.Module):
-    """conv(32)-pool-conv(64)-pool-fc(128)-fc(classes): ~99% on MNIST in two epochs.
+    """conv(32)-pool-conv(64)-pool-fc(128)-fc(classes): dgm's feature classifier (its held-out accuracy is
+    measured and reported with every number computed through it).
 
     ``body`` maps images in [0, 1] to the 128-d post-ReLU features; ``head`` maps
     features to class logits.

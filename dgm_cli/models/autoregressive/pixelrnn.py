@@ -131,7 +131,7 @@ class PixelRNNConfig:
 
 class PixelRNN(AutoregressiveModel):
     Config = PixelRNNConfig
-    grid_samples = 8  # a sample costs D sequential LSTM passes: small training grids keep them under 10% of a run
+    grid_samples = 8  # a sample costs D sequential LSTM passes: small training grids keep them a small share of a run
 
     def __init__(self, config: PixelRNNConfig, data, objective):
         super().__init__(config, data, objective)

@@ -104,8 +104,8 @@ class BoltzmannMachine(GenerativeModel):
     objective_keys = OBJECTIVE_KEYS
     likelihood = "ais"
     Estimator = AISEstimator
-    # A grid is a long Gibbs chain per sample and a step is ~20 ms: at 64 samples a DBN's grids took 24%
-    # of a run, an RBM's 10% (scripts/bench_models.py --sections models); at 16, 8% and 4%.
+    # A grid is a long Gibbs chain per sample: 16 samples, not 64, keep the training grids a small share of a
+    # run (measured with scripts/bench_models.py --sections models: docs/results.md)
     grid_samples = 16
 
     def __init__(self, config, data, objective: dict):

@@ -60,8 +60,7 @@ def assignment(cost: Tensor, tolerance: float = 1e-6) -> Tensor:
 
 
 #: the pairing's summed cost is within this share of one entry's range of the optimum (a looser final eps
-#: ends the auction's price wars sooner; measured on the 2-core CPU: 25 ms for a batch of 64 2-D points,
-#: 0.25 s for 256)
+#: ends the auction's price wars sooner; docs/results.md has the time of a training step with it)
 PAIRING_TOLERANCE = 1e-4
 
 

@@ -116,9 +116,8 @@ class FlowMatching(GenerativeModel):
     likelihood = "exact"
     Config = FlowMatchingConfig
     Estimator = ODELikelihoodEstimator
-    #: `dgm sample`'s density picture of a toy (40,000 points): a fixed-step solve; dopri5 at eval's tolerances
-    #: took 181 s for it on the 2-core machine, rk4 with 20 steps 173 s, midpoint with 8 steps 46 s (each beside
-    #: another job), and the picture looked the same
+    #: `dgm sample`'s density picture of a toy (40,000 points): a fixed-step solve, which drew the same picture
+    #: as dopri5 at eval's tolerances and rk4 with 20 steps in a fraction of their time
     plot_settings: ClassVar[dict] = {"solver": "midpoint", "steps": 8}
 
     def __init__(self, config: FlowMatchingConfig, data: DataSpec, objective: dict):

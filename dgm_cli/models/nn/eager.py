@@ -1,6 +1,6 @@
 """``eager_only``: torch.compiler.disable without its import cost.
 
-The decorator ``torch.compiler.disable`` imports torch._dynamo (about 3 s on a CPU) when the module
+The decorator ``torch.compiler.disable`` imports torch._dynamo (seconds on a CPU) when the module
 defining the function is imported, so every dgm command that loads the model classes would pay it.
 Nothing can be compiling before torch._dynamo is imported; so until then the function runs as it is,
 and from then on through torch.compiler.disable, built once.
