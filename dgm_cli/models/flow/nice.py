@@ -54,7 +54,7 @@ class AdditiveCoupling(nn.Module):
             raise ValueError("an additive coupling needs at least 2 dimensions")
         self.register_buffer("kept", torch.arange(parity, dim, 2), persistent=False)
         self.register_buffer("changed", torch.arange(1 - parity, dim, 2), persistent=False)
-        self.net = mlp([len(self.kept), *([hidden] * hidden_layers), len(self.changed)], "relu")
+        self.net = mlp([len(self.kept), *([hidden] * hidden_layers), len(self.changed)], act="relu")
         zero_initialized(self.net[-1])  # each coupling starts as the identity
 
     def _couple(self, x: Tensor, sign: float) -> Tensor:

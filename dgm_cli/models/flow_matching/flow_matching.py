@@ -126,8 +126,10 @@ class FlowMatching(GenerativeModel):
         network = config.network if config.network != "auto" else ("unet" if data.is_image else "mlp")
         if network == "unet":
             c = data.shape[0]
-            self.velocity = UNetVelocity(UNet(c, c, data.shape[-1], config.channels, list(config.channel_mult),
-                                              config.num_res_blocks, list(config.attention_resolutions), config.dropout))
+            self.velocity = UNetVelocity(UNet(
+                c, c, image_size=data.shape[-1], channels=config.channels, channel_mult=list(config.channel_mult),
+                num_res_blocks=config.num_res_blocks, attention_resolutions=list(config.attention_resolutions),
+                dropout=config.dropout))
         else:
             self.velocity = MLPVelocity(data.dim, config.hidden, config.depth)
         self.network = network

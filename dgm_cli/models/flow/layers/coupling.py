@@ -140,6 +140,6 @@ def zero_initialized(layer: nn.Module) -> nn.Module:
 def coupling_mlp(in_features: int, out_features: int, hidden: int, depth: int = 2, act: str = "relu") -> nn.Sequential:
     """s, t = MLP(x_a) for vector data (2-D toys): the conditioning half's features -> hidden x depth ->
     the transformed half's raw scale and shift (``out_features`` = twice its features)."""
-    net = mlp([in_features, *([hidden] * depth), out_features], act)
+    net = mlp([in_features, *([hidden] * depth), out_features], act=act)
     zero_initialized(net[-1])
     return net
