@@ -14,6 +14,7 @@ from dgm_cli.data import pipeline
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.gan.cyclegan import CycleGAN, CycleGANConfig, ImagePool, ResnetGenerator
+from dgm_cli.models.registry import build_model
 from dgm_cli.settings.schema import DataConfig
 
 
@@ -67,7 +68,7 @@ def test_generators_and_critics_keep_the_image_size(size):
 
 def test_image_size_not_a_multiple_of_four_is_refused():
     with pytest.raises(UserError, match="multiples of 4"):
-        tiny((1, 30, 30))
+        build_model({"name": "cyclegan"}, {"name": "lsgan"}, DataSpec((1, 30, 30), "8bit", 0, "mnist", "fashion_mnist"))
 
 
 def test_generator_loss_is_adversarial_plus_lambda_cycle_plus_half_lambda_identity():

@@ -18,6 +18,7 @@ from dgm_cli.evaluation import estimators, likelihood
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.diffusion import gaussian_diffusion as G
 from dgm_cli.models.diffusion.ddpm import DDPM, DDPMConfig, stratified_steps, stratified_sum
+from dgm_cli.models.registry import build_model
 
 TINY = DataSpec((1, 2, 2), "8bit")
 
@@ -325,12 +326,13 @@ def test_eval_reports_the_bound_in_bits_per_dim_and_its_parts():
 @pytest.mark.parametrize("cfg, objective, message", [
     ({"variance": "fixed_large"}, "hybrid", "learned variances"),
     ({"variance": "learned_range"}, "simple", "no gradient"),
-    ({"schedule": "quadratic"}, "simple", "allowed: linear, cosine"),
+    ({"schedule": "quadratic"}, "simple", "model.schedule='quadratic' is not allowed.*one of linear, cosine"),
+    ({"dropout": 1.0}, "simple", r"model.dropout.*\[0, 1\)"),
     ({"channel_mult": [1, 2, 2, 2]}, "simple", "divisible by 8"),
 ])
 def test_bad_settings_are_refused(cfg, objective, message):
     with pytest.raises(UserError, match=message):
-        DDPM(DDPMConfig(**cfg), DataSpec((1, 28, 28), "8bit"), {"name": objective})
+        build_model({"name": "ddpm", **cfg}, {"name": objective}, DataSpec((1, 28, 28), "8bit"))
 
 
 def test_bad_estimator_and_objective_keys_are_refused():
@@ -342,3 +344,5 @@ def test_bad_estimator_and_objective_keys_are_refused():
         estimators.estimator_settings(model, {"k": 5})
     with pytest.raises(UserError, match="takes only name"):
         DDPM(DDPMConfig(), DataSpec((1, 28, 28), "8bit"), {"name": "simple", "vlb_weight": 0.1})
+    with pytest.raises(UserError, match=r"objective.vlb_weight=-0.1 .*>= 0"):
+        build_model({"name": "ddpm"}, {"name": "hybrid", "vlb_weight": -0.1}, DataSpec((1, 28, 28), "8bit"))

@@ -16,6 +16,7 @@ from conftest import phase_steps
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.vae.gumbel_vae import GumbelVAE, categorical_kl_uniform, gumbel_softmax
+from dgm_cli.models.registry import build_model
 from test_flows import perturb
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -119,9 +120,9 @@ def test_samples_configs_and_refusals():
     with pytest.raises(UserError):
         model.sample(2, temperature=0.5)
     with pytest.raises(UserError, match="kl_warmup_steps"):
-        GumbelVAE(GumbelVAE.Config(), DataSpec((4,), "binary"), {**ELBO, "kl_warmup_steps": 10})
+        build_model({"name": "gumbel_vae"}, {**ELBO, "kl_warmup_steps": 10}, DataSpec((4,), "binary"))
     with pytest.raises(UserError, match="temperature"):
-        GumbelVAE(GumbelVAE.Config(temperature_min=2.0), DataSpec((4,), "binary"), ELBO)
+        build_model({"name": "gumbel_vae", "temperature_min": 2.0}, ELBO, DataSpec((4,), "binary"))
     cfg = yaml.safe_load((CONFIGS / "model" / "gumbel_vae.yaml").read_text())
     assert cfg.pop("name") == "gumbel_vae" and cfg.pop("representation") == "binary"
     cfg.pop("defaults")

@@ -12,6 +12,7 @@ import torch
 from conftest import phase_steps
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
+from dgm_cli.models.objectives import typed
 from dgm_cli.models.registry import build_model
 from dgm_cli.models.vae.hierarchical_vae import HierarchicalVAEConfig, TwoStochasticLayerVAE
 from dgm_cli.models.vae.vae import VAE, VAEConfig
@@ -118,14 +119,12 @@ def test_burda_architecture_trains_with_elbo_and_iwae_and_samples():
 def test_refusals():
     data = DataSpec((1, 28, 28), "binary")
     with pytest.raises(UserError, match="stochastic_layers=3"):
-        VAE(VAEConfig(stochastic_layers=3), data, ELBO)
+        build_model({"name": "vae", "stochastic_layers": 3}, ELBO, data)
     with pytest.raises(UserError, match="architecture=mlp"):
-        TwoStochasticLayerVAE(HierarchicalVAEConfig(architecture="conv"), data, ELBO)
+        build_model({"name": "hierarchical_vae", "architecture": "conv"}, ELBO, data)
     with pytest.raises(UserError, match="model=hierarchical_vae"):  # the one-layer class is asked for two layers
-        VAE(VAEConfig(stochastic_layers=2), data, ELBO)
+        VAE.check_settings(VAEConfig(stochastic_layers=2), typed(ELBO), data)
     with pytest.raises(UserError, match="stochastic_layers=1"):
-        TwoStochasticLayerVAE(HierarchicalVAEConfig(stochastic_layers=1), data, ELBO)
-    from dgm_cli.models.vae.conv_vae import ConvVAE
-
+        build_model({"name": "hierarchical_vae", "stochastic_layers": 1}, ELBO, data)
     with pytest.raises(UserError, match="stochastic_layers=2"):
-        ConvVAE(ConvVAE.Config(stochastic_layers=2), data, ELBO)
+        build_model({"name": "conv_vae", "stochastic_layers": 2}, ELBO, data)

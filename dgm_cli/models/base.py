@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..data.spec import DataSpec  # noqa: F401  (models name their data by it)
 from ..errors import UserError
+from .objectives import Objective, typed
 
 Metrics = dict[str, Tensor]
 #: the loss of one phase and its metrics (detached scalars)
@@ -54,11 +55,8 @@ class GenerativeModel(nn.Module):
     #: family name, the folder it lives in: "vae", "autoregressive", "flow", "flow_matching", "gan", "energy",
     #: "diffusion", "sequence" (a test keeps this list and the folders in step)
     family: ClassVar[str] = ""
-    #: objective names this model trains with; the first is the default.
+    #: objective names this model trains with (models/objectives.py's table); the first is the default.
     objectives: ClassVar[tuple[str, ...]] = ()
-    #: the keys each objective's config may hold besides ``name``; any other is refused rather than
-    #: silently ignored. An objective missing here is not checked.
-    objective_keys: ClassVar[dict[str, set[str]]] = {}
     #: data representations the model can model; the first is its default.
     representations: ClassVar[tuple[str, ...]] = ()
     #: "exact", an estimator name ("iwae", "ais"), or None when there is no likelihood.
@@ -74,7 +72,9 @@ class GenerativeModel(nn.Module):
     #: compiles it; None: compiling was not measured to pay for this model
     compile_pays_after: ClassVar[Optional[int]] = None
 
-    #: the model's hyperparameters: a dataclass, so that config keys are typed and checked.
+    #: the model's hyperparameters: a dataclass, so that config keys are typed; a field whose values are
+    #: limited declares its rule (``checked``/``checked_choice``, dgm_cli/rules.py), which validation applies
+    #: before anything is written and `--help` shows. Rules across fields go in ``check_settings``.
     Config: ClassVar[type]
     #: the estimator's settings (``dgm eval estimator.<key>=``), a dataclass; None: it takes none.
     Estimator: ClassVar[Optional[type]] = None
@@ -86,27 +86,30 @@ class GenerativeModel(nn.Module):
         ``registry.build_model``."""
         return cls
 
-    def __init__(self, config, data: DataSpec, objective: dict):
+    @classmethod
+    def check_settings(cls, config, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        """Refuse (UserError) settings that no single field's rule can: one field against another, the
+        model's against the objective's, or, when ``data`` is given, against the data's shape. Called with
+        ``data=None`` by validation, before the run folder exists, and again with the data by
+        ``registry.build_model`` before the model is built; never from ``__init__``. A model that adds
+        checks calls this one first."""
+        if objective.name not in cls.objectives:
+            raise UserError(
+                f"objective={objective.name} does not fit a {cls.__name__} ({cls.family} family); "
+                f"objectives that do: {', '.join(cls.objectives)}."
+            )
+
+    def __init__(self, config, data: DataSpec, objective: Objective | dict):
         super().__init__()
         if data.representation not in self.representations:
             raise UserError(
                 f"{type(self).__name__} cannot model data.representation={data.representation!r}; "
                 f"allowed: {', '.join(self.representations)}."
             )
-        name = objective.get("name")
-        if name not in self.objectives:
-            raise UserError(
-                f"objective={name} does not fit a {type(self).__name__} ({self.family} family); "
-                f"objectives that do: {', '.join(self.objectives)}."
-            )
-        extra = set(objective) - {"name"} - set(self.objective_keys.get(name, set(objective)))
-        if extra:
-            allowed = sorted({"name", *self.objective_keys[name]})
-            raise UserError(f"objective={name} takes only {', '.join(allowed)}; got {', '.join(sorted(extra))}, "
-                            "which it would ignore.")
         self.config = config
         self.data = data
-        self.objective = dict(objective)
+        #: the objective's settings, typed (models/objectives.py): ``self.objective.k``
+        self.objective = typed(objective)
 
     # --- training -----------------------------------------------------------
     def check_precision(self, precision: str) -> None:

@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..commands import COMMANDS
 from ..models import load_all
+from ..models.objectives import OBJECTIVES
 from ..models.registry import MODELS
+from ..rules import declared
 from . import schema
 
 
@@ -39,13 +41,16 @@ TRAIN_GROUPS = ("model", "dataset", "objective", "optimizer", "scheduler", "expe
 def field_comments(cls: type) -> dict[str, str]:
     """The comment that ends each field's line in the source of dataclass ``cls``, or of the
     dataclass it inherits the field from (a subclass that changes a default may restate it); ``{choices}``
-    in it is the names a ``checked_choice`` field accepts."""
+    in it is the names a ``checked_choice`` field accepts, and a field declared with another rule
+    (``checked``) says what its value must be."""
     docs: dict[str, str] = {}
     for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
         docs.update(_own_field_comments(base))
-    for f in dataclasses.fields(cls):  # a choice among a table's names (rules.checked_choice) lists them
-        if f.name in docs and "choices" in f.metadata:
-            docs[f.name] = docs[f.name].replace("{choices}", " | ".join(f.metadata["choices"]))
+    for name, meta in declared(cls).items():
+        if "choices" in meta:  # a choice among a table's names (rules.checked_choice) lists them
+            docs[name] = docs.get(name, "{choices}").replace("{choices}", " | ".join(meta["choices"]))
+        elif " | " not in docs.get(name, ""):  # the rule its value must meet, unless the comment lists the values
+            docs[name] = "; ".join(filter(None, (docs.get(name), f"must be {meta['rule'][1]}")))
     return docs
 
 
@@ -105,21 +110,18 @@ def known_keys(command: str, cfg: Optional[DictConfig] = None, model: Optional[s
     keys = {k: v for k, v in schema_keys(SCHEMAS[command]).items() if k not in ("model", "objective")}
     if command == "train":
         keys.update(model_keys(OmegaConf.select(cfg, "model.name") if cfg is not None else model))
-        keys.update({f"objective.{k}": "" for k in _objective_keys(cfg)})
+        keys.update(objective_keys(OmegaConf.select(cfg, "objective.name") if cfg is not None else None))
     return keys
 
 
-def _objective_keys(cfg: Optional[DictConfig]) -> Iterable[str]:
-    if cfg is not None and OmegaConf.select(cfg, "objective") is not None:
-        return [k for k in cfg.objective if k != "name"]
-    from importlib import resources
-
-    folder = resources.files("dgm_cli.configs") / "objective"
-    names = set()
-    for entry in folder.iterdir():
-        if entry.name.endswith(".yaml"):
-            names.update(OmegaConf.create(entry.read_text()).keys())
-    return sorted(names - {"name"})
+def objective_keys(name: Optional[str] = None) -> dict[str, str]:
+    """``objective.*`` keys and their meanings: of the objective ``name``, or of every objective
+    (models/objectives.py, where each is declared)."""
+    classes = [OBJECTIVES[name]] if name in OBJECTIVES else list(OBJECTIVES.values())
+    keys: dict[str, str] = {}
+    for cls in classes:
+        keys.update({f"objective.{k}": v for k, v in schema_keys(cls).items() if k != "name"})
+    return keys
 
 
 def closest(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> list[str]:

@@ -15,6 +15,7 @@ from omegaconf import MISSING, OmegaConf
 from ..data.representations import BINARIZATIONS, REPRESENTATIONS
 from ..engine.config import TrainerConfig
 from ..engine.schedules import SCHEDULES
+from ..models.objectives import OBJECTIVES
 from ..rules import POSITIVE, checked, checked_choice
 
 
@@ -155,6 +156,8 @@ def register_configs() -> None:
     _register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    for name, objective in OBJECTIVES.items():  # objective=<name>: its dataclass is the option (models/objectives.py)
+        cs.store(group="objective", name=name, node=objective)
     cs.store(name="sample_schema", node=SampleConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="report_schema", node=ReportConfig)

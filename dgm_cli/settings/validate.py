@@ -7,7 +7,7 @@ from typing import Iterable
 from omegaconf import DictConfig
 
 from ..errors import UserError
-from ..models.registry import get_model_class
+from ..models.registry import check_model, get_model_class
 from ..rules import DEVICE, NON_NEGATIVE, POSITIVE, check, check_declared, choice
 from .schema import DataConfig, SchedulerConfig, TrainerConfig
 
@@ -49,6 +49,7 @@ def validate_train(cfg: DictConfig) -> None:
     check(cfg, "data.val_size", lambda v: v is None or v >= 0, "null (a tenth of the training examples, at most "
           "5000) or a number >= 0")
     check(cfg, "data.channels", lambda v: v in (None, 1, 3), "null, 1 or 3")
+    check_model(cfg.model, cfg.objective)  # the model's and objective's declared rules, and the model's check_settings
     check_domains(cfg)
 
 

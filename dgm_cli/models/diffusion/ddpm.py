@@ -11,7 +11,7 @@ Nichol & Dhariwal compute bits/dim) or estimated without bias from m random step
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
@@ -20,12 +20,12 @@ from torch import Tensor
 from ...errors import UserError
 from ...progress import SamplingProgress
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
+from ..objectives import VLB, Hybrid, Objective, Simple
 from ..registry import register
+from ...rules import NON_EMPTY_SIZES, NON_NEGATIVE, POSITIVE, PROBABILITY, SIZES, at_least, checked, checked_choice, checked_list
 from .gaussian_diffusion import SCHEDULES, VARIANCES, GaussianDiffusion, betas_for
 from .unet import UNet
 
-#: the objective keys each objective reads; any other is refused, not silently ignored
-OBJECTIVE_KEYS = {"simple": {"name"}, "hybrid": {"name", "vlb_weight"}, "vlb": {"name"}}
 SAMPLERS = ("ddpm", "ddim")
 #: KL terms per example in validation's estimate of the bound (two strata; the network runs 5 times)
 VALIDATION_STEPS = "4"
@@ -35,17 +35,17 @@ TRAJECTORY_COLUMNS = 10
 
 @dataclass
 class DDPMConfig:
-    timesteps: int = 1000  # T (Ho et al. 2020: 1000)
-    schedule: str = "linear"  # linear (Ho et al.) | cosine (Nichol & Dhariwal)
-    variance: str = "auto"  # auto (learned_range under objective=hybrid, else fixed_large) | fixed_large | fixed_small | learned_range
-    channels: int = 32  # U-Net base width (128 in Ho et al.'s CIFAR-10 model)
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # width per resolution; each but the last halves it
-    num_res_blocks: int = 1  # residual blocks per resolution (2 in Ho et al.)
-    attention_resolutions: list[int] = field(default_factory=list)  # feature-map sizes with attention; the middle always has it
-    dropout: float = 0.0
-    sampler: str = "ddpm"  # ddpm: ancestral (Ho Alg. 2) | ddim (Song et al. 2021)
-    sample_steps: int = 0  # steps of the sampler; 0: all T (fewer: a respaced chain, Nichol & Dhariwal Sec. 4)
-    eta: float = 0.0  # DDIM's noise: 0 deterministic, 1 ancestral-like
+    timesteps: int = checked(1000, at_least(2))  # T (Ho et al. 2020: 1000)
+    schedule: str = checked_choice("linear", SCHEDULES)  # {choices}: linear (Ho et al.), cosine (Nichol & Dhariwal)
+    variance: str = checked_choice("auto", ("auto",) + VARIANCES)  # {choices} (auto: learned_range under objective=hybrid, else fixed_large)
+    channels: int = checked(32, POSITIVE)  # U-Net base width (128 in Ho et al.'s CIFAR-10 model)
+    channel_mult: list[int] = checked_list([1, 2, 2], NON_EMPTY_SIZES)  # width per resolution; each but the last halves it
+    num_res_blocks: int = checked(1, POSITIVE)  # residual blocks per resolution (2 in Ho et al.)
+    attention_resolutions: list[int] = checked_list([], SIZES)  # feature-map sizes with attention; the middle always has it
+    dropout: float = checked(0.0, PROBABILITY)  # dropout in the residual blocks (0.1 on CIFAR-10 in Ho et al.)
+    sampler: str = checked_choice("ddpm", SAMPLERS)  # {choices}: ancestral (Ho Alg. 2), DDIM (Song et al. 2021)
+    sample_steps: int = checked(0, NON_NEGATIVE)  # steps of the sampler; 0: all T (fewer: a respaced chain, Nichol & Dhariwal Sec. 4)
+    eta: float = checked(0.0, NON_NEGATIVE)  # DDIM's noise: 0 deterministic, 1 ancestral-like
     clip_denoised: bool = True  # clamp the predicted x_0 to [-1, 1] when sampling and evaluating the bound
 
 
@@ -97,54 +97,48 @@ class DDPM(GenerativeModel):
     # sample_every=1000 (scripts/bench_models.py --sections models); 36 take ~7%
     grid_samples = 36
     objectives = ("simple", "hybrid", "vlb")
-    objective_keys = OBJECTIVE_KEYS
     representations = ("8bit",)
     likelihood = "vlb"
     sample_modes = ("sample", "trajectory")
     Config = DDPMConfig
     Estimator = BoundEstimator
 
-    def __init__(self, config: DDPMConfig, data: DataSpec, objective: dict):
-        super().__init__(config, data, objective)
-        self.check_objective(objective)
-        self.check_config(config, data)
-        self.variance = config.variance
-        if self.variance == "auto":
-            self.variance = "learned_range" if objective["name"] == "hybrid" else "fixed_large"
-        learned = self.variance == "learned_range"
-        if learned and objective["name"] == "simple":
+    @staticmethod
+    def variance_of(config: DDPMConfig, objective: Objective) -> str:
+        """The variance the model learns or fixes: ``model.variance``, with auto resolved by the objective."""
+        if config.variance != "auto":
+            return config.variance
+        return "learned_range" if isinstance(objective, Hybrid) else "fixed_large"
+
+    @classmethod
+    def check_settings(cls, config: DDPMConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        variance = cls.variance_of(config, objective)
+        learned = variance == "learned_range"
+        if learned and isinstance(objective, Simple):
             raise UserError("model.variance=learned_range needs objective=hybrid or vlb: the simple loss gives "
                             "the variance no gradient.")
-        if objective["name"] == "hybrid" and not learned:
-            raise UserError(f"objective=hybrid trains learned variances; model.variance={self.variance} is fixed "
+        if isinstance(objective, Hybrid) and not learned:
+            raise UserError(f"objective=hybrid trains learned variances; model.variance={variance} is fixed "
                             "(use model.variance=auto or learned_range, or objective=simple).")
-        self.diffusion = GaussianDiffusion(betas_for(config.schedule, config.timesteps))
-        c = data.shape[0]
-        self.net = UNet(c, 2 * c if learned else c, data.shape[-1], config.channels, list(config.channel_mult),
-                        config.num_res_blocks, list(config.attention_resolutions), config.dropout)
-        self._eval_terms: Optional[tuple[Tensor, dict[str, Tensor]]] = None
-
-    @staticmethod
-    def check_objective(objective: dict) -> None:
-        if objective.get("vlb_weight", 0.001) < 0:
-            raise UserError(f"objective.vlb_weight={objective['vlb_weight']} must be >= 0.")
-
-    @staticmethod
-    def check_config(config: DDPMConfig, data: DataSpec) -> None:
-        choices = {"schedule": SCHEDULES, "variance": ("auto",) + VARIANCES, "sampler": SAMPLERS}
-        for key, allowed in choices.items():
-            if getattr(config, key) not in allowed:
-                raise UserError(f"model.{key}={getattr(config, key)!r} is not allowed; allowed: {', '.join(allowed)}.")
-        if config.timesteps < 2 or config.sample_steps < 0 or config.eta < 0 or config.channels < 1 \
-                or config.num_res_blocks < 1 or not config.channel_mult or not 0 <= config.dropout < 1:
-            raise UserError("model: need timesteps >= 2, sample_steps >= 0 (0: all), eta >= 0, channels >= 1, "
-                            "num_res_blocks >= 1, a non-empty channel_mult and 0 <= dropout < 1.")
+        if data is None:
+            return
         if not data.is_image or data.shape[1] != data.shape[2]:
             raise UserError(f"DDPM's U-Net models square images (C, H, H), not data of shape {data.shape}.")
         halvings = len(config.channel_mult) - 1
         if data.shape[1] % (2**halvings):
             raise UserError(f"model.channel_mult={list(config.channel_mult)} halves the {data.shape[1]}-pixel image "
                             f"{halvings} times, which needs a size divisible by {2**halvings}; use fewer entries.")
+
+    def __init__(self, config: DDPMConfig, data: DataSpec, objective: Objective):
+        super().__init__(config, data, objective)
+        self.variance = self.variance_of(config, self.objective)
+        learned = self.variance == "learned_range"
+        self.diffusion = GaussianDiffusion(betas_for(config.schedule, config.timesteps))
+        c = data.shape[0]
+        self.net = UNet(c, 2 * c if learned else c, data.shape[-1], config.channels, list(config.channel_mult),
+                        config.num_res_blocks, list(config.attention_resolutions), config.dropout)
+        self._eval_terms: Optional[tuple[Tensor, dict[str, Tensor]]] = None
 
     # --- the network ------------------------------------------------------------------------------
     @staticmethod
@@ -178,8 +172,7 @@ class DDPM(GenerativeModel):
         x0 = self.to_model_space(x)
         steps = self.diffusion.num_steps
         t = torch.randint(0, steps, (x0.shape[0],), device=x0.device)
-        name = self.objective["name"]
-        if name == "vlb":
+        if isinstance(self.objective, VLB):
             # T E_t[L_t] = the bound minus its constant prior term (Ho eq. 5), in bits/dim
             bound = steps * self.step_term(x0, t, clip=False).mean() / (self.data.dim * math.log(2))
             return bound, {"vlb_bits_per_dim": bound.detach()}
@@ -187,13 +180,13 @@ class DDPM(GenerativeModel):
         xt = self.diffusion.q_sample(x0, t, noise)
         eps, v = self.predict(xt, t)
         mse = (noise - eps).pow(2).mean()  # L_simple (Ho eq. 14), a mean over pixels as in Ho et al.'s code
-        if name == "simple":
+        if isinstance(self.objective, Simple):
             return mse, {"mse": mse.detach()}
         # L_hybrid = L_simple + lambda L_vlb, L_vlb = T E_t[L_t] in bits/dim with the mean's gradient stopped
         # (Nichol & Dhariwal 2021, Sec. 3.1: lambda = 0.001)
         mean, log_var, _ = self.diffusion.p_mean_variance(eps.detach(), xt, t, self.variance, v)
         vb = self.diffusion.bound_term(x0, xt, t, mean, log_var).mean() / (self.data.dim * math.log(2))
-        loss = mse + self.objective.get("vlb_weight", 0.001) * steps * vb
+        loss = mse + self.objective.vlb_weight * steps * vb
         return loss, {"mse": mse.detach(), "vb_bits_per_dim": vb.detach()}
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
+from ..objectives import PCD
 from ..base import GenerativeModel
 from ..nn.host_flags import forget_known, known_set, marked, set_known
 from . import ais
@@ -111,11 +112,9 @@ class BoltzmannMachine(GenerativeModel):
     def __init__(self, config, data, objective: dict):
         super().__init__(config, data, objective)
         self.register_load_state_dict_post_hook(forget_known)
-        self.k = int(objective.get("k", 1))
-        self.persistent = objective["name"] == "pcd"
-        self.num_chains = int(objective.get("chains", 100)) if self.persistent else 0
-        if self.k < 1 or (self.persistent and self.num_chains < 1):
-            raise UserError(f"objective.k={self.k} and objective.chains={self.num_chains} must be >= 1.")
+        self.k = self.objective.k  # Gibbs sweeps per update (objectives.CD, PCD: their rules refuse k < 1)
+        self.persistent = isinstance(self.objective, PCD)
+        self.num_chains = self.objective.chains if self.persistent else 0
         self._log_z: Optional[tuple] = None  # (key, log Z) of the last estimate
 
     def configure_optimizers(self, build) -> dict[str, torch.optim.Optimizer]:

@@ -7,6 +7,6 @@
 * cyclegan.py - Zhu et al. 2017: unpaired image translation, two ResNet generators, PatchGAN
   critics, least-squares, cycle and identity losses, image pools (data.domain_b)
 
-objectives.py holds the losses and the gradient penalty, networks.py the generators
+losses.py holds each objective's losses and the gradient penalty, networks.py the generators
 and critics (MLPs for 2-D toys, DCGAN-style CNNs, conditional batch norm, projection).
 """

@@ -1,7 +1,7 @@
 """The GAN family's shared model (Goodfellow et al. 2014).
 
 A generator G maps z ~ N(0, I) to data space; a critic D scores examples; the two
-are trained against each other with one of the objectives of ``objectives.py``.
+are trained against each other with one of the losses of ``losses.py``.
 The engine's generic loop drives the game: ``phases`` asks for a critic step on every
 batch, and on every ``n_critic``-th batch also a generator step (Gulrajani et al.
 2017, Algorithm 1), so each critic step sees a fresh real batch. The engine zeroes,
@@ -34,25 +34,30 @@ from ...data import modes
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn import decoder_ais
 from ..nn.distributions import gaussian_log_prob
-from .networks import CRITIC_NORMS, ConvCritic, ConvGenerator, MLPCritic, MLPGenerator
-from .objectives import OBJECTIVES, gradient_penalty
+from .networks import CRITIC_NORMS, ConvCritic, ConvGenerator, MLPCritic, MLPGenerator, resolutions
+from ..objectives import WGANGP, Objective
+from ...rules import POSITIVE, Rule, checked
+from .losses import LOSSES, gradient_penalty
 
+#: a player's own learning rate or Adam betas (null: the optimizer's)
+LEARNING_RATE: Rule = (lambda v: v is None or v > 0, "null or > 0")
+BETAS: Rule = (lambda v: v is None or (len(v) == 2 and all(0 <= b < 1 for b in v)), "null or two numbers in [0, 1)")
 FIXED_LATENTS = 64  # size of the fixed latent batch behind the logged sample grids
 FIXED_SEED = 0
 
 
 @dataclass
 class GANConfig:
-    latent_dim: int = 128  # dimension of z ~ N(0, I)
-    width: int = 64  # images: channels of D's first stage; G mirrors it (Miyato et al. 2018: 64)
-    hidden: int = 512  # 2-D toys: units per hidden layer of both MLPs
-    depth: int = 3  # 2-D toys: hidden layers of both MLPs
-    n_critic: int = 1  # critic steps (fresh real batches) per generator step
+    latent_dim: int = checked(128, POSITIVE)  # dimension of z ~ N(0, I)
+    width: int = checked(64, POSITIVE)  # images: channels of D's first stage; G mirrors it (Miyato et al. 2018: 64)
+    hidden: int = checked(512, POSITIVE)  # 2-D toys: units per hidden layer of both MLPs
+    depth: int = checked(3, POSITIVE)  # 2-D toys: hidden layers of both MLPs
+    n_critic: int = checked(1, POSITIVE)  # critic steps (fresh real batches) per generator step
     conditional: bool = False  # class-conditional: conditional batch norm in G, projection D
-    lr_generator: Optional[float] = None  # null: optimizer.lr
-    lr_critic: Optional[float] = None  # null: optimizer.lr (set both for two time-scale updates)
-    betas_generator: Optional[List[float]] = None  # null: optimizer.betas
-    betas_critic: Optional[List[float]] = None  # null: optimizer.betas
+    lr_generator: Optional[float] = checked(None, LEARNING_RATE)  # null: optimizer.lr
+    lr_critic: Optional[float] = checked(None, LEARNING_RATE)  # null: optimizer.lr (set both for two time-scale updates)
+    betas_generator: Optional[List[float]] = checked(None, BETAS)  # null: optimizer.betas
+    betas_critic: Optional[List[float]] = checked(None, BETAS)  # null: optimizer.betas
 
 
 #: what the Gaussian observation model does to a number on data in the unit cube
@@ -108,11 +113,20 @@ class GAN(GenerativeModel):
     Config = GANConfig
     Estimator = GANEstimator
 
-    def __init__(self, config: GANConfig, data: DataSpec, objective: dict):
+    @classmethod
+    def check_settings(cls, config: GANConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if cls.critic_norm not in CRITIC_NORMS:
+            raise RuntimeError(f"{cls.__name__}.critic_norm={cls.critic_norm!r}")
+        if data is not None and data.is_image:
+            resolutions(*data.shape[1:])  # refuses sizes its networks cannot take
+        if data is not None and config.conditional and (data.num_classes == 0 or not data.is_image):
+            raise UserError("model.conditional=true needs labelled image data; this dataset has no labels.")
+
+    def __init__(self, config: GANConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
-        self.loss = OBJECTIVES[objective["name"]]
-        self.gp_weight = float(objective.get("gp_weight", 0.0))
-        self._check(config, data, objective)
+        self.loss = LOSSES[self.objective.name]
+        self.gp_weight = self.objective.gp_weight if isinstance(self.objective, WGANGP) else 0.0
         classes = data.num_classes if config.conditional else 0
         if data.is_image:
             self.generator = ConvGenerator(config.latent_dim, data.shape, config.width, classes)
@@ -126,21 +140,9 @@ class GAN(GenerativeModel):
         self._sigma: Optional[tuple[float, str, dict]] = None  # (sigma, where it was chosen, the grid's scores)
         self._acceptance: list[float] = []
 
-    def _check(self, config: GANConfig, data: DataSpec, objective: dict) -> None:
-        allowed = {"name", "gp_weight"} if self.loss.penalized else {"name"}
-        if set(objective) - allowed:
-            raise UserError(f"objective={objective['name']} takes only {', '.join(sorted(allowed))}; "
-                            f"got {', '.join(sorted(set(objective) - allowed))}.")
-        if config.n_critic < 1:
-            raise UserError(f"model.n_critic={config.n_critic} is not allowed: it must be >= 1.")
-        if self.critic_norm not in CRITIC_NORMS:
-            raise RuntimeError(f"{type(self).__name__}.critic_norm={self.critic_norm!r}")
-        if config.conditional and (data.num_classes == 0 or not data.is_image):
-            raise UserError("model.conditional=true needs labelled image data; this dataset has no labels.")
-
     # --- the two players ---------------------------------------------------------
     def check_precision(self, precision: str) -> None:
-        if precision == "16" and self.objective["name"] == "wgan_gp":
+        if precision == "16" and isinstance(self.objective, WGANGP):
             raise UserError("objective=wgan_gp cannot train at trainer.precision=16: the gradient penalty's "
                             "inner gradient would be taken on unscaled fp16 outputs and can underflow; "
                             "use trainer.precision=bf16 or 32.")

@@ -31,7 +31,9 @@ from ...data import pipeline
 from ...errors import UserError
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.host_flags import forget_known, marked, set_known
+from ..objectives import Objective
 from ..registry import register
+from ...rules import NON_NEGATIVE, POSITIVE, checked
 from .base import frozen
 
 GRID_IMAGES = 8  # images of each domain behind the logged translation grids
@@ -39,12 +41,12 @@ GRID_IMAGES = 8  # images of each domain behind the logged translation grids
 
 @dataclass
 class CycleGANConfig:
-    width: int = 32  # channels of G's first convolution and of D's first stage (the paper's 64 at 256 px)
-    residual_blocks: int = 6  # residual blocks of each generator (the paper: 6 at 128 px, 9 at 256 px)
-    critic_downsamplings: int = 1  # stride-2 convolutions of the PatchGAN critics: 1 -> 16x16 patches, 2 -> 34x34, 3 -> the paper's 70x70
-    cycle_weight: float = 10.0  # lambda of the cycle-consistency loss (eq. 3)
-    identity_weight: float = 0.5  # the identity loss's weight, in units of lambda (0 switches it off)
-    pool_size: int = 50  # generated images kept for the critic updates (0: no pool)
+    width: int = checked(32, POSITIVE)  # channels of G's first convolution and of D's first stage (the paper's 64 at 256 px)
+    residual_blocks: int = checked(6, NON_NEGATIVE)  # residual blocks of each generator (the paper: 6 at 128 px, 9 at 256 px)
+    critic_downsamplings: int = checked(1, POSITIVE)  # stride-2 convolutions of the PatchGAN critics: 1 -> 16x16 patches, 2 -> 34x34, 3 -> the paper's 70x70
+    cycle_weight: float = checked(10.0, NON_NEGATIVE)  # lambda of the cycle-consistency loss (eq. 3)
+    identity_weight: float = checked(0.5, NON_NEGATIVE)  # the identity loss's weight, in units of lambda (0 switches it off)
+    pool_size: int = checked(50, NON_NEGATIVE)  # generated images kept for the critic updates (0: no pool)
 
 
 # --- networks (Zhu et al. 2017, Appendix 7.2; Johnson et al. 2016) -------------------------
@@ -174,7 +176,6 @@ def identity_loss(a: Tensor, f_of_a: Tensor, b: Tensor, g_of_b: Tensor) -> Tenso
 class CycleGAN(GenerativeModel):
     family = "gan"
     objectives = ("lsgan",)
-    objective_keys = {"lsgan": set()}
     representations = ("8bit",)
     likelihood = None
     sample_modes = ("translate",)
@@ -182,9 +183,15 @@ class CycleGAN(GenerativeModel):
     two_domains = True
     Config = CycleGANConfig
 
-    def __init__(self, config: CycleGANConfig, data: DataSpec, objective: dict):
+    @classmethod
+    def check_settings(cls, config: CycleGANConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is not None and (not data.is_image or data.shape[1] % 4 or data.shape[2] % 4):
+            raise UserError(f"model=cyclegan translates images whose height and width are multiples of 4 (its "
+                            f"generators halve them twice); this data has shape {'x'.join(map(str, data.shape))}.")
+
+    def __init__(self, config: CycleGANConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
-        self._check(config, data)
         channels = data.shape[0]
         self.g = ResnetGenerator(channels, config.width, config.residual_blocks)  # A -> B
         self.f = ResnetGenerator(channels, config.width, config.residual_blocks)  # B -> A
@@ -195,16 +202,6 @@ class CycleGAN(GenerativeModel):
         # fixed training images of each domain behind the logged grids (set from the first batch)
         self.register_buffer("fixed_a", torch.zeros(GRID_IMAGES, *data.shape))
         self.register_buffer("fixed_b", torch.zeros(GRID_IMAGES, *data.shape))
-
-    def _check(self, config: CycleGANConfig, data: DataSpec) -> None:
-        if not data.is_image or data.shape[1] % 4 or data.shape[2] % 4:
-            raise UserError(f"model=cyclegan translates images whose height and width are multiples of 4 (its "
-                            f"generators halve them twice); this data has shape {'x'.join(map(str, data.shape))}.")
-        for key in ("width", "residual_blocks", "critic_downsamplings"):
-            if getattr(config, key) < (1 if key != "residual_blocks" else 0):
-                raise UserError(f"model.{key}={getattr(config, key)} is not allowed: it must be positive.")
-        if config.pool_size < 0 or config.cycle_weight < 0 or config.identity_weight < 0:
-            raise UserError("model.pool_size, model.cycle_weight and model.identity_weight must be >= 0.")
 
     # --- data ----------------------------------------------------------------------------
     def domain_b(self, y: Optional[Tensor]) -> Tensor:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import UserError
 from ..registry import register
 from .base import WassersteinGAN
 
@@ -27,12 +26,9 @@ class WGAN(WassersteinGAN):
     objectives = ("wgan",)
     critic_norm = "batch"
 
-    def _check(self, config, data, objective: dict) -> None:
-        super()._check(config, data, {k: v for k, v in objective.items() if k != "clip_value"})
-        self.clip_value = float(objective.get("clip_value", 0.01))
-        if not self.clip_value > 0:
-            raise UserError(f"objective.clip_value={self.clip_value} is not allowed: the critic's weights "
-                            "are clipped to [-c, c], so c must be > 0.")
+    def __init__(self, config, data, objective):
+        super().__init__(config, data, objective)
+        self.clip_value = self.objective.clip_value  # c: the critic's weights are clipped to [-c, c]
 
     @torch.no_grad()
     def after_step(self, phase: str) -> None:

@@ -25,9 +25,10 @@ from ...data.sequences import is_piano_roll, mask_of
 from ...errors import UserError
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import LOG_2PI
+from ..objectives import IWAE, Objective
+from ...rules import POSITIVE, checked, checked_choice
 from ..vae.importance import importance_log_likelihood
 
-OBJECTIVE_KEYS = {"elbo": {"name", "kl_warmup_steps", "free_bits"}, "iwae": {"name", "k"}}
 EMISSIONS = ("auto", "gaussian", "bernoulli")
 MIN_STD = 1e-3
 
@@ -36,10 +37,10 @@ MIN_STD = 1e-3
 class SequenceConfig:
     """The hyperparameters of VRNN, STORN and SRNN (DMM names its networks' widths apart)."""
 
-    z_dim: int = 16
-    hidden: int = 64  # width of the networks around the RNN (prior, posterior, emission, feature extractors)
-    rnn_hidden: int = 64
-    emission: str = "auto"  # auto: bernoulli for binary data and piano rolls, else gaussian | bernoulli | gaussian
+    z_dim: int = checked(16, POSITIVE)  # units of z_t
+    hidden: int = checked(64, POSITIVE)  # width of the networks around the RNN (prior, posterior, emission, feature extractors)
+    rnn_hidden: int = checked(64, POSITIVE)  # units of the RNN's state
+    emission: str = checked_choice("auto", EMISSIONS)  # {choices} (auto: bernoulli for binary data and piano rolls, else gaussian)
 
 
 @dataclass
@@ -104,20 +105,21 @@ def shifted(x: Tensor) -> Tensor:
 class SequenceModel(GenerativeModel):
     family = "sequence"
     objectives = ("elbo", "iwae")
-    objective_keys = OBJECTIVE_KEYS
     representations = ("binary", "continuous")  # binary: images as sequences of rows; continuous: sequence data
     likelihood = "iwae"
     Estimator = TrajectoryEstimator
 
-    def __init__(self, config, data: DataSpec, objective: dict):
-        super().__init__(config, data, objective)
-        if objective.get("free_bits", 0.0):
+    @classmethod
+    def check_settings(cls, config, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if getattr(objective, "free_bits", 0.0):
             raise UserError("objective.free_bits is not implemented for sequence models; use kl_warmup_steps.")
-        if config.emission not in EMISSIONS:
-            raise UserError(f"model.emission={config.emission!r} is not allowed; allowed: {', '.join(EMISSIONS)}.")
-        if len(data.shape) != 2 and not data.is_image:
-            raise UserError(f"{type(self).__name__} models sequences (T, D) or images (rows as steps), not data of "
+        if data is not None and len(data.shape) != 2 and not data.is_image:
+            raise UserError(f"{cls.__name__} models sequences (T, D) or images (rows as steps), not data of "
                             f"shape {data.shape}.")
+
+    def __init__(self, config, data: DataSpec, objective: Objective):
+        super().__init__(config, data, objective)
         self.length, self.x_dim = (data.shape[1], data.shape[0] * data.shape[2]) if data.is_image else data.shape
         self.emission_kind = config.emission
         if config.emission == "auto":
@@ -195,7 +197,7 @@ class SequenceModel(GenerativeModel):
 
     def kl_weight(self) -> Tensor:
         """1, or during the KL warm-up step / kl_warmup_steps: a 0-dim tensor from the step buffer (no host read)."""
-        warmup = int(self.objective.get("kl_warmup_steps", 0))
+        warmup = self.objective.kl_warmup_steps
         one = torch.ones((), device=self.step.device)
         return one if warmup <= 0 else (self.step / warmup).clamp(max=1.0)
 
@@ -203,8 +205,8 @@ class SequenceModel(GenerativeModel):
         """Nats per time step of the batch (sums over sequences / real steps), so the learning rate does
         not depend on sequence length."""
         steps = mask_of(self.as_sequences(x)).sum().clamp(min=1)
-        if self.objective["name"] == "iwae":
-            bound = self.iwae(x, int(self.objective.get("k", 5))).sum() / steps
+        if isinstance(self.objective, IWAE):
+            bound = self.iwae(x, self.objective.k).sum() / steps
             return -bound, {"iwae_per_step": bound.detach()}
         log_px, log_pz, log_qz = (v[0] for v in self.log_weights(x, 1))
         kl = (log_qz - log_pz).sum() / steps

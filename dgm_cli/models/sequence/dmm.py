@@ -12,17 +12,19 @@ from torch import Tensor, nn
 
 from ..base import DataSpec
 from ..nn.mlp import mlp
+from ..objectives import Objective
 from ..registry import register
-from .base import SequenceModel, backward_rnn, diagonal_gaussian, positive
+from ...rules import POSITIVE, checked, checked_choice
+from .base import EMISSIONS, SequenceModel, backward_rnn, diagonal_gaussian, positive
 
 
 @dataclass
 class DMMConfig:
-    z_dim: int = 16
-    transition_hidden: int = 64
-    emission_hidden: int = 64
-    rnn_hidden: int = 64
-    emission: str = "auto"  # auto: bernoulli for binary data and piano rolls, else gaussian | bernoulli | gaussian
+    z_dim: int = checked(16, POSITIVE)  # units of z_t
+    transition_hidden: int = checked(64, POSITIVE)  # units of the gated transition's hidden layers
+    emission_hidden: int = checked(64, POSITIVE)  # units of the emission network's hidden layers
+    rnn_hidden: int = checked(64, POSITIVE)  # units of the inference network's backward RNN
+    emission: str = checked_choice("auto", EMISSIONS)  # {choices} (auto: bernoulli for binary data and piano rolls, else gaussian)
 
 
 class GatedTransition(nn.Module):
@@ -46,7 +48,7 @@ class GatedTransition(nn.Module):
 class DMM(SequenceModel):
     Config = DMMConfig
 
-    def __init__(self, config: DMMConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: DMMConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
         z = config.z_dim
         self.z0 = nn.Parameter(torch.zeros(z))  # z_0 of the prior and of the combiner

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..base import DataSpec
 from ..nn.mlp import mlp
+from ..objectives import Objective
 from ..registry import register
 from .base import SequenceConfig, SequenceModel, backward_rnn, diagonal_gaussian, shifted
 
@@ -19,7 +20,7 @@ from .base import SequenceConfig, SequenceModel, backward_rnn, diagonal_gaussian
 class SRNN(SequenceModel):
     Config = SequenceConfig
 
-    def __init__(self, config: SequenceConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: SequenceConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
         z, h, r = config.z_dim, config.hidden, config.rnn_hidden
         self.forward_rnn = nn.GRU(self.x_dim, r, batch_first=True)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..base import DataSpec
 from ..nn.mlp import mlp
+from ..objectives import Objective
 from ..registry import register
 from .base import SequenceConfig, SequenceModel, diagonal_gaussian, normal_log_prob, shifted
 
@@ -18,7 +19,7 @@ from .base import SequenceConfig, SequenceModel, diagonal_gaussian, normal_log_p
 class STORN(SequenceModel):
     Config = SequenceConfig
 
-    def __init__(self, config: SequenceConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: SequenceConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
         z, h, r = config.z_dim, config.hidden, config.rnn_hidden
         self.generator = nn.GRUCell(self.x_dim + z, r)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..base import DataSpec
 from ..nn.mlp import mlp
+from ..objectives import Objective
 from ..registry import register
 from .base import SequenceConfig, SequenceModel, add_step, diagonal_gaussian
 
@@ -18,7 +19,7 @@ from .base import SequenceConfig, SequenceModel, add_step, diagonal_gaussian
 class VRNN(SequenceModel):
     Config = SequenceConfig
 
-    def __init__(self, config: SequenceConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: SequenceConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
         h, r, z = config.hidden, config.rnn_hidden, config.z_dim
         self.phi_x = mlp([self.x_dim, h, h], last_act=True)

@@ -44,19 +44,21 @@ from torch import Tensor, nn
 from ...errors import UserError
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn import distributions as D
+from ..objectives import Objective
 from ..registry import register
+from ...rules import POSITIVE, checked
 from .base import IWAEEstimator
 from .importance import importance_log_likelihood
 
 
 @dataclass
 class DRAWConfig:
-    steps: int = 16  # T, glimpses (64 for MNIST in the paper: experiment=draw_mnist)
+    steps: int = checked(16, POSITIVE)  # T, glimpses (64 for MNIST in the paper: experiment=draw_mnist)
     attention: bool = True  # Gaussian filterbank read and write; false: read the whole image, write the whole canvas
-    read_size: int = 2  # N of the read filterbank (2 x 2 in the paper)
-    write_size: int = 5  # N of the write filterbank (5 x 5)
-    hidden: int = 256  # units of each LSTM (256)
-    latent_dim: int = 100  # z_t per step (100)
+    read_size: int = checked(2, POSITIVE)  # N of the read filterbank (2 x 2 in the paper)
+    write_size: int = checked(5, POSITIVE)  # N of the write filterbank (5 x 5)
+    hidden: int = checked(256, POSITIVE)  # units of each LSTM (256)
+    latent_dim: int = checked(100, POSITIVE)  # z_t per step (100)
 
 
 @dataclass
@@ -116,23 +118,24 @@ def write_patch(patch: Tensor, fy: Tensor, fx: Tensor) -> Tensor:
 class DRAW(GenerativeModel):
     family = "vae"
     objectives = ("elbo",)
-    objective_keys = {"elbo": {"name", "kl_warmup_steps", "free_bits"}}
     representations = ("binary",)
     likelihood = "iwae"
     sample_modes = ("sample", "canvas")
     Config = DRAWConfig
     Estimator = DRAWEstimator
 
-    def __init__(self, config: DRAWConfig, data: DataSpec, objective: dict):
-        super().__init__(config, data, objective)
-        c = config
-        if objective.get("kl_warmup_steps", 0) or objective.get("free_bits", 0.0):
+    @classmethod
+    def check_settings(cls, config: DRAWConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if not objective.plain:
             raise UserError("model=draw trains on the plain ELBO (Gregor et al. 2015, eq. 12); drop "
                             "objective.kl_warmup_steps and objective.free_bits.")
-        if not data.is_image:
+        if data is not None and not data.is_image:
             raise UserError("model=draw needs image data (C, H, W).")
-        if min(c.steps, c.read_size, c.write_size, c.hidden, c.latent_dim) < 1:
-            raise UserError("model=draw: model.steps, read_size, write_size, hidden and latent_dim must be >= 1.")
+
+    def __init__(self, config: DRAWConfig, data: DataSpec, objective: Objective):
+        super().__init__(config, data, objective)
+        c = config
         channels, height, width = data.shape
         if c.attention:
             self.read_attention = Attention(c.hidden, c.read_size, height, width)

@@ -21,7 +21,7 @@ lower bound on log p(x) (Burda et al. 2015, Thm. 1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -32,7 +32,9 @@ from ...errors import UserError
 from ..base import DataSpec, Metrics, PhaseLoss
 from ..nn import distributions as D
 from ..nn.mlp import ACTIVATIONS, mlp
+from ..objectives import Objective
 from ..registry import register
+from ...rules import NON_EMPTY_SIZES, NON_NEGATIVE, POSITIVE, at_least, checked, checked_choice, checked_list
 from .importance import importance_log_likelihood
 from .base import LatentVariableModel
 from .networks import MLPDecoder
@@ -68,14 +70,14 @@ def categorical_kl_uniform(log_q: Tensor) -> Tensor:
 
 @dataclass
 class GumbelVAEConfig:
-    num_latents: int = 20  # categorical variables in the code (Jang et al.: 20 on MNIST)
-    num_categories: int = 10  # classes of each
-    hidden: list = field(default_factory=lambda: [512, 256])  # encoder sizes; the decoder mirrors them
-    activation: str = "relu"
-    temperature: float = 1.0  # tau_0
-    temperature_min: float = 0.5  # tau never falls below this
-    anneal_rate: float = 1.0e-4  # r in tau = max(tau_min, tau_0 exp(-r t))
-    anneal_every: int = 500  # steps between temperature updates (N in Jang et al.)
+    num_latents: int = checked(20, POSITIVE)  # categorical variables in the code (Jang et al.: 20 on MNIST)
+    num_categories: int = checked(10, at_least(2))  # classes of each
+    hidden: list = checked_list([512, 256], NON_EMPTY_SIZES)  # encoder sizes; the decoder mirrors them
+    activation: str = checked_choice("relu", ACTIVATIONS)  # {choices}
+    temperature: float = checked(1.0, POSITIVE)  # tau_0
+    temperature_min: float = checked(0.5, POSITIVE)  # tau never falls below this
+    anneal_rate: float = checked(1.0e-4, NON_NEGATIVE)  # r in tau = max(tau_min, tau_0 exp(-r t))
+    anneal_every: int = checked(500, POSITIVE)  # steps between temperature updates (N in Jang et al.)
     straight_through: bool = False  # one-hot forward, relaxed gradient backward
 
 
@@ -85,19 +87,20 @@ class GumbelVAE(LatentVariableModel):
     representations = ("binary",)
     Config = GumbelVAEConfig
 
-    def __init__(self, config: GumbelVAEConfig, data: DataSpec, objective: dict):
+    @classmethod
+    def check_settings(cls, config: GumbelVAEConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if not objective.plain:
+            raise UserError("model=gumbel_vae trains on the plain ELBO; drop objective.kl_warmup_steps and "
+                            "objective.free_bits.")
+        if config.temperature_min > config.temperature:
+            raise UserError(f"model.temperature_min={config.temperature_min} is above model.temperature="
+                            f"{config.temperature}: the temperature anneals down to its minimum, so the minimum "
+                            "must be <= model.temperature.")
+
+    def __init__(self, config: GumbelVAEConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
-        if objective.get("kl_warmup_steps", 0) or objective.get("free_bits", 0.0) or set(objective) - {
-                "name", "kl_warmup_steps", "free_bits"}:
-            raise UserError("model=gumbel_vae trains on the plain ELBO; drop objective.kl_warmup_steps, "
-                            "objective.free_bits and any other objective key.")
         c = config
-        if c.num_latents < 1 or c.num_categories < 2 or not c.hidden or c.activation not in ACTIVATIONS:
-            raise UserError("model.num_latents must be >= 1, model.num_categories >= 2, model.hidden a non-empty "
-                            f"list, model.activation one of {', '.join(ACTIVATIONS)}.")
-        if not 0 < c.temperature_min <= c.temperature or c.anneal_rate < 0 or c.anneal_every < 1:
-            raise UserError("the temperature needs 0 < model.temperature_min <= model.temperature, "
-                            "model.anneal_rate >= 0 and model.anneal_every >= 1.")
         self.code = (c.num_latents, c.num_categories)
         self.encoder = mlp([data.dim, *c.hidden, c.num_latents * c.num_categories], c.activation)
         self.decoder = MLPDecoder(data.shape, list(c.hidden), c.num_latents * c.num_categories, c.activation, 1)

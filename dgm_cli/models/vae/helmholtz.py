@@ -26,42 +26,35 @@ lower bound on log p(x) (Burda et al. 2015, Thm. 1), the estimator Bornschein & 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from ...errors import UserError
 from ..base import DataSpec, Metrics, PhaseLoss
 from ..nn import distributions as D
+from ..objectives import RWS, Objective
 from ..registry import register
+from ...rules import NON_EMPTY_SIZES, checked_list
 from .base import LatentVariableModel
 from .importance import importance_log_likelihood
 
-#: the objective keys each objective reads
-OBJECTIVE_KEYS = {"wake_sleep": {"name"}, "rws": {"name", "k", "q_sleep"}}
-
-
 @dataclass
 class HelmholtzConfig:
-    layers: list = field(default_factory=lambda: [200, 200])  # binary units of h_1 (next to x), ..., h_L (top)
+    layers: list = checked_list([200, 200], NON_EMPTY_SIZES)  # binary units of h_1 (next to x), ..., h_L (top)
 
 
 @register("helmholtz")
 class HelmholtzMachine(LatentVariableModel):
     objectives = ("rws", "wake_sleep")
-    objective_keys = OBJECTIVE_KEYS
     representations = ("binary",)
     Config = HelmholtzConfig
 
-    def __init__(self, config: HelmholtzConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: HelmholtzConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
-        self.k = int(objective.get("k", 1))
-        if self.k < 1:
-            raise UserError(f"objective.k={self.k} is not allowed: it must be >= 1.")
-        if not config.layers or min(config.layers) < 1:
-            raise UserError("model.layers must be a non-empty list of layer sizes >= 1.")
+        self.rws = isinstance(self.objective, RWS)
+        self.k = self.objective.k if self.rws else 1  # samples of q(h|x) per example
         sizes = [data.dim, *config.layers]
         self.prior_logits = nn.Parameter(torch.zeros(sizes[-1]))  # p(h_L)
         # p(h_{l-1} | h_l), stored bottom-up: generative[l-1] maps h_l to the logits of h_{l-1}
@@ -123,7 +116,7 @@ class HelmholtzMachine(LatentVariableModel):
         return -self.log_q(x, hs).mean()
 
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
-        b, rws = x.shape[0], self.objective["name"] == "rws"
+        b, rws = x.shape[0], self.rws
         if phase == "recognition" and not rws:
             loss = self.sleep_loss(b)
             return loss, {"loss_sleep": loss.detach()}
@@ -139,7 +132,7 @@ class HelmholtzMachine(LatentVariableModel):
             return loss, {"loss_wake": loss.detach(), "loss": -bound, f"log_px_bound_k{k}": bound}
         loss = -(weights * self.log_q(x_rep, hs).view(k, b)).sum(0).mean()
         metrics = {"loss_q_wake": loss.detach()}
-        if self.objective.get("q_sleep", False):
+        if self.objective.q_sleep:
             sleep = self.sleep_loss(b)
             metrics["loss_sleep"] = sleep.detach()
             loss = 0.5 * (loss + sleep)

@@ -18,12 +18,15 @@ in closed form given the sampled h1 -- an unbiased estimate of the KL, so the EL
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ...errors import UserError
 from ..nn import distributions as D
+from ..base import DataSpec
+from ..objectives import Objective
 from ..registry import register
 from .networks import MLPDecoder, MLPEncoder
 from .vae import VAE, VAEConfig
@@ -46,12 +49,16 @@ class TwoStochasticLayerVAE(VAE):
     Config = HierarchicalVAEConfig
     stochastic_layers = 2
 
-    def __init__(self, config, data, objective: dict):
-        super().__init__(config, data, objective)
+    @classmethod
+    def check_settings(cls, config, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
         if config.architecture != "mlp":
             raise UserError("model.stochastic_layers=2 is Burda et al.'s MLP architecture; use model.architecture=mlp.")
-        if config.latent_dim_1 < 1 or not config.hidden_2:
-            raise UserError("model.stochastic_layers=2 needs model.latent_dim_1 >= 1 and a non-empty model.hidden_2.")
+        if not config.hidden_2:
+            raise UserError("model.stochastic_layers=2 needs a non-empty model.hidden_2.")
+
+    def __init__(self, config, data, objective: Objective):
+        super().__init__(config, data, objective)
         act, d1, d2 = config.activation, config.latent_dim_1, config.latent_dim
         self.encoder = MLPEncoder(data.shape, list(config.hidden), d1, act)  # q(h1 | x)
         self.decoder = MLPDecoder(data.shape, list(config.hidden), d1, act, self.decoder.params)  # p(x | h1)

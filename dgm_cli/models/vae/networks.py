@@ -33,7 +33,8 @@ class MLPDecoder(nn.Module):
         return self.net(z).view(z.shape[0], self.params, *self.shape)
 
 
-def _check_conv_shape(shape: tuple[int, ...], n_layers: int) -> None:
+def check_conv_shape(shape: tuple[int, ...], n_layers: int) -> None:
+    """Refuse data the convolutional encoder and decoder cannot take (VAE.check_settings asks)."""
     if len(shape) != 3 or shape[1] % 2**n_layers or shape[2] % 2**n_layers:
         raise UserError(
             f"the convolutional VAE needs images whose height and width divide by 2**{n_layers} "
@@ -47,7 +48,6 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], channels: list[int], latent_dim: int, act: str):
         super().__init__()
-        _check_conv_shape(shape, len(channels))
         layers: list[nn.Module] = []
         c_in = shape[0]
         for c in channels:
@@ -67,7 +67,6 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], channels: list[int], latent_dim: int, act: str, params_per_dim: int):
         super().__init__()
-        _check_conv_shape(shape, len(channels))
         scale = 2 ** len(channels)
         self.shape, self.params = tuple(shape), params_per_dim
         self.start = (channels[-1], shape[1] // scale, shape[2] // scale)

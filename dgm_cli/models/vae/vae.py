@@ -11,7 +11,7 @@ At evaluation, log p(x) is estimated by IWAE_k with k = 5000 by default, as in B
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -22,9 +22,12 @@ from ..base import DataSpec, Metrics, alternating_rows
 from ..nn import distributions as D
 from ..registry import get_model_class, register
 from ..nn import decoder_ais
+from ..nn.mlp import ACTIVATIONS
+from ..objectives import IWAE, BetaELBO, Objective
+from ...rules import POSITIVE, SIZES, checked, checked_choice, checked_list, choice
 from .base import IWAEEstimator, LatentVariableModel
 from .importance import importance_log_likelihood
-from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, check_conv_shape
 
 #: likelihood p(x|z) -> (parameters per data dimension, representations it fits)
 LIKELIHOODS = {
@@ -34,23 +37,19 @@ LIKELIHOODS = {
 }
 DEFAULT_LIKELIHOOD = {"binary": "bernoulli", "8bit": "discretized_logistic", "dequantized": "gaussian", "continuous": "gaussian"}
 MIN_LOG_SCALE = -7.0
-#: the objective keys each objective reads; any other is refused, not silently ignored
-OBJECTIVE_KEYS = {"elbo": {"name", "kl_warmup_steps", "free_bits"},
-                  "beta_elbo": {"name", "beta", "kl_warmup_steps", "free_bits"},
-                  "iwae": {"name", "k"}}
 
 
 @dataclass
 class VAEConfig:
-    architecture: str = "mlp"  # mlp | conv
-    hidden: list = field(default_factory=lambda: [200, 200])  # MLP hidden sizes (encoder; decoder mirrors)
-    channels: list = field(default_factory=lambda: [32, 64])  # conv channels (each layer halves H and W)
-    latent_dim: int = 50
-    activation: str = "tanh"
-    likelihood: str = "auto"  # auto (from the data representation) | bernoulli | gaussian | discretized_logistic
-    stochastic_layers: int = 1  # 1, or 2: Burda et al. 2015's two-layer model (model=hierarchical_vae)
-    latent_dim_1: int = 100  # stochastic_layers=2: units of h1; latent_dim is then the top layer h2
-    hidden_2: list = field(default_factory=lambda: [100, 100])  # stochastic_layers=2: deterministic units between h1 and h2
+    architecture: str = checked_choice("mlp", ("mlp", "conv"))  # {choices}
+    hidden: list = checked_list([200, 200], SIZES)  # MLP hidden sizes (encoder; decoder mirrors)
+    channels: list = checked_list([32, 64], SIZES)  # conv channels (each layer halves H and W)
+    latent_dim: int = checked(50, POSITIVE)  # units of z
+    activation: str = checked_choice("tanh", ACTIVATIONS)  # {choices}
+    likelihood: str = checked_choice("auto", ("auto", *LIKELIHOODS))  # {choices} (auto: from the data representation)
+    stochastic_layers: int = checked(1, choice((1, 2)))  # 1, or 2: Burda et al. 2015's two-layer model (model=hierarchical_vae)
+    latent_dim_1: int = checked(100, POSITIVE)  # stochastic_layers=2: units of h1; latent_dim is then the top layer h2
+    hidden_2: list = checked_list([100, 100], SIZES)  # stochastic_layers=2: deterministic units between h1 and h2
 
 
 @dataclass
@@ -68,7 +67,6 @@ class VAEEstimator(decoder_ais.DecoderAISSettings, IWAEEstimator):
 @register("vae")
 class VAE(LatentVariableModel):
     objectives = ("elbo", "beta_elbo", "iwae")
-    objective_keys = OBJECTIVE_KEYS
     representations = ("binary", "8bit", "dequantized", "continuous")
     sample_modes = ("sample", "reconstruct", "interpolate")
     Config = VAEConfig
@@ -82,27 +80,31 @@ class VAE(LatentVariableModel):
         ``hierarchical_vae`` (hierarchical_vae.py)."""
         return get_model_class("hierarchical_vae") if cls is VAE and config.stochastic_layers == 2 else cls
 
-    def __init__(self, config: VAEConfig, data: DataSpec, objective: dict):
-        if config.stochastic_layers != self.stochastic_layers:
-            raise UserError(f"model.stochastic_layers={config.stochastic_layers} is not allowed for model={self.name}: "
-                            f"it has {self.stochastic_layers}. model=vae takes 1 or 2 (2 is model=hierarchical_vae, "
+    @classmethod
+    def check_settings(cls, config: VAEConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if config.stochastic_layers != cls.stochastic_layers:
+            raise UserError(f"model.stochastic_layers={config.stochastic_layers} is not allowed for model={cls.name}: "
+                            f"it has {cls.stochastic_layers}. model=vae takes 1 or 2 (2 is model=hierarchical_vae, "
                             f"model.architecture=mlp), other VAEs 1.")
-        super().__init__(config, data, objective)
-        lik = DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto" else config.likelihood
-        if lik not in LIKELIHOODS or data.representation not in LIKELIHOODS[lik][1]:
+        if data is not None and config.architecture == "conv":
+            check_conv_shape(data.shape, len(config.channels))
+        if data is not None and config.likelihood != "auto" and data.representation not in LIKELIHOODS[config.likelihood][1]:
             fits = [k for k, (_, reps) in LIKELIHOODS.items() if data.representation in reps]
             raise UserError(f"model.likelihood={config.likelihood} does not fit data.representation="
                             f"{data.representation}; use auto or one of: {', '.join(fits)}.")
+
+    def __init__(self, config: VAEConfig, data: DataSpec, objective: Objective):
+        super().__init__(config, data, objective)
+        lik = DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto" else config.likelihood
         self.lik = lik
         params, act = LIKELIHOODS[lik][0], config.activation
         if config.architecture == "mlp":
             self.encoder = MLPEncoder(data.shape, list(config.hidden), config.latent_dim, act)
             self.decoder = MLPDecoder(data.shape, list(config.hidden), config.latent_dim, act, params)
-        elif config.architecture == "conv":
+        else:  # conv
             self.encoder = ConvEncoder(data.shape, list(config.channels), config.latent_dim, act)
             self.decoder = ConvDecoder(data.shape, list(config.channels), config.latent_dim, act, params)
-        else:
-            raise UserError(f"model.architecture={config.architecture} is not allowed; use mlp or conv.")
         self.latent_dim = config.latent_dim
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -126,8 +128,8 @@ class VAE(LatentVariableModel):
 
     def kl_weight(self) -> float | Tensor:
         """beta, grown linearly over the KL warm-up: then a 0-dim tensor from the step buffer (no host read)."""
-        beta = float(self.objective.get("beta", 1.0)) if self.objective["name"] == "beta_elbo" else 1.0
-        warmup = int(self.objective.get("kl_warmup_steps", 0))
+        beta = self.objective.beta if isinstance(self.objective, BetaELBO) else 1.0
+        warmup = self.objective.kl_warmup_steps
         return beta * ((self.step + 1) / warmup).clamp(max=1.0) if warmup > 0 else beta
 
     def elbo_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -154,14 +156,13 @@ class VAE(LatentVariableModel):
 
     # --- training ------------------------------------------------------------------
     def loss(self, x: Tensor) -> tuple[Tensor, Metrics]:
-        name = self.objective["name"]
-        if name == "iwae":
-            k = int(self.objective.get("k", 5))
+        if isinstance(self.objective, IWAE):
+            k = self.objective.k
             bound = torch.logsumexp(self.iwae_log_weights(x, k), dim=0) - math.log(k)
             loss = -bound.mean()
             return loss, {"loss": loss.detach(), f"iwae_{k}": bound.mean().detach()}
         rec, kl, kl_dims, _ = self.elbo_terms(x)
-        free_bits = float(self.objective.get("free_bits", 0.0))
+        free_bits = self.objective.free_bits
         kl_penalty = kl_dims.mean(0).clamp(min=free_bits).sum() if free_bits > 0 else kl.mean()
         weight = self.kl_weight()
         loss = -rec.mean() + weight * kl_penalty

@@ -47,7 +47,9 @@ from ..autoregressive.pixelcnn import output_layers
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss, alternating_rows
 from ..nn import distributions as D
 from ..nn.masked_conv import MaskedConv2d
+from ..objectives import Objective
 from ..registry import register
+from ...rules import NON_NEGATIVE, POSITIVE, at_least, checked
 from .vae import MIN_LOG_SCALE
 
 #: stride-2 convolutions in the encoder (and transposed ones in the decoder): 28 px -> a 7x7 code grid
@@ -56,16 +58,16 @@ DOWNSAMPLES = 2
 
 @dataclass
 class VQVAEConfig:
-    hidden_channels: int = 64  # channels of the encoder and decoder (256 in the paper)
-    residual_blocks: int = 2  # residual 3x3 blocks in the encoder and in the decoder (2 in the paper)
-    num_codes: int = 128  # K, codebook entries
-    code_dim: int = 16  # D, dimension of each entry
-    prior_start: int = 2000  # steps of stage 1 (encoder, decoder, codebook); the PixelCNN prior trains after
-    prior_channels: int = 32  # h of the prior PixelCNN: its residual stream has 2h channels
-    prior_blocks: int = 5  # residual blocks of the prior PixelCNN
-    prior_kernel_size: int = 3  # masked convolution of each prior block (mask B)
-    prior_head_channels: int = 64  # width of the prior's 1x1 output layers
-    dead_after: int = 100  # a code not chosen in this many batches counts as dead
+    hidden_channels: int = checked(64, POSITIVE)  # channels of the encoder and decoder (256 in the paper)
+    residual_blocks: int = checked(2, NON_NEGATIVE)  # residual 3x3 blocks in the encoder and in the decoder (2 in the paper)
+    num_codes: int = checked(128, at_least(2))  # K, codebook entries
+    code_dim: int = checked(16, POSITIVE)  # D, dimension of each entry
+    prior_start: int = checked(2000, NON_NEGATIVE)  # steps of stage 1 (encoder, decoder, codebook); the PixelCNN prior trains after
+    prior_channels: int = checked(32, POSITIVE)  # h of the prior PixelCNN: its residual stream has 2h channels
+    prior_blocks: int = checked(5, POSITIVE)  # residual blocks of the prior PixelCNN
+    prior_kernel_size: int = checked(3, POSITIVE)  # masked convolution of each prior block (mask B)
+    prior_head_channels: int = checked(64, POSITIVE)  # width of the prior's 1x1 output layers
+    dead_after: int = checked(100, POSITIVE)  # a code not chosen in this many batches counts as dead
 
 
 class Residual(nn.Module):
@@ -134,25 +136,22 @@ def perplexity(counts: Tensor) -> Tensor:
 class VQVAE(GenerativeModel):
     family = "vae"
     objectives = ("vq",)
-    objective_keys = {"vq": {"name", "beta"}}
     representations = ("binary", "8bit")
     likelihood = "elbo"
     sample_modes = ("sample", "reconstruct")
     Config = VQVAEConfig
 
-    def __init__(self, config: VQVAEConfig, data: DataSpec, objective: dict):
-        super().__init__(config, data, objective)
-        c = config
-        if not data.is_image or data.shape[1] % 2**DOWNSAMPLES or data.shape[2] % 2**DOWNSAMPLES:
+    @classmethod
+    def check_settings(cls, config: VQVAEConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is not None and (not data.is_image or data.shape[1] % 2**DOWNSAMPLES or data.shape[2] % 2**DOWNSAMPLES):
             raise UserError(f"model=vq_vae needs images whose height and width divide by {2**DOWNSAMPLES} "
                             f"(two stride-2 convolutions); got data of shape {data.shape}.")
-        if min(c.hidden_channels, c.num_codes - 1, c.code_dim, c.prior_channels, c.prior_blocks,
-               c.prior_head_channels, c.dead_after) < 1 or c.residual_blocks < 0 or c.prior_start < 0:
-            raise UserError("model=vq_vae: model.num_codes must be >= 2, model.residual_blocks and "
-                            "model.prior_start >= 0, and every other size >= 1.")
-        self.beta = float(objective.get("beta", 0.25))
-        if self.beta < 0:
-            raise UserError(f"objective.beta={self.beta} must be >= 0.")
+
+    def __init__(self, config: VQVAEConfig, data: DataSpec, objective: Objective):
+        super().__init__(config, data, objective)
+        c = config
+        self.beta = self.objective.beta  # the commitment loss's weight
         self.params_per_dim = 1 if data.representation == "binary" else 2  # Bernoulli | discretized logistic
         self.grid = (data.shape[1] // 2**DOWNSAMPLES, data.shape[2] // 2**DOWNSAMPLES)
         self.encoder = encoder(data.shape[0], c.hidden_channels, c.residual_blocks, c.code_dim)
