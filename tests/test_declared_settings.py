@@ -19,9 +19,8 @@ from dgm_cli.models.registry import MODELS, check_model
 from dgm_cli.rules import declared
 
 load_all()
-#: the families whose models declare their settings' rules (the others still check in their constructors)
-DECLARED_FAMILIES = ("vae", "sequence", "diffusion", "gan")
-DECLARED = sorted(name for name, cls in MODELS.items() if cls.family in DECLARED_FAMILIES)
+#: every model declares its settings' rules (no constructor checks a setting)
+DECLARED = sorted(MODELS)
 
 
 def breaking_value(hint, meta: dict):
@@ -76,12 +75,15 @@ def test_every_objective_key_declares_its_rule_and_a_bad_value_is_refused(name):
     (["objective=iwae", "objective.k=0"], ["objective.k=0", "must be > 0"]),
     (["objective=beta_elbo", "objective.free_bits=-1"], ["objective.free_bits=-1", "must be >= 0"]),
     (["model=ddpm", "objective=simple", "model.variance=learned_range"], ["model.variance=learned_range", "hybrid"]),
-], ids=["model", "model choice", "objective", "objective float", "model against objective"])
+    (["model=dcgan", "objective=elbo"], ["objective=elbo does not fit a DCGAN", "nonsaturating"]),
+    (["model=dcgan", "data.representation=binary"], ["cannot model data.representation='binary'", "8bit"]),
+], ids=["model", "model choice", "objective", "objective float", "model against objective", "objective of another "
+        "family", "representation"])
 def test_bad_model_and_objective_values_are_refused_before_the_run_folder_exists(dgm, tmp_path, overrides,
                                                                                    needles):
     """Refused by validation (app.RunFolder, before Hydra makes the folder and the job starts), with one
     paragraph, exit status 2 and nothing written."""
-    toy = TOY if "model=ddpm" not in overrides else ["dataset=moons"]
+    toy = ["dataset=moons"] if any(o.startswith("model=") for o in overrides) else TOY
     proc = dgm("train", *toy, "trainer.max_steps=1", *overrides, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -98,14 +98,21 @@ class GenerativeModel(nn.Module):
                 f"objective={objective.name} does not fit a {cls.__name__} ({cls.family} family); "
                 f"objectives that do: {', '.join(cls.objectives)}."
             )
+        if data is not None:
+            cls.check_representation(data.representation)
+
+    @classmethod
+    def check_representation(cls, representation: str) -> None:
+        """Refuse a data representation this model cannot model (validation asks with an explicit
+        ``data.representation`` before the data is read; ``check_settings`` with the data's)."""
+        if representation not in cls.representations:
+            raise UserError(
+                f"{cls.__name__} cannot model data.representation={representation!r}; "
+                f"allowed: {', '.join(cls.representations)}."
+            )
 
     def __init__(self, config, data: DataSpec, objective: Objective | dict):
         super().__init__()
-        if data.representation not in self.representations:
-            raise UserError(
-                f"{type(self).__name__} cannot model data.representation={data.representation!r}; "
-                f"allowed: {', '.join(self.representations)}."
-            )
         self.config = config
         self.data = data
         #: the objective's settings, typed (models/objectives.py): ``self.objective.k``

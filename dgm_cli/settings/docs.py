@@ -1,5 +1,6 @@
 """What each key of a command means, read from one place: the trailing comment of its field in the
-schema dataclasses (``schema.py``, a model's ``Config``). `dgm <command> --help` lists the keys
+schema dataclasses (``schema.py``, a model's ``Config``, an objective's dataclass in models/objectives.py),
+with the rule the field declares (rules.py). `dgm <command> --help` lists the keys
 with their values and meanings, and a mistyped key is answered with the closest real ones."""
 from __future__ import annotations
 

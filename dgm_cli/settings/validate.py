@@ -49,7 +49,9 @@ def validate_train(cfg: DictConfig) -> None:
     check(cfg, "data.val_size", lambda v: v is None or v >= 0, "null (a tenth of the training examples, at most "
           "5000) or a number >= 0")
     check(cfg, "data.channels", lambda v: v in (None, 1, 3), "null, 1 or 3")
-    check_model(cfg.model, cfg.objective)  # the model's and objective's declared rules, and the model's check_settings
+    model, _, _ = check_model(cfg.model, cfg.objective)  # the model's and objective's declared rules, its check_settings
+    if cfg.data.representation:  # asked for (else the model's own, or one chosen for the data once it is read)
+        model.check_representation(cfg.data.representation)
     check_domains(cfg)
 
 
