@@ -25,7 +25,7 @@ from ...data.sequences import is_piano_roll, mask_of
 from ...errors import UserError
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import LOG_2PI
-from ..objectives import IWAE, Objective
+from ..objectives import ELBO, IWAE, Objective
 from ...rules import POSITIVE, checked, checked_choice
 from ..vae.importance import importance_log_likelihood
 
@@ -112,7 +112,7 @@ class SequenceModel(GenerativeModel):
     @classmethod
     def check_settings(cls, config, objective: Objective, data: Optional[DataSpec] = None) -> None:
         super().check_settings(config, objective, data)
-        if getattr(objective, "free_bits", 0.0):
+        if isinstance(objective, ELBO) and objective.free_bits:
             raise UserError("objective.free_bits is not implemented for sequence models; use kl_warmup_steps.")
         if data is not None and len(data.shape) != 2 and not data.is_image:
             raise UserError(f"{cls.__name__} models sequences (T, D) or images (rows as steps), not data of "
