@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import UserError
 from ..rules import NON_NEGATIVE, POSITIVE, check_declared, checked
@@ -33,11 +33,6 @@ class Objective:
     outside this table (a test's), which takes no keys."""
 
     name: str = ""
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """The keys this objective takes besides its name."""
-        return tuple(f.name for f in dataclasses.fields(self) if f.name != "name")
 
 
 def typed(values: Any) -> Objective:
