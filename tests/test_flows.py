@@ -20,6 +20,7 @@ from dgm_cli.models.flow.glow import Glow, coupling_cnn
 from dgm_cli.models.flow.maf import MAF
 from dgm_cli.models.flow.realnvp import RealNVP, ResNet
 from dgm_cli.models.nn.distributions import standard_normal_log_prob
+from dgm_cli.models.registry import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NLL = {"name": "nll"}
@@ -363,11 +364,12 @@ def test_sample_shapes_temperature_and_label(name, data):
         model.sample(2, label=1)
 
 
-def test_wrong_representation_is_refused():
-    with pytest.raises(UserError):
-        RealNVP(RealNVP.Config(), DataSpec(shape=(1, 4, 4), representation="binary"), NLL)
-    with pytest.raises(UserError):
-        Glow(Glow.Config(num_levels=3), DataSpec(shape=(1, 4, 4), representation="dequantized"), NLL)
+def test_wrong_representation_and_too_many_levels_are_refused():
+    with pytest.raises(UserError, match="cannot model data.representation='binary'"):
+        build_model({"name": "realnvp"}, NLL, DataSpec(shape=(1, 4, 4), representation="binary"))
+    with pytest.raises(UserError, match=r"model.num_levels=3 needs H and W divisible by 8; the data is 4x4"):
+        build_model({"name": "glow", "num_levels": 3}, {"name": "nll"}, DataSpec(shape=(1, 4, 4),
+                                                                                representation="dequantized"))
 
 
 @pytest.mark.parametrize("name", ["glow", "realnvp"])

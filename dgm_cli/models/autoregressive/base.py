@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
+from ..objectives import Objective
 from ..base import GenerativeModel, Metrics, PhaseLoss
 from ...progress import SamplingProgress
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
@@ -58,7 +59,7 @@ class AutoregressiveModel(GenerativeModel):
     likelihood = "exact"
     sample_modes = ("sample", "complete")
 
-    def __init__(self, config, data, objective):
+    def __init__(self, config, data, objective: Objective):
         super().__init__(config, data, objective)
         #: logits per dimension: one Bernoulli logit, or 256 categorical logits.
         self.bins = 1 if data.representation == "binary" else LEVELS

@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import POSITIVE, checked
+from ..objectives import Objective
+from ..base import DataSpec
 from ..nn.masked_conv import MaskedConv2d, PaddedMap, PixelConv, pointwise
 from ..registry import register
 from .base import AutoregressiveModel, PixelStepper
@@ -162,22 +165,28 @@ class GatedPixelCNNStepper(PixelStepper):
 class GatedPixelCNN(AutoregressiveModel):
     @dataclass
     class Config:
-        channels: int = 16  # n: channels of each stack (the gates see 2n)
-        num_layers: int = 5  # gated layers, the first included
-        kernel_size: int = 3  # the gated layers' kernel (after the first)
-        input_kernel_size: int = 7  # the first gated layer's kernel
-        head_channels: int = 32  # channels of the 1x1 output layers
+        channels: int = checked(16, POSITIVE)  # n: channels of each stack (the gates see 2n)
+        num_layers: int = checked(5, POSITIVE)  # gated layers, the first included
+        kernel_size: int = checked(3, POSITIVE)  # the gated layers' kernel (after the first)
+        input_kernel_size: int = checked(7, POSITIVE)  # the first gated layer's kernel
+        head_channels: int = checked(32, POSITIVE)  # channels of the 1x1 output layers
         conditional: bool = False  # p(x | class label), the labels from the dataset
 
-    def __init__(self, config: Config, data, objective):
-        super().__init__(config, data, objective)
+    @classmethod
+    def check_settings(cls, config: Config, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is None:
+            return
         if not data.is_image:
             raise UserError("gated_pixelcnn needs image data (C, H, W).")
         if config.conditional and data.num_classes == 0:
             raise UserError("model.conditional=true needs a dataset with class labels.")
+        check_divisible(data.shape[0], channels=config.channels, head_channels=config.head_channels)
+
+    def __init__(self, config: Config, data, objective: Objective):
+        super().__init__(config, data, objective)
         self.conditional = bool(config.conditional)
         c, n = data.shape[0], config.channels
-        check_divisible(c, channels=n, head_channels=config.head_channels)
         classes = data.num_classes if self.conditional else 0
         self.layers = nn.ModuleList(
             GatedLayer(c if i == 0 else n, n, config.input_kernel_size if i == 0 else config.kernel_size,

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ...errors import UserError
+from ...rules import NON_NEGATIVE, POSITIVE, SIZES, checked, checked_choice, checked_list
 from ..nn.masked import MaskedLinear, made_degrees, made_masks
 from ..nn.mlp import ACTIVATIONS, activation
+from ..objectives import Objective
 from ..registry import register
 from .base import AutoregressiveModel
 
@@ -39,20 +40,15 @@ from .base import AutoregressiveModel
 class MADE(AutoregressiveModel):
     @dataclass
     class Config:
-        hidden_sizes: List[int] = field(default_factory=lambda: [500])  # units of each hidden layer
-        activation: str = "relu"  # relu | tanh | elu | leaky_relu | silu
-        num_masks: int = 1  # M, distinct mask sets (1: a single fixed MADE)
-        resample_every: int = 1  # training steps between mask-set changes
+        hidden_sizes: List[int] = checked_list([500], SIZES)  # units of each hidden layer
+        activation: str = checked_choice("relu", ACTIVATIONS)  # {choices}
+        num_masks: int = checked(1, POSITIVE)  # M, distinct mask sets (1: a single fixed MADE)
+        resample_every: int = checked(1, POSITIVE)  # training steps between mask-set changes
         order_agnostic: bool = False  # mask sets > 0 also draw a random input order
-        mask_seed: int = 0  # seeds the generator the mask sets are drawn from
+        mask_seed: int = checked(0, NON_NEGATIVE)  # seeds the generator the mask sets are drawn from
 
-    def __init__(self, config: Config, data, objective):
+    def __init__(self, config: Config, data, objective: Objective):
         super().__init__(config, data, objective)
-        if config.activation not in ACTIVATIONS:
-            raise UserError(f"model.activation={config.activation!r} is not allowed; "
-                            f"allowed: {', '.join(ACTIVATIONS)}.")
-        if config.num_masks < 1 or config.resample_every < 1:
-            raise UserError("model.num_masks and model.resample_every must be >= 1.")
         d, hidden = data.dim, list(config.hidden_sizes)
         sizes = [d, *hidden, d * self.bins]
         layers: list[nn.Module] = []

@@ -36,7 +36,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ...errors import UserError
+from ...rules import POSITIVE, checked, checked_choice
+from ..objectives import Objective
 from ..base import PhaseLoss
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
 from ..nn.eager import eager_only
@@ -318,14 +319,11 @@ class MeanLogLikelihood(torch.autograd.Function):
 class NADE(AutoregressiveModel):
     @dataclass
     class Config:
-        hidden_units: int = 200  # H, every conditional's hidden layer (500 in the paper)
-        activation: str = "sigmoid"  # sigmoid (the paper) | relu | tanh
+        hidden_units: int = checked(200, POSITIVE)  # H, every conditional's hidden layer (500 in the paper)
+        activation: str = checked_choice("sigmoid", ACTIVATIONS)  # {choices} (sigmoid: the paper's)
 
-    def __init__(self, config: Config, data, objective):
+    def __init__(self, config: Config, data, objective: Objective):
         super().__init__(config, data, objective)
-        if config.activation not in ACTIVATIONS:
-            raise UserError(f"model.activation={config.activation!r} is not allowed; "
-                            f"allowed: {', '.join(ACTIVATIONS)}.")
         d, h, k = data.dim, config.hidden_units, self.bins
         self.W = nn.Parameter(torch.randn(h, d) / math.sqrt(d))  # input -> hidden, shared
         self.c = nn.Parameter(torch.zeros(h))

@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import NON_NEGATIVE, POSITIVE, checked
+from ..objectives import Objective
+from ..base import DataSpec
 from ..nn.masked_conv import MaskedConv2d, PaddedMap, PixelConv, pointwise
 from ..registry import register
 from .base import AutoregressiveModel, PixelStepper
@@ -115,18 +118,24 @@ class PixelCNN(AutoregressiveModel):
     compile_pays_after = 500
     @dataclass
     class Config:
-        hidden_channels: int = 16  # h: the residual stream has 2h channels
-        num_blocks: int = 5  # residual blocks (15 in the paper)
-        kernel_size: int = 3  # the blocks' masked convolutions (mask B)
-        input_kernel_size: int = 7  # the first layer's masked convolution (mask A)
-        head_channels: int = 32  # channels of the 1x1 output layers
+        hidden_channels: int = checked(16, POSITIVE)  # h: the residual stream has 2h channels
+        num_blocks: int = checked(5, NON_NEGATIVE)  # residual blocks (15 in the paper)
+        kernel_size: int = checked(3, POSITIVE)  # the blocks' masked convolutions (mask B)
+        input_kernel_size: int = checked(7, POSITIVE)  # the first layer's masked convolution (mask A)
+        head_channels: int = checked(32, POSITIVE)  # channels of the 1x1 output layers
 
-    def __init__(self, config: Config, data, objective):
-        super().__init__(config, data, objective)
+    @classmethod
+    def check_settings(cls, config: Config, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is None:
+            return
         if not data.is_image:
             raise UserError("pixelcnn needs image data (C, H, W).")
+        check_divisible(data.shape[0], hidden_channels=config.hidden_channels, head_channels=config.head_channels)
+
+    def __init__(self, config: Config, data, objective: Objective):
+        super().__init__(config, data, objective)
         c, h = data.shape[0], config.hidden_channels
-        check_divisible(c, hidden_channels=h, head_channels=config.head_channels)
         self.input = MaskedConv2d(c, 2 * h, config.input_kernel_size, mask_type="A", data_channels=c)
         self.blocks = nn.Sequential(*[MaskedResidualBlock(h, config.kernel_size, c) for _ in range(config.num_blocks)])
         self.output = output_layers(2 * h, config.head_channels, c, self.bins)

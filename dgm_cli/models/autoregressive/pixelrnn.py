@@ -32,6 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import POSITIVE, Rule, checked
+from ..objectives import Objective
+from ..base import DataSpec
 from ..nn.masked_conv import MaskedConv2d
 from ..registry import register
 from .base import AutoregressiveModel
@@ -120,27 +123,35 @@ class ResidualLSTM(nn.Module):
         return x + self.out(self.lstm(x))
 
 
+#: a kernel width centred on its pixel
+ODD: Rule = (lambda v: v >= 1 and v % 2 == 1, "odd and >= 1")
+
+
 @dataclass
 class PixelRNNConfig:
-    hidden_channels: int = 16  # h: LSTM state size; the residual stream has 2h channels
-    num_layers: int = 2  # residual LSTM layers
-    input_kernel_size: int = 7  # the first masked convolution (mask A)
-    kernel_size: int = 3  # Row LSTM: width of the input-to-state and state-to-state convolutions
-    head_channels: int = 32  # channels of the 1x1 output layers
+    hidden_channels: int = checked(16, POSITIVE)  # h: LSTM state size; the residual stream has 2h channels
+    num_layers: int = checked(2, POSITIVE)  # residual LSTM layers
+    input_kernel_size: int = checked(7, POSITIVE)  # the first masked convolution (mask A)
+    kernel_size: int = checked(3, ODD)  # Row LSTM: width of the input-to-state and state-to-state convolutions
+    head_channels: int = checked(32, POSITIVE)  # channels of the 1x1 output layers
 
 
 class PixelRNN(AutoregressiveModel):
     Config = PixelRNNConfig
     grid_samples = 8  # a sample costs D sequential LSTM passes: small training grids keep them a small share of a run
 
-    def __init__(self, config: PixelRNNConfig, data, objective):
-        super().__init__(config, data, objective)
+    @classmethod
+    def check_settings(cls, config: PixelRNNConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is None:
+            return
         if not data.is_image:
-            raise UserError(f"{self.name} needs image data (C, H, W).")
+            raise UserError(f"{cls.name} needs image data (C, H, W).")
+        check_divisible(data.shape[0], hidden_channels=config.hidden_channels, head_channels=config.head_channels)
+
+    def __init__(self, config: PixelRNNConfig, data, objective: Objective):
+        super().__init__(config, data, objective)
         c, h = data.shape[0], config.hidden_channels
-        check_divisible(c, hidden_channels=h, head_channels=config.head_channels)
-        if config.num_layers < 1 or config.kernel_size < 1 or config.kernel_size % 2 == 0:
-            raise UserError("model.num_layers must be >= 1 and model.kernel_size odd and >= 1.")
         self.input = MaskedConv2d(c, 2 * h, config.input_kernel_size, mask_type="A", data_channels=c)
         self.layers = nn.Sequential(*[ResidualLSTM(self.lstm(2 * h, h, c), h, c) for _ in range(config.num_layers)])
         self.output = output_layers(2 * h, config.head_channels, c, self.bins)

@@ -28,13 +28,11 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
-from ..objectives import PCD
+from ..objectives import PCD, Objective
 from ..base import GenerativeModel
 from ..nn.host_flags import forget_known, known_set, marked, set_known
 from . import ais
 
-#: objective -> the keys it takes (any other is refused, not silently ignored)
-OBJECTIVE_KEYS = {"cd": {"name", "k"}, "pcd": {"name", "k", "chains"}}
 REFERENCE_SIZE = 500  # training examples kept for the free-energy gap
 
 
@@ -102,14 +100,13 @@ def filter_images(W: Tensor, data, n: int) -> dict[str, Tensor]:
 class BoltzmannMachine(GenerativeModel):
     family = "energy"
     objectives = ("cd", "pcd")
-    objective_keys = OBJECTIVE_KEYS
     likelihood = "ais"
     Estimator = AISEstimator
     # A grid is a long Gibbs chain per sample: 16 samples, not 64, keep the training grids a small share of a
     # run (measured with scripts/bench_models.py --sections models: docs/results.md)
     grid_samples = 16
 
-    def __init__(self, config, data, objective: dict):
+    def __init__(self, config, data, objective: Objective):
         super().__init__(config, data, objective)
         self.register_load_state_dict_post_hook(forget_known)
         self.k = self.objective.k  # Gibbs sweeps per update (objectives.CD, PCD: their rules refuse k < 1)

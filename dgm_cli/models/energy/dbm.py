@@ -27,14 +27,15 @@ estimated by AIS: a variational bound with an estimated constant, named so by ``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ...errors import UserError
+from ...rules import NON_NEGATIVE, POSITIVE, SIZES, Rule, checked, checked_list
 from ..base import Metrics, PhaseLoss
+from ..objectives import Objective
 from ..registry import register
 from . import ais
 from ..nn.host_flags import known_set, set_known
@@ -47,16 +48,22 @@ def bernoulli_entropy(mu: Tensor) -> Tensor:
     return -(mu * mu.log() + (1 - mu) * (1 - mu).log()).sum(-1)
 
 
+#: the two hidden layers' sizes
+TWO_LAYERS: Rule = (lambda v: len(v) == 2 and SIZES[0](v), "two layer sizes [h1, h2], each >= 1")
+#: the pretraining's own learning rate, or null for the optimizer's
+LEARNING_RATE: Rule = (lambda v: v is None or v > 0, "null or > 0")
+
+
 @dataclass
 class DBMConfig:
-    hidden_units: List[int] = field(default_factory=lambda: [500, 1000])  # Salakhutdinov & Hinton 2009
-    mean_field_steps: int = 10  # fixed-point updates of the mean-field posterior
-    init_std: float = 0.01
+    hidden_units: List[int] = checked_list([500, 1000], TWO_LAYERS)  # Salakhutdinov & Hinton 2009
+    mean_field_steps: int = checked(10, POSITIVE)  # fixed-point updates of the mean-field posterior
+    init_std: float = checked(0.01, NON_NEGATIVE)  # W ~ N(0, init_std^2) in both layers
     data_init_visible_bias: bool = True
-    sample_steps: int = 1000  # Gibbs sweeps per image of dgm sample
-    pretrain_steps: int = 0  # > 0: batches of greedy pretraining for each of the two RBMs (Salakhutdinov & Hinton 2009)
-    pretrain_k: int = 1  # Gibbs sweeps of the pretraining RBMs' CD
-    pretrain_lr: Optional[float] = None  # the pretraining optimizers' learning rate (None: optimizer.lr)
+    sample_steps: int = checked(1000, POSITIVE)  # Gibbs sweeps per image of dgm sample
+    pretrain_steps: int = checked(0, NON_NEGATIVE)  # > 0: batches of greedy pretraining for each of the two RBMs (Salakhutdinov & Hinton 2009)
+    pretrain_k: int = checked(1, POSITIVE)  # Gibbs sweeps of the pretraining RBMs' CD
+    pretrain_lr: Optional[float] = checked(None, LEARNING_RATE)  # the pretraining optimizers' learning rate (null: optimizer.lr)
 
 
 @register("dbm")
@@ -66,14 +73,8 @@ class DBM(BoltzmannMachine):
     likelihood = "vlb"
     Config = DBMConfig
 
-    def __init__(self, config: DBMConfig, data, objective: dict):
+    def __init__(self, config: DBMConfig, data, objective: Objective):
         super().__init__(config, data, objective)
-        if len(config.hidden_units) != 2 or min(config.hidden_units) < 1 or config.mean_field_steps < 1:
-            raise UserError("model.hidden_units must name two positive layer sizes [h1, h2] "
-                            "and model.mean_field_steps be >= 1.")
-        if config.pretrain_steps < 0 or config.pretrain_k < 1 or (config.pretrain_lr is not None and config.pretrain_lr <= 0):
-            raise UserError("model.pretrain_steps must be >= 0, model.pretrain_k >= 1 and model.pretrain_lr > 0 "
-                            "(or null for optimizer.lr).")
         V, (H1, H2) = data.dim, config.hidden_units
         self.W1 = nn.Parameter(torch.randn(V, H1) * config.init_std)
         self.W2 = nn.Parameter(torch.randn(H1, H2) * config.init_std)

@@ -19,7 +19,7 @@ variational lower bound with an estimated constant: ``dgm eval`` names it so.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import NON_EMPTY_SIZES, NON_NEGATIVE, POSITIVE, checked, checked_list
 from ..base import Metrics, PhaseLoss
+from ..objectives import Objective
 from ..registry import register
 from . import ais
 from .base import AISEstimator, BoltzmannMachine, filter_images, flat, weight_decay_groups
@@ -69,11 +71,11 @@ class DBNEstimator(AISEstimator):
 
 @dataclass
 class DBNConfig:
-    hidden_units: List[int] = field(default_factory=lambda: [500, 2000])  # Salakhutdinov & Murray 2008
-    steps_per_layer: int = 10000  # batches each layer below the top trains for; the top trains to the end
-    init_std: float = 0.01
+    hidden_units: List[int] = checked_list([500, 2000], NON_EMPTY_SIZES)  # Salakhutdinov & Murray 2008
+    steps_per_layer: int = checked(10000, POSITIVE)  # batches each layer below the top trains for; the top trains to the end
+    init_std: float = checked(0.01, NON_NEGATIVE)  # W ~ N(0, init_std^2) in every layer
     data_init_visible_bias: bool = True
-    sample_steps: int = 1000  # Gibbs sweeps in the top RBM per `dgm sample` image
+    sample_steps: int = checked(1000, POSITIVE)  # Gibbs sweeps in the top RBM per `dgm sample` image
 
 
 @register("dbn")
@@ -83,10 +85,8 @@ class DBN(BoltzmannMachine):
     Config = DBNConfig
     Estimator = DBNEstimator
 
-    def __init__(self, config: DBNConfig, data, objective: dict):
+    def __init__(self, config: DBNConfig, data, objective: Objective):
         super().__init__(config, data, objective)
-        if len(config.hidden_units) < 1 or min(config.hidden_units) < 1 or config.steps_per_layer < 1:
-            raise UserError("model.hidden_units needs at least one positive size and model.steps_per_layer must be >= 1.")
         sizes = [data.dim, *config.hidden_units]
         self.layers = nn.ModuleList(BernoulliLayer(a, b, config.init_std) for a, b in zip(sizes[:-1], sizes[1:]))
         for i, n in enumerate(sizes[:-1]):

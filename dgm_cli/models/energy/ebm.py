@@ -37,8 +37,10 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ...errors import UserError
+from ...rules import NON_NEGATIVE, POSITIVE, Rule, checked, checked_choice
 from ...progress import SamplingProgress
-from ..base import GenerativeModel, Metrics, PhaseLoss
+from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
+from ..objectives import Objective
 from ..registry import register
 from . import ais
 from .base import AISSchedule, estimate_key
@@ -48,23 +50,28 @@ DIVERGENCE_ADVICE = ("restart from the last checkpoint with a lower optimizer.lr
                      "model.spectral_norm=true (JEM issues #4 and #8)")
 
 
+NETWORKS = ("auto", "mlp", "conv")
+#: a share of the chains, from none to all
+SHARE: Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
 @dataclass
 class EBMConfig:
-    network: str = "auto"  # auto (conv for images, mlp otherwise) | mlp | conv
-    hidden: int = 256  # mlp: units per hidden layer
-    depth: int = 3  # mlp: hidden layers
-    width: int = 64  # conv: channels of the first stage
+    network: str = checked_choice("auto", NETWORKS)  # {choices} (auto: conv for images, mlp otherwise)
+    hidden: int = checked(256, POSITIVE)  # mlp: units per hidden layer
+    depth: int = checked(3, POSITIVE)  # mlp: hidden layers
+    width: int = checked(64, POSITIVE)  # conv: channels of the first stage
     spectral_norm: bool = False
-    sgld_steps: int = 20
-    sgld_step_size: float = 1.0
-    sgld_noise: float = 0.01
-    sampler_grad_clip: float = 0.0  # > 0: clip each Langevin gradient element to ±this (IGEBM: 0.01)
-    buffer_size: int = 10000
-    reinit_freq: float = 0.05  # share of chains restarted from U[-1, 1]
-    data_noise: float = 0.03
-    energy_l2: float = 0.1  # λ of the energy-magnitude penalty
-    divergence_energy: float = 1e4  # |mean energy| above this counts as divergence
-    sample_steps: int = 200  # Langevin steps from noise per `dgm sample` image
+    sgld_steps: int = checked(20, POSITIVE)  # Langevin steps per training batch (JEM)
+    sgld_step_size: float = checked(1.0, POSITIVE)  # alpha, the step along the energy's gradient (JEM)
+    sgld_noise: float = checked(0.01, NON_NEGATIVE)  # sigma of each step's Gaussian noise (JEM)
+    sampler_grad_clip: float = checked(0.0, NON_NEGATIVE)  # > 0: clip each Langevin gradient element to ±this (IGEBM: 0.01)
+    buffer_size: int = checked(10000, POSITIVE)  # replay buffer (JEM, IGEBM)
+    reinit_freq: float = checked(0.05, SHARE)  # share of chains restarted from U[-1, 1]
+    data_noise: float = checked(0.03, NON_NEGATIVE)  # std of the Gaussian noise added to data (JEM)
+    energy_l2: float = checked(0.1, NON_NEGATIVE)  # λ of the energy-magnitude penalty
+    divergence_energy: float = checked(1e4, POSITIVE)  # |mean energy| above this counts as divergence
+    sample_steps: int = checked(200, POSITIVE)  # Langevin steps from noise per `dgm sample` image
 
 
 @dataclass
@@ -106,21 +113,20 @@ def conv_energy(shape: tuple, width: int) -> nn.Module:
 class EBM(GenerativeModel):
     family = "energy"
     objectives = ("ml",)
-    objective_keys = {"ml": set()}  # ml takes no keys
     representations = ("8bit", "continuous")
     likelihood = "ais"  # only on request: estimator.ais=true
     Config = EBMConfig
     Estimator = EBMEstimator
 
-    def __init__(self, config: EBMConfig, data, objective: dict):
+    @classmethod
+    def check_settings(cls, config: EBMConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is not None and config.network == "conv" and not data.is_image:
+            raise UserError("model.network='conv' is not allowed here; allowed: auto, mlp (conv needs images).")
+
+    def __init__(self, config: EBMConfig, data, objective: Objective):
         super().__init__(config, data, objective)
         network = config.network if config.network != "auto" else ("conv" if data.is_image else "mlp")
-        if network not in ("mlp", "conv") or (network == "conv" and not data.is_image):
-            raise UserError(f"model.network={config.network!r} is not allowed here; allowed: auto, mlp"
-                            + (", conv" if data.is_image else " (conv needs images)") + ".")
-        if min(config.sgld_steps, config.buffer_size, config.sample_steps) < 1 or not 0 <= config.reinit_freq <= 1:
-            raise UserError("model.sgld_steps, model.buffer_size and model.sample_steps must be >= 1 and "
-                            "model.reinit_freq lie in [0, 1].")
         self.energy = (conv_energy(data.shape, config.width) if network == "conv"
                        else mlp_energy(data.dim, config.hidden, config.depth))
         if config.spectral_norm:

@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import POSITIVE, checked
+from ..base import DataSpec
+from ..objectives import Objective
 from ..registry import register
 from . import ais
 from .rbm import RBM, RBMConfig
@@ -64,7 +67,7 @@ class GaussianPath:
 
 @dataclass
 class GRBMConfig(RBMConfig):
-    sigma: float = 0.2  # the visible units' standard deviation (initial value when learned)
+    sigma: float = checked(0.2, POSITIVE)  # the visible units' standard deviation (initial value when learned)
     learn_sigma: bool = False  # learn log σ per pixel (Cho et al. 2011)
     init_std: float = 0.001  # W ~ N(0, init_std^2): v/σ^2 is large, so smaller than a binary RBM's
 
@@ -74,11 +77,13 @@ class GRBM(RBM):
     representations = ("dequantized", "continuous")
     Config = GRBMConfig
 
-    def __init__(self, config: GRBMConfig, data, objective: dict):
+    @classmethod
+    def check_settings(cls, config: GRBMConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
         if config.centering:
             raise UserError("model.centering is for binary RBMs; a GRBM does not take it.")
-        if config.sigma <= 0:
-            raise UserError(f"model.sigma={config.sigma} is not allowed: it must be > 0.")
+
+    def __init__(self, config: GRBMConfig, data, objective: Objective):
         super().__init__(config, data, objective)
         log_sigma = torch.full((data.dim,), math.log(config.sigma))
         if config.learn_sigma:

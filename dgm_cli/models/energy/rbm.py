@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import UserError
+from ...rules import NON_NEGATIVE, POSITIVE, Rule, checked
 from ..base import Metrics, PhaseLoss, alternating_rows
+from ..objectives import Objective
 from ..registry import register
 from . import ais
 from .base import BoltzmannMachine, filter_images, flat
@@ -56,16 +57,22 @@ def sparsity_penalty(hidden_probs: Tensor, target: float) -> Tensor:
     return -(target * q.log() + (1 - target) * (1 - q).log()).sum()
 
 
+#: a sliding average's rate: 1 keeps only the newest value, 0 would never move
+RATE: Rule = (lambda v: 0 < v <= 1, "in (0, 1]")
+#: a mean activation a unit can have and its cross-entropy penalty can aim at
+ACTIVATION_TARGET: Rule = (lambda v: 0 < v < 1, "in (0, 1)")
+
+
 @dataclass
 class RBMConfig:
-    hidden_units: int = 500  # H (Salakhutdinov & Murray 2008: 500; <= 20 gives exact log Z)
-    init_std: float = 0.01  # W ~ N(0, init_std^2) (Hinton 2010, Sec. 8)
+    hidden_units: int = checked(500, POSITIVE)  # H (Salakhutdinov & Murray 2008: 500; <= 20 gives exact log Z)
+    init_std: float = checked(0.01, NON_NEGATIVE)  # W ~ N(0, init_std^2) (Hinton 2010, Sec. 8)
     data_init_visible_bias: bool = True  # b = log-odds of the first batch's pixel means (Hinton 2010, Sec. 8)
     centering: bool = False  # centered RBM (Melchior et al. 2016)
-    centering_rate: float = 0.01  # sliding-average rate of the offsets μ, λ
-    sparsity_target: float = 0.1  # target mean hidden activation
-    sparsity_cost: float = 0.0  # > 0 turns the sparsity penalty on (Hinton 2010: e.g. 1e-4 .. 1e-2)
-    sample_steps: int = 1000  # Gibbs sweeps from the base-rate model per `dgm sample` image
+    centering_rate: float = checked(0.01, RATE)  # sliding-average rate of the offsets μ, λ
+    sparsity_target: float = checked(0.1, ACTIVATION_TARGET)  # target mean hidden activation
+    sparsity_cost: float = checked(0.0, NON_NEGATIVE)  # > 0 turns the sparsity penalty on (Hinton 2010: e.g. 1e-4 .. 1e-2)
+    sample_steps: int = checked(1000, POSITIVE)  # Gibbs sweeps from the base-rate model per `dgm sample` image
 
 
 @register("rbm")
@@ -74,13 +81,8 @@ class RBM(BoltzmannMachine):
     sample_modes = ("sample", "reconstruct")
     Config = RBMConfig
 
-    def __init__(self, config: RBMConfig, data, objective: dict):
+    def __init__(self, config: RBMConfig, data, objective: Objective):
         super().__init__(config, data, objective)
-        if config.hidden_units < 1 or config.sample_steps < 1:
-            raise UserError("model.hidden_units and model.sample_steps must be >= 1.")
-        if not 0 < config.sparsity_target < 1 or config.sparsity_cost < 0 or not 0 < config.centering_rate <= 1:
-            raise UserError("model.sparsity_target must lie in (0, 1), model.sparsity_cost be >= 0 and "
-                            "model.centering_rate lie in (0, 1].")
         V, H = data.dim, config.hidden_units
         self.W = nn.Parameter(torch.randn(V, H) * config.init_std)
         self.b = nn.Parameter(torch.zeros(V))

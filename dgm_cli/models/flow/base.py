@@ -24,18 +24,22 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import Rule, checked, checked_choice
+from ..objectives import Objective
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import standard_normal_log_prob
 from .layers import Flatten, FlowSequential, LogitTransform, Shift
 
 LOG_256 = math.log(256.0)
 PREPROCESSING = ("logit", "center")
+#: the logit transform's alpha: at 0 a dequantized pixel of exactly 0 maps to logit(0) = -inf
+ALPHA: Rule = (lambda v: 0 < v < 0.5, "in (0, 0.5)")
 
 
 @dataclass
 class FlowConfig:
-    preprocess: str = "logit"  # images: logit (Dinh et al. 2017) | center (x - 0.5, Glow)
-    alpha: float = 0.05  # logit transform: y = logit(alpha + (1 - 2 alpha) x)
+    preprocess: str = checked_choice("logit", PREPROCESSING)  # {choices}: images: logit (Dinh et al. 2017), center (x - 0.5, Glow)
+    alpha: float = checked(0.05, ALPHA)  # logit transform: y = logit(alpha + (1 - 2 alpha) x)
 
 
 def bits_per_dim(nll: Tensor, dim: int) -> Tensor:
@@ -49,14 +53,14 @@ class Flow(GenerativeModel):
     representations = ("dequantized", "continuous")
     likelihood = "exact"
 
-    def __init__(self, config: FlowConfig, data: DataSpec, objective: dict):
+    @classmethod
+    def check_settings(cls, config: FlowConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is not None and not data.is_image and len(data.shape) != 1:
+            raise UserError(f"{cls.__name__} models images (C, H, W) or vectors (D,), not shape {data.shape}.")
+
+    def __init__(self, config: FlowConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
-        if config.preprocess not in PREPROCESSING:
-            raise UserError(f"model.preprocess={config.preprocess!r} is not allowed; allowed: {', '.join(PREPROCESSING)}.")
-        if not 0.0 < config.alpha < 0.5:  # at 0, a dequantized pixel of exactly 0 maps to logit(0) = -inf
-            raise UserError(f"model.alpha={config.alpha} is not allowed; the logit transform needs 0 < alpha < 0.5.")
-        if not data.is_image and len(data.shape) != 1:
-            raise UserError(f"{type(self).__name__} models images (C, H, W) or vectors (D,), not shape {data.shape}.")
         self.flow = FlowSequential([*self.preprocessing(), *self.build_layers()])
 
     # --- what a model provides ------------------------------------------------------------

@@ -14,11 +14,14 @@ other half (Sec. 3.3), with scale sigmoid(raw + 2) (Glow code), its log soft-cla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from torch import nn
 
 from ...errors import UserError
+from ...rules import POSITIVE, checked
+from ..objectives import Objective
+from ..base import DataSpec
 from ..registry import register
 from .base import Flow, FlowConfig
 from .layers import (ActNorm, AffineCoupling, FlowSequential, InvertibleConv1x1, Split, Squeeze, Unsqueeze,
@@ -27,13 +30,13 @@ from .layers import (ActNorm, AffineCoupling, FlowSequential, InvertibleConv1x1,
 
 @dataclass
 class GlowConfig(FlowConfig):
-    preprocess: str = "logit"  # the paper centres (x - 0.5); the logit transform learns faster on MNIST
+    preprocess: str = "logit"  # {choices}: the paper centres (x - 0.5); the logit transform learns faster on MNIST
     alpha: float = 0.05
-    num_levels: int = 2  # images: L, levels of the multi-scale architecture (each squeezes H, W by 2)
-    depth: int = 4  # K, steps of flow per level (toys: steps in all)
-    hidden_channels: int = 64  # images: width of the coupling networks (512 in the paper)
+    num_levels: int = checked(2, POSITIVE)  # images: L, levels of the multi-scale architecture (each squeezes H, W by 2)
+    depth: int = checked(4, POSITIVE)  # K, steps of flow per level (toys: steps in all)
+    hidden_channels: int = checked(64, POSITIVE)  # images: width of the coupling networks (512 in the paper)
     split_prior: bool = True  # learned N(mu(h), sigma(h)) for factored-out channels (Glow code)
-    hidden_features: int = 64  # 2-D toys: width of the coupling MLPs
+    hidden_features: int = checked(64, POSITIVE)  # 2-D toys: width of the coupling MLPs
 
 
 def coupling_cnn(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
@@ -50,6 +53,16 @@ class Glow(Flow):
     # a CPU run this long earns back trainer.compile's cold compilation (measured: docs/results.md, trainer.compile)
     compile_pays_after = 2000
     Config = GlowConfig
+
+    @classmethod
+    def check_settings(cls, config: GlowConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is not None and data.is_image:
+            h, w = data.shape[1:]
+            factor = 2 ** config.num_levels
+            if h % factor or w % factor:
+                raise UserError(f"model.num_levels={config.num_levels} needs H and W divisible by {factor}; "
+                                f"the data is {h}x{w}.")
 
     def _step(self, channels: int, network: Callable[[int, int], nn.Module]) -> list[nn.Module]:
         """One step of flow (Table 1): actnorm, invertible 1x1 conv, affine coupling, whose NN() maps
@@ -76,9 +89,4 @@ class Glow(Flow):
             d = self.data.dim
             return [layer for _ in range(c.depth)
                     for layer in self._step(d, lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features))]
-        channels, h, w = self.data.shape
-        factor = 2 ** c.num_levels
-        if c.num_levels < 1 or h % factor or w % factor:
-            raise UserError(f"model.num_levels={c.num_levels} needs H and W divisible by {factor}; "
-                            f"the data is {h}x{w}.")
-        return [self._level(channels, 0)]
+        return [self._level(self.data.shape[0], 0)]

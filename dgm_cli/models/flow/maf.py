@@ -9,13 +9,13 @@ D passes per layer. Images are flattened to vectors of D = C*H*W. alpha is soft-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List
 
 import torch
 from torch import nn
 
-from ...errors import UserError
+from ...rules import NON_EMPTY_SIZES, POSITIVE, checked, checked_choice, checked_list
 from ..nn.mlp import ACTIVATIONS
 from ..registry import register
 from .base import FlowConfig, VectorFlow
@@ -26,9 +26,9 @@ from .layers import BatchNorm, MaskedAffineAutoregressive
 class MAFConfig(FlowConfig):
     preprocess: str = "logit"
     alpha: float = 1.0e-6  # the MAF paper's lambda for MNIST
-    num_layers: int = 5  # MADEs in the stack
-    hidden: List[int] = field(default_factory=lambda: [512])  # hidden layer sizes of each MADE
-    activation: str = "relu"  # relu | tanh | elu | leaky_relu | silu
+    num_layers: int = checked(5, POSITIVE)  # MADEs in the stack
+    hidden: List[int] = checked_list([512], NON_EMPTY_SIZES)  # hidden layer sizes of each MADE
+    activation: str = checked_choice("relu", ACTIVATIONS)  # {choices}
     batch_norm: bool = True  # batch-norm flow layer between MADEs
 
 
@@ -38,10 +38,6 @@ class MAF(VectorFlow):
 
     def build_layers(self) -> list[nn.Module]:
         c, d = self.config, self.data.dim
-        if c.activation not in ACTIVATIONS:
-            raise UserError(f"model.activation={c.activation!r} is not allowed; allowed: {', '.join(ACTIVATIONS)}.")
-        if c.num_layers < 1 or not c.hidden or min(c.hidden) < 1:
-            raise UserError("model.num_layers must be >= 1 and model.hidden a non-empty list of sizes >= 1.")
         layers: list[nn.Module] = []
         natural = torch.arange(1, d + 1)
         for k in range(c.num_layers):

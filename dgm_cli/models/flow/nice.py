@@ -16,12 +16,16 @@ preprocessing is the volume-preserving centring x - 0.5 (no Jacobian term), not 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import POSITIVE, checked, checked_choice
+from ..objectives import Objective
+from ..base import DataSpec
 from ..registry import register
 from .base import FlowConfig, VectorFlow
 from .layers import zero_initialized
@@ -88,24 +92,24 @@ class DiagonalScaling(nn.Module):
 class NICEConfig(FlowConfig):
     preprocess: str = "center"  # center: x - 0.5 (volume preserving) | logit
     alpha: float = 0.05  # logit transform's alpha (only with preprocess=logit)
-    num_couplings: int = 4  # additive coupling layers, partition alternating (4 in the paper)
-    hidden_features: int = 400  # width of each coupling MLP (1000 in the paper)
-    hidden_layers: int = 4  # ReLU hidden layers per coupling MLP (5 in the paper)
-    prior: str = "logistic"  # logistic (the paper's MNIST prior) | gaussian
+    num_couplings: int = checked(4, POSITIVE)  # additive coupling layers, partition alternating (4 in the paper)
+    hidden_features: int = checked(400, POSITIVE)  # width of each coupling MLP (1000 in the paper)
+    hidden_layers: int = checked(4, POSITIVE)  # ReLU hidden layers per coupling MLP (5 in the paper)
+    prior: str = checked_choice("logistic", PRIORS)  # {choices}: logistic (the paper's MNIST prior), gaussian
 
 
 @register("nice")
 class NICE(VectorFlow):
     Config = NICEConfig
 
+    @classmethod
+    def check_settings(cls, config: NICEConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is not None and data.dim < 2:
+            raise UserError(f"NICE needs data of at least 2 dimensions to partition; got shape {data.shape}.")
+
     def build_layers(self) -> list[nn.Module]:
         c, d = self.config, self.data.dim
-        if c.prior not in PRIORS:
-            raise UserError(f"model.prior={c.prior!r} is not allowed; allowed: {', '.join(PRIORS)}.")
-        if c.num_couplings < 1 or c.hidden_features < 1 or c.hidden_layers < 1:
-            raise UserError("model.num_couplings, model.hidden_features and model.hidden_layers must be >= 1.")
-        if d < 2:
-            raise UserError(f"NICE needs data of at least 2 dimensions to partition; got shape {self.data.shape}.")
         couplings = [AdditiveCoupling(d, parity=i % 2, hidden=c.hidden_features, hidden_layers=c.hidden_layers)
                      for i in range(c.num_couplings)]
         return [*couplings, DiagonalScaling(d)]

@@ -14,12 +14,15 @@ normalisation of the coupling outputs (Sec. 3.7) is optional.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import NON_NEGATIVE, POSITIVE, checked
+from ..objectives import Objective
+from ..base import DataSpec
 from ..registry import register
 from .base import Flow, FlowConfig
 from .layers import (AffineCoupling, BatchNorm, FlowSequential, Split, Squeeze, Unsqueeze, coupling_halves,
@@ -30,12 +33,12 @@ from .layers import (AffineCoupling, BatchNorm, FlowSequential, Split, Squeeze, 
 class RealNVPConfig(FlowConfig):
     preprocess: str = "logit"
     alpha: float = 0.05
-    num_scales: int = 2  # images: each scale but the last halves H and W
-    hidden_channels: int = 16  # images: features of the coupling ResNets
-    num_blocks: int = 2  # images: residual blocks per coupling ResNet
+    num_scales: int = checked(2, POSITIVE)  # images: each scale but the last halves H and W
+    hidden_channels: int = checked(16, POSITIVE)  # images: features of the coupling ResNets
+    num_blocks: int = checked(2, NON_NEGATIVE)  # images: residual blocks per coupling ResNet
     batch_norm: bool = False  # batch-norm flow layer after each coupling (Sec. 3.7)
-    num_couplings: int = 8  # 2-D toys: coupling layers
-    hidden_features: int = 64  # 2-D toys: width of the coupling MLPs
+    num_couplings: int = checked(8, POSITIVE)  # 2-D toys: coupling layers
+    hidden_features: int = checked(64, POSITIVE)  # 2-D toys: width of the coupling MLPs
 
 
 class ResNetBlock(nn.Module):
@@ -64,6 +67,16 @@ class ResNet(nn.Module):
 @register("realnvp")
 class RealNVP(Flow):
     Config = RealNVPConfig
+
+    @classmethod
+    def check_settings(cls, config: RealNVPConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is not None and data.is_image:
+            h, w = data.shape[1:]
+            factor = 2 ** (config.num_scales - 1)
+            if h % factor or w % factor:
+                raise UserError(f"model.num_scales={config.num_scales} needs H and W divisible by {factor}; "
+                                f"the data is {h}x{w}.")
 
     def _coupling(self, channels: int, network: Callable[[int, int], nn.Module], *, mask: str,
                   parity: int) -> list[nn.Module]:
@@ -101,9 +114,4 @@ class RealNVP(Flow):
             return [layer for i in range(c.num_couplings)
                     for layer in self._coupling(d, lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features),
                                                 mask="channel", parity=i % 2)]
-        channels, h, w = self.data.shape
-        factor = 2 ** (c.num_scales - 1)
-        if c.num_scales < 1 or h % factor or w % factor:
-            raise UserError(f"model.num_scales={c.num_scales} needs H and W divisible by {factor}; "
-                            f"the data is {h}x{w}.")
-        return [self._scale(channels, 0)]
+        return [self._scale(self.data.shape[0], 0)]

@@ -21,13 +21,15 @@ the mass it puts outside the cube makes the number conservative (too high an NLL
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import NON_EMPTY_SIZES, POSITIVE, PROBABILITY, SIZES, checked, checked_choice, checked_list
+from ..objectives import Objective
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..diffusion.unet import UNet
 from ..nn.distributions import standard_normal_log_prob
@@ -50,20 +52,20 @@ TIME_SCALE = 1000.0
 
 @dataclass
 class FlowMatchingConfig:
-    path: str = "linear"  # linear: independent pairs (rectified flow, Liu et al. 2023) | ot: minibatch OT pairs (Tong et al. 2024)
-    sigma_min: float = 0.0  # the conditional path's width at t = 1 (Lipman et al. 2023); 0: the straight path
-    network: str = "auto"  # auto (unet for images, mlp otherwise) | mlp | unet
-    hidden: int = 256  # mlp: units per hidden layer
-    depth: int = 3  # mlp: hidden layers
-    channels: int = 32  # unet: base width (as model=ddpm's U-Net)
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # unet: width per resolution
-    num_res_blocks: int = 1  # unet: residual blocks per resolution
-    attention_resolutions: list[int] = field(default_factory=list)  # unet: feature-map sizes with attention
-    dropout: float = 0.0
-    sampler: str = "rk4"  # ODE solver of `dgm sample`: euler | midpoint | rk4 | dopri5 (adaptive)
-    sample_steps: int = 50  # steps of a fixed-step sampler (dgm sample steps=N); dopri5 sets its own
-    rtol: float = 1e-5  # dopri5's relative tolerance (sampling)
-    atol: float = 1e-5  # dopri5's absolute tolerance (sampling)
+    path: str = checked_choice("linear", PATHS)  # {choices}: linear: independent pairs (rectified flow, Liu et al. 2023), ot: minibatch OT pairs (Tong et al. 2024)
+    sigma_min: float = checked(0.0, PROBABILITY)  # the conditional path's width at t = 1 (Lipman et al. 2023); 0: the straight path
+    network: str = checked_choice("auto", NETWORKS)  # {choices} (auto: unet for images, mlp otherwise)
+    hidden: int = checked(256, POSITIVE)  # mlp: units per hidden layer
+    depth: int = checked(3, POSITIVE)  # mlp: hidden layers
+    channels: int = checked(32, POSITIVE)  # unet: base width (as model=ddpm's U-Net)
+    channel_mult: list[int] = checked_list([1, 2, 2], NON_EMPTY_SIZES)  # unet: width per resolution
+    num_res_blocks: int = checked(1, POSITIVE)  # unet: residual blocks per resolution
+    attention_resolutions: list[int] = checked_list([], SIZES)  # unet: feature-map sizes with attention
+    dropout: float = checked(0.0, PROBABILITY)  # unet: dropout in the residual blocks
+    sampler: str = checked_choice("rk4", ode.SOLVERS)  # ODE solver of `dgm sample`: {choices} (dopri5: adaptive)
+    sample_steps: int = checked(50, POSITIVE)  # steps of a fixed-step sampler (dgm sample steps=N); dopri5 sets its own
+    rtol: float = checked(1e-5, POSITIVE)  # dopri5's relative tolerance (sampling)
+    atol: float = checked(1e-5, POSITIVE)  # dopri5's absolute tolerance (sampling)
 
 
 @dataclass
@@ -111,7 +113,6 @@ class UNetVelocity(nn.Module):
 class FlowMatching(GenerativeModel):
     family = "flow_matching"
     objectives = ("cfm",)
-    objective_keys = {"cfm": {"name"}}
     representations = ("dequantized", "continuous")
     likelihood = "exact"
     Config = FlowMatchingConfig
@@ -120,9 +121,8 @@ class FlowMatching(GenerativeModel):
     #: as dopri5 at eval's tolerances and rk4 with 20 steps in a fraction of their time
     plot_settings: ClassVar[dict] = {"solver": "midpoint", "steps": 8}
 
-    def __init__(self, config: FlowMatchingConfig, data: DataSpec, objective: dict):
+    def __init__(self, config: FlowMatchingConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
-        self.check_config(config, data)
         network = config.network if config.network != "auto" else ("unet" if data.is_image else "mlp")
         if network == "unet":
             c = data.shape[0]
@@ -135,16 +135,11 @@ class FlowMatching(GenerativeModel):
         self.network = network
         self._eval_parts: Optional[tuple[Tensor, dict[str, Tensor]]] = None
 
-    @staticmethod
-    def check_config(config: FlowMatchingConfig, data: DataSpec) -> None:
-        for key, allowed in (("path", PATHS), ("network", NETWORKS), ("sampler", ode.SOLVERS)):
-            if getattr(config, key) not in allowed:
-                raise UserError(f"model.{key}={getattr(config, key)!r} is not allowed; allowed: {', '.join(allowed)}.")
-        if not 0 <= config.sigma_min < 1 or config.sample_steps < 1 or config.hidden < 1 or config.depth < 1 \
-                or config.channels < 1 or config.num_res_blocks < 1 or not config.channel_mult \
-                or config.rtol <= 0 or config.atol <= 0 or not 0 <= config.dropout < 1:
-            raise UserError("model: need 0 <= sigma_min < 1, sample_steps, hidden, depth, channels and num_res_blocks "
-                            ">= 1, a non-empty channel_mult, rtol and atol > 0 and 0 <= dropout < 1.")
+    @classmethod
+    def check_settings(cls, config: FlowMatchingConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
+        super().check_settings(config, objective, data)
+        if data is None:
+            return
         wants_unet = config.network == "unet" or (config.network == "auto" and data.is_image)
         if wants_unet:
             if not data.is_image or data.shape[1] != data.shape[2]:
