@@ -1,7 +1,7 @@
 """Readers of image datasets on disk, each returning uint8 images (N, C, H, W) and labels.
 
 MNIST and Fashion-MNIST use torchvision's folder layout and our reader of LeCun's IDX files (importing
-torchvision would cost every command ~3 s of start-up: it pulls in torch._dynamo); CIFAR-10
+torchvision would cost every command seconds of start-up: it pulls in torch._dynamo); CIFAR-10
 is read from torchvision's layout (``cifar-10-batches-py``) by our own reader of its
 pickle files, so that small files a test writes in that format load too. That reader
 is a restricted unpickler: it builds only the dicts, lists, strings, numbers and numpy
