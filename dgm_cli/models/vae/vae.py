@@ -96,9 +96,10 @@ class VAE(LatentVariableModel):
 
     def __init__(self, config: VAEConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
-        lik = DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto" else config.likelihood
-        self.lik = lik
-        params, act = LIKELIHOODS[lik][0], config.activation
+        #: p(x|z)'s distribution (model.likelihood, auto resolved by the representation): bernoulli, gaussian, ...
+        self.decoder_likelihood = (DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto"
+                                   else config.likelihood)
+        params, act = LIKELIHOODS[self.decoder_likelihood][0], config.activation
         if config.architecture == "mlp":
             self.encoder = MLPEncoder(data.shape, list(config.hidden), config.latent_dim, act)
             self.decoder = MLPDecoder(data.shape, list(config.hidden), config.latent_dim, act, params)
@@ -111,15 +112,15 @@ class VAE(LatentVariableModel):
     # --- the pieces of every bound -----------------------------------------------
     def log_px_given_z(self, out: Tensor, x: Tensor) -> Tensor:
         """log p(x|z) per example from the decoder output (B, P, *shape)."""
-        if self.lik == "bernoulli":
+        if self.decoder_likelihood == "bernoulli":
             return D.bernoulli_log_prob(out[:, 0], x)
-        if self.lik == "gaussian":
+        if self.decoder_likelihood == "gaussian":
             return D.gaussian_log_prob(x, out[:, 0], out[:, 1].clamp(min=2 * MIN_LOG_SCALE))
         return D.discretized_logistic_log_prob(x, out[:, 0], out[:, 1].clamp(min=MIN_LOG_SCALE))
 
     def mean_of(self, out: Tensor) -> Tensor:
         """The mean of p(x|z) (for images, clamped to [0, 1])."""
-        mean = torch.sigmoid(out[:, 0]) if self.lik == "bernoulli" else out[:, 0]
+        mean = torch.sigmoid(out[:, 0]) if self.decoder_likelihood == "bernoulli" else out[:, 0]
         return mean.clamp(0, 1) if self.data.is_image else mean
 
     @staticmethod
@@ -208,7 +209,7 @@ class VAE(LatentVariableModel):
 
     def density_support(self, **_) -> Optional[str]:
         """A Gaussian decoder is normalised on R^D, not on the images' [0, 1]^D (the other decoders on the data's values)."""
-        return "R^D" if self.lik == "gaussian" and self.data.is_image else None
+        return "R^D" if self.decoder_likelihood == "gaussian" and self.data.is_image else None
 
     def likelihood_name(self, ais: bool = False, **_) -> str:
         return "decoder_ais" if ais else self.likelihood
@@ -229,8 +230,8 @@ class VAE(LatentVariableModel):
     def estimator(self, k: int = 5000, ais: bool = False, **settings) -> str:
         if ais:
             s = self.ais_settings(k=k, ais=ais, **settings)
-            return (f"decoder-based AIS (Wu et al. 2017) with the decoder's own p(x|z) ({self.lik}): forward AIS from "
-                    f"the prior, {s.describe()}: a stochastic lower bound on log p(x)")
+            return (f"decoder-based AIS (Wu et al. 2017) with the decoder's own p(x|z) ({self.decoder_likelihood}): "
+                    f"forward AIS from the prior, {s.describe()}: a stochastic lower bound on log p(x)")
         return f"IWAE, k={k} importance samples (Burda et al. 2015)"
 
     @torch.no_grad()
@@ -274,9 +275,9 @@ class VAE(LatentVariableModel):
     def observations(self, out: Tensor, clamp: bool = True) -> Tensor:
         """x ~ p(x|z) from the decoder's output for z (a Gaussian's draws clamped to [0, 1] for images unless
         ``clamp`` is false)."""
-        if self.lik == "bernoulli":
+        if self.decoder_likelihood == "bernoulli":
             x = D.bernoulli_sample(out[:, 0])
-        elif self.lik == "gaussian":
+        elif self.decoder_likelihood == "gaussian":
             x = D.gaussian_sample(out[:, 0], out[:, 1].clamp(min=2 * MIN_LOG_SCALE))
         else:
             x = D.discretized_logistic_sample(out[:, 0], out[:, 1].clamp(min=MIN_LOG_SCALE))
