@@ -68,16 +68,18 @@ def continuous(x: "Tensor", generator: Optional["Generator"]) -> "Tensor":
 #: data.representation -> its Representation; the order is the order --help and refusals list them in
 REPRESENTATIONS: dict[str, Representation] = {r.name: r for r in (
     Representation("binary", "x in {0,1}: a Bernoulli draw of each intensity (data.binarize: fresh per batch or once)",
-                   (IMAGES, BINARY_SEQUENCES), False, binary, scored="binary values (pixels, or a piano roll's keys)"),
-    Representation("8bit", "x = k/255, the 256 discrete values", (IMAGES,), True, eight_bit,
+                   fits=(IMAGES, BINARY_SEQUENCES), eight_bit=False, transform=binary,
+                   scored="binary values (pixels, or a piano roll's keys)"),
+    Representation("8bit", "x = k/255, the 256 discrete values", fits=(IMAGES,), eight_bit=True, transform=eight_bit,
                    scored="discrete 8-bit pixel values"),
     # a density p(y) of y = (k + u)/256 on [0,1)^D is p(y)/256^D on the 0..256 scale, and E_u[log p] bounds
     # log P(k) from below (Theis et al. 2016): -log p(y) + D ln 256 is an upper bound on the discrete NLL
-    Representation("dequantized", "x = (k + u)/256, u ~ U[0,1): 8-bit values made continuous", (IMAGES,), True,
-                   dequantized, scored="8-bit values with uniform dequantization (seed {seed}); NLL includes D ln 256, "
-                                       "an upper bound on the discrete NLL", nll_offset_per_dim=math.log(256)),
+    Representation("dequantized", "x = (k + u)/256, u ~ U[0,1): 8-bit values made continuous", fits=(IMAGES,),
+                   eight_bit=True, transform=dequantized, nll_offset_per_dim=math.log(256),
+                   scored="8-bit values with uniform dequantization (seed {seed}); NLL includes D ln 256, an upper bound "
+                          "on the discrete NLL"),
     Representation("continuous", "real vectors (2-D toys, real sequences), used as they are",
-                   (BINARY_SEQUENCES, REAL), False, continuous,
+                   fits=(BINARY_SEQUENCES, REAL), eight_bit=False, transform=continuous,
                    scored="continuous data (a density; bits/dim not comparable with image likelihoods)"),
 )}
 

@@ -221,7 +221,7 @@ def forward_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activat
             s.g.W.addmm_(s.xt[:, b0:b1], s.sum_d_n)
             s.g.c += s.sum_d_n.sum(0)
 
-    return over_chunks(x, W, c, V, b, activation, grads, work)
+    return over_chunks(x, W, c, V, b, activation, grads=grads, work=work)
 
 
 @no_autocast
@@ -265,7 +265,7 @@ def reverse_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activat
                 G.add_(s.back_through(i, j, dlogits[i, b0:b1]))
         s.g.c += G.sum(0)
 
-    return over_chunks(x, W, c, V, b, activation, True, work)
+    return over_chunks(x, W, c, V, b, activation, grads=True, work=work)
 
 
 def _plain(x: Tensor, *params: Tensor) -> list[Tensor]:

@@ -178,7 +178,7 @@ class BoltzmannMachine(GenerativeModel):
         if temperature != 1.0:
             raise UserError(f"temperature={temperature}: a {type(self).__name__} samples its own distribution "
                             "(Gibbs chains); leave temperature at 1.")
-        self.sample_labels(1, label, False)
+        self.sample_labels(1, label, conditional=False)
 
     # --- what a subclass supplies ---------------------------------------------------------------
     def ais_path(self):

@@ -223,7 +223,7 @@ class EBM(GenerativeModel):
         """``model.sample_steps`` Langevin steps from U[-1, 1]."""
         if temperature != 1.0:
             raise UserError(f"temperature={temperature}: an EBM samples by Langevin dynamics; leave temperature at 1.")
-        self.sample_labels(1, label, False)
+        self.sample_labels(1, label, conditional=False)
         device = self.replay.device
         return self.to_data_space(self.langevin(self.noise(n, device), self.config.sample_steps, show_progress=True))
 
