@@ -49,9 +49,10 @@ def headline(report: dict) -> str:
         f" ({p['binarization']})" if p.get("binarization") else "")
     likelihood = report.get("likelihood")
     if likelihood:
-        how = likelihood["estimator"] if likelihood["estimator"].startswith(likelihood["kind"]) else f"{likelihood['kind']}: {likelihood['estimator']}"
-        lines.append(f"NLL {likelihood['nll_nats']:.2f} ± {likelihood['nll_nats_stderr']:.2f} nats, {likelihood['bits_per_dim']:.4f} "
-                     f"bits/dim [{how}] on {data}")
+        kind, estimator = likelihood["kind"], likelihood["estimator"]
+        how = estimator if estimator.startswith(kind) else f"{kind}: {estimator}"
+        lines.append(f"NLL {likelihood['nll_nats']:.2f} ± {likelihood['nll_nats_stderr']:.2f} nats, "
+                     f"{likelihood['bits_per_dim']:.4f} bits/dim [{how}] on {data}")
         if "conditional" in likelihood:
             c = likelihood["conditional"]
             lines.append(f"conditional NLL -log p(x|y) {c['nll_nats']:.2f} ± {c['nll_nats_stderr']:.2f} nats "
@@ -121,7 +122,8 @@ def record_name(report: dict) -> str:
     if not data.get("own", True):  # other data on purpose: a record of its own, never the run's eval.json
         parts.insert(1, f"data-{data['name']}-{data['fingerprint'][:8]}")
     if likelihood:
-        parts.append("nll" + (f"_{_settings_slug(likelihood.get('estimator_settings') or {})}" if likelihood.get("estimator_settings") else ""))
+        settings = likelihood.get("estimator_settings")
+        parts.append("nll" + (f"_{_settings_slug(settings)}" if settings else ""))
     if sq:
         metrics = sorted({k.split("_")[0] for k in sq if k in SAMPLE_METRIC_KEYS or k.startswith("parzen_")})
         # another feature network than the classifier (features=autoencoder|inception): a record of its own
