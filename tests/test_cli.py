@@ -1,6 +1,7 @@
 """The command line: help per command, `python -m dgm_cli`, `--cfg job`."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -125,6 +126,34 @@ def test_train_help_says_what_keys_mean_with_units(tmp_path):
     assert "0 means once per epoch" in lines["trainer.val_every"]
     assert "steps" in lines["trainer.log_every"]
     assert "model.hidden_channels" in lines and "model.latent_dim" not in lines  # the chosen model's keys
+
+
+@dataclasses.dataclass
+class Wrapped:  # fields laid out as `ruff format` leaves them
+    rate: float = 0.1  # the step size of the
+    #   sampler, in nats
+    #   per step
+    # what follows is the width, not the rate
+    width: int = 3  # units per layer
+    #   (also below)
+
+    #   after a blank line: the code's, not width's
+    depth: int = (
+        2  # layers, on the line the formatter moved
+    )
+    tags: list = dataclasses.field(default_factory=list)
+    #   a field without a trailing comment may still wrap
+
+
+def test_a_wrapped_field_comment_reads_as_one_sentence_and_the_next_comment_stays_apart():
+    from dgm_cli.settings.docs import field_comments
+
+    assert field_comments(Wrapped) == {
+        "rate": "the step size of the sampler, in nats per step",
+        "width": "units per layer (also below)",
+        "depth": "layers, on the line the formatter moved",
+        "tags": "a field without a trailing comment may still wrap",
+    }
 
 
 def test_resume_logs_into_the_run_folder_and_sample_eval_write_no_empty_folder(tmp_path, toy_run):

@@ -40,8 +40,9 @@ TRAIN_GROUPS = ("model", "dataset", "objective", "optimizer", "scheduler", "expe
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The comment that ends each field's line in the source of dataclass ``cls``, or of the
-    dataclass it inherits the field from (a subclass that changes a default may restate it); ``{choices}``
+    """The comment that ends each field's line in the source of dataclass ``cls`` (with the ``CONTINUED``
+    lines below it), or of the dataclass it inherits the field from (a subclass that changes a default may
+    restate it); ``{choices}``
     in it is the names a ``checked_choice`` field accepts, and a field declared with another rule
     (``checked``) says what its value must be."""
     docs: dict[str, str] = {}
@@ -55,6 +56,12 @@ def field_comments(cls: type) -> dict[str, str]:
     return docs
 
 
+#: a comment-only line that starts so, directly below a field (or below such a line), goes on with that field's
+#: comment: a long comment wraps onto lines that ``ruff format`` keeps (it re-indents them, and splits a field's
+#: line too long for 120 columns, moving its trailing comment)
+CONTINUED = "#   "
+
+
 def _own_field_comments(cls: type) -> dict[str, str]:
     try:
         source = inspect.getsource(cls)
@@ -62,13 +69,24 @@ def _own_field_comments(cls: type) -> dict[str, str]:
         return {}
     names = {f.name for f in dataclasses.fields(cls)}
     docs: dict[str, str] = {}
-    line_start: Optional[str] = None  # the first name on the current logical line
+    line_start: Optional[str] = None  # the first name on the current logical line (a field's, if it is one)
+    continued: Optional[str] = None  # the field whose comment a CONTINUED line on row `next_row` goes on with
+    next_row = 0
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type in (tokenize.NEWLINE, tokenize.NL):
+        if tok.type == tokenize.NEWLINE:  # the end of a logical line: a field's may go on in CONTINUED lines
+            continued, next_row = (line_start, tok.start[0] + 1) if line_start in names else (None, 0)
             line_start = None
         elif tok.type == tokenize.NAME and line_start is None:
-            line_start = tok.string
-        elif tok.type == tokenize.COMMENT and line_start in names and line_start not in docs:
+            line_start, continued = tok.string, None
+        elif tok.type != tokenize.COMMENT:
+            continue
+        elif line_start is None:  # a comment-only line
+            if continued is not None and tok.start[0] == next_row and tok.string.startswith(CONTINUED):
+                docs[continued] = " ".join(filter(None, (docs.get(continued), tok.string[1:].strip())))
+                next_row += 1
+            else:
+                continued = None
+        elif line_start in names and line_start not in docs:  # the first comment on a field's logical line
             docs[line_start] = tok.string.lstrip("#").strip()
     return docs
 
