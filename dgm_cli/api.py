@@ -13,6 +13,7 @@ call as a fresh process; a refusal raises :class:`~dgm_cli.errors.UserError` wit
 one-paragraph message, a failure :class:`CommandFailed` (never SystemExit). ``load`` rebuilds the model
 as ``dgm sample`` and ``dgm eval`` do (``app.model_from_checkpoint``). See docs/python_api.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -109,21 +110,25 @@ def run_command(argv: list[str]) -> str:
     if code == 2:
         prefix = f"dgm {argv[0]}: "
         message = next((ln for ln in reversed(said) if ln.startswith(prefix)), said[-1] if said else "")
-        raise UserError(message[len(prefix):] if message.startswith(prefix) else message)
-    raise CommandFailed(f"dgm {' '.join(argv)} failed with exit status {code}"
-                        + (f": {said[-1]}" if said else " and said nothing on stderr"))
+        raise UserError(message[len(prefix) :] if message.startswith(prefix) else message)
+    raise CommandFailed(
+        f"dgm {' '.join(argv)} failed with exit status {code}"
+        + (f": {said[-1]}" if said else " and said nothing on stderr")
+    )
 
 
 # --- the API ---------------------------------------------------------------------------------------
 def train(overrides: list[str] = (), **kwargs) -> Union["Run", list["Run"]]:
     """``dgm train <overrides>`` in this process; the finished run, loaded (a sweep -- ``"-m"`` or a
-    ``hparams_search=`` preset among the overrides -- its finished runs, in order). ``dgm_cli.train(["model=vae", "dataset=moons"])``, keyword
-    arguments as in :func:`overrides_of` (``trainer={"max_steps": 100}``)."""
+    ``hparams_search=`` preset among the overrides -- its finished runs, in order).
+    ``dgm_cli.train(["model=vae", "dataset=moons"])``, keyword arguments as in :func:`overrides_of`
+    (``trainer={"max_steps": 100}``)."""
     from .commands import train as train_command
 
     argv = overrides_of(tuple(overrides), kwargs)
-    sweep = any(a in ("-m", "--multirun") or a.startswith("hparams_search=") or a == "hydra.mode=MULTIRUN"
-                for a in argv)  # a search preset sets hydra.mode=MULTIRUN itself
+    sweep = any(
+        a in ("-m", "--multirun") or a.startswith("hparams_search=") or a == "hydra.mode=MULTIRUN" for a in argv
+    )  # a search preset sets hydra.mode=MULTIRUN itself
     train_command.FINISHED.clear()
     run_command(["train", *argv])
     finished = list(dict.fromkeys(train_command.FINISHED))
@@ -163,14 +168,21 @@ def evaluate(checkpoint: PathLike, *overrides: str, **kwargs) -> Union[dict, lis
     return reports[0] if len(paths) == 1 and reports else reports
 
 
-def sample(checkpoint: PathLike, n: int = 64, temperature: float = 1.0, out: Optional[PathLike] = None,
-           **settings):
+def sample(checkpoint: PathLike, n: int = 64, temperature: float = 1.0, out: Optional[PathLike] = None, **settings):
     """Samples from a checkpoint: a tensor as the model draws them (``Run.sample``), or with ``out=`` the
     file ``dgm sample`` writes (a picture, .npz, .mid), whose path is returned."""
     if out is None:
         return load(checkpoint).sample(n, temperature=temperature, **settings)
-    run_command(["sample", f"checkpoint={checkpoint}", f"num_samples={n}", f"temperature={temperature}",
-                 f"out={out}", *overrides_of((), settings)])
+    run_command(
+        [
+            "sample",
+            f"checkpoint={checkpoint}",
+            f"num_samples={n}",
+            f"temperature={temperature}",
+            f"out={out}",
+            *overrides_of((), settings),
+        ]
+    )
     return Path(out)
 
 
@@ -200,8 +212,10 @@ class Run:
         self._prepared: dict = {}
 
     def __repr__(self) -> str:
-        return (f"Run({str(self.folder)!r}: {self.config.model.name} on {self.config.data.name}, step {self.step}, "
-                f"{self.model.data.representation} data, on {self.device})")
+        return (
+            f"Run({str(self.folder)!r}: {self.config.model.name} on {self.config.data.name}, step {self.step}, "
+            f"{self.model.data.representation} data, on {self.device})"
+        )
 
     @property
     def representation(self) -> str:
@@ -219,8 +233,9 @@ class Run:
             x, y = x[:limit], None if y is None else y[:limit]
         return pipeline.fixed(x, self.representation), y
 
-    def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None, seed: Optional[int] = None,
-               **sampler):
+    def sample(
+        self, n: int, temperature: float = 1.0, label: Optional[int] = None, seed: Optional[int] = None, **sampler
+    ):
         """``n`` samples as the model draws them (images in [0, 1] in its representation, points, sequences),
         with ``dgm sample``'s sampler settings: ``steps=``, ``sampler=``, ``eta=`` (a model without one
         refuses it, as the command does), ``length=`` for sequence models. ``seed``: seed torch first."""
@@ -233,15 +248,20 @@ class Run:
         length = sampler.pop("length", None)
         unknown = sorted(set(sampler) - set(sample_command.SAMPLER_KEYS))
         if unknown:
-            raise UserError(f"sample() takes no setting {', '.join(unknown)}; its sampler settings are "
-                            f"{', '.join(sample_command.SAMPLER_KEYS)} and length.")
-        cfg = OmegaConf.create({"steps": None, "sampler": None, "eta": None, "mode": "sample", "length": length,
-                                **sampler})
+            raise UserError(
+                f"sample() takes no setting {', '.join(unknown)}; its sampler settings are "
+                f"{', '.join(sample_command.SAMPLER_KEYS)} and length."
+            )
+        cfg = OmegaConf.create(
+            {"steps": None, "sampler": None, "eta": None, "mode": "sample", "length": length, **sampler}
+        )
         model = self.model
         settings = sample_command.sampler_settings(cfg, self._state["config"]["model"])
         if settings:  # the model rebuilt with them, as dgm sample does; this run's model stays as it was
-            state = {**self._state, "config": {**self._state["config"],
-                                               "model": {**self._state["config"]["model"], **settings}}}
+            state = {
+                **self._state,
+                "config": {**self._state["config"], "model": {**self._state["config"]["model"], **settings}},
+            }
             model, _, _ = model_from_checkpoint(state, self.device, self._data_root, dataset=self.data)
         if length is not None:
             before = getattr(model, "length", None)
@@ -254,8 +274,9 @@ class Run:
             if length is not None and model is self.model:
                 model.length = before
 
-    def log_likelihood(self, x, y=None, batch_size: Optional[int] = None, seed: Optional[int] = None,
-                       **estimator) -> LogLikelihood:
+    def log_likelihood(
+        self, x, y=None, batch_size: Optional[int] = None, seed: Optional[int] = None, **estimator
+    ) -> LogLikelihood:
         """log p(x) per example in nats, computed as ``dgm eval`` computes it, with the kind of number and
         the estimator. ``x`` in the model's representation (``split()``, ``sample()``); ``y`` labels for a
         class-conditional model (its log p(x) sums over them with the training label frequencies);
@@ -268,15 +289,19 @@ class Run:
         from .evaluation import estimators, likelihood
 
         if self.model.likelihood is None:
-            raise UserError(f"model {self.config.model.name} has no likelihood; evaluate() reports its sample "
-                            "quality (FID, KID, precision/recall).")
+            raise UserError(
+                f"model {self.config.model.name} has no likelihood; evaluate() reports its sample "
+                "quality (FID, KID, precision/recall)."
+            )
         settings = estimators.estimator_settings(self.model, estimator)
         x = torch.as_tensor(x)
         prior = None
         if likelihood.is_conditional(self.model):
             if y is None:
-                raise UserError("a class-conditional model's log p(x) sums over the labels and needs y (the labels, "
-                                "as split() returns them).")
+                raise UserError(
+                    "a class-conditional model's log p(x) sums over the labels and needs y (the labels, "
+                    "as split() returns them)."
+                )
             prior = likelihood.label_prior(self.data.train[1], self.model.data.num_classes)
         if seed is not None:
             from .engine import runtime
@@ -286,11 +311,14 @@ class Run:
         if key not in self._prepared:
             self._prepared[key] = self.model.prepare_eval(x, y, **settings)
         batch = batch_size or (100 if self.model.likelihood != "exact" else self.config.trainer.eval_batch_size)
-        parts = [log_p for _, _, log_p, _ in likelihood.score_batches(self.model, x, y, batch, self.device, prior,
-                                                                      **settings)]
+        parts = [
+            log_p
+            for _, _, log_p, _ in likelihood.score_batches(self.model, x, y, batch, self.device, prior, **settings)
+        ]
         offset = likelihood.nll_offset(self.representation, self.model.data.dim)
-        return LogLikelihood(torch.cat(parts) - offset, estimators.likelihood_kind(self.model),
-                             self.model.estimator(**settings))
+        return LogLikelihood(
+            torch.cat(parts) - offset, estimators.likelihood_kind(self.model), self.model.estimator(**settings)
+        )
 
     def evaluate(self, *overrides: str, **kwargs) -> dict:
         """``dgm eval`` of this run's checkpoint (``limit=1000``, ``split="val"``, ``estimator={"k": 500}``,

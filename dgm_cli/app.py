@@ -1,5 +1,6 @@
 """What the three commands share: their Hydra entry point, error handling, and rebuilding a
 model from a checkpoint."""
+
 from __future__ import annotations
 
 import functools
@@ -15,10 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .settings import docs
-from .settings.schema import register_configs
 from .errors import UserError
 from .models.registry import build_model
+from .settings import docs
+from .settings.schema import register_configs
 
 CONFIG_PATH = "pkg://dgm_cli.configs"
 log = logging.getLogger("dgm")
@@ -51,8 +52,10 @@ def check(command: str, cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(task))
     if missing:
         meaning = docs.known_keys(command)
-        raise UserError("; ".join(f"{k}= must be given: {meaning.get(k) or 'it has no default'}" for k in missing)
-                        + f". `dgm {command} --help` lists the keys.")
+        raise UserError(
+            "; ".join(f"{k}= must be given: {meaning.get(k) or 'it has no default'}" for k in missing)
+            + f". `dgm {command} --help` lists the keys."
+        )
     VALIDATORS.get(command, lambda cfg: None)(cfg)
 
 
@@ -177,13 +180,17 @@ def repoint_data(data, path: Optional[str], other: str = "") -> None:
     the key that points the run at it. ``other``: how the command scores other data, for the message."""
     if path:
         if not data.get("path"):
-            raise UserError(f"data.path={path}: this run trained on dataset={data['name']}, which is not read from a "
-                            f"folder or file of your own; data_root= says where its files are now{other}.")
+            raise UserError(
+                f"data.path={path}: this run trained on dataset={data['name']}, which is not read from a "
+                f"folder or file of your own; data_root= says where its files are now{other}."
+            )
         data["path"] = str(Path(path).expanduser().resolve())
     elif data.get("path") and not Path(data["path"]).exists():
-        raise UserError(f"the data this run trained on, data.path={data['path']}, is not there any more. If it moved, "
-                        f"point the run at its new place with data.path=<new place> (accepted when its contents are the "
-                        f"data the run was trained and split on){other}.")
+        raise UserError(
+            f"the data this run trained on, data.path={data['path']}, is not there any more. If it moved, "
+            f"point the run at its new place with data.path=<new place> (accepted when its contents are the "
+            f"data the run was trained and split on){other}."
+        )
 
 
 def model_from_checkpoint(state: dict, device, data_root: str | None = None, dataset=None):

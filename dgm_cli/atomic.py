@@ -2,6 +2,7 @@
 flushed and fsynced, then renamed over the target. A write that fails half way (disk full, a kill)
 leaves the previous file as it was and no temporary file behind. Used for checkpoints, eval.json,
 reports and caches."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ status 2 and a one-paragraph message, without a traceback: Hydra's own
 composition errors (an unknown config choice, an unknown key, a wrong type) as
 well as ours (:class:`dgm_cli.errors.UserError`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,16 +26,23 @@ from .version import __version__
 # settings.docs and settings.schema (and with them Hydra, about 0.1 s) are imported inside the functions
 # that use them, so that `dgm --help` and `dgm --version` start without them
 
-USAGE = "usage: dgm {train,sample,eval,report} [overrides ...] [--help] [-m]\n\ncommands:\n" + "".join(
-    f"  {name:<8}{doc}\n" for name, (_, doc) in COMMANDS.items()
-) + "\n`dgm <command> --help` lists the config groups and keys of that command; `dgm --version` the version.\n"
+USAGE = (
+    "usage: dgm {train,sample,eval,report} [overrides ...] [--help] [-m]\n\ncommands:\n"
+    + "".join(f"  {name:<8}{doc}\n" for name, (_, doc) in COMMANDS.items())
+    + "\n`dgm <command> --help` lists the config groups and keys of that command; `dgm --version` the version.\n"
+)
 
 #: calls of main() in this process: the second and later calls name their run folders
 #: ``<time>-<pid>-<call>`` (a fresh process would have had a pid of its own)
 _calls = 0
 
-NOISE = ("Config search path", "provider=", "Set the environment variable HYDRA_FULL_ERROR",
-         "reference_type=", "object_type=")
+NOISE = (
+    "Config search path",
+    "provider=",
+    "Set the environment variable HYDRA_FULL_ERROR",
+    "reference_type=",
+    "object_type=",
+)
 
 
 class _HeldStderr(io.StringIO):
@@ -76,8 +84,10 @@ def _optimizer_keys(args: tuple[str, ...]) -> str:
     if not path.is_file():
         return ""
     keys = yaml.safe_load(path.read_text())
-    return (f" The keys of optimizer={name} are: {', '.join(keys)} (the arguments of {keys.get('_target_')}; "
-            f"another optimizer is another file in configs/optimizer/).")
+    return (
+        f" The keys of optimizer={name} are: {', '.join(keys)} (the arguments of {keys.get('_target_')}; "
+        f"another optimizer is another file in configs/optimizer/)."
+    )
 
 
 def _schema_keys(full_key: str, args: tuple[str, ...] = ()) -> str:
@@ -88,8 +98,7 @@ def _schema_keys(full_key: str, args: tuple[str, ...] = ()) -> str:
     section = full_key.split(".")[0]
     if section == "optimizer":
         return _optimizer_keys(args)
-    cls = {"trainer": schema.TrainerConfig, "data": schema.DataConfig,
-           "scheduler": schema.SchedulerConfig}.get(section)
+    cls = {"trainer": schema.TrainerConfig, "data": schema.DataConfig, "scheduler": schema.SchedulerConfig}.get(section)
     return f" The keys of {section} are: {', '.join(f.name for f in fields(cls))}." if cls else ""
 
 
@@ -98,8 +107,10 @@ def condense(command: str, text: str, args: tuple[str, ...] = ()) -> str:
     command line, whose model= narrows the suggestions for a mistyped model key)."""
     if "Traceback (most recent call last)" in text:  # Hydra failed on the file system (an unwritable run dir)
         last = [ln for ln in text.splitlines() if re.match(r"^\w+(Error|Exception): ", ln)]
-        return (f"dgm {command}: Hydra stopped before the command ran: {last[-1] if last else text.strip()}. "
-                f"Check hydra.run.dir / hydra.sweep.dir, or run where the folder can be written.")
+        return (
+            f"dgm {command}: Hydra stopped before the command ran: {last[-1] if last else text.strip()}. "
+            f"Check hydra.run.dir / hydra.sweep.dir, or run where the folder can be written."
+        )
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(NOISE)]
     full_key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
     lines = [ln for ln in lines if not ln.startswith("full_key:")]
@@ -146,9 +157,12 @@ def refuse_added_keys(command: str, args: list[str]) -> None:
         if key in keys or key in groups:
             msg = f"`{arg}` would add {key}, but the config has it already: set it without the +, as `{plain}`."
         else:
-            msg = (f"`{arg}` adds a key that nothing reads: dgm {command} has no key {key}, and dgm refuses new "
-                   f"keys rather than run as if they had not been given." + docs.suggest(key, [*keys, *groups])
-                   + f" `dgm {command} --help` lists the keys.")
+            msg = (
+                f"`{arg}` adds a key that nothing reads: dgm {command} has no key {key}, and dgm refuses new "
+                f"keys rather than run as if they had not been given."
+                + docs.suggest(key, [*keys, *groups])
+                + f" `dgm {command} --help` lists the keys."
+            )
         sys.stderr.write(f"dgm {command}: {msg}\n")
         sys.exit(2)
 
@@ -170,15 +184,22 @@ def refuse_training_choices(command: str, args: list[str]) -> None:
             continue
         if key in EVAL_DATA_KEYS and (command == "eval" or key == "data.path"):  # moved data, or other data on purpose
             continue
-        instead = (f"For another {key}, give a checkpoint of a run trained with it (`dgm train {arg} ...`)"
-                   if key in docs.TRAIN_GROUPS else
-                   "Training settings change with `dgm train` (`resume=<run>` goes on with this run)")
+        instead = (
+            f"For another {key}, give a checkpoint of a run trained with it (`dgm train {arg} ...`)"
+            if key in docs.TRAIN_GROUPS
+            else "Training settings change with `dgm train` (`resume=<run>` goes on with this run)"
+        )
         sys.stderr.write(
             f"dgm {command}: `{arg}` would change how the run was trained, and dgm {command} takes the model, its data "
-            f"and its training settings from checkpoint=. {instead}; for data that moved, " + (
+            f"and its training settings from checkpoint=. {instead}; for data that moved, "
+            + (
                 "data.path= (a folder or file of your own) or data_root= says where the run's data is now, and "
-                "dataset=<name> [data.path=...] scores the model on other data on purpose" if command == "eval" else
-                "data.path= (a folder or file of your own) or data_root= says where the run's data is now") + f". `dgm {command} --help` lists the keys.\n")
+                "dataset=<name> [data.path=...] scores the model on other data on purpose"
+                if command == "eval"
+                else "data.path= (a folder or file of your own) or data_root= says where the run's data is now"
+            )
+            + f". `dgm {command} --help` lists the keys.\n"
+        )
         sys.exit(2)
 
 
@@ -224,9 +245,11 @@ def _torchrun_overrides(command: str, args: list[str]) -> list[str]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return []
     if any(a in ("-m", "--multirun") for a in args):
-        sys.stderr.write(f"dgm {command}: -m (a sweep) cannot run inside torchrun: each sweep job would start "
-                         "its own processes. Sweep with a launcher instead (hydra/launcher=submitit_slurm with "
-                         "hydra.launcher.tasks_per_node=<GPUs>), or run torchrun once per setting.\n")
+        sys.stderr.write(
+            f"dgm {command}: -m (a sweep) cannot run inside torchrun: each sweep job would start "
+            "its own processes. Sweep with a launcher instead (hydra/launcher=submitit_slurm with "
+            "hydra.launcher.tasks_per_node=<GPUs>), or run torchrun once per setting.\n"
+        )
         sys.exit(2)
     from .engine.distributed import agree_on_run
 
@@ -250,8 +273,14 @@ def quote_paths(args: list[str]) -> list[str]:
     out = []
     for a in args:
         key, sep, value = a.partition("=")
-        if (sep and key in PATH_KEYS and value and value[0] not in "'\"" and any(c in value for c in "=,[]{}() '\"")
-                and os.path.exists(os.path.expanduser(value))):
+        if (
+            sep
+            and key in PATH_KEYS
+            and value
+            and value[0] not in "'\""
+            and any(c in value for c in "=,[]{}() '\"")
+            and os.path.exists(os.path.expanduser(value))
+        ):
             a = f"{key}={_quote(value)}"
         out.append(a)
     return out
@@ -261,8 +290,11 @@ def _resume_folder(command: str, args: list[str]) -> list[str]:
     """`dgm train resume=<run>` logs into that run's folder (its train.log goes on where it stopped),
     not into a new one, and leaves the run's .hydra/ (the config it was trained with) as it is."""
     value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), "")
-    if command != "train" or not value or any(a in ("-m", "--multirun") or a.startswith("hydra.run.dir=")
-                                             for a in args):
+    if (
+        command != "train"
+        or not value
+        or any(a in ("-m", "--multirun") or a.startswith("hydra.run.dir=") for a in args)
+    ):
         return []
     from .engine.checkpoint import resolve  # (torch: imported only for a resume)
 
@@ -278,8 +310,10 @@ def hydra_overrides(command: str, args: list[str]) -> list[str]:
     with their meanings, the callback that checks the config before Hydra makes the run folder and
     removes a folder that a refused command leaves holding nothing (app.RunFolder), the run folder of
     a resume, and under torchrun the run folder the processes agree on."""
-    added = [f"hydra.help.template=${{dgm.help:{command}}}",
-             "+hydra.callbacks.dgm_run_folder._target_=dgm_cli.app.RunFolder"]
+    added = [
+        f"hydra.help.template=${{dgm.help:{command}}}",
+        "+hydra.callbacks.dgm_run_folder._target_=dgm_cli.app.RunFolder",
+    ]
     added += _torchrun_overrides(command, args)
     keys = {a.split("=", 1)[0] for a in added}
     return added + [a for a in _resume_folder(command, args) if a.split("=", 1)[0] not in keys]

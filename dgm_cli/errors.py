@@ -8,11 +8,16 @@ class UserError(Exception):
 
 
 #: the first bytes of formats a user may hand dgm by mistake: (magic, name, note)
-_MAGIC = ((b"PK\x03\x04", "a zip archive", " (the container of torch .pt files and of .npz)"),
-          (b"\x93NUMPY", "a NumPy .npy array", ""), (b"\x89PNG", "a PNG image", ""),
-          (b"\xff\xd8\xff", "a JPEG image", ""), (b"GIF8", "a GIF image", ""), (b"\x89HDF", "an HDF5 file", ""),
-          (b"%PDF", "a PDF document", ""),
-          (b"\x80", "a Python pickle", " (a torch file from before torch 1.6, or another pickled object)"))
+_MAGIC = (
+    (b"PK\x03\x04", "a zip archive", " (the container of torch .pt files and of .npz)"),
+    (b"\x93NUMPY", "a NumPy .npy array", ""),
+    (b"\x89PNG", "a PNG image", ""),
+    (b"\xff\xd8\xff", "a JPEG image", ""),
+    (b"GIF8", "a GIF image", ""),
+    (b"\x89HDF", "an HDF5 file", ""),
+    (b"%PDF", "a PDF document", ""),
+    (b"\x80", "a Python pickle", " (a torch file from before torch 1.6, or another pickled object)"),
+)
 
 
 def describe_file(path) -> str:
@@ -34,7 +39,7 @@ def describe_file(path) -> str:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:  # a character cut at the end of the 256 bytes is still text
-        text = head[:exc.start].decode("utf-8") if exc.start >= len(head) - 3 else "\0"
+        text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else "\0"
     if any(not (c.isprintable() or c.isspace()) for c in text):
         return f"a binary file of {size:,} bytes in no format dgm knows"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")

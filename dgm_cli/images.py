@@ -1,5 +1,6 @@
 """Image grids and 2-D plots as tensors, written as PNG without matplotlib (or torchvision: importing it
 pulls in torch._dynamo, about 3 s of every dgm command's start-up)."""
+
 from __future__ import annotations
 
 import math
@@ -27,10 +28,12 @@ def check_finite(samples: Tensor, where: str) -> Optional[str]:
     if bad == 0:
         return None
     shown = "drawn as red cells" if samples.dim() == 4 else "left out of the plot"
-    return (f"{where}: {bad} of {len(samples)} samples hold NaN or inf values ({shown}): the model's sampler "
-            f"overflowed on them. Early in training this is common and goes away with training; sampling at "
-            f"a lower temperature (dgm sample temperature=0.7) keeps the sampler in the region the model was "
-            f"trained on.")
+    return (
+        f"{where}: {bad} of {len(samples)} samples hold NaN or inf values ({shown}): the model's sampler "
+        f"overflowed on them. Early in training this is common and goes away with training; sampling at "
+        f"a lower temperature (dgm sample temperature=0.7) keeps the sampler in the region the model was "
+        f"trained on."
+    )
 
 
 def _mark_non_finite(images: Tensor) -> Tensor:
@@ -56,7 +59,7 @@ def tile(images: Tensor, nrow: int, padding: int, pad_value: float) -> Tensor:
     out = images.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
     for i in range(n):
         top, left = (i // nrow) * (h + padding) + padding, (i % nrow) * (w + padding) + padding
-        out[:, top:top + h, left:left + w] = images[i]
+        out[:, top : top + h, left : left + w] = images[i]
     return out
 
 
@@ -141,4 +144,6 @@ def save_image(image: Tensor, path: Path) -> None:
     pixels = image.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
     pixels = pixels.expand(3, -1, -1) if pixels.shape[0] == 1 else pixels
     fmt = IMAGE_FORMATS[path.suffix.lower()]
-    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(
+        path, format=fmt, **({"quality": 95} if fmt == "JPEG" else {})
+    )

@@ -2,6 +2,7 @@
 diffusion model's denoising steps, Langevin steps) and evaluation (examples scored). Quick work shows
 nothing; work that passes PROGRESS_AFTER seconds shows a bar on a terminal and otherwise logs a line
 then, one every LOG_EVERY seconds after it (each with the time left), and one at the end."""
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,15 @@ class Progress:
         self.log = logging.getLogger(logger)
         self.log_lines = enabled and not sys.stderr.isatty()
         self.start, self.next_line = time.perf_counter(), PROGRESS_AFTER
-        self.bar = tqdm(total=total, desc=what, unit=unit, delay=PROGRESS_AFTER, leave=False, dynamic_ncols=True,
-                        disable=not (enabled and sys.stderr.isatty()))
+        self.bar = tqdm(
+            total=total,
+            desc=what,
+            unit=unit,
+            delay=PROGRESS_AFTER,
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (enabled and sys.stderr.isatty()),
+        )
 
     def __enter__(self) -> "Progress":
         return self
@@ -38,8 +46,15 @@ class Progress:
             elapsed = time.perf_counter() - self.start
             if elapsed > self.next_line:
                 self.logged, self.next_line = True, elapsed + LOG_EVERY
-                self.log.info("%s: %d/%d %s after %.0f s, about %.0f s left", self.what, self.done, self.total,
-                              self.unit, elapsed, elapsed * (self.total - self.done) / max(self.done, 1))
+                self.log.info(
+                    "%s: %d/%d %s after %.0f s, about %.0f s left",
+                    self.what,
+                    self.done,
+                    self.total,
+                    self.unit,
+                    elapsed,
+                    elapsed * (self.total - self.done) / max(self.done, 1),
+                )
 
     def __exit__(self, *exc) -> None:
         self.bar.close()

@@ -9,5 +9,8 @@ COMMANDS = {
     "train": ("dgm_cli.commands.train", "train a model (Hydra overrides: model=vae dataset=mnist ...)"),
     "sample": ("dgm_cli.commands.sample", "write samples from a checkpoint (checkpoint=... num_samples=64)"),
     "eval": ("dgm_cli.commands.evaluate", "test log-likelihood and sample-quality metrics (checkpoint=...)"),
-    "report": ("dgm_cli.commands.report", "one table of runs and sweeps, as text, CSV, Markdown and plots (<run folders>)"),
+    "report": (
+        "dgm_cli.commands.report",
+        "one table of runs and sweeps, as text, CSV, Markdown and plots (<run folders>)",
+    ),
 }

@@ -1,5 +1,6 @@
 """`dgm eval`: test log-likelihood (nats, bits/dim, the kind of number and the estimator named) and
 sample-quality metrics, printed and written to eval.json (its schema: docs/eval_json.md)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,9 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from ..app import command, model_from_checkpoint, repoint_data
-from ..settings.validate import validate_eval
 from ..atomic import write_text_atomically
 from ..errors import UserError
+from ..settings.validate import validate_eval
 
 log = logging.getLogger("dgm.eval")
 SCHEMA = "dgm-eval-v2"
@@ -46,32 +47,55 @@ def headline(report: dict) -> str:
     """One line per reported number: what it is, on what data."""
     p, lines = report["protocol"], []
     data = f"{p['num_examples']:,} {p['split']} examples of {p['dataset']}, {p['representation']}" + (
-        f" ({p['binarization']})" if p.get("binarization") else "")
+        f" ({p['binarization']})" if p.get("binarization") else ""
+    )
     likelihood = report.get("likelihood")
     if likelihood:
         kind, estimator = likelihood["kind"], likelihood["estimator"]
         how = estimator if estimator.startswith(kind) else f"{kind}: {estimator}"
-        lines.append(f"NLL {likelihood['nll_nats']:.2f} ± {likelihood['nll_nats_stderr']:.2f} nats, "
-                     f"{likelihood['bits_per_dim']:.4f} bits/dim [{how}] on {data}")
+        lines.append(
+            f"NLL {likelihood['nll_nats']:.2f} ± {likelihood['nll_nats_stderr']:.2f} nats, "
+            f"{likelihood['bits_per_dim']:.4f} bits/dim [{how}] on {data}"
+        )
         if "conditional" in likelihood:
             c = likelihood["conditional"]
-            lines.append(f"conditional NLL -log p(x|y) {c['nll_nats']:.2f} ± {c['nll_nats_stderr']:.2f} nats "
-                         "[conditional: given the true labels; not comparable with -log p(x)]")
+            lines.append(
+                f"conditional NLL -log p(x|y) {c['nll_nats']:.2f} ± {c['nll_nats_stderr']:.2f} nats "
+                "[conditional: given the true labels; not comparable with -log p(x)]"
+            )
     ref = report.get("reference")
     if ref:
         truth = ref["true_nll"]
-        lines.append(f"true NLL of these examples {truth['nll_nats']:.2f} ± {truth['nll_nats_stderr']:.2f} nats "
-                     f"[{truth['how']}]")
+        lines.append(
+            f"true NLL of these examples {truth['nll_nats']:.2f} ± {truth['nll_nats_stderr']:.2f} nats [{truth['how']}]"
+        )
         if "model_gap_nats" in ref:
-            lines.append(f"the model's gap to it {ref['model_gap_nats']:.4f} ± "
-                         f"{ref.get('model_gap_nats_error', ref['model_gap_nats_stderr']):.4f} nats "
-                         "[model NLL - true NLL, paired over the examples; KL >= 0 for an exact likelihood]")
+            lines.append(
+                f"the model's gap to it {ref['model_gap_nats']:.4f} ± "
+                f"{ref.get('model_gap_nats_error', ref['model_gap_nats_stderr']):.4f} nats "
+                "[model NLL - true NLL, paired over the examples; KL >= 0 for an exact likelihood]"
+            )
     sq = report.get("sample_quality")
     if sq:
-        shown = {k: sq[k] for k in ("fid", "kid_mean", "precision", "recall", "inception_score_mean",
-                                    "modes_covered", "high_quality_share", "parzen_log_likelihood") if k in sq}
-        lines.append(", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + f" [{sq.get('samples', '')}]"
-                     + (f" [features: {sq['feature_network']}]" if sq.get("feature_network") else ""))
+        shown = {
+            k: sq[k]
+            for k in (
+                "fid",
+                "kid_mean",
+                "precision",
+                "recall",
+                "inception_score_mean",
+                "modes_covered",
+                "high_quality_share",
+                "parzen_log_likelihood",
+            )
+            if k in sq
+        }
+        lines.append(
+            ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+            + f" [{sq.get('samples', '')}]"
+            + (f" [features: {sq['feature_network']}]" if sq.get("feature_network") else "")
+        )
         if sq.get("feature_network_warning"):
             lines.append("WARNING: " + sq["feature_network_warning"])
     return "\n".join(lines)
@@ -185,8 +209,7 @@ def most_thorough(kept: list[tuple[str, dict]]) -> dict:
 
     likelihood, sq = best("likelihood"), best("sample_quality")
     base_name, base = likelihood or sq
-    report = {**{k: v for k, v in base.items() if k not in ("likelihood", "sample_quality")},
-              "records": {}}
+    report = {**{k: v for k, v in base.items() if k not in ("likelihood", "sample_quality")}, "records": {}}
     for section, chosen in (("likelihood", likelihood), ("sample_quality", sq)):
         if chosen and (chosen is base or chosen[1]["protocol"] == base["protocol"]):
             report[section] = chosen[1][section]
@@ -215,22 +238,29 @@ def resolve_metrics(asked, model, settings: dict | None = None) -> tuple[bool, l
     # the EBM's and a GAN's likelihood is computed only on request; a VAE's ais switch only picks its estimator
     on_request = (settings or {}).get("ais") if model.likelihood in (None, "ais") else None
     if on_request is False and asked is not None and "nll" in asked:
-        raise UserError(f"model {model.name}'s log-likelihood is an AIS estimate computed only on request: add "
-                        "estimator.ais=true.")
+        raise UserError(
+            f"model {model.name}'s log-likelihood is an AIS estimate computed only on request: add estimator.ais=true."
+        )
     if asked is None:
         if on_request is not None:
             return (True, []) if on_request else (False, samples.default_metrics(model))
         return (True, []) if model.likelihood is not None else (False, samples.default_metrics(model))
     asked = list(asked)
     if not asked:
-        raise UserError("metrics=[] asks for nothing; leave metrics= out for the model's own (its likelihood, or "
-                        f"sample metrics without one), or name some: {', '.join(LIKELIHOOD_METRICS + samples.METRICS)}.")
+        raise UserError(
+            "metrics=[] asks for nothing; leave metrics= out for the model's own (its likelihood, or "
+            f"sample metrics without one), or name some: {', '.join(LIKELIHOOD_METRICS + samples.METRICS)}."
+        )
     unknown = [m for m in asked if m not in LIKELIHOOD_METRICS + samples.METRICS]
     if unknown:
-        raise UserError(f"metrics={asked}: unknown {unknown}; allowed: {', '.join(LIKELIHOOD_METRICS + samples.METRICS)}.")
+        raise UserError(
+            f"metrics={asked}: unknown {unknown}; allowed: {', '.join(LIKELIHOOD_METRICS + samples.METRICS)}."
+        )
     if "nll" in asked and model.likelihood is None and not on_request:
-        raise UserError(f"model {model.name} has no likelihood, so metrics=[nll] cannot be computed; leave "
-                        f"metrics= out for its sample-quality metrics ({', '.join(samples.default_metrics(model))}).")
+        raise UserError(
+            f"model {model.name} has no likelihood, so metrics=[nll] cannot be computed; leave "
+            f"metrics= out for its sample-quality metrics ({', '.join(samples.default_metrics(model))})."
+        )
     return "nll" in asked, [m for m in asked if m != "nll"]
 
 
@@ -247,17 +277,30 @@ def data_config(cfg: DictConfig, state: dict) -> tuple[DictConfig, bool]:
     path = str(Path(cfg.data.path).expanduser().resolve()) if cfg.data.path else None
     name = cfg.data.name
     if not name:
-        repoint_data(data, path, "; dataset=<name> [data.path=<folder or file>] scores the model on other data on "
-                                 "purpose")
+        repoint_data(
+            data, path, "; dataset=<name> [data.path=<folder or file>] scores the model on other data on purpose"
+        )
         return data, False
     if name not in pipeline.DATASETS:
         raise UserError(f"dataset={name}: unknown dataset; available: {', '.join(pipeline.DATASETS)}.")
     if name in ("image_folder", "npz") and not path:
-        raise UserError(f"dataset={name} needs data.path=<{'folder' if name == 'image_folder' else 'file.npz'}>: the "
-                        "other data to score the model on.")
+        raise UserError(
+            f"dataset={name} needs data.path=<{'folder' if name == 'image_folder' else 'file.npz'}>: the "
+            "other data to score the model on."
+        )
     shape = (state.get("data") or {}).get("shape") or []
-    sized = {"image_size": shape[1], "channels": shape[0]} if name in ("image_folder", "npz") and len(shape) == 3 else {}
-    keys = {"name": name, "path": path, "domain_b": None, "val_size": None, "image_size": None, "channels": None, **sized}
+    sized = (
+        {"image_size": shape[1], "channels": shape[0]} if name in ("image_folder", "npz") and len(shape) == 3 else {}
+    )
+    keys = {
+        "name": name,
+        "path": path,
+        "domain_b": None,
+        "val_size": None,
+        "image_size": None,
+        "channels": None,
+        **sized,
+    }
     return OmegaConf.merge(data, keys), True
 
 
@@ -269,10 +312,13 @@ def other_data(dataset, data_cfg: DictConfig, saved: dict):
     shape = list(dataset.train[0].shape[1:])
     if saved.get("shape") and shape != saved["shape"]:
         show = lambda s: "x".join(map(str, s))  # noqa: E731
-        raise UserError(f"dataset={data_cfg.name}" + (f" data.path={data_cfg.path}" if data_cfg.get("path") else "")
-                        + f" holds examples of shape {show(shape)}, and the model was trained on {show(saved['shape'])} "
-                        f"({saved['dataset']}): a model scores only data of its own shape. An image folder or .npz is "
-                        "read at the model's size; for another dataset, pick one of the same size and channels.")
+        raise UserError(
+            f"dataset={data_cfg.name}"
+            + (f" data.path={data_cfg.path}" if data_cfg.get("path") else "")
+            + f" holds examples of shape {show(shape)}, and the model was trained on {show(saved['shape'])} "
+            f"({saved['dataset']}): a model scores only data of its own shape. An image folder or .npz is "
+            "read at the model's size; for another dataset, pick one of the same size and channels."
+        )
     return dataclasses.replace(dataset, num_classes=saved.get("num_classes", dataset.num_classes))
 
 
@@ -284,12 +330,14 @@ def changed_data(cfg: DictConfig, state: dict, dataset, data_cfg: DictConfig) ->
     saved = state["data"]
     now = identity.identity(dataset, data_cfg, saved["representation"])
     where = f" data.path={data_cfg.path}" if data_cfg.get("path") else ""
-    return (f"the {cfg.split} split of dataset={data_cfg.name}{where} is not the one this run was trained and split "
-            f"on: {identity.what_changed(saved, now, cfg.split)}. Numbers on it would not be comparable with the run's "
-            f"own, so dgm eval refuses. If the data moved, point data.path= at an unchanged copy; to score the model "
-            f"on this data anyway, on purpose, as data other than its own: dgm eval checkpoint={state['path']} "
-            f"dataset={data_cfg.name}{where} (its protocol then says so, and dgm report keeps it apart from the "
-            "run's own test split).")
+    return (
+        f"the {cfg.split} split of dataset={data_cfg.name}{where} is not the one this run was trained and split "
+        f"on: {identity.what_changed(saved, now, cfg.split)}. Numbers on it would not be comparable with the run's "
+        f"own, so dgm eval refuses. If the data moved, point data.path= at an unchanged copy; to score the model "
+        f"on this data anyway, on purpose, as data other than its own: dgm eval checkpoint={state['path']} "
+        f"dataset={data_cfg.name}{where} (its protocol then says so, and dgm report keeps it apart from the "
+        "run's own test split)."
+    )
 
 
 def evaluate(cfg: DictConfig, state: dict, device) -> dict:
@@ -316,9 +364,15 @@ def evaluate(cfg: DictConfig, state: dict, device) -> dict:
         if data_cfg.name not in pipeline.GENERATED:
             raise UserError(changed_data(cfg, state, dataset, data_cfg))
         # drawn by code with fixed seeds: another CPU's vector maths may differ in the last bits; said, not refused
-        log.warning("the %s split of %s, drawn by dgm's code, differs from the one this run was trained on (its "
-                    "fingerprint was %s, it is %s now): another dgm version or machine draws it differently; scoring "
-                    "it anyway", cfg.split, data_cfg.name, saved["fingerprints"][cfg.split], fingerprint)
+        log.warning(
+            "the %s split of %s, drawn by dgm's code, differs from the one this run was trained on (its "
+            "fingerprint was %s, it is %s now): another dgm version or machine draws it differently; scoring "
+            "it anyway",
+            cfg.split,
+            data_cfg.name,
+            saved["fingerprints"][cfg.split],
+            fingerprint,
+        )
     if cfg.limit:
         x, y = x[: cfg.limit], None if y is None else y[: cfg.limit]
     rep = model.eval_representation(**settings) if hasattr(model, "eval_representation") else model.data.representation
@@ -328,35 +382,58 @@ def evaluate(cfg: DictConfig, state: dict, device) -> dict:
     if other:
         eval_binarization = likelihood.binarization(data_cfg.name, rep, train_cfg.data.binarize)[0]
     report = {
-        "schema": SCHEMA, "checkpoint": state["path"], "model": train_cfg.model.name, "family": model.family,
-        "objective": train_cfg.objective.name, "dataset": train_cfg.data.name, "train_step": int(state["step"]),
-        "num_parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "seed": cfg.seed,
-        "protocol": {"dataset": data_cfg.name, "split": cfg.split, "num_examples": len(x),
-                     "representation": rep, "binarization": eval_binarization,
-                     **({"domain_b": dataset.domain_names[1]} if dataset.domains else {}),
-                     # which data, exactly: dgm report never puts numbers on different data in one table
-                     "data": {"name": data_cfg.name, "path": dataset.source.get("path"),
-                              "fingerprint": fingerprint, "own": not other}},
+        "schema": SCHEMA,
+        "checkpoint": state["path"],
+        "model": train_cfg.model.name,
+        "family": model.family,
+        "objective": train_cfg.objective.name,
+        "dataset": train_cfg.data.name,
+        "train_step": int(state["step"]),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "seed": cfg.seed,
+        "protocol": {
+            "dataset": data_cfg.name,
+            "split": cfg.split,
+            "num_examples": len(x),
+            "representation": rep,
+            "binarization": eval_binarization,
+            **({"domain_b": dataset.domain_names[1]} if dataset.domains else {}),
+            # which data, exactly: dgm report never puts numbers on different data in one table
+            "data": {
+                "name": data_cfg.name,
+                "path": dataset.source.get("path"),
+                "fingerprint": fingerprint,
+                "own": not other,
+            },
+        },
         "training_binarization": train_binarization,
         **({"trained_on": {k: saved.get(k) for k in ("dataset", "path")}} if other else {}),
     }
     per_example: dict = {}
     if want_nll:
         batch = cfg.batch_size or (100 if model.likelihood != "exact" else train_cfg.trainer.eval_batch_size)
-        prior = likelihood.label_prior(dataset.train[1], model.data.num_classes) if likelihood.is_conditional(model) else None
+        prior = (
+            likelihood.label_prior(dataset.train[1], model.data.num_classes)
+            if likelihood.is_conditional(model)
+            else None
+        )
         if hasattr(model, "tune_on_validation"):  # a GAN's sigma for decoder AIS, chosen on validation data
             xv, split = (dataset.val[0], "validation") if len(dataset.val[0]) else (dataset.train[0], "training")
             model.tune_on_validation(pipeline.fixed(xv, rep).to(device), split=split, **settings)
-        report["likelihood"] = likelihood.evaluate_likelihood(model, pipeline.fixed(x, rep), y, batch, device,
-                                                              log_prior=prior, nll_out=per_example, **settings)
-    truth = reference.reference_report(data_cfg.name, x, rep, per_example.get("nll"),
-                                       (report.get("likelihood") or {}).get("shared_error_nats"))
+        report["likelihood"] = likelihood.evaluate_likelihood(
+            model, pipeline.fixed(x, rep), y, batch, device, log_prior=prior, nll_out=per_example, **settings
+        )
+    truth = reference.reference_report(
+        data_cfg.name, x, rep, per_example.get("nll"), (report.get("likelihood") or {}).get("shared_error_nats")
+    )
     if truth is not None:  # data whose generating density is known: its own NLL on these examples, and the gap
         report["reference"] = truth
     if sample_metrics:
         scored = OmegaConf.merge(train_cfg, {"data": data_cfg}) if other else train_cfg  # its feature network
-        report["sample_quality"] = sample_quality_report(model, dataset, scored, cfg, sample_metrics, device,
-                                                         eval_binarization or "")
+        report["sample_quality"] = sample_quality_report(
+            model, dataset, scored, cfg, sample_metrics, device, eval_binarization or ""
+        )
     return report
 
 
@@ -372,8 +449,10 @@ def save(report: dict, checkpoint: Path, out: Optional[Path], quiet: bool = Fals
         return
     written = keep(report, checkpoint.parent)
     chosen = json.loads(written.read_text())["records"]
-    print(f"wrote {checkpoint.parent / RECORDS / record_name(report)}.json; {written} holds the most thorough "
-          f"evaluation ({', '.join(chosen.values())})")
+    print(
+        f"wrote {checkpoint.parent / RECORDS / record_name(report)}.json; {written} holds the most thorough "
+        f"evaluation ({', '.join(chosen.values())})"
+    )
 
 
 @command("eval", validate_eval)
@@ -386,8 +465,10 @@ def app(cfg: DictConfig) -> None:
     device = runtime.pick_device(cfg.device, distributed.local_rank() if distributed.active() else None)
     paths = checkpoint.resolve_all(cfg.checkpoint)
     if len(paths) > 1 and cfg.out:
-        raise UserError(f"checkpoint={cfg.checkpoint!r} holds {len(paths)} runs, and out= names one file: leave out= "
-                        f"out (each run's eval.json goes beside its checkpoint), or give one run.")
+        raise UserError(
+            f"checkpoint={cfg.checkpoint!r} holds {len(paths)} runs, and out= names one file: leave out= "
+            f"out (each run's eval.json goes beside its checkpoint), or give one run."
+        )
     refused = []
     for i, path in enumerate(paths, 1):
         if len(paths) > 1:
@@ -405,8 +486,10 @@ def app(cfg: DictConfig) -> None:
             save(report, path, Path(cfg.out) if cfg.out else None, quiet=len(paths) > 1)
     distributed.destroy()
     if refused:
-        raise UserError(f"{len(refused)} of the {len(paths)} runs under {cfg.checkpoint!r} could not be evaluated "
-                        f"(each said why above): {', '.join(str(p.parent.parent) for p in refused)}.")
+        raise UserError(
+            f"{len(refused)} of the {len(paths)} runs under {cfg.checkpoint!r} could not be evaluated "
+            f"(each said why above): {', '.join(str(p.parent.parent) for p in refused)}."
+        )
 
 
 def main() -> None:
@@ -415,8 +498,9 @@ def main() -> None:
     refuses keys it does not take (evaluation/estimators.py)."""
     sys.argv = [("+" + a) if ESTIMATOR_OVERRIDE.match(a) else a for a in sys.argv]
     # metrics.features=inception (issue 22's name for it) is the features= key: metrics= itself is a list
-    sys.argv = [a.replace("metrics.features=", "features=", 1) if a.startswith("metrics.features=") else a
-                for a in sys.argv]
+    sys.argv = [
+        a.replace("metrics.features=", "features=", 1) if a.startswith("metrics.features=") else a for a in sys.argv
+    ]
     # dataset=<name> (other data on purpose) is data.name=: `dataset` is a config group of dgm train
     sys.argv = [("data.name=" + a.split("=", 1)[1]) if a.startswith("dataset=") else a for a in sys.argv]
     app()

@@ -19,6 +19,7 @@ set larger than the data's [0, 1]^D, that its NLL is biased upward by the mass i
 or ``wall_time``; ``curves=<tag>`` draws a TensorBoard scalar (``val/loss``) of every run against
 ``x=step`` (default) or ``x=wall_time`` (seconds of training). Both write PNGs next to the tables.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,14 +41,48 @@ from ..errors import UserError
 
 log = logging.getLogger("dgm.report")
 #: Hydra flags that take the next argument as their value (so it is not read as a run folder)
-HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
-                     "-cn", "--config-dir", "-cd", "--experimental-rerun", "-sc", "--shell-completion"}
-LIKELIHOOD_COLUMNS = ["nll_nats", "nll_nats_stderr", "bits_per_dim", "bits_per_dim_stderr", "shared_error_nats",
-                      "conditional_nll_nats", "estimator"]
-EIGHT_BIT_PROTOCOL = ("8-bit images, one scale: the discrete NLL of the test values (a density of the dequantized "
-                      "values (k+u)/256 counts -log p + D ln 256, an upper bound in expectation)")
-SAMPLE_COLUMNS = ["fid", "fid_floor", "kid_mean", "kid_std", "precision", "recall", "inception_score_mean",
-                  "modes_covered", "high_quality_share", "samples"]
+HYDRA_VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "-sc",
+    "--shell-completion",
+}
+LIKELIHOOD_COLUMNS = [
+    "nll_nats",
+    "nll_nats_stderr",
+    "bits_per_dim",
+    "bits_per_dim_stderr",
+    "shared_error_nats",
+    "conditional_nll_nats",
+    "estimator",
+]
+EIGHT_BIT_PROTOCOL = (
+    "8-bit images, one scale: the discrete NLL of the test values (a density of the dequantized "
+    "values (k+u)/256 counts -log p + D ln 256, an upper bound in expectation)"
+)
+SAMPLE_COLUMNS = [
+    "fid",
+    "fid_floor",
+    "kid_mean",
+    "kid_std",
+    "precision",
+    "recall",
+    "inception_score_mean",
+    "modes_covered",
+    "high_quality_share",
+    "samples",
+]
 
 
 # --- one row per run ------------------------------------------------------------------------
@@ -59,22 +94,29 @@ def protocol_of(evaluation: dict) -> str:
     if p is None:
         return "eval.json of an earlier dgm, which did not record its protocol: run `dgm eval` again"
     one_scale = p["representation"] in eight_bit_names() and "likelihood" in evaluation
-    parts = [f"{p['dataset']}, {p['split']} split ({p['num_examples']:,} examples), "
-             f"{EIGHT_BIT_PROTOCOL if one_scale else p['representation']}"
-             + (f", binarization: {p['binarization']}" if p.get("binarization") else "")]
+    parts = [
+        f"{p['dataset']}, {p['split']} split ({p['num_examples']:,} examples), "
+        f"{EIGHT_BIT_PROTOCOL if one_scale else p['representation']}"
+        + (f", binarization: {p['binarization']}" if p.get("binarization") else "")
+    ]
     data = p.get("data")
     if data:  # which data exactly: runs on two folders, or on a folder that changed, never share a table
-        parts.append(f"data: {data['name']}" + (f" from {data['path']}" if data.get("path") else "")
-                     + f", fingerprint {data['fingerprint'][:12]}"
-                     + ("" if data.get("own", True) else ", OTHER DATA scored on purpose, not the run's own"))
+        parts.append(
+            f"data: {data['name']}"
+            + (f" from {data['path']}" if data.get("path") else "")
+            + f", fingerprint {data['fingerprint'][:12]}"
+            + ("" if data.get("own", True) else ", OTHER DATA scored on purpose, not the run's own")
+        )
     if one_scale:
         parts.append("NLL: each row's kind in its column")
     elif "likelihood" in evaluation:
         parts.append(f"NLL: {evaluation['likelihood']['kind']}")
     sq = evaluation.get("sample_quality")
     if sq:
-        parts.append(f"samples: {sq.get('num_generated', '?'):,} generated"
-                     + (f", features: {sq['feature_network']}" if sq.get("feature_network") else ""))
+        parts.append(
+            f"samples: {sq.get('num_generated', '?'):,} generated"
+            + (f", features: {sq['feature_network']}" if sq.get("feature_network") else "")
+        )
     return "; ".join(parts)
 
 
@@ -83,15 +125,27 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
 
     e = run.eval
     chosen = list((e.get("records") or {}).values())
-    row: dict[str, Any] = {"run": label, "protocol": protocol_of(e), "model": config_value(run.config, "model"),
-                           "evaluation": ", ".join(Path(c).stem for c in dict.fromkeys(chosen)) or None,
-                           "dataset": config_value(run.config, "dataset"),
-                           "objective": config_value(run.config, "objective")}
+    row: dict[str, Any] = {
+        "run": label,
+        "protocol": protocol_of(e),
+        "model": config_value(run.config, "model"),
+        "evaluation": ", ".join(Path(c).stem for c in dict.fromkeys(chosen)) or None,
+        "dataset": config_value(run.config, "dataset"),
+        "objective": config_value(run.config, "objective"),
+    }
     for key in swept:
-        row[key] = config_value(run.config, key) if config_value(run.config, key) is not None else run.overrides.get(key)
+        row[key] = (
+            config_value(run.config, key) if config_value(run.config, key) is not None else run.overrides.get(key)
+        )
     seconds = run.training_seconds()
-    row.update({"train_step": run.train_step, "wall_time_s": None if seconds is None else round(seconds, 1),
-                "num_parameters": run.num_parameters(data_cache), "device": run.device})
+    row.update(
+        {
+            "train_step": run.train_step,
+            "wall_time_s": None if seconds is None else round(seconds, 1),
+            "num_parameters": run.num_parameters(data_cache),
+            "device": run.device,
+        }
+    )
     for tag in sorted(run.scalars):
         if tag == "train/loss" or tag.startswith("train/loss_") or tag.startswith("val/"):
             row[tag] = run.final(tag)
@@ -101,8 +155,9 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     one_scale = (e.get("protocol") or {}).get("representation") in eight_bit_names() and bool(likelihood)
     row["kind"] = f"{likelihood.get('kind')} ({e['protocol']['representation']})" if one_scale else None
     support = likelihood.get("density_support")
-    row["density_bias"] = (f"normalised on {support}, not [0,1]^D: NLL biased up by the mass outside"
-                           if support else None)
+    row["density_bias"] = (
+        f"normalised on {support}, not [0,1]^D: NLL biased up by the mass outside" if support else None
+    )
     row["conditional_nll_nats"] = (likelihood.get("conditional") or {}).get("nll_nats")
     ref = e.get("reference") or {}  # data with a known density: its own NLL on these examples, the model's gap
     truth = ref.get("true_nll") or {}
@@ -115,7 +170,9 @@ def row_of(run, label: str, swept: list[str], data_cache: dict) -> dict[str, Any
     row["bdmc_gap_nats"] = prepared.get("bdmc_gap_nats")
     row["nll_nats_reverse_end"] = (  # AIS's bracket: the NLL with the reverse-AIS log Z in place of the forward one
         row["nll_nats"] + prepared["reverse_log_z"] - prepared["log_z"]
-        if row["nll_nats"] is not None and {"log_z", "reverse_log_z"} <= set(prepared) else None)
+        if row["nll_nats"] is not None and {"log_z", "reverse_log_z"} <= set(prepared)
+        else None
+    )
     sq = e.get("sample_quality") or {}
     for key in SAMPLE_COLUMNS:
         row[key] = sq.get(key)
@@ -134,8 +191,11 @@ def every_evaluation(runs: list, names: list[str]) -> tuple[list, list[str]]:
     for run, name in zip(runs, names):
         kept = records(run.path / "checkpoints")
         for record, report in kept or [(None, run.eval)]:
-            out_runs.append(dataclasses.replace(run, eval={**report, "records": {"all": f"{RECORDS}/{record}.json"}}
-                                                if record else report))
+            out_runs.append(
+                dataclasses.replace(
+                    run, eval={**report, "records": {"all": f"{RECORDS}/{record}.json"}} if record else report
+                )
+            )
             out_names.append(f"{name} [{record}]" if record else name)
     return out_runs, out_names
 
@@ -167,7 +227,11 @@ def _number(v: Any) -> str:
 def _duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return ""
-    return f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else (f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
+    )
 
 
 def _plus_minus(v, err) -> str:
@@ -179,31 +243,47 @@ def display(rows: list[dict], swept: list[str]) -> tuple[list[str], list[list[st
     swept = [k for k in swept if k not in ("model", "objective")]
     val_tags = sorted({k for r in rows for k in r if k.startswith("val/") or k.startswith("train/loss")})
     columns = [
-        ("run", lambda r: r["run"]), ("best trial", lambda r: "best" if r.get("best_trial") else ""),
-        ("model", lambda r: r["model"]), ("objective", lambda r: r["objective"]),
+        ("run", lambda r: r["run"]),
+        ("best trial", lambda r: "best" if r.get("best_trial") else ""),
+        ("model", lambda r: r["model"]),
+        ("objective", lambda r: r["objective"]),
         *[(k, lambda r, k=k: _number(r.get(k))) for k in swept],
-        ("steps", lambda r: _number(r["train_step"])), ("train time", lambda r: _duration(r["wall_time_s"])),
-        ("params", lambda r: _number(r["num_parameters"])), ("device", lambda r: r["device"] or ""),
+        ("steps", lambda r: _number(r["train_step"])),
+        ("train time", lambda r: _duration(r["wall_time_s"])),
+        ("params", lambda r: _number(r["num_parameters"])),
+        ("device", lambda r: r["device"] or ""),
         *[(tag, lambda r, tag=tag: _number(r.get(tag))) for tag in val_tags],
         ("NLL (nats)", lambda r: _plus_minus(r["nll_nats"], r["nll_nats_stderr"])),
         ("true NLL", lambda r: _plus_minus(r.get("true_nll_nats"), r.get("true_nll_nats_stderr"))),
-        ("gap to truth", lambda r: "" if r.get("gap_to_truth_nats") is None else
-         f"{r['gap_to_truth_nats']:.3f} ± {r['gap_to_truth_nats_stderr']:.3f}"),
+        (
+            "gap to truth",
+            lambda r: (
+                ""
+                if r.get("gap_to_truth_nats") is None
+                else f"{r['gap_to_truth_nats']:.3f} ± {r['gap_to_truth_nats_stderr']:.3f}"
+            ),
+        ),
         ("kind", lambda r: r.get("kind") or ""),
         ("bits/dim", lambda r: _number(r["bits_per_dim"])),
         ("nats/step", lambda r: _number(r["nll_nats_per_step"])),
         ("shared error", lambda r: _number(r["shared_error_nats"])),
-        ("sigma", lambda r: _number(r.get("sigma"))), ("BDMC gap (nats)", lambda r: _number(r.get("bdmc_gap_nats"))),
-        ("NLL, reverse-AIS end", lambda r: "" if r.get("nll_nats_reverse_end") is None else f"{r['nll_nats_reverse_end']:.2f}"),
+        ("sigma", lambda r: _number(r.get("sigma"))),
+        ("BDMC gap (nats)", lambda r: _number(r.get("bdmc_gap_nats"))),
+        (
+            "NLL, reverse-AIS end",
+            lambda r: "" if r.get("nll_nats_reverse_end") is None else f"{r['nll_nats_reverse_end']:.2f}",
+        ),
         ("conditional NLL", lambda r: _number(r["conditional_nll_nats"])),
         ("estimator", lambda r: r["estimator"] or ""),
         ("density", lambda r: r.get("density_bias") or ""),
         ("evaluation", lambda r: r.get("evaluation") or ""),
         ("FID (floor)", lambda r: "" if r["fid"] is None else f"{r['fid']:.4g} ({_number(r['fid_floor'])})"),
         ("KID", lambda r: _plus_minus(r["kid_mean"], r["kid_std"]) if r["kid_mean"] is not None else ""),
-        ("precision", lambda r: _number(r["precision"])), ("recall", lambda r: _number(r["recall"])),
+        ("precision", lambda r: _number(r["precision"])),
+        ("recall", lambda r: _number(r["recall"])),
         ("IS", lambda r: _number(r["inception_score_mean"])),
-        ("modes", lambda r: _number(r["modes_covered"])), ("HQ share", lambda r: _number(r["high_quality_share"])),
+        ("modes", lambda r: _number(r["modes_covered"])),
+        ("HQ share", lambda r: _number(r["high_quality_share"])),
     ]
     cells = [[str(get(r) if get(r) is not None else "") for _, get in columns] for r in rows]
     keep = [i for i in range(len(columns)) if any(c[i] for c in cells)]
@@ -254,9 +334,17 @@ def x_value(row: dict, run, key: str):
 
 
 #: axis labels of the columns a plot shows most (others are shown as their column's name)
-READABLE = {"nll_nats": "NLL (nats)", "bits_per_dim": "bits/dim", "fid": "FID", "kid_mean": "KID",
-            "nll_nats_per_step": "NLL (nats per step)", "val/loss": "validation loss", "train/loss": "training loss",
-            "inception_score_mean": "Inception score", "modes_covered": "modes covered"}
+READABLE = {
+    "nll_nats": "NLL (nats)",
+    "bits_per_dim": "bits/dim",
+    "fid": "FID",
+    "kid_mean": "KID",
+    "nll_nats_per_step": "NLL (nats per step)",
+    "val/loss": "validation loss",
+    "train/loss": "training loss",
+    "inception_score_mean": "Inception score",
+    "modes_covered": "modes covered",
+}
 
 
 def readable(column: str) -> str:
@@ -299,8 +387,10 @@ def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[s
     numeric = sorted({k for r in rows for k, v in r.items() if _numeric(v) is not None})
     shown = ", ".join(k for k in numeric if not k.startswith("config."))
     if metric not in numeric:
-        raise UserError(f"plot={metric} is not a number any of these runs has; columns with numbers: {shown}, "
-                        "and config.<key> for the run's config.")
+        raise UserError(
+            f"plot={metric} is not a number any of these runs has; columns with numbers: {shown}, "
+            "and config.<key> for the run's config."
+        )
     protocols = list(groups(rows))
     series: dict[str, Series] = {}
     for r, run in zip(rows, runs):
@@ -308,19 +398,27 @@ def plot_metric(rows: list[dict], runs: list, metric: str, x: str, swept: list[s
         if xv is None or yv is None:
             continue
         others = [f"{k}={r.get(k)}" for k in swept if k != x and k not in ("model",)]
-        name = " ".join([f"P{protocols.index(r['protocol']) + 1}" if len(protocols) > 1 else "", str(r["model"]), *others]).strip()
+        name = " ".join(
+            [f"P{protocols.index(r['protocol']) + 1}" if len(protocols) > 1 else "", str(r["model"]), *others]
+        ).strip()
         s = series.setdefault(name, Series(name, [], [], []))
         s.x.append(xv if isinstance(xv, str) else float(xv))
         s.y.append(yv)
         s.err.append(_numeric(r.get(f"{metric}_stderr")))
     if not series:
-        raise UserError(f"no run has both {metric} and x={x}; x is a config key (optimizer.lr), a column "
-                        f"({shown}) or wall_time.")
+        raise UserError(
+            f"no run has both {metric} and x={x}; x is a config key (optimizer.lr), a column ({shown}) or wall_time."
+        )
     xs = [v for s in series.values() for v in s.x if not isinstance(v, str)]
     log_x = bool(xs) and min(xs) > 0 and (is_scale_parameter(x) or max(xs) / min(xs) > 100)
-    return line_plot(list(series.values()), out / f"plot_{_slug(metric)}_vs_{_slug(x)}.png",
-                     f"{readable(metric)} against {x}", x if x != "wall_time" else "training time (s)",
-                     readable(metric), log_x)
+    return line_plot(
+        list(series.values()),
+        out / f"plot_{_slug(metric)}_vs_{_slug(x)}.png",
+        f"{readable(metric)} against {x}",
+        x if x != "wall_time" else "training time (s)",
+        readable(metric),
+        log_x,
+    )
 
 
 def plot_curves(runs: list, names: list[str], tag: str, x: str, out: Path) -> Path:
@@ -334,9 +432,16 @@ def plot_curves(runs: list, names: list[str], tag: str, x: str, out: Path) -> Pa
             series.append(Series(name, xs, [p[2] for p in points]))
     if not series:
         tags = sorted({t for run in runs for t in run.scalars})
-        raise UserError(f"curves={tag}: no run logged that TensorBoard tag; tags these runs have: {', '.join(tags) or 'none'}.")
-    return line_plot(series, out / f"curves_{_slug(tag)}.png", f"{readable(tag)} during training",
-                     "step" if x == "step" else "training time (s)", readable(tag))
+        raise UserError(
+            f"curves={tag}: no run logged that TensorBoard tag; tags these runs have: {', '.join(tags) or 'none'}."
+        )
+    return line_plot(
+        series,
+        out / f"curves_{_slug(tag)}.png",
+        f"{readable(tag)} during training",
+        "step" if x == "step" else "training time (s)",
+        readable(tag),
+    )
 
 
 def _slug(s: str) -> str:
@@ -350,8 +455,10 @@ def validate_report(cfg: DictConfig) -> None:
     check_out(cfg, "report", "folder")
     one_of(cfg, "evals", ("best", "all"))
     if not cfg.runs:
-        raise UserError("give the runs to report: `dgm report <run folders, sweep folders or globs>` "
-                        "(e.g. dgm report outputs/train/multirun/2026-01-01/12-00-00-123).")
+        raise UserError(
+            "give the runs to report: `dgm report <run folders, sweep folders or globs>` "
+            "(e.g. dgm report outputs/train/multirun/2026-01-01/12-00-00-123)."
+        )
 
 
 def render(rows: list[dict], swept: list[str]) -> tuple[str, str]:
@@ -373,9 +480,15 @@ def curve_names(rows: list[dict], runs: list, swept: list[str]) -> list[str]:
     """A sweep's job by its model and swept values (lr=0.001), any other run by its label."""
     from ..evaluation.runs import sweep_of
 
-    return [" ".join([r["run"] if sweep_of(run.path) is None else str(r["model"]),
-                      *(f"{k.split('.')[-1]}={r[k]}" for k in swept if k != "model" and r.get(k) is not None)])
-            for r, run in zip(rows, runs)]
+    return [
+        " ".join(
+            [
+                r["run"] if sweep_of(run.path) is None else str(r["model"]),
+                *(f"{k.split('.')[-1]}={r[k]}" for k in swept if k != "model" and r.get(k) is not None),
+            ]
+        )
+        for r, run in zip(rows, runs)
+    ]
 
 
 def report(cfg: DictConfig, out: Path) -> dict[str, Path]:
@@ -435,7 +548,7 @@ def command_line(argv: list[str]) -> list[str]:
             out.append(a)
             expect_value = a in HYDRA_VALUE_FLAGS
         elif "=" in a:
-            out.append(a[len("report."):] if a.startswith("report.") else a)
+            out.append(a[len("report.") :] if a.startswith("report.") else a)
         else:
             runs.append(a)
     if runs:

@@ -1,5 +1,6 @@
 """`dgm sample`: images (for 2-D toys a density plot, for sequences their paths, for music piano rolls or a
 MIDI file) from a checkpoint."""
+
 from __future__ import annotations
 
 import logging
@@ -13,9 +14,9 @@ from omegaconf import DictConfig
 from .. import images
 from ..app import command, model_from_checkpoint, repoint_data
 from ..atomic import write_atomically
-from ..settings.validate import ARRAY_SUFFIX, MIDI_SUFFIXES, validate_sample
 from ..data.sequences import PIANO_ROLLS, is_piano_roll
 from ..errors import UserError
+from ..settings.validate import ARRAY_SUFFIX, MIDI_SUFFIXES, validate_sample
 
 log = logging.getLogger("dgm.sample")
 MIDI_REST_STEPS = 2  # silent steps between two samples in a MIDI file
@@ -26,14 +27,17 @@ def draw(model, cfg: DictConfig, dataset, device) -> torch.Tensor:
     from ..data import pipeline
 
     if cfg.mode not in model.sample_modes:
-        raise UserError(f"mode={cfg.mode} is not available for model {model.name}; it offers: "
-                        f"{', '.join(model.sample_modes)}.")
+        raise UserError(
+            f"mode={cfg.mode} is not available for model {model.name}; it offers: {', '.join(model.sample_modes)}."
+        )
     if cfg.mode == "sample":
         samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label))
         if model.data.is_image or is_piano_roll(model.data):
             return images.of_samples(samples, is_piano_roll(model.data), cfg.nrow)
         if len(model.data.shape) == 2:  # sequences: the test split's paths beside the samples'
-            return images.side_by_side(images.trajectories(dataset.test[0][: cfg.num_samples]), images.trajectories(samples))
+            return images.side_by_side(
+                images.trajectories(dataset.test[0][: cfg.num_samples]), images.trajectories(samples)
+            )
         return toy_plot(model, samples, dataset)
     x, y = getattr(dataset, cfg.split)
     if len(x) == 0:
@@ -54,14 +58,21 @@ def sampler_settings(cfg: DictConfig, model_cfg: dict) -> dict:
     takes = [key for key, field in SAMPLER_KEYS.items() if field in model_cfg]
     refused = [key for key in given if key not in takes]
     if refused:
-        raise UserError(f"{' and '.join(k + '=' for k in refused)} cannot be used with model={model_cfg.get('name')}: "
-                        f"it has no model.{SAMPLER_KEYS[refused[0]]} to set. "
-                        + (f"It takes {', '.join(k + '=' for k in takes)}." if takes else
-                           "Its sampler has no steps, choice of sampler or noise to set; leave these keys out."))
+        raise UserError(
+            f"{' and '.join(k + '=' for k in refused)} cannot be used with model={model_cfg.get('name')}: "
+            f"it has no model.{SAMPLER_KEYS[refused[0]]} to set. "
+            + (
+                f"It takes {', '.join(k + '=' for k in takes)}."
+                if takes
+                else "Its sampler has no steps, choice of sampler or noise to set; leave these keys out."
+            )
+        )
     settings = {SAMPLER_KEYS[key]: value for key, value in given.items()}
     if "eta" in settings and settings.get("sampler", model_cfg.get("sampler")) != "ddim":
-        raise UserError(f"eta={settings['eta']} is DDIM's noise, but this model samples with "
-                        f"sampler={model_cfg.get('sampler')}; add sampler=ddim.")
+        raise UserError(
+            f"eta={settings['eta']} is DDIM's noise, but this model samples with "
+            f"sampler={model_cfg.get('sampler')}; add sampler=ddim."
+        )
     return settings
 
 
@@ -69,9 +80,11 @@ def set_length(model, cfg: DictConfig) -> None:
     """``length=``: how many time steps a sequence model's samples run for (its default: the training
     data's length). Images, even those a sequence model reads row by row, keep their size."""
     if model.family != "sequence" or model.data.is_image or cfg.mode != "sample":
-        raise UserError(f"length={cfg.length} sets how many time steps the samples of a model of sequences have "
-                        f"(mode=sample); this is mode={cfg.mode} of model={model.name} on dataset="
-                        f"{model.data.dataset}, whose samples have the data's fixed shape. Leave length out.")
+        raise UserError(
+            f"length={cfg.length} sets how many time steps the samples of a model of sequences have "
+            f"(mode=sample); this is mode={cfg.mode} of model={model.name} on dataset="
+            f"{model.data.dataset}, whose samples have the data's fixed shape. Leave length out."
+        )
     model.length = cfg.length
 
 
@@ -81,9 +94,11 @@ def write_midi(model, cfg: DictConfig, out: Path) -> None:
     from ..data import music
 
     if not is_piano_roll(model.data) or cfg.mode != "sample":
-        raise UserError(f"out={cfg.out}: a MIDI file holds samples of music (dataset={', '.join(PIANO_ROLLS)}, or "
-                        f"dataset=sequences of 88 binary keys) with mode=sample; this is mode={cfg.mode} of a model of "
-                        f"dataset={model.data.dataset}. Give out= a .png file or a folder.")
+        raise UserError(
+            f"out={cfg.out}: a MIDI file holds samples of music (dataset={', '.join(PIANO_ROLLS)}, or "
+            f"dataset=sequences of 88 binary keys) with mode=sample; this is mode={cfg.mode} of a model of "
+            f"dataset={model.data.dataset}. Give out= a .png file or a folder."
+        )
     samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label)).cpu()
     rest = samples.new_zeros(MIDI_REST_STEPS, samples.shape[-1])
     music.write_midi(torch.cat([torch.cat([s, rest]) for s in samples]), out)
@@ -96,8 +111,10 @@ def write_samples(model, cfg: DictConfig, out: Path) -> None:
     import numpy as np
 
     if cfg.mode != "sample":
-        raise UserError(f"out={cfg.out}: an .npz holds the model's samples (mode=sample), not mode={cfg.mode}; give "
-                        "out= a picture (.png) for that.")
+        raise UserError(
+            f"out={cfg.out}: an .npz holds the model's samples (mode=sample), not mode={cfg.mode}; give "
+            "out= a picture (.png) for that."
+        )
     samples = warn_non_finite(model.sample(cfg.num_samples, temperature=cfg.temperature, label=cfg.label))
     arrays = {"samples": samples.detach().float().cpu().numpy()}
     if cfg.label is not None:

@@ -1,4 +1,5 @@
 """`dgm train`: compose the config, build data and model, run the engine."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,16 +13,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..app import command
 from ..data.representations import eight_bit_names
-from ..settings.validate import validate_train
 from ..errors import UserError
+from ..settings.validate import validate_train
 
 log = logging.getLogger("dgm.train")
 #: the checkpoints (last.pt) of the runs this process finished, in order: `dgm_cli.train` returns them
 FINISHED: list[Path] = []
 #: what a resumed run may change: how long and where it runs, how often it logs
 #: (and, since the global batch is fixed, how it is split: trainer.accumulate; any number of processes)
-RESUMABLE_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.device", "trainer.progress",
-                  "trainer.log_every", "trainer.accumulate", "data.root")
+RESUMABLE_KEYS = (
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.accumulate",
+    "data.root",
+)
 
 
 def _resume_config(cfg: DictConfig, state: dict, overrides: list[str]) -> DictConfig:
@@ -32,8 +40,10 @@ def _resume_config(cfg: DictConfig, state: dict, overrides: list[str]) -> DictCo
         if key == "resume":
             continue
         if key not in RESUMABLE_KEYS:
-            raise UserError(f"resume= continues a run with its saved config; `{override}` would change it. "
-                            f"With resume= only these keys may be given: {', '.join(RESUMABLE_KEYS)}.")
+            raise UserError(
+                f"resume= continues a run with its saved config; `{override}` would change it. "
+                f"With resume= only these keys may be given: {', '.join(RESUMABLE_KEYS)}."
+            )
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
     return saved
 
@@ -59,9 +69,11 @@ def data_identity(dataset, cfg: DictConfig, representation: str, state, resume: 
     ident = identity.identity(dataset, cfg.data, representation)
     saved = (state or {}).get("data")
     if saved and saved["fingerprints"]["train"] != ident["fingerprints"]["train"]:
-        raise UserError(f"resume={resume}: the data changed since this run started: "
-                        f"{identity.what_changed(saved, ident, 'train')}. A resumed run goes on with the data it "
-                        "started on: restore it (or point data.root at it), or start a new run on this data.")
+        raise UserError(
+            f"resume={resume}: the data changed since this run started: "
+            f"{identity.what_changed(saved, ident, 'train')}. A resumed run goes on with the data it "
+            "started on: restore it (or point data.root at it), or start a new run on this data."
+        )
     return ident
 
 
@@ -71,11 +83,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     ``cfg`` is the user's config: what the run works out (the run it resumes, the representation it
     gets) is kept in variables and the checkpoint, never written into it."""
 
-    from ..data import pipeline
-    from ..engine import checkpoint, distributed, faults, runtime
-    from ..engine import loop
+    from ..data import identity, pipeline
+    from ..engine import checkpoint, distributed, faults, loop, runtime
     from ..models.registry import build_model, get_model_class
-    from ..data import identity
 
     distributed.init()
     state, resume = None, cfg.resume
@@ -100,25 +110,40 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> dict:
     # a resumed run goes on with the representation it started with (the checkpoint's "representation")
     chosen = state is None and not cfg.data.representation  # the model's default, or another for colour images
     representation = (state or {}).get("representation") or pipeline.resolve_representation(
-        cfg.data, cfg.model, dataset, get_model_class(cfg.model.name).representations)
+        cfg.data, cfg.model, dataset, get_model_class(cfg.model.name).representations
+    )
     spec = pipeline.spec(dataset, representation, cfg.data.name)
     model = build_model(cfg.model, cfg.objective, spec)
     dataset.identity = data_identity(dataset, cfg, representation, state, resume)
     if distributed.is_main():
-        log.info("data: %s", identity.summary(dataset.identity, dataset.source, cfg.data.binarize,
-                                              cfg.model.representation if chosen else None))
-        if (representation == "binary" and chosen and cfg.data.name in identity.USER_DATA
-                and not pipeline.is_binary(dataset.train[0])):
+        log.info(
+            "data: %s",
+            identity.summary(
+                dataset.identity, dataset.source, cfg.data.binarize, cfg.model.representation if chosen else None
+            ),
+        )
+        if (
+            representation == "binary"
+            and chosen
+            and cfg.data.name in identity.USER_DATA
+            and not pipeline.is_binary(dataset.train[0])
+        ):
             others = [r for r in get_model_class(cfg.model.name).representations if r in eight_bit_names()]
-            log.warning("data: these greyscale images are binarized, as %s's default is on MNIST: each pixel becomes "
-                        "a Bernoulli draw of its intensity. %s", cfg.model.name,
-                        f"To model their grey levels, add data.representation={' or '.join(others)}." if others else
-                        "This model models binary data only; a VAE or PixelCNN models grey levels (8bit).")
+            log.warning(
+                "data: these greyscale images are binarized, as %s's default is on MNIST: each pixel becomes "
+                "a Bernoulli draw of its intensity. %s",
+                cfg.model.name,
+                f"To model their grey levels, add data.representation={' or '.join(others)}."
+                if others
+                else "This model models binary data only; a VAE or PixelCNN models grey levels (8bit).",
+            )
     trainer = loop.build(cfg, model, dataset, run_dir, device, resume_state=state, settings=settings)
     last = run_dir / "checkpoints" / "last.pt"
     if state is not None and trainer.step >= trainer.total_steps:
-        print(f"{state['path']} has finished its {trainer.total_steps} steps: nothing to do. To train on, "
-              f"resume with a larger trainer.max_steps or trainer.max_epochs.")
+        print(
+            f"{state['path']} has finished its {trainer.total_steps} steps: nothing to do. To train on, "
+            f"resume with a larger trainer.max_steps or trainer.max_epochs."
+        )
         FINISHED.append(last)
         return {}
     main = distributed.is_main()
@@ -159,15 +184,20 @@ def main(cfg: DictConfig):
     hydra = HydraConfig.get()
     search = searching(hydra)
     if search and cfg.data.val_size == 0:
-        raise UserError("a search (hydra/sweeper=optuna) minimises each trial's final validation loss, and "
-                        "data.val_size=0 holds no validation data: leave data.val_size out (a tenth of the training "
-                        "data, at most 5,000) or give it a number of examples.")
+        raise UserError(
+            "a search (hydra/sweeper=optuna) minimises each trial's final validation loss, and "
+            "data.val_size=0 holds no validation data: leave data.val_size out (a tenth of the training "
+            "data, at most 5,000) or give it a number of examples."
+        )
     final = run(cfg, Path(hydra.runtime.output_dir), list(hydra.overrides.task))
     # the multirun sweeper can optimise on this: the final validation `loss`, which also picks best.pt
     objective = final.get(OBJECTIVE)
     if search:
-        log.info("objective of this trial for the sweeper: %s = %s (the final validation loss; lower is better)",
-                 OBJECTIVE, objective)
+        log.info(
+            "objective of this trial for the sweeper: %s = %s (the final validation loss; lower is better)",
+            OBJECTIVE,
+            objective,
+        )
     return objective
 
 

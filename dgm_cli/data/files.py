@@ -8,6 +8,7 @@ is a restricted unpickler: it builds only the dicts, lists, strings, numbers and
 arrays those files hold, so a tampered file cannot run code. Binarized MNIST is the
 fixed binarization of Larochelle & Murray 2011 (``binarized_mnist/*.amat``, text).
 """
+
 from __future__ import annotations
 
 import math
@@ -65,14 +66,18 @@ def read_idx(path: Path) -> Tensor:
     ``00 00 08 <ndim>``, ``ndim`` big-endian int32 sizes, then the bytes in C order."""
     data = path.read_bytes()
     if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] == 0:
-        raise UserError(f"{path} is not an IDX file of unsigned bytes (it must start with 00 00 08 and a "
-                        f"dimension count); replace it with the original MNIST/Fashion-MNIST file.")
+        raise UserError(
+            f"{path} is not an IDX file of unsigned bytes (it must start with 00 00 08 and a "
+            f"dimension count); replace it with the original MNIST/Fashion-MNIST file."
+        )
     ndim = data[3]
-    sizes = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    body = data[4 + 4 * ndim:]
+    sizes = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = data[4 + 4 * ndim :]
     if len(body) != math.prod(sizes):
-        raise UserError(f"{path} is truncated or padded: its header says {' x '.join(map(str, sizes))} = "
-                        f"{math.prod(sizes)} bytes, it holds {len(body)}; replace it with the original file.")
+        raise UserError(
+            f"{path} is truncated or padded: its header says {' x '.join(map(str, sizes))} = "
+            f"{math.prod(sizes)} bytes, it holds {len(body)}; replace it with the original file."
+        )
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(sizes)
 
 
@@ -81,6 +86,7 @@ def load_idx(root: str, name: str, download: bool) -> tuple[Split, Split]:
     raw = Path(root) / name / "raw"
     missing = _missing(raw, IDX_FILES)
     if missing:
+
         def fetch():
             import torchvision
 
@@ -91,8 +97,10 @@ def load_idx(root: str, name: str, download: bool) -> tuple[Split, Split]:
     for prefix in ("train", "t10k"):
         x, y = read_idx(raw / f"{prefix}-images-idx3-ubyte"), read_idx(raw / f"{prefix}-labels-idx1-ubyte")
         if x.dim() != 3 or y.dim() != 1 or len(x) != len(y):
-            raise UserError(f"{raw}: {prefix}-images holds {tuple(x.shape)} and {prefix}-labels {tuple(y.shape)}; "
-                            "expected (N, H, W) images and N labels.")
+            raise UserError(
+                f"{raw}: {prefix}-images holds {tuple(x.shape)} and {prefix}-labels {tuple(y.shape)}; "
+                "expected (N, H, W) images and N labels."
+            )
         out.append((x.unsqueeze(1).contiguous(), y.long()))
     return out[0], out[1]
 
@@ -103,10 +111,14 @@ class _ArrayUnpickler(pickle.Unpickler):
     ``builtins.eval``, a class with a ``__reduce__``) is refused before it is looked up."""
 
     ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),  # how protocol 2 spells bytes written by Python 3
     }
 
@@ -122,8 +134,10 @@ def read_array_pickle(path: Path) -> dict:
         with open(path, "rb") as f:
             entry = _ArrayUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"{path} is not a CIFAR-10 python batch dgm can read ({exc}); such files hold only "
-                        "arrays, lists and strings. Replace it with the original file.") from None
+        raise UserError(
+            f"{path} is not a CIFAR-10 python batch dgm can read ({exc}); such files hold only "
+            "arrays, lists and strings. Replace it with the original file."
+        ) from None
     if not isinstance(entry, dict) or "data" not in entry:
         raise UserError(f"{path} is not a CIFAR-10 python batch (no 'data' array).")
     return entry
@@ -158,10 +172,13 @@ def read_amat(path: Path, dim: int = 784) -> Tensor:
     lines = int((raw == ord("\n")).sum()) + (1 if len(raw) and raw[-1] != ord("\n") else 0)
     others = raw[~np.isin(raw, np.frombuffer(b"01 \t\r\n", dtype=np.uint8))]
     if len(others) or len(digits) != lines * dim:
-        raise UserError(f"{path} is not a binarized MNIST .amat file: expected lines of {dim} space-separated "
-                        f"0/1 values, found {len(digits)} values on {lines} lines"
-                        + (" and other characters" if len(others) else "") + ".")
-    side = int(round(dim ** 0.5))
+        raise UserError(
+            f"{path} is not a binarized MNIST .amat file: expected lines of {dim} space-separated "
+            f"0/1 values, found {len(digits)} values on {lines} lines"
+            + (" and other characters" if len(others) else "")
+            + "."
+        )
+    side = int(round(dim**0.5))
     return torch.from_numpy((digits - ord("0")).astype(np.uint8) * 255).view(-1, 1, side, side)
 
 
@@ -172,6 +189,7 @@ def load_binarized_mnist(root: str, download: bool, val_size: int) -> tuple[Spli
     folder = Path(root) / "binarized_mnist"
     missing = _missing(folder, BINARIZED_MNIST_FILES)
     if missing:
+
         def fetch():
             folder.mkdir(parents=True, exist_ok=True)
             for name in missing:
@@ -185,21 +203,28 @@ def load_binarized_mnist(root: str, download: bool, val_size: int) -> tuple[Spli
         _download_or_explain("Binarized MNIST", folder, missing, download, fetch)
     train, valid, test = (read_amat(folder / name) for name in BINARIZED_MNIST_FILES)
     if val_size not in (0, len(valid)):
-        raise UserError(f"data.val_size={val_size} is not allowed for dataset=binarized_mnist: its validation "
-                        f"split is fixed; use {len(valid)} (the published split) or 0 (train on train + valid).")
+        raise UserError(
+            f"data.val_size={val_size} is not allowed for dataset=binarized_mnist: its validation "
+            f"split is fixed; use {len(valid)} (the published split) or 0 (train on train + valid)."
+        )
     if val_size == 0:
         train, valid = torch.cat([train, valid]), valid[:0]
     return (train, None), (valid, None), (test, None)
 
 
 #: what an .npz of images may hold: its images array's ranks, and the values each kind of number may take
-NPZ_ACCEPTED = ("uint8 (or other integers) in [0, 255], or floats in [0, 1]; shaped N x H x W, N x H x W x C or "
-                "N x C x H x W with C 1 or 3")
+NPZ_ACCEPTED = (
+    "uint8 (or other integers) in [0, 255], or floats in [0, 1]; shaped N x H x W, N x H x W x C or "
+    "N x C x H x W with C 1 or 3"
+)
 
 
 def _npz_refusal(path, key: str, found: str, fix: str = "") -> UserError:
-    return UserError(f"data.path={path}: array '{key}' {found}; dgm reads images as {NPZ_ACCEPTED}" + (f". {fix}" if fix else "")
-                     + ". Labels, if any, go in 'y' (or 'labels'): N integers.")
+    return UserError(
+        f"data.path={path}: array '{key}' {found}; dgm reads images as {NPZ_ACCEPTED}"
+        + (f". {fix}" if fix else "")
+        + ". Labels, if any, go in 'y' (or 'labels'): N integers."
+    )
 
 
 def _checked_images(path, key: str, a: np.ndarray) -> tuple[Tensor, dict]:
@@ -220,48 +245,68 @@ def _checked_images(path, key: str, a: np.ndarray) -> tuple[Tensor, dict]:
             raise _npz_refusal(path, key, f"holds {bad:,} NaN or infinite values", "Remove or repair those examples")
         lo, hi = float(a.min()), float(a.max())
         if lo < 0 or hi > 1:
-            fix = ("For data in [-1, 1], save (x + 1) / 2" if lo >= -1 and hi <= 1 else
-                   "For floats in [0, 255], save x / 255 or x.astype(np.uint8)" if lo >= 0 and hi <= 255 else
-                   "Scale them into [0, 1] first")
+            fix = (
+                "For data in [-1, 1], save (x + 1) / 2"
+                if lo >= -1 and hi <= 1
+                else "For floats in [0, 255], save x / 255 or x.astype(np.uint8)"
+                if lo >= 0 and hi <= 255
+                else "Scale them into [0, 1] first"
+            )
             raise _npz_refusal(path, key, f"holds floats from {lo:.4g} to {hi:.4g}", fix)
         note["quantized"] = "floats in [0, 1] rounded to 256 levels (k/255)"
         a = np.rint(a * 255.0).astype(np.uint8)
     elif a.dtype != np.uint8:
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 255:
-            raise _npz_refusal(path, key, f"holds {a.dtype} integers from {lo:,} to {hi:,}",
-                               "For 16-bit images, save (x // 256).astype(np.uint8)" if lo >= 0 and hi < 2 ** 16 else "")
+            raise _npz_refusal(
+                path,
+                key,
+                f"holds {a.dtype} integers from {lo:,} to {hi:,}",
+                "For 16-bit images, save (x // 256).astype(np.uint8)" if lo >= 0 and hi < 2**16 else "",
+            )
         a = a.astype(np.uint8) * (255 if a.dtype.kind == "b" else 1)
     return torch.from_numpy(np.ascontiguousarray(a)), note
 
 
 def _checked_labels(path, key: str, y: np.ndarray, n: int) -> Tensor:
     if y.dtype.kind not in "biu" and not (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.rint(y)).all()):
-        raise UserError(f"data.path={path}: labels '{key}' hold {y.dtype} values; labels are N whole numbers >= 0 "
-                        "(class indices), or leave the array out.")
+        raise UserError(
+            f"data.path={path}: labels '{key}' hold {y.dtype} values; labels are N whole numbers >= 0 "
+            "(class indices), or leave the array out."
+        )
     if y.shape != (n,) or (len(y) and y.min() < 0):
-        raise UserError(f"data.path={path}: labels '{key}' have shape {y.shape}"
-                        + (f" and values down to {y.min()}" if y.size and y.min() < 0 else "")
-                        + f"; they must be {n} whole numbers >= 0, one per image, or leave the array out.")
+        raise UserError(
+            f"data.path={path}: labels '{key}' have shape {y.shape}"
+            + (f" and values down to {y.min()}" if y.size and y.min() < 0 else "")
+            + f"; they must be {n} whole numbers >= 0, one per image, or leave the array out."
+        )
     return torch.from_numpy(y.astype(np.int64))
 
 
 def _resize(x: Tensor, size: Optional[int]) -> Tensor:
     if size is None or x.shape[-1] == size and x.shape[-2] == size:
         return x
-    y = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    y = torch.nn.functional.interpolate(
+        x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[int]) -> tuple[Tensor, Optional[Tensor], dict]:
+def load_npz(
+    path: Optional[str], image_size: Optional[int], channels: Optional[int]
+) -> tuple[Tensor, Optional[Tensor], dict]:
     """Images (and labels) from an .npz, checked (``_checked_images``), with what was read and done to
     them (``source``: the file, its size in bytes, the array, its dtype, rounding, resizing, conversion)."""
     if not path or not Path(path).is_file():
-        raise UserError(f"dataset=npz needs data.path=<file.npz>; "
-                        + (f"{path!r} is not a file." if path else "it is not set."))
+        raise UserError(
+            "dataset=npz needs data.path=<file.npz>; " + (f"{path!r} is not a file." if path else "it is not set.")
+        )
+
     def unreadable(reason: str) -> UserError:
-        return UserError(f"dataset=npz cannot read data.path={path}: {reason}. dgm reads an .npz of numeric arrays: "
-                         "images in 'x' (or 'images', 'arr_0'), labels in 'y' (or 'labels').")
+        return UserError(
+            f"dataset=npz cannot read data.path={path}: {reason}. dgm reads an .npz of numeric arrays: "
+            "images in 'x' (or 'images', 'arr_0'), labels in 'y' (or 'labels')."
+        )
 
     if not zipfile.is_zipfile(path):
         raise unreadable(f"it seems to be {describe_file(path)}")
@@ -270,19 +315,28 @@ def load_npz(path: Optional[str], image_size: Optional[int], channels: Optional[
             keys = list(f.keys())
             ikey = next((k for k in ("x", "images", "arr_0") if k in keys), None)
             if ikey is None:
-                raise UserError(f"{path} has arrays {keys}; dgm reads images from 'x', 'images' or 'arr_0' and labels from 'y' or 'labels'.")
+                raise UserError(
+                    f"{path} has arrays {keys}; dgm reads images from 'x', 'images' or 'arr_0' "
+                    "and labels from 'y' or 'labels'."
+                )
             x, source = _checked_images(path, ikey, f[ikey])
             lkey = next((k for k in ("y", "labels") if k in keys), None)
             y = _checked_labels(path, lkey, f[lkey], len(x)) if lkey else None
     except ValueError as exc:
         if "pickle" not in str(exc):
             raise unreadable(f"{exc}") from None
-        raise unreadable("it holds an array of Python objects, which numpy stores pickled, and unpickling can run "
-                         "code; save numbers instead, e.g. np.savez(path, x=np.asarray(images, dtype=np.uint8))") from None
+        raise unreadable(
+            "it holds an array of Python objects, which numpy stores pickled, and unpickling can run "
+            "code; save numbers instead, e.g. np.savez(path, x=np.asarray(images, dtype=np.uint8))"
+        ) from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise unreadable(f"it is a damaged zip archive ({exc})") from None
-    source.update(path=str(Path(path).resolve()), bytes=Path(path).stat().st_size,
-                  sizes={f"{x.shape[-2]}x{x.shape[-1]}": len(x)}, modes={_MODE_OF_CHANNELS[x.shape[1]]: len(x)})
+    source.update(
+        path=str(Path(path).resolve()),
+        bytes=Path(path).stat().st_size,
+        sizes={f"{x.shape[-2]}x{x.shape[-1]}": len(x)},
+        modes={_MODE_OF_CHANNELS[x.shape[1]]: len(x)},
+    )
     out = _convert_channels(_resize(x, image_size), channels)
     return out, y, _note_changes(source, x.shape[1:], out.shape[1:])
 
@@ -317,12 +371,15 @@ def _files_refusal(folder: Path, bad: list[tuple[Path, str]]) -> UserError:
     named = "; ".join(f"{p} ({why})" for p, why in bad[:LISTED])
     more = f"; and {len(bad) - LISTED:,} more" if len(bad) > LISTED else ""
     what = "1 file is not an image" if len(bad) == 1 else f"{len(bad):,} files are not images"
-    return UserError(f"data.path={folder}: {what} dgm can read: {named}{more}. Remove them from the folder or "
-                     f"replace them; dgm reads {', '.join(sorted(IMAGE_SUFFIXES))} files.")
+    return UserError(
+        f"data.path={folder}: {what} dgm can read: {named}{more}. Remove them from the folder or "
+        f"replace them; dgm reads {', '.join(sorted(IMAGE_SUFFIXES))} files."
+    )
 
 
-def load_image_folder(path: Optional[str], image_size: Optional[int],
-                      channels: Optional[int]) -> tuple[Tensor, Optional[Tensor], dict]:
+def load_image_folder(
+    path: Optional[str], image_size: Optional[int], channels: Optional[int]
+) -> tuple[Tensor, Optional[Tensor], dict]:
     """PNG/JPEG files in ``path``, or in one sub-folder per class (torchvision's ImageFolder), and what
     was read and done to them (``source``: the folder, how many files, a digest of their names, their sizes
     and colour modes, what they were resized and converted to). Every file that cannot be read is named."""
@@ -332,8 +389,10 @@ def load_image_folder(path: Optional[str], image_size: Optional[int],
 
     folder = Path(path) if path else None
     if folder is None or not folder.is_dir():
-        raise UserError(f"dataset=image_folder needs data.path=<folder of images>; "
-                        + (f"{path!r} is not a folder." if path else "it is not set."))
+        raise UserError(
+            "dataset=image_folder needs data.path=<folder of images>; "
+            + (f"{path!r} is not a folder." if path else "it is not set.")
+        )
     folder = folder.resolve()
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     files: list[tuple[Path, int]] = []

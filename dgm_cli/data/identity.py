@@ -8,13 +8,13 @@ added, removed or changed, a test split redrawn, changes them). For a folder or 
 own the identity also keeps what says *what* changed: the folder's file count and a digest of the
 file names, the file's size in bytes.
 """
+
 from __future__ import annotations
 
 import hashlib
 from typing import Optional
 
 import torch
-from torch import Tensor
 
 from .representations import BINARIZATIONS
 
@@ -23,7 +23,14 @@ USER_DATA = ("image_folder", "npz")
 SPLITS = ("train", "val", "test")
 #: what of a reader's ``source`` the identity keeps: enough to say what changed
 SOURCE_KEYS = ("files", "names", "bytes", "array", "dtype")
-MODES = {"L": "greyscale", "1": "black-and-white", "RGB": "RGB", "RGBA": "RGBA", "P": "palette", "LA": "greyscale+alpha"}
+MODES = {
+    "L": "greyscale",
+    "1": "black-and-white",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+    "P": "palette",
+    "LA": "greyscale+alpha",
+}
 
 
 def fingerprint(split) -> str:
@@ -54,8 +61,11 @@ def identity(ds, data_cfg, representation: str) -> dict:
         "dataset": str(data_cfg.name),
         "path": ds.source.get("path"),
         **({"domain_b": ds.domain_names[1]} if ds.domains else {}),
-        "shape": list(x.shape[1:]), "dtype": str(x.dtype).replace("torch.", ""), "value_range": _value_range(ds),
-        "representation": representation, "num_classes": ds.num_classes,
+        "shape": list(x.shape[1:]),
+        "dtype": str(x.dtype).replace("torch.", ""),
+        "value_range": _value_range(ds),
+        "representation": representation,
+        "num_classes": ds.num_classes,
         "sizes": {s: len(getattr(ds, s)[0]) for s in SPLITS},
         "fingerprints": {s: fingerprint(getattr(ds, s)) for s in SPLITS},
         "source": {k: ds.source[k] for k in SOURCE_KEYS if k in ds.source},
@@ -82,13 +92,18 @@ def summary(ident: dict, source: dict, binarize: str = "", asked: Optional[str] 
         else:
             what = f"{total:,} images {shape[1]}x{shape[2]} {'RGB' if shape[0] == 3 else 'greyscale'}"
         what += f" from {source['path']}" if source.get("path") else f" ({ident['dataset']})"
-        done = [f"resized to {source['resized_to']}" if "resized_to" in source else "",
-                f"converted to {MODES.get(source['converted_to'], source['converted_to'])}" if "converted_to" in source else "",
-                source.get("quantized", "")]
+        done = [
+            f"resized to {source['resized_to']}" if "resized_to" in source else "",
+            f"converted to {MODES.get(source['converted_to'], source['converted_to'])}"
+            if "converted_to" in source
+            else "",
+            source.get("quantized", ""),
+        ]
         what += "".join(f", {d}" for d in done if d)
     else:
         what = f"{total:,} examples of shape {'x'.join(map(str, shape))} ({ident['dataset']}" + (
-            f" from {source['path']})" if source.get("path") else ")")
+            f" from {source['path']})" if source.get("path") else ")"
+        )
     if ident.get("domain_b"):
         what += f"; domain B: {ident['domain_b']}"
     rep = ident["representation"]
@@ -96,8 +111,10 @@ def summary(ident: dict, source: dict, binarize: str = "", asked: Optional[str] 
     if rep == "binary" and ident["dtype"] == "uint8":  # sequences of 0/1 values are used as they are
         how += f" ({binarize} binarization: {BINARIZATIONS.get(binarize, binarize)})"
     if asked and asked != rep:
-        how += (f", not the model's default {asked}: these are not black-and-white images, and binarizing them would "
-                f"throw away most of each pixel (data.representation={asked} does it on purpose)")
+        how += (
+            f", not the model's default {asked}: these are not black-and-white images, and binarizing them would "
+            f"throw away most of each pixel (data.representation={asked} does it on purpose)"
+        )
     return f"{what}; {sizes['train']:,} / {sizes['val']:,} / {sizes['test']:,} train/val/test; {how}"
 
 
@@ -105,14 +122,18 @@ def what_changed(saved: dict, now: dict, split: str) -> str:
     """In words, how the data ``now`` differs from the data a run ``saved`` in its checkpoint."""
     said = []
     if saved.get("path") != now.get("path"):
-        said.append(f"it was read from {saved.get('path') or saved['dataset']} at training time and from "
-                    f"{now.get('path') or now['dataset']} now")
+        said.append(
+            f"it was read from {saved.get('path') or saved['dataset']} at training time and from "
+            f"{now.get('path') or now['dataset']} now"
+        )
     old, new = saved.get("source", {}), now.get("source", {})
     if "files" in old and "files" in new:
         if new["files"] != old["files"]:
             diff = new["files"] - old["files"]
-            said.append(f"{abs(diff):,} image file(s) were {'added' if diff > 0 else 'removed'} "
-                        f"({old['files']:,} at training time, {new['files']:,} now)")
+            said.append(
+                f"{abs(diff):,} image file(s) were {'added' if diff > 0 else 'removed'} "
+                f"({old['files']:,} at training time, {new['files']:,} now)"
+            )
         elif new.get("names") != old.get("names"):
             said.append(f"image files were renamed or replaced (the same count, {new['files']:,}, under other names)")
         else:
@@ -121,9 +142,13 @@ def what_changed(saved: dict, now: dict, split: str) -> str:
         said.append(f"it is a different file ({old['bytes']:,} bytes at training time, {new['bytes']:,} now)")
     if saved.get("sizes") != now.get("sizes"):
         fmt = lambda s: " / ".join(f"{s.get(k, 0):,}" for k in SPLITS)  # noqa: E731
-        said.append(f"the train/val/test splits hold {fmt(now['sizes'])} examples, {fmt(saved['sizes'])} at training "
-                    f"time, so the {split} split is drawn anew and can hold examples the model trained on")
+        said.append(
+            f"the train/val/test splits hold {fmt(now['sizes'])} examples, {fmt(saved['sizes'])} at training "
+            f"time, so the {split} split is drawn anew and can hold examples the model trained on"
+        )
     if len(said) <= (1 if "read from" in (said[0] if said else "") else 0):
-        said.append(f"the {split} split's contents differ (its fingerprint was {saved['fingerprints'][split]}, "
-                    f"it is {now['fingerprints'][split]} now)")
+        said.append(
+            f"the {split} split's contents differ (its fingerprint was {saved['fingerprints'][split]}, "
+            f"it is {now['fingerprints'][split]} now)"
+        )
     return "; ".join(said)

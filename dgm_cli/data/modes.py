@@ -8,6 +8,7 @@ VEEGAN draws 2,500 samples. A generator that matches the data covers every mode,
 its high-quality share is that of the data: P(||e|| <= 3 sigma) = 1 - exp(-9/2) = 0.989
 for 2-D isotropic Gaussian noise e.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -8,6 +8,7 @@ that pitch sounds at the step's start, t * STEP. A binary roll has no onsets, so
 steps is one note when written as MIDI. Parsing the corpus takes minutes, so its rolls are cached as an
 .npz of plain arrays under ``$DGM_CACHE/music`` (read with allow_pickle=False: opening it runs no code).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,10 @@ def _music21():
     try:
         import music21
     except ImportError:
-        raise UserError("dataset=bach_chorales and MIDI files need the music21 package: pip install music21 "
-                        "(a dependency of dgm; reinstall with pip install -e .).") from None
+        raise UserError(
+            "dataset=bach_chorales and MIDI files need the music21 package: pip install music21 "
+            "(a dependency of dgm; reinstall with pip install -e .)."
+        ) from None
     return music21
 
 
@@ -135,8 +138,11 @@ def parse_chorales() -> tuple[list[str], list[Tensor]]:
 
 
 def save_rolls(path: Path, names: list[str], rolls: list[Tensor]) -> None:
-    arrays = {"names": np.array(names, dtype=str), "lengths": np.array([len(r) for r in rolls], dtype=np.int64),
-              "rolls": torch.cat(rolls).to(torch.uint8).numpy()}
+    arrays = {
+        "names": np.array(names, dtype=str),
+        "lengths": np.array([len(r) for r in rolls], dtype=np.int64),
+        "rolls": torch.cat(rolls).to(torch.uint8).numpy(),
+    }
     write_atomically(path, lambda f: np.savez_compressed(f, **arrays))
 
 
@@ -213,14 +219,17 @@ def parse_midi_folder(folder: Path, found: list[Path], steps_per_quarter: int) -
             bad.append(f"{path.relative_to(folder)} (it holds no notes)")
         rolls.append(roll)
     if bad:
-        raise UserError(f"dataset=midi_folder: {len(bad)} of the {len(found)} MIDI files in {folder} cannot be used "
-                        f"as piano rolls: {'; '.join(bad)}. Remove or fix them (dgm reads every .mid/.midi file "
-                        "under data.path).")
+        raise UserError(
+            f"dataset=midi_folder: {len(bad)} of the {len(found)} MIDI files in {folder} cannot be used "
+            f"as piano rolls: {'; '.join(bad)}. Remove or fix them (dgm reads every .mid/.midi file "
+            "under data.path)."
+        )
     return rolls
 
 
-def load_midi_folder(path: Optional[str], steps_per_quarter: int = 1,
-                     cache: Optional[Path] = None) -> dict[str, list[Tensor]]:
+def load_midi_folder(
+    path: Optional[str], steps_per_quarter: int = 1, cache: Optional[Path] = None
+) -> dict[str, list[Tensor]]:
     """``dataset=midi_folder``: {"train"|"valid"|"test": rolls} of the MIDI files under ``path``, each file a
     piece, in steps of 1 / ``steps_per_quarter`` quarter notes, split by piece with a fixed seed; read once
     and cached in ``$DGM_CACHE/music`` under a key of the files' contents."""
@@ -231,10 +240,14 @@ def load_midi_folder(path: Optional[str], steps_per_quarter: int = 1,
         raise UserError(f"dataset=midi_folder reads the MIDI files under data.path={path}, which is not a folder.")
     found = midi_files(folder)
     if len(found) < 3:
-        raise UserError(f"dataset=midi_folder: {folder} holds {len(found)} .mid/.midi file(s); dgm splits the pieces "
-                        "into train, valid and test and needs at least 3.")
+        raise UserError(
+            f"dataset=midi_folder: {folder} holds {len(found)} .mid/.midi file(s); dgm splits the pieces "
+            "into train, valid and test and needs at least 3."
+        )
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in folder.name) or "folder"
-    file = (cache or files.cache_root() / "music") / f"midi_folder-{slug}-{midi_folder_key(folder, found, steps_per_quarter)}.npz"
+    file = (
+        cache or files.cache_root() / "music"
+    ) / f"midi_folder-{slug}-{midi_folder_key(folder, found, steps_per_quarter)}.npz"
     cached = load_rolls(file)
     if cached is None:
         log.info("reading %d MIDI files under %s into piano rolls (once; cached in %s)", len(found), folder, file)

@@ -14,6 +14,7 @@ Unpaired two-domain data (``data.domain_b``, for translation models such as Cycl
 holds (domain A images, domain B images) in the (x, y) slots, and ``BatchIterator`` draws the B
 batch by its own permutation, independently of A's, with the same representation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,9 +24,9 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .spec import DataSpec
 from . import files, music, sequences, toy
 from .representations import BINARY_SEQUENCES, IMAGES, REAL, REPRESENTATIONS, eight_bit_names, fitting
+from .spec import DataSpec
 
 EVAL_SEED = 1234  # fixed: the binarization/dequantization noise of the val and test sets
 SPLIT_SEED = 4321  # fixed: which training examples are held out for validation
@@ -34,8 +35,13 @@ NOISE_STREAM = 7  # sets the data noise's seeds apart from the permutations'
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "image_folder", "npz")
 #: drawn by code with fixed seeds rather than read from files
 GENERATED = tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES)
-DATASETS = IMAGE_DATASETS + tuple(toy.TOYS) + tuple(sequences.TOY_SEQUENCES) + sequences.PIANO_ROLLS + (
-    sequences.OWN_SEQUENCES,)
+DATASETS = (
+    IMAGE_DATASETS
+    + tuple(toy.TOYS)
+    + tuple(sequences.TOY_SEQUENCES)
+    + sequences.PIANO_ROLLS
+    + (sequences.OWN_SEQUENCES,)
+)
 
 
 @dataclass
@@ -116,13 +122,22 @@ def load_two_domains(cfg) -> Dataset:
     a, b = load_one(a_cfg), load_one(b_cfg)
     if not (a.is_image and b.is_image) or a.train[0].shape[1:] != b.train[0].shape[1:]:
         shape = lambda ds: "x".join(map(str, ds.train[0].shape[1:])) if ds.is_image else "points"  # noqa: E731
-        raise UserError(f"data.domain_b: the two domains of an unpaired translation must be images of the same "
-                        f"channels and size; dataset={cfg.name} has {shape(a)}, data.domain_b={b_name} has "
-                        f"{shape(b)} (channels x height x width). Pick two matching datasets, or read image folders at one size "
-                        "(data.image_size, data.channels).")
+        raise UserError(
+            f"data.domain_b: the two domains of an unpaired translation must be images of the same "
+            f"channels and size; dataset={cfg.name} has {shape(a)}, data.domain_b={b_name} has "
+            f"{shape(b)} (channels x height x width). Pick two matching datasets, or read image folders at one size "
+            "(data.image_size, data.channels)."
+        )
     pair = lambda split: (getattr(a, split)[0], getattr(b, split)[0])  # noqa: E731
-    return Dataset(train=pair("train"), val=pair("val"), test=pair("test"), num_classes=0, domains=(a, b),
-                   domain_names=(str(cfg.name), b_name), source=a.source)
+    return Dataset(
+        train=pair("train"),
+        val=pair("val"),
+        test=pair("test"),
+        num_classes=0,
+        domains=(a, b),
+        domain_names=(str(cfg.name), b_name),
+        source=a.source,
+    )
 
 
 def load_one(cfg) -> Dataset:
@@ -140,10 +155,15 @@ def load_one(cfg) -> Dataset:
         return Dataset(train=train, val=val, test=test, num_classes=0)
     elif name in sequences.PIANO_ROLLS or name == sequences.OWN_SEQUENCES:
         # split by piece in the files; bach_chorales, midi_folder and one's own sequences with a fixed seed
-        splits = (music.load_bach_chorales() if name == "bach_chorales"
-                  else music.load_midi_folder(cfg.path, cfg.steps_per_quarter) if name == "midi_folder"
-                  else sequences.load_own_sequences(cfg.path) if name == sequences.OWN_SEQUENCES
-                  else sequences.load_polyphonic(name, cfg.root, cfg.path))
+        splits = (
+            music.load_bach_chorales()
+            if name == "bach_chorales"
+            else music.load_midi_folder(cfg.path, cfg.steps_per_quarter)
+            if name == "midi_folder"
+            else sequences.load_own_sequences(cfg.path)
+            if name == sequences.OWN_SEQUENCES
+            else sequences.load_polyphonic(name, cfg.root, cfg.path)
+        )
         return piano_roll_dataset(name, splits, cfg.val_size, sequences.source_of(name, cfg.path))
     elif name in ("image_folder", "npz"):
         reader = files.load_image_folder if name == "image_folder" else files.load_npz
@@ -163,13 +183,16 @@ def load_one(cfg) -> Dataset:
     return Dataset(train=train, val=val, test=test, num_classes=num_classes, source=source)
 
 
-def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Optional[int],
-                       source: Optional[dict] = None) -> Dataset:
+def piano_roll_dataset(
+    name: str, splits: dict[str, list[Tensor]], val_size: Optional[int], source: Optional[dict] = None
+) -> Dataset:
     """Rolls (or any sequences) padded with NaN (data/sequences.py) per split. The pieces' own valid split
     validates (data.val_size=null), or joins the training split (data.val_size=0)."""
     if val_size not in (None, 0):
-        raise UserError(f"data.val_size={val_size}: dataset={name} has a fixed split by piece; use data.val_size=null "
-                        "(validate on its valid pieces) or 0 (train on train and valid).")
+        raise UserError(
+            f"data.val_size={val_size}: dataset={name} has a fixed split by piece; use data.val_size=null "
+            "(validate on its valid pieces) or 0 (train on train and valid)."
+        )
     train = splits["train"] + (splits["valid"] if val_size == 0 else [])
 
     width = next((s[0].shape[-1] for s in splits.values() if s), sequences.KEYS)
@@ -177,8 +200,13 @@ def piano_roll_dataset(name: str, splits: dict[str, list[Tensor]], val_size: Opt
     def padded(rolls: list[Tensor]) -> tuple[Tensor, None]:
         return (sequences.pad(rolls) if rolls else torch.zeros(0, 1, width)), None
 
-    return Dataset(train=padded(train), val=padded([] if val_size == 0 else splits["valid"]),
-                   test=padded(splits["test"]), num_classes=0, source=source or {})
+    return Dataset(
+        train=padded(train),
+        val=padded([] if val_size == 0 else splits["valid"]),
+        test=padded(splits["test"]),
+        num_classes=0,
+        source=source or {},
+    )
 
 
 def is_binary(x: Tensor) -> bool:
@@ -202,11 +230,13 @@ def resolve_representation(data_cfg, model_cfg, ds: Dataset, allowed: Optional[t
         return rep
     other = next((r for r in allowed if r in eight_bit_names()), None)
     if other is None:
-        raise UserError(f"dataset={data_cfg.name} holds colour images with values other than 0 and 255, and "
-                        f"model={model_cfg.name} models binary data only ({', '.join(allowed)}): dgm does not binarize "
-                        "photos without a word. To binarize them on purpose (each pixel a Bernoulli draw of its "
-                        "intensity), add data.representation=binary; or pick a model of 8-bit or dequantized values "
-                        "(vae, pixelcnn, glow, dcgan, ...).")
+        raise UserError(
+            f"dataset={data_cfg.name} holds colour images with values other than 0 and 255, and "
+            f"model={model_cfg.name} models binary data only ({', '.join(allowed)}): dgm does not binarize "
+            "photos without a word. To binarize them on purpose (each pixel a Bernoulli draw of its "
+            "intensity), add data.representation=binary; or pick a model of 8-bit or dequantized values "
+            "(vae, pixelcnn, glow, dcgan, ...)."
+        )
     return other
 
 
@@ -222,8 +252,13 @@ def spec(ds: Dataset, representation: str, dataset: str = "") -> DataSpec:
     if representation not in allowed:
         allowed = ", ".join(allowed)
         raise UserError(f"data.representation={representation} does not fit this dataset; allowed: {allowed}.")
-    return DataSpec(shape=tuple(x.shape[1:]), representation=representation, num_classes=ds.num_classes, dataset=dataset,
-                    domain_b=ds.domain_names[1] if ds.domains else "")
+    return DataSpec(
+        shape=tuple(x.shape[1:]),
+        representation=representation,
+        num_classes=ds.num_classes,
+        dataset=dataset,
+        domain_b=ds.domain_names[1] if ds.domains else "",
+    )
 
 
 def transform(x: Tensor, representation: str, generator: Optional[torch.Generator]) -> Tensor:
@@ -256,14 +291,16 @@ def data_placement(nbytes: int, device: torch.device, on_device: bool, free: Opt
     """Whether the training set goes on ``device`` (every batch then an index into it) or stays in host
     memory (each batch copied over, from page-locked memory on a GPU), and that choice in words for the
     run's log. It goes on a GPU only when it takes at most DEVICE_SHARE of the ``free`` bytes there."""
-    size = f"{nbytes / 2 ** 20:,.0f} MiB" if nbytes < 2 ** 30 else f"{nbytes / 2 ** 30:,.1f} GiB"
+    size = f"{nbytes / 2**20:,.0f} MiB" if nbytes < 2**30 else f"{nbytes / 2**30:,.1f} GiB"
     if device.type == "cpu":
         return True, f"training data: {size} in memory"
     if not on_device:
         return False, f"training data: {size} in host memory (data.on_device=false), each batch copied to {device}"
     if free is not None and nbytes > DEVICE_SHARE * free:
-        return False, (f"training data: {size} kept in pinned host memory, each batch copied to {device} without "
-                       f"blocking: it is more than {DEVICE_SHARE:.0%} of the {free / 2 ** 30:.1f} GiB free there")
+        return False, (
+            f"training data: {size} kept in pinned host memory, each batch copied to {device} without "
+            f"blocking: it is more than {DEVICE_SHARE:.0%} of the {free / 2**30:.1f} GiB free there"
+        )
     return True, f"training data: {size} on {device}"
 
 
@@ -277,14 +314,25 @@ class BatchIterator:
     move between devices). Static binarization is applied once, here.
     """
 
-    def __init__(self, x: Tensor, y: Optional[Tensor], representation: str, binarize: str,
-                 batch_size: int, device: torch.device, seed: int, on_device: bool = True):
+    def __init__(
+        self,
+        x: Tensor,
+        y: Optional[Tensor],
+        representation: str,
+        binarize: str,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        on_device: bool = True,
+    ):
         if len(x) < batch_size:
             raise UserError(f"trainer.batch_size={batch_size} is larger than the {len(x)} training examples.")
         #: y holds a second image domain (unpaired: drawn by its own permutation, see the module docstring)
         self.two_domains = y is not None and y.dim() == 4
         if self.two_domains and len(y) < batch_size:
-            raise UserError(f"trainer.batch_size={batch_size} is larger than the {len(y)} training images of data.domain_b.")
+            raise UserError(
+                f"trainer.batch_size={batch_size} is larger than the {len(y)} training images of data.domain_b."
+            )
         #: binarized once here (data.binarize=static): x holds the final 0/1 values (as uint8, a quarter of
         #: float's memory), so a batch is only made float
         self.binarized = representation == "binary" and binarize == "static" and x.dtype == torch.uint8
@@ -324,7 +372,7 @@ class BatchIterator:
             g = torch.Generator().manual_seed(self.seed + DOMAIN_B_SEED + self.epoch_b)
             self._perm_b = torch.randperm(len(self.y), generator=g).to(self.y.device)
         self.position_b += 1
-        return self._perm_b[(self.position_b - 1) * self.batch_size:self.position_b * self.batch_size]
+        return self._perm_b[(self.position_b - 1) * self.batch_size : self.position_b * self.batch_size]
 
     def _represent(self, x: Tensor) -> Tensor:
         return x.float() if self.binarized else transform(x, self.representation, self.noise)
@@ -335,7 +383,7 @@ class BatchIterator:
     def __next__(self) -> tuple[Tensor, Optional[Tensor]]:
         if self.position >= self.steps_per_epoch:
             self.epoch, self.position, self._perm = self.epoch + 1, 0, None
-        idx = self._permutation()[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+        idx = self._permutation()[self.position * self.batch_size : (self.position + 1) * self.batch_size]
         self.noise.manual_seed(noise_seed(self.seed, self.epoch, self.position))
         self.position += 1
         xb = self._represent(self.x[idx].to(self.device, non_blocking=True))
@@ -352,7 +400,11 @@ class BatchIterator:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
-        self.epoch_b, self.position_b, self._perm_b = int(state.get("epoch_b", 0)), int(state.get("position_b", 0)), None
+        self.epoch_b, self.position_b, self._perm_b = (
+            int(state.get("epoch_b", 0)),
+            int(state.get("position_b", 0)),
+            None,
+        )
         # a checkpoint from before the noise was re-seeded per batch also holds a generator state ("noise"),
         # of the device it was saved on: not needed, and left unread
 
@@ -360,4 +412,4 @@ class BatchIterator:
 def eval_batches(x: Tensor, y: Optional[Tensor], batch_size: int, device: torch.device):
     """Fixed-order batches of an already transformed evaluation split."""
     for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size].to(device), None if y is None else y[i:i + batch_size].to(device)
+        yield x[i : i + batch_size].to(device), None if y is None else y[i : i + batch_size].to(device)

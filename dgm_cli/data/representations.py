@@ -8,6 +8,7 @@ validation and `--help` read the names without loading torch.
 Only 8-bit images (uint8) are transformed: points and sequences (binary ones too) are used as given
 (``pipeline.transform``).
 """
+
 from __future__ import annotations
 
 import math
@@ -66,22 +67,47 @@ def continuous(x: "Tensor", generator: Optional["Generator"]) -> "Tensor":
 
 
 #: data.representation -> its Representation; the order is the order --help and refusals list them in
-REPRESENTATIONS: dict[str, Representation] = {r.name: r for r in (
-    Representation("binary", "x in {0,1}: a Bernoulli draw of each intensity (data.binarize: fresh per batch or once)",
-                   fits=(IMAGES, BINARY_SEQUENCES), eight_bit=False, transform=binary,
-                   scored="binary values (pixels, or a piano roll's keys)"),
-    Representation("8bit", "x = k/255, the 256 discrete values", fits=(IMAGES,), eight_bit=True, transform=eight_bit,
-                   scored="discrete 8-bit pixel values"),
-    # a density p(y) of y = (k + u)/256 on [0,1)^D is p(y)/256^D on the 0..256 scale, and E_u[log p] bounds
-    # log P(k) from below (Theis et al. 2016): -log p(y) + D ln 256 is an upper bound on the discrete NLL
-    Representation("dequantized", "x = (k + u)/256, u ~ U[0,1): 8-bit values made continuous", fits=(IMAGES,),
-                   eight_bit=True, transform=dequantized, nll_offset_per_dim=math.log(256),
-                   scored="8-bit values with uniform dequantization (seed {seed}); NLL includes D ln 256, an upper bound "
-                          "on the discrete NLL"),
-    Representation("continuous", "real vectors (2-D toys, real sequences), used as they are",
-                   fits=(BINARY_SEQUENCES, REAL), eight_bit=False, transform=continuous,
-                   scored="continuous data (a density; bits/dim not comparable with image likelihoods)"),
-)}
+REPRESENTATIONS: dict[str, Representation] = {
+    r.name: r
+    for r in (
+        Representation(
+            "binary",
+            "x in {0,1}: a Bernoulli draw of each intensity (data.binarize: fresh per batch or once)",
+            fits=(IMAGES, BINARY_SEQUENCES),
+            eight_bit=False,
+            transform=binary,
+            scored="binary values (pixels, or a piano roll's keys)",
+        ),
+        Representation(
+            "8bit",
+            "x = k/255, the 256 discrete values",
+            fits=(IMAGES,),
+            eight_bit=True,
+            transform=eight_bit,
+            scored="discrete 8-bit pixel values",
+        ),
+        # a density p(y) of y = (k + u)/256 on [0,1)^D is p(y)/256^D on the 0..256 scale, and E_u[log p] bounds
+        # log P(k) from below (Theis et al. 2016): -log p(y) + D ln 256 is an upper bound on the discrete NLL
+        Representation(
+            "dequantized",
+            "x = (k + u)/256, u ~ U[0,1): 8-bit values made continuous",
+            fits=(IMAGES,),
+            eight_bit=True,
+            transform=dequantized,
+            nll_offset_per_dim=math.log(256),
+            scored="8-bit values with uniform dequantization (seed {seed}); NLL includes D ln 256, an upper bound "
+            "on the discrete NLL",
+        ),
+        Representation(
+            "continuous",
+            "real vectors (2-D toys, real sequences), used as they are",
+            fits=(BINARY_SEQUENCES, REAL),
+            eight_bit=False,
+            transform=continuous,
+            scored="continuous data (a density; bits/dim not comparable with image likelihoods)",
+        ),
+    )
+}
 
 
 def fitting(kind: str) -> tuple[str, ...]:
@@ -96,5 +122,7 @@ def eight_bit_names() -> tuple[str, ...]:
 
 #: data.binarize -> how the binary representation draws 8-bit images: afresh for every batch (dynamic, as
 #: Burda et al. 2015 train) or once with a fixed seed (static); evaluation splits are always drawn once
-BINARIZATIONS: dict[str, str] = {"dynamic": "a fresh Bernoulli draw of the intensities per batch",
-                                 "static": "one fixed Bernoulli draw of the intensities"}
+BINARIZATIONS: dict[str, str] = {
+    "dynamic": "a fresh Bernoulli draw of the intensities per batch",
+    "static": "one fixed Bernoulli draw of the intensities",
+}

@@ -5,6 +5,7 @@ log-likelihood the Kalman filter gives.
 A batch of sequences is one float tensor (N, T_max, D); the steps past a sequence's end are NaN, so the
 mask travels with the data through every batch and no padding is ever counted in a likelihood
 (``mask_of``)."""
+
 from __future__ import annotations
 
 import io
@@ -65,8 +66,9 @@ def is_piano_roll(data) -> bool:
     sequences (dataset=sequences) of 88 binary values per step."""
     if isinstance(data, str):
         return data in PIANO_ROLLS
-    return data.dataset in PIANO_ROLLS or (data.dataset == OWN_SEQUENCES and data.representation == "binary"
-                                           and tuple(data.shape[-1:]) == (KEYS,))
+    return data.dataset in PIANO_ROLLS or (
+        data.dataset == OWN_SEQUENCES and data.representation == "binary" and tuple(data.shape[-1:]) == (KEYS,)
+    )
 
 
 def split_by_sequence(count: int, seed: int = SPLIT_SEED) -> dict[str, list[int]]:
@@ -75,8 +77,11 @@ def split_by_sequence(count: int, seed: int = SPLIT_SEED) -> dict[str, list[int]
     perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     n_valid, n_test = (max(1, round(count * share)) if count >= 3 else 0 for share in SPLIT_SHARES[1:])
     n_train = count - n_valid - n_test
-    return {"train": sorted(perm[:n_train]), "valid": sorted(perm[n_train:n_train + n_valid]),
-            "test": sorted(perm[n_train + n_valid:])}
+    return {
+        "train": sorted(perm[:n_train]),
+        "valid": sorted(perm[n_train : n_train + n_valid]),
+        "test": sorted(perm[n_train + n_valid :]),
+    }
 
 
 # --- a user's own sequences: dataset=sequences data.path=<file.npz> ---------------------------------
@@ -84,7 +89,8 @@ SEQUENCE_FORMAT = (
     "an .npz of numbers in one of two layouts: 'values' (all sequences one after another, shape (sum of "
     "lengths, D) or (sum of lengths,) for D = 1) with 'lengths' (N positive integers), or one array per "
     "sequence, shape (T_i, D) or (T_i,), under any names (read in the file's order); every sequence has the "
-    "same D, at least one step, and finite values (see docs/own_data.md)")
+    "same D, at least one step, and finite values (see docs/own_data.md)"
+)
 #: the fewest sequences a file may hold: one each for train, valid and test
 MIN_SEQUENCES = 3
 
@@ -92,16 +98,22 @@ MIN_SEQUENCES = 3
 def _as_steps(name: str, array, path: Path) -> Tensor:
     """One array of ``path`` as (T, D) float32, refused unless it holds finite numbers of rank 1 or 2."""
     if array.dtype.kind not in "biuf":
-        raise UserError(f"{path}: array '{name}' holds {array.dtype} values; sequences must be numbers "
-                        f"(bool, integers or floats). Expected {SEQUENCE_FORMAT}.")
+        raise UserError(
+            f"{path}: array '{name}' holds {array.dtype} values; sequences must be numbers "
+            f"(bool, integers or floats). Expected {SEQUENCE_FORMAT}."
+        )
     if array.ndim not in (1, 2) or len(array) == 0:
-        raise UserError(f"{path}: array '{name}' has shape {tuple(array.shape)}; a sequence is (T, D) or (T,) "
-                        f"with T >= 1. Expected {SEQUENCE_FORMAT}.")
+        raise UserError(
+            f"{path}: array '{name}' has shape {tuple(array.shape)}; a sequence is (T, D) or (T,) "
+            f"with T >= 1. Expected {SEQUENCE_FORMAT}."
+        )
     bad = int((~np.isfinite(array.astype(np.float64))).sum())
     if bad:
-        raise UserError(f"{path}: array '{name}' holds {bad:,} NaN or infinite values; every value must be finite "
-                        "(dgm pads ragged sequences itself: give each sequence's true length instead of padding). "
-                        f"Expected {SEQUENCE_FORMAT}.")
+        raise UserError(
+            f"{path}: array '{name}' holds {bad:,} NaN or infinite values; every value must be finite "
+            "(dgm pads ragged sequences itself: give each sequence's true length instead of padding). "
+            f"Expected {SEQUENCE_FORMAT}."
+        )
     return torch.from_numpy(array.astype(np.float32)).reshape(len(array), -1)
 
 
@@ -115,24 +127,37 @@ def read_sequences(path: str | Path) -> list[Tensor]:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}
     except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"{path} is not an .npz of numbers dgm can read ({describe_file(path)}; {exc}). "
-                        f"Expected {SEQUENCE_FORMAT}.") from None
+        raise UserError(
+            f"{path} is not an .npz of numbers dgm can read ({describe_file(path)}; {exc}). Expected {SEQUENCE_FORMAT}."
+        ) from None
     if {"values", "lengths"} <= set(arrays):
         values, lengths = _as_steps("values", arrays["values"], path), arrays["lengths"]
-        if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths <= 0).any() or int(lengths.sum()) != len(values):
-            raise UserError(f"{path}: 'lengths' must be N positive integers summing to the {len(values):,} steps of "
-                            f"'values'; it is {lengths.dtype} of shape {tuple(lengths.shape)}"
-                            + (f", summing to {int(lengths.sum()):,}" if lengths.dtype.kind in "iu" else "") + ".")
+        if (
+            lengths.ndim != 1
+            or lengths.dtype.kind not in "iu"
+            or (lengths <= 0).any()
+            or int(lengths.sum()) != len(values)
+        ):
+            raise UserError(
+                f"{path}: 'lengths' must be N positive integers summing to the {len(values):,} steps of "
+                f"'values'; it is {lengths.dtype} of shape {tuple(lengths.shape)}"
+                + (f", summing to {int(lengths.sum()):,}" if lengths.dtype.kind in "iu" else "")
+                + "."
+            )
         seqs = list(values.split(lengths.tolist()))
     else:
         seqs = [_as_steps(name, a, path) for name, a in arrays.items()]
     widths = sorted({s.shape[1] for s in seqs})
     if len(widths) > 1:
-        raise UserError(f"{path}: the sequences have {' and '.join(map(str, widths))} values per step; every "
-                        "sequence must have the same D.")
+        raise UserError(
+            f"{path}: the sequences have {' and '.join(map(str, widths))} values per step; every "
+            "sequence must have the same D."
+        )
     if len(seqs) < MIN_SEQUENCES:
-        raise UserError(f"{path} holds {len(seqs)} sequence(s); dgm splits by sequence into train, valid and test "
-                        f"and needs at least {MIN_SEQUENCES}. Expected {SEQUENCE_FORMAT}.")
+        raise UserError(
+            f"{path} holds {len(seqs)} sequence(s); dgm splits by sequence into train, valid and test "
+            f"and needs at least {MIN_SEQUENCES}. Expected {SEQUENCE_FORMAT}."
+        )
     return seqs
 
 
@@ -171,8 +196,10 @@ def piano_roll(steps: Sequence[Sequence[int]]) -> Tensor:
     for t, notes in enumerate(steps):
         for note in notes:
             if not LOWEST_KEY <= int(note) < LOWEST_KEY + KEYS:
-                raise UserError(f"MIDI note {note} at step {t} is outside the piano's 88 keys "
-                                f"({LOWEST_KEY}..{LOWEST_KEY + KEYS - 1}).")
+                raise UserError(
+                    f"MIDI note {note} at step {t} is outside the piano's 88 keys "
+                    f"({LOWEST_KEY}..{LOWEST_KEY + KEYS - 1})."
+                )
             roll[t, int(note) - LOWEST_KEY] = 1.0
     return roll
 
@@ -188,14 +215,20 @@ def read_polyphonic(path: str | Path) -> dict[str, list[Tensor]]:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise UserError(f"{path} is not a polyphonic-music pickle of lists of MIDI notes ({exc}).") from None
     if not isinstance(raw, dict) or not set(POLYPHONIC_SPLITS) <= set(raw):
-        raise UserError(f"{path} should hold a dict with keys {', '.join(POLYPHONIC_SPLITS)} "
-                        "(the format of the JSB Chorales / Piano-midi.de / MuseData / Nottingham pickles).")
+        raise UserError(
+            f"{path} should hold a dict with keys {', '.join(POLYPHONIC_SPLITS)} "
+            "(the format of the JSB Chorales / Piano-midi.de / MuseData / Nottingham pickles)."
+        )
     return {split: [piano_roll(seq) for seq in raw[split]] for split in POLYPHONIC_SPLITS}
 
 
 #: dataset= name -> the file name of its pickle as Boulanger-Lewandowski et al. (2012) distribute it
-POLYPHONIC_FILES = {"jsb_chorales": "JSB Chorales.pickle", "piano_midi": "Piano-midi.de.pickle",
-                    "musedata": "MuseData.pickle", "nottingham": "Nottingham.pickle"}
+POLYPHONIC_FILES = {
+    "jsb_chorales": "JSB Chorales.pickle",
+    "piano_midi": "Piano-midi.de.pickle",
+    "musedata": "MuseData.pickle",
+    "nottingham": "Nottingham.pickle",
+}
 POLYPHONIC_SOURCE = "http://www-etud.iro.umontreal.ca/~boulanni/icml2012"
 
 
@@ -209,7 +242,8 @@ def load_polyphonic(name: str, root: str, path: Optional[str]) -> dict[str, list
             f"dataset={name} reads the polyphonic-music pickle {file}, which does not exist. dgm does not "
             f"download these files: get them from Boulanger-Lewandowski et al. 2012 ({POLYPHONIC_SOURCE}) and put "
             f"them in data.root (the environment variable DGM_DATA_ROOT) under their usual names ({expected}), or "
-            f"give the file with data.path=<file>. dataset=bach_chorales needs no file: music21 ships it.")
+            f"give the file with data.path=<file>. dataset=bach_chorales needs no file: music21 ships it."
+        )
     return read_polyphonic(file)
 
 
@@ -231,13 +265,22 @@ class LinearGaussianSSM:
     def toy(cls) -> "LinearGaussianSSM":
         """A slowly rotating, damped 2-D latent seen through a mixing matrix with noise."""
         angle = 0.3
-        rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64)
+        rot = torch.tensor(
+            [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64
+        )
         eye = torch.eye(2, dtype=torch.float64)
-        return cls(A=0.95 * rot, C=torch.tensor([[1.0, 0.5], [-0.3, 1.0]], dtype=torch.float64),
-                   Q=0.1 * eye, R=0.05 * eye, m0=torch.zeros(2, dtype=torch.float64), P0=eye)
+        return cls(
+            A=0.95 * rot,
+            C=torch.tensor([[1.0, 0.5], [-0.3, 1.0]], dtype=torch.float64),
+            Q=0.1 * eye,
+            R=0.05 * eye,
+            m0=torch.zeros(2, dtype=torch.float64),
+            P0=eye,
+        )
 
     def sample(self, n: int, length: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """(n, length, D) observations."""
+
         def noise(cov: Tensor) -> Tensor:
             return torch.randn(n, len(cov), generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
 

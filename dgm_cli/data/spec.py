@@ -1,4 +1,5 @@
 """What a model needs to know about its data; the data layer produces it, models read it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Each function draws ``n`` points with the given generator; all are roughly
 standardised to lie in [-4, 4]^2, the square on which samples are plotted.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,13 +51,17 @@ def checkerboard(n: int, g: torch.Generator) -> Tensor:
     return torch.stack([x1, x2], dim=1) * 2
 
 
-def pinwheel(n: int, g: torch.Generator, arms: int = 5, radial_std: float = 0.3, tangential_std: float = 0.1, rate: float = 0.25) -> Tensor:
+def pinwheel(
+    n: int, g: torch.Generator, arms: int = 5, radial_std: float = 0.3, tangential_std: float = 0.1, rate: float = 0.25
+) -> Tensor:
     rads = torch.linspace(0, 2 * math.pi, arms + 1)[:-1]
     feats = torch.randn(n, 2, generator=g) * torch.tensor([radial_std, tangential_std])
     feats[:, 0] += 1.0
     labels = torch.randint(arms, (n,), generator=g)
     angles = rads[labels] + rate * torch.exp(feats[:, 0])
-    rot = torch.stack([torch.cos(angles), -torch.sin(angles), torch.sin(angles), torch.cos(angles)], dim=1).view(n, 2, 2)
+    rot = torch.stack([torch.cos(angles), -torch.sin(angles), torch.sin(angles), torch.cos(angles)], dim=1).view(
+        n, 2, 2
+    )
     return 2 * torch.einsum("ni,nji->nj", feats, rot)
 
 
@@ -77,7 +82,7 @@ MOONS_NODES = 2048  # quadrature nodes per arc (midpoint rule in t): the arcs mo
 
 def _log_normal(x: Tensor, mean: Tensor, std: float) -> Tensor:
     """log N(x; mean, std^2 I) of 2-D points, broadcast over the leading dimensions."""
-    return -((x - mean) ** 2).sum(-1) / (2 * std ** 2) - math.log(2 * math.pi * std ** 2)
+    return -((x - mean) ** 2).sum(-1) / (2 * std**2) - math.log(2 * math.pi * std**2)
 
 
 def _mixture_log_density(centers: Tensor, std: float):
@@ -85,6 +90,7 @@ def _mixture_log_density(centers: Tensor, std: float):
         x = x.double()
         parts = _log_normal(x[:, None, :], centers.double()[None], std)  # (N, K)
         return torch.logsumexp(parts, dim=1) - math.log(len(centers))
+
     return log_density
 
 
@@ -109,9 +115,12 @@ def moons_log_density(x: Tensor, nodes: int = MOONS_NODES) -> Tensor:
     arcs = torch.cat([upper, lower])  # (2 nodes, 2)
     out, std = [], 0.1
     for chunk in x.double().split(128):  # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, as one matrix product
-        sq = (chunk ** 2).sum(1, keepdim=True) - 2 * chunk @ arcs.T + (arcs ** 2).sum(1)
-        out.append(torch.logsumexp(-sq.clamp_min(0) / (2 * std ** 2), dim=1) - math.log(2 * math.pi * std ** 2)
-                   - math.log(2 * nodes))
+        sq = (chunk**2).sum(1, keepdim=True) - 2 * chunk @ arcs.T + (arcs**2).sum(1)
+        out.append(
+            torch.logsumexp(-sq.clamp_min(0) / (2 * std**2), dim=1)
+            - math.log(2 * math.pi * std**2)
+            - math.log(2 * nodes)
+        )
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -135,9 +144,9 @@ def pinwheel_log_density(x, arms=5, radial_std=0.3, tangential_std=0.1, rate=0.2
         n = len(chunk)
         r = chunk.norm(dim=1) / 2
         psi = torch.atan2(chunk[:, 1], chunk[:, 0])
-        g = phi + rate * torch.exp(r[:, None] * torch.cos(phi))            # (n, nodes+1), g(pi) - g(-pi) = 2 pi
-        level = psi[:, None] - rads                                         # (n, arms)
-        turns = torch.floor((g[:, None, :] - level[:, :, None]) / two_pi)   # (n, arms, nodes+1)
+        g = phi + rate * torch.exp(r[:, None] * torch.cos(phi))  # (n, nodes+1), g(pi) - g(-pi) = 2 pi
+        level = psi[:, None] - rads  # (n, arms)
+        turns = torch.floor((g[:, None, :] - level[:, :, None]) / two_pi)  # (n, arms, nodes+1)
         i, k, j = torch.nonzero(turns[:, :, 1:] != turns[:, :, :-1], as_tuple=True)  # a crossing in [phi_j, phi_j+1]
         target = level[i, k] + two_pi * torch.maximum(turns[i, k, j], turns[i, k, j + 1])
         g0, g1 = g[i, j], g[i, j + 1]
@@ -149,24 +158,37 @@ def pinwheel_log_density(x, arms=5, radial_std=0.3, tangential_std=0.1, rate=0.2
         e = rate * torch.exp(ri * torch.cos(t))
         slope = (1 - e * ri * torch.sin(t)).abs()
         f0, f1 = ri * torch.cos(t), ri * torch.sin(t)
-        log_pf = (-((f0 - 1) / radial_std) ** 2 / 2 - (f1 / tangential_std) ** 2 / 2
-                  - math.log(2 * math.pi * radial_std * tangential_std))
+        log_pf = (
+            -(((f0 - 1) / radial_std) ** 2) / 2
+            - (f1 / tangential_std) ** 2 / 2
+            - math.log(2 * math.pi * radial_std * tangential_std)
+        )
         contrib = (log_pf - torch.log(4 * slope)).exp()
         out.append(torch.log(torch.zeros(n, dtype=torch.float64).index_add_(0, i, contrib) / arms))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 TRUE_DENSITIES = {
-    "eight_gaussians": (_mixture_log_density(eight_gaussians_centers(), 0.05 * 2),
-                        "closed form: an equal mixture of 8 Gaussians, std 0.1, on a circle of radius 2"),
-    "twenty_five_gaussians": (_mixture_log_density(grid_gaussians_centers(), 0.05 * 1.5),
-                              "closed form: an equal mixture of 25 Gaussians, std 0.075, on a 5x5 grid 1.5 apart"),
-    "checkerboard": (checkerboard_log_density,
-                     "closed form: uniform on the 8 squares of the checkerboard, p = 1/32 (NLL ln 32 at every point)"),
-    "moons": (moons_log_density,
-              f"numerical integration: each moon an arc smoothed by N(0, 0.1^2 I), the integral over the arc by the "
-              f"midpoint rule with {MOONS_NODES} nodes per moon (at most 2e-4 nats off on a point)"),
-    "pinwheel": (pinwheel_log_density,
-                 f"numerical: change of variables from the Gaussian (radial, tangential) draw over every root of the "
-                 f"arm's angle equation, bracketed on {PINWHEEL_NODES} angles and refined by Newton's method"),
+    "eight_gaussians": (
+        _mixture_log_density(eight_gaussians_centers(), 0.05 * 2),
+        "closed form: an equal mixture of 8 Gaussians, std 0.1, on a circle of radius 2",
+    ),
+    "twenty_five_gaussians": (
+        _mixture_log_density(grid_gaussians_centers(), 0.05 * 1.5),
+        "closed form: an equal mixture of 25 Gaussians, std 0.075, on a 5x5 grid 1.5 apart",
+    ),
+    "checkerboard": (
+        checkerboard_log_density,
+        "closed form: uniform on the 8 squares of the checkerboard, p = 1/32 (NLL ln 32 at every point)",
+    ),
+    "moons": (
+        moons_log_density,
+        f"numerical integration: each moon an arc smoothed by N(0, 0.1^2 I), the integral over the arc by the "
+        f"midpoint rule with {MOONS_NODES} nodes per moon (at most 2e-4 nats off on a point)",
+    ),
+    "pinwheel": (
+        pinwheel_log_density,
+        f"numerical: change of variables from the Gaussian (radial, tangential) draw over every root of the "
+        f"arm's angle equation, bracketed on {PINWHEEL_NODES} angles and refined by Newton's method",
+    ),
 }

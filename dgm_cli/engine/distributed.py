@@ -10,10 +10,12 @@
 The process group uses NCCL for CUDA tensors and gloo for CPU tensors. With one process
 every function here is a cheap no-op, so the single-process path is exactly what it was.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -125,14 +127,14 @@ def wrap(model: torch.nn.Module, device: torch.device, multi_player: bool) -> to
     ids = [device.index] if device.type == "cuda" else None
     with warnings.catch_warnings():  # broadcast_buffers=False is still the way to keep buffers rank-local
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
-                                       find_unused_parameters=multi_player)
+        return DistributedDataParallel(
+            model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=multi_player
+        )
 
 
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
 
 
 def agree_on_run() -> list[str]:

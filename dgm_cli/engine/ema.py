@@ -7,6 +7,7 @@ When set, validation, the logged sample grids, ``dgm sample`` and ``dgm eval`` u
 weights; checkpoints hold them beside the raw ones (``ema``), so training resumes exactly.
 Buffers (batch-norm statistics, counters) are not averaged: the model's own are used.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -13,6 +13,7 @@
 * A run folder being trained holds ``train.lock`` with the trainer's host and pid: a second
   ``dgm train resume=`` of it is refused while that process lives.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,10 @@ class StopRequested(Exception):
     def __init__(self, signame: str, step: int, checkpoint: Path):
         self.signame, self.step, self.checkpoint = signame, step, checkpoint
         self.exit_code = 128 + getattr(signal, signame, signal.SIGTERM).value
-        super().__init__(f"stopped by {signame} after step {step}; checkpoint {checkpoint}. "
-                         f"Continue with: dgm train resume={checkpoint.parent.parent}")
+        super().__init__(
+            f"stopped by {signame} after step {step}; checkpoint {checkpoint}. "
+            f"Continue with: dgm train resume={checkpoint.parent.parent}"
+        )
 
 
 class NonFiniteLoss(Exception):
@@ -163,12 +166,16 @@ def run_lock(run_dir: Path):
             owner = path.read_text().split() if path.exists() else []
             host, pid = (owner + ["", "0"])[:2]
             if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
-                raise UserError(f"{run_dir} is being trained right now by process {pid} (its lock file "
-                                f"{path} says so); wait for it to finish or stop it first. Two trainers "
-                                "must not write one run.") from None
+                raise UserError(
+                    f"{run_dir} is being trained right now by process {pid} (its lock file "
+                    f"{path} says so); wait for it to finish or stop it first. Two trainers "
+                    "must not write one run."
+                ) from None
             if host and host != socket.gethostname():
-                raise UserError(f"{run_dir} is locked by a trainer on host {host} (pid {pid}); if that run "
-                                f"is gone, delete {path} and resume again.") from None
+                raise UserError(
+                    f"{run_dir} is locked by a trainer on host {host} (pid {pid}); if that run "
+                    f"is gone, delete {path} and resume again."
+                ) from None
             path.unlink(missing_ok=True)  # a stale lock of a process that died
             continue
         with os.fdopen(fd, "w") as f:

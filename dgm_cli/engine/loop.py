@@ -13,8 +13,9 @@ for each of them, in order:
 then the weight average (trainer.ema_decay) and the learning-rate schedules step once per
 batch. A non-finite loss is flagged on the device and read where the loop reads the device anyway
 (logging, validation, grids, checkpoints): trainer.nan=stop stops there, before any checkpoint holds
-the bad step, and trainer.nan=skip undoes that batch's update on the device as it happens. Validation, sample grids and checkpoints follow at their intervals. The loop never
-looks at what kind of model it trains.
+the bad step, and trainer.nan=skip undoes that batch's update on the device as it happens. Validation,
+sample grids and checkpoints follow at their intervals. The loop never looks at what kind of model it
+trains.
 
 Randomness: before each (phase, micro-batch) the global RNG is seeded from (seed, step, phase,
 shard), where the shard numbers the global batch's micro-batches across processes. So a model's
@@ -25,6 +26,7 @@ Metrics and the non-finite flags stay on the device between log points (no ``.it
 per step: with one process, a step never waits for the device), so the loop costs next to nothing over
 a bare PyTorch loop (see scripts/bench_overhead.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,24 +77,60 @@ def trainer_settings(cfg: DictConfig) -> TrainerConfig:
     return TrainerConfig.of(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
-def build(cfg: DictConfig, model: GenerativeModel, data: pipeline.Dataset, run_dir: Path, device: torch.device,
-          resume_state: Optional[dict] = None, settings: Optional[TrainerConfig] = None) -> "Trainer":
+def build(
+    cfg: DictConfig,
+    model: GenerativeModel,
+    data: pipeline.Dataset,
+    run_dir: Path,
+    device: torch.device,
+    resume_state: Optional[dict] = None,
+    settings: Optional[TrainerConfig] = None,
+) -> "Trainer":
     """The Trainer of a composed `dgm train` config: everything it needs is built here from ``cfg`` (the
     trainer's settings, unless given as ``settings``; the batch iterator, the optimizer factory, the schedule),
     so the loop reads no config; ``cfg`` itself goes along only as the run's record (the checkpoint's and
     TensorBoard's HParams)."""
     settings = settings or trainer_settings(cfg)
-    batches = pipeline.BatchIterator(*data.train, model.data.representation, cfg.data.binarize, settings.batch_size,
-                                     device, cfg.seed, cfg.data.on_device)
+    batches = pipeline.BatchIterator(
+        *data.train,
+        model.data.representation,
+        cfg.data.binarize,
+        settings.batch_size,
+        device,
+        cfg.seed,
+        cfg.data.on_device,
+    )
     schedule = functools.partial(build_scheduler, cfg.scheduler)
-    return Trainer(model, data, batches, settings, optimizer_factory(cfg.optimizer), schedule, run_dir, device,
-                   seed=int(cfg.seed), record=cfg, resume_state=resume_state)
+    return Trainer(
+        model,
+        data,
+        batches,
+        settings,
+        optimizer_factory(cfg.optimizer),
+        schedule,
+        run_dir,
+        device,
+        seed=int(cfg.seed),
+        record=cfg,
+        resume_state=resume_state,
+    )
 
 
 class Trainer:
-    def __init__(self, model: GenerativeModel, data: pipeline.Dataset, batches: pipeline.BatchIterator,
-                 settings: TrainerConfig, optimizer: OptimizerFactory, schedule: ScheduleFactory, run_dir: Path,
-                 device: torch.device, seed: int, record: DictConfig, resume_state: Optional[dict] = None):
+    def __init__(
+        self,
+        model: GenerativeModel,
+        data: pipeline.Dataset,
+        batches: pipeline.BatchIterator,
+        settings: TrainerConfig,
+        optimizer: OptimizerFactory,
+        schedule: ScheduleFactory,
+        run_dir: Path,
+        device: torch.device,
+        seed: int,
+        record: DictConfig,
+        resume_state: Optional[dict] = None,
+    ):
         """``model`` trained on ``batches`` (data.train's, drawn by index) and validated on ``data.val``,
         with the optimizers ``model.configure_optimizers(optimizer)`` names, each on its ``schedule``, as
         ``settings`` say; ``record``: the run's config, saved with each checkpoint and in TensorBoard's
@@ -104,16 +142,22 @@ class Trainer:
         self.world, self.rank, self.main = distributed.world_size(), distributed.rank(), distributed.is_main()
         self.shards = self.world * settings.accumulate  # micro-batches per global batch
         if settings.batch_size % self.shards:
-            raise UserError(f"trainer.batch_size={settings.batch_size} is the global batch; it must split evenly "
-                            f"into {self.world} process(es) x trainer.accumulate={settings.accumulate} micro-batches.")
+            raise UserError(
+                f"trainer.batch_size={settings.batch_size} is the global batch; it must split evenly "
+                f"into {self.world} process(es) x trainer.accumulate={settings.accumulate} micro-batches."
+            )
         self.model = model.to(device)
         self.representation = model.data.representation
         self.data_identity = data.identity
         self.batches = batches
         self.val = self._fixed_split(data.val)
-        self.total_steps = settings.max_steps if settings.max_steps > 0 else settings.max_epochs * batches.steps_per_epoch
+        self.total_steps = (
+            settings.max_steps if settings.max_steps > 0 else settings.max_epochs * batches.steps_per_epoch
+        )
         self.optimizers = model.configure_optimizers(optimizer)
-        self.schedulers = {k: schedule(o, self.total_steps, batches.steps_per_epoch) for k, o in self.optimizers.items()}
+        self.schedulers = {
+            k: schedule(o, self.total_steps, batches.steps_per_epoch) for k, o in self.optimizers.items()
+        }
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.settings.precision == "16")
         self.params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.optimizers.items()}
         self.ema = WeightAverage(model, self.settings.ema_decay) if self.settings.ema_decay > 0 else None
@@ -128,8 +172,7 @@ class Trainer:
             self._load(resume_state)
         self.ddp = distributed.wrap(self.model, device, multi_player=len(self.optimizers) > 1)
         self.net = torch.compile(self.ddp) if self._compiles(model) else self.ddp
-        self.logger = (Logger(run_dir, purge_step=None if self.fresh else self.step + 1) if self.main
-                       else NullLogger())
+        self.logger = Logger(run_dir, purge_step=None if self.fresh else self.step + 1) if self.main else NullLogger()
         self.signals = StopSignals()
         self._stop_agreed = False  # with several processes: a stop signal reached one of them
         self._running: dict[str, torch.Tensor] = {}
@@ -146,9 +189,12 @@ class Trainer:
         if needs is None or self.device.type != "cpu" or self.total_steps - self.step < needs:
             return False
         if self.main:
-            log.info("trainer.compile=auto: compiling %s's loss computation (measured to pay on a CPU for runs "
-                     "of %d+ steps; the first step waits for the compiler); trainer.compile=false turns it off",
-                     type(model).__name__, needs)
+            log.info(
+                "trainer.compile=auto: compiling %s's loss computation (measured to pay on a CPU for runs "
+                "of %d+ steps; the first step waits for the compiler); trainer.compile=false turns it off",
+                type(model).__name__,
+                needs,
+            )
         # a machine without a working C++ compiler falls back to eager rather than failing the run
         torch._dynamo.config.suppress_errors = True
         return True
@@ -167,8 +213,10 @@ class Trainer:
             return [(x, y, 0)]
         size = len(x) // self.shards
         first = self.rank * self.settings.accumulate
-        return [(x[i * size:(i + 1) * size], None if y is None else y[i * size:(i + 1) * size], i)
-                for i in range(first, first + self.settings.accumulate)]
+        return [
+            (x[i * size : (i + 1) * size], None if y is None else y[i * size : (i + 1) * size], i)
+            for i in range(first, first + self.settings.accumulate)
+        ]
 
     def train_step(self, x: torch.Tensor, y: Optional[torch.Tensor], want_grad_norm: bool) -> None:
         """One global batch: every phase the model asks for, in order (see the module docstring).
@@ -247,20 +295,28 @@ class Trainer:
             return
         if self.settings.nan == "skip":
             self.skipped += len(bad_steps)
-            log.warning("step%s %s: non-finite loss; %s update was skipped (%d so far)", "s"[:len(bad_steps) - 1],
-                        ", ".join(map(str, bad_steps)), "that batch's" if len(bad_steps) == 1 else "those batches'",
-                        self.skipped)
+            log.warning(
+                "step%s %s: non-finite loss; %s update was skipped (%d so far)",
+                "s"[: len(bad_steps) - 1],
+                ", ".join(map(str, bad_steps)),
+                "that batch's" if len(bad_steps) == 1 else "those batches'",
+                self.skipped,
+            )
             return
         names = [k for k, v in self._running.items() if not math.isfinite(float(v))] or ["loss"]
         advice = self.model.non_finite_advice()
         last = self.ckpt_dir / "last.pt"
-        saved = f"the last good checkpoint is {last} (step {self._saved_step})" if last.exists() \
+        saved = (
+            f"the last good checkpoint is {last} (step {self._saved_step})"
+            if last.exists()
             else "no checkpoint was written yet"
+        )
         raise NonFiniteLoss(
             f"training stopped at step {self.step}: the loss of step {bad_steps[0]} is not finite (non-finite: "
             f"{', '.join(names)}); {saved}, left as it was. Lower optimizer.lr, set trainer.grad_clip, use "
             f"trainer.precision=32, or trainer.nan=skip to drop such batches; continue with dgm train "
-            f"resume={self.run_dir}." + (f" {advice[0].upper()}{advice[1:]}." if advice else ""))
+            f"resume={self.run_dir}." + (f" {advice[0].upper()}{advice[1:]}." if advice else "")
+        )
 
     def _accumulate(self, metrics: dict, bad: Optional[torch.Tensor] = None) -> None:
         """Add a step's metrics to the running sums (on the device); with ``bad`` (trainer.nan=skip), a
@@ -285,11 +341,22 @@ class Trainer:
 
     def _fit(self) -> dict[str, float]:
         settings = self.settings
-        bar = tqdm(total=self.total_steps, initial=self.step, dynamic_ncols=True, desc="train",
-                   disable=not (settings.progress and self.main and sys.stderr.isatty()))
-        log.info("training %s for %d steps (%d per epoch) on %s%s, run folder %s", self.record.model.name,
-                 self.total_steps, self.batches.steps_per_epoch, self.device,
-                 f" x {self.world} processes" if self.world > 1 else "", self.run_dir)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            dynamic_ncols=True,
+            desc="train",
+            disable=not (settings.progress and self.main and sys.stderr.isatty()),
+        )
+        log.info(
+            "training %s for %d steps (%d per epoch) on %s%s, run folder %s",
+            self.record.model.name,
+            self.total_steps,
+            self.batches.steps_per_epoch,
+            self.device,
+            f" x {self.world} processes" if self.world > 1 else "",
+            self.run_dir,
+        )
         log.info("%s", self.batches.placement)
         tick, tick_step = time.perf_counter(), self.step
         self._fit_started, self._grid_seconds, self._last_grid_seconds = tick, 0.0, None
@@ -338,8 +405,9 @@ class Trainer:
         if settings.sample_every and self.step % settings.sample_every != 0:  # the last step's grid, once
             self.log_images()
         final = {f"val_{k}": v for k, v in self.last_val.items()}
-        self.logger.hparams(self.record, final or {"train_steps": float(self.step)},
-                            {"data.representation": self.representation})
+        self.logger.hparams(
+            self.record, final or {"train_steps": float(self.step)}, {"data.representation": self.representation}
+        )
         self.logger.close()
         return final
 
@@ -353,9 +421,15 @@ class Trainer:
         elapsed = time.perf_counter() - self._fit_started
         done = max(self.step - first_step, 1)
         left = elapsed / done * (self.total_steps - self.step)
-        log.info("step %d/%d (%.0f%%), %.3g %s/s, about %s left", self.step, self.total_steps,
-                 100 * self.step / self.total_steps, done * self.settings.batch_size / max(elapsed, 1e-9), self.unit,
-                 f"{left / 60:.1f} min" if left >= 90 else f"{left:.0f} s")
+        log.info(
+            "step %d/%d (%.0f%%), %.3g %s/s, about %s left",
+            self.step,
+            self.total_steps,
+            100 * self.step / self.total_steps,
+            done * self.settings.batch_size / max(elapsed, 1e-9),
+            self.unit,
+            f"{left / 60:.1f} min" if left >= 90 else f"{left:.0f} s",
+        )
 
     def _stop(self, bar) -> None:
         """A stop signal arrived (on any process): checkpoint this step and leave."""
@@ -428,9 +502,15 @@ class Trainer:
         elapsed = time.perf_counter() - self._fit_started
         if self._grid_seconds + self._last_grid_seconds <= self.GRID_BUDGET * elapsed:
             return True
-        log.info("step %d: sample grid skipped: grids took %.0f s of %.0f s so far and one takes ~%.0f s, over the "
-                 "%d%% budget (raise trainer.sample_every, lower trainer.num_samples, or set trainer.sample_every=0)",
-                 self.step, self._grid_seconds, elapsed, self._last_grid_seconds, round(100 * self.GRID_BUDGET))
+        log.info(
+            "step %d: sample grid skipped: grids took %.0f s of %.0f s so far and one takes ~%.0f s, over the "
+            "%d%% budget (raise trainer.sample_every, lower trainer.num_samples, or set trainer.sample_every=0)",
+            self.step,
+            self._grid_seconds,
+            elapsed,
+            self._last_grid_seconds,
+            round(100 * self.GRID_BUDGET),
+        )
         return False
 
     @torch.no_grad()
@@ -444,8 +524,12 @@ class Trainer:
         start = time.perf_counter()
         n = self.grid_size()
         if n < self.settings.num_samples and self._last_grid_seconds is None:
-            log.info("sample grids hold %d samples, not trainer.num_samples=%d: %s samples one pixel per network "
-                     "pass", n, self.settings.num_samples, self.record.model.name)
+            log.info(
+                "sample grids hold %d samples, not trainer.num_samples=%d: %s samples one pixel per network pass",
+                n,
+                self.settings.num_samples,
+                self.record.model.name,
+            )
         self.model.eval()
         with runtime.fork_rng(self.device), self.averaged():
             samples = self.model.sample_for_logging(n)

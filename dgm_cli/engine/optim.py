@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules from the config."""
+
 from __future__ import annotations
 
 import inspect
@@ -22,8 +23,10 @@ def optimizer_class(cfg) -> type:
     except Exception:
         cls = None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise UserError(f"optimizer._target_={target!r} is not an optimizer class; name a subclass of "
-                        "torch.optim.Optimizer, e.g. torch.optim.Adam (see configs/optimizer/*.yaml).")
+        raise UserError(
+            f"optimizer._target_={target!r} is not an optimizer class; name a subclass of "
+            "torch.optim.Optimizer, e.g. torch.optim.Adam (see configs/optimizer/*.yaml)."
+        )
     return cls
 
 
@@ -39,8 +42,10 @@ def check_optimizer(cfg) -> None:
     accepted = [p for p in inspect.signature(cls).parameters if p != "params"]
     unknown = sorted(set(optimizer_arguments(cfg)) - set(accepted))
     if unknown:
-        raise UserError(f"optimizer.{unknown[0]} is not an argument of {cls.__module__}.{cls.__name__}; "
-                        f"optimizer.name={cfg.get('name')} takes: {', '.join(accepted)}.")
+        raise UserError(
+            f"optimizer.{unknown[0]} is not an argument of {cls.__module__}.{cls.__name__}; "
+            f"optimizer.name={cfg.get('name')} takes: {', '.join(accepted)}."
+        )
 
 
 def optimizer_factory(cfg):

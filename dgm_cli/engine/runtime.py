@@ -1,4 +1,5 @@
 """Devices, precision, seeds and RNG state: the parts of a run that are not the model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,14 @@ def determinism(deterministic: bool, device: torch.device):
     its kernels on the first batches and keeps the fastest (``cudnn.benchmark``), which may differ
     from run to run in the last bits. A CPU computes deterministically either way."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+        cudnn.allow_tf32,
+        matmul.allow_tf32,
+    )
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -68,7 +75,9 @@ def seed_step(seed: int, device: torch.device) -> None:
     (``torch.manual_seed`` would also visit every other backend: about 1 ms, a fifth of a small step.)"""
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
-        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()].manual_seed(seed)
+        torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()
+        ].manual_seed(seed)
     elif device.type == "mps":
         torch.mps.manual_seed(seed)
 
@@ -91,7 +100,7 @@ def set_rng_state(state: dict) -> None:
     as they are (every training step re-seeds its device anyway: ``seed_step``)."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
-        for index, saved in enumerate(state["cuda"][:torch.cuda.device_count()]):
+        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(saved, index)
 
 

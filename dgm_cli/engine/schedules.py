@@ -3,6 +3,7 @@
 ``scheduler.name`` is validated against this table, `--help` lists it, and ``engine.optim`` builds from
 it, so a new schedule is one function and one entry here (plus its YAML in configs/scheduler/). Pure
 Python (no torch): validation reads the names before anything heavy is imported."""
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,13 @@ def burda2015(cfg, at: Progress, floor: float) -> float:
 
 
 #: scheduler.name -> the multiplier after warm-up
-SCHEDULES: dict[str, Callable] = {"cosine": cosine, "step": step, "exponential": exponential,
-                                  "constant": constant, "burda2015": burda2015}
+SCHEDULES: dict[str, Callable] = {
+    "cosine": cosine,
+    "step": step,
+    "exponential": exponential,
+    "constant": constant,
+    "burda2015": burda2015,
+}
 
 
 def lr_lambda(cfg, total_steps: int, base_lr: float, steps_per_epoch: int = 1) -> Callable[[int], float]:

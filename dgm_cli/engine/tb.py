@@ -1,4 +1,5 @@
 """TensorBoard logging of a run: scalars, images and the hyperparameters with final metrics."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,17 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 #: config keys shown in TensorBoard's HParams view (plus every model.* key)
-HPARAM_KEYS = ("objective.name", "optimizer.name", "optimizer.lr", "trainer.batch_size", "seed", "data.name",
-               "data.representation", "objective.k", "objective.beta")
+HPARAM_KEYS = (
+    "objective.name",
+    "optimizer.name",
+    "optimizer.lr",
+    "trainer.batch_size",
+    "seed",
+    "data.name",
+    "data.representation",
+    "objective.k",
+    "objective.beta",
+)
 
 
 class Logger:
@@ -35,7 +45,11 @@ class Logger:
                 flat[key] = v
         for k, v in cfg.model.items():
             # HParams takes numbers, strings and booleans; show lists and nulls as text
-            flat[f"model.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v)
+            flat[f"model.{k}"] = (
+                v
+                if isinstance(v, (int, float, str, bool))
+                else str(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v)
+            )
         # SummaryWriter.add_hparams would open a second event file; write its summaries into ours
         metrics = {f"hparam/{k}": v for k, v in metrics.items()}
         for summary in hparams(flat, metrics):

@@ -18,6 +18,7 @@ A model's estimator settings are a dataclass of its own (``Estimator``, e.g. the
 as ``dgm eval estimator.<key>=...``: the generic eval config knows none of them, and a key the model
 does not take is refused with the list of those it does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,15 @@ KINDS = (EXACT, LOWER_BOUND, ESTIMATE, UPPER_BOUND, CONDITIONAL)
 #: a model's ``likelihood`` (its estimator's short name) -> the kind of number it gives
 #: (hutchinson: an unbiased estimate of an exact log p, flow matching's on images; decoder_ais: forward AIS
 #: of log p(x) = log int p(z) p(x|z) dz, a stochastic lower bound, Wu et al. 2017)
-ESTIMATOR_KINDS = {"exact": EXACT, "iwae": LOWER_BOUND, "elbo": LOWER_BOUND, "vlb": LOWER_BOUND, "ais": ESTIMATE,
-                   "hutchinson": ESTIMATE, "decoder_ais": LOWER_BOUND}
+ESTIMATOR_KINDS = {
+    "exact": EXACT,
+    "iwae": LOWER_BOUND,
+    "elbo": LOWER_BOUND,
+    "vlb": LOWER_BOUND,
+    "ais": ESTIMATE,
+    "hutchinson": ESTIMATE,
+    "decoder_ais": LOWER_BOUND,
+}
 
 
 def likelihood_kind(model, settings: Mapping[str, Any] | None = None) -> str:
@@ -62,21 +70,31 @@ def estimator_settings(model, given: Mapping[str, Any]) -> dict:
     name = type(model).__name__
     if cls is None:
         if given:
-            how = ("it has no likelihood" if model.likelihood is None else "its likelihood is exact"
-                   if model.likelihood == "exact" else "its bound is computed without sampling")
-            raise UserError(f"{name} takes no estimator settings ({how}); drop "
-                            f"{', '.join('estimator.' + k for k in given)}.")
+            how = (
+                "it has no likelihood"
+                if model.likelihood is None
+                else "its likelihood is exact"
+                if model.likelihood == "exact"
+                else "its bound is computed without sampling"
+            )
+            raise UserError(
+                f"{name} takes no estimator settings ({how}); drop {', '.join('estimator.' + k for k in given)}."
+            )
         return {}
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in given if k not in allowed]
     if unknown:
-        raise UserError(f"{name} takes no estimator setting {', '.join('estimator.' + k for k in unknown)}; "
-                        f"its estimator settings are: {', '.join('estimator.' + k for k in allowed)}.")
+        raise UserError(
+            f"{name} takes no estimator setting {', '.join('estimator.' + k for k in unknown)}; "
+            f"its estimator settings are: {', '.join('estimator.' + k for k in allowed)}."
+        )
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), given)
         chosen = OmegaConf.to_object(merged)
         # an estimator with a switch (AIS or not) names only the settings in effect
         return chosen.in_effect() if hasattr(chosen, "in_effect") else dataclasses.asdict(chosen)
     except OmegaConfBaseException as exc:
-        raise UserError(f"{name}: estimator.{getattr(exc, 'full_key', '?')}: {str(exc).splitlines()[0]}; "
-                        f"its estimator settings are: {', '.join('estimator.' + k for k in allowed)}.") from None
+        raise UserError(
+            f"{name}: estimator.{getattr(exc, 'full_key', '?')}: {str(exc).splitlines()[0]}; "
+            f"its estimator settings are: {', '.join('estimator.' + k for k in allowed)}."
+        ) from None

@@ -34,6 +34,7 @@ by the dataset and a hash of the recipe and the training data, written atomicall
 (temporary file + ``os.replace``) and read with ``torch.load(weights_only=True)``; a
 file that cannot be read is retrained, not crashed on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,9 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..atomic import write_atomically
-from ..progress import Progress
 from ..data import files
 from ..errors import UserError
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,15 @@ def encoder(shape: tuple[int, int, int], feature_dim: int = FEATURE_DIM, relu: b
     if h < 4 or w < 4:
         raise UserError(f"images of shape {tuple(shape)} are too small for dgm's feature network (needs 4x4 or more).")
     return nn.Sequential(
-        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * (h // 4) * (w // 4), feature_dim), *([nn.ReLU()] if relu else []),
+        nn.Linear(64 * (h // 4) * (w // 4), feature_dim),
+        *([nn.ReLU()] if relu else []),
     )
 
 
@@ -112,9 +118,15 @@ class ConvAutoencoder(nn.Module):
         c, h, w = shape
         self.body = encoder(shape, feature_dim, relu=False)
         self.decoder = nn.Sequential(
-            nn.Linear(feature_dim, 64 * (h // 4) * (w // 4)), nn.ReLU(), nn.Unflatten(1, (64, h // 4, w // 4)),
-            nn.Upsample(size=(h // 2, w // 2)), nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(),
-            nn.Upsample(size=(h, w)), nn.Conv2d(32, c, 3, padding=1), nn.Sigmoid(),
+            nn.Linear(feature_dim, 64 * (h // 4) * (w // 4)),
+            nn.ReLU(),
+            nn.Unflatten(1, (64, h // 4, w // 4)),
+            nn.Upsample(size=(h // 2, w // 2)),
+            nn.Conv2d(64, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Upsample(size=(h, w)),
+            nn.Conv2d(32, c, 3, padding=1),
+            nn.Sigmoid(),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -126,16 +138,28 @@ class FeatureNetwork:
     without class probabilities (the autoencoder). ``quality``: {measure: value} on held-out data, None
     where dgm cannot measure it (Inception)."""
 
-    def __init__(self, body: nn.Module, head: Optional[nn.Module], description: str, test_accuracy: Optional[float],
-                 device, batch_size: int = 500, preprocess=None, kind: str = "classifier",
-                 quality: Optional[dict] = None):
+    def __init__(
+        self,
+        body: nn.Module,
+        head: Optional[nn.Module],
+        description: str,
+        test_accuracy: Optional[float],
+        device,
+        batch_size: int = 500,
+        preprocess=None,
+        kind: str = "classifier",
+        quality: Optional[dict] = None,
+    ):
         self.body = body.to(device).eval().requires_grad_(False)
         self.head = None if head is None else head.to(device).eval().requires_grad_(False)
         self.description = description
         self.test_accuracy = test_accuracy
         self.kind = kind
-        self.quality = quality if quality is not None else (
-            {"test_accuracy": test_accuracy} if test_accuracy is not None else None)
+        self.quality = (
+            quality
+            if quality is not None
+            else ({"test_accuracy": test_accuracy} if test_accuracy is not None else None)
+        )
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.preprocess = preprocess or (lambda x: x)
@@ -146,26 +170,31 @@ class FeatureNetwork:
         weak = {k: v for k, v in (self.quality or {}).items() if k in WEAK_QUALITY and v < WEAK_QUALITY[k]}
         if not weak:
             return None
-        (measure, value), = weak.items()
-        what = {"test_accuracy": "classifies {v:.1%} of held-out images correctly",
-                "reconstructed_variance": "reconstructs {v:.1%} of the held-out images' pixel variance"}[measure]
-        return (f"weak features: the {self.description.split(' (')[0]} {what.format(v=value)} (below "
-                f"{WEAK_QUALITY[measure]:.0%}), so FID, KID and precision/recall through it measure little; do not "
-                "read small differences as real. Label the data (features=classifier), or use features=inception.")
+        ((measure, value),) = weak.items()
+        what = {
+            "test_accuracy": "classifies {v:.1%} of held-out images correctly",
+            "reconstructed_variance": "reconstructs {v:.1%} of the held-out images' pixel variance",
+        }[measure]
+        return (
+            f"weak features: the {self.description.split(' (')[0]} {what.format(v=value)} (below "
+            f"{WEAK_QUALITY[measure]:.0%}), so FID, KID and precision/recall through it measure little; do not "
+            "read small differences as real. Label the data (features=classifier), or use features=inception."
+        )
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
         """(N, F) float32 features on ``self.device``; ``x`` is (N, C, H, W), floats in [0, 1] or uint8."""
-        out = [self.body(self.preprocess(_unit_float(b).to(self.device))).float()
-               for b in x.split(self.batch_size)]
+        out = [self.body(self.preprocess(_unit_float(b).to(self.device))).float() for b in x.split(self.batch_size)]
         return torch.cat(out) if out else torch.empty(0, 0, device=self.device)
 
     @torch.no_grad()
     def logits_from_features(self, f: Tensor) -> Tensor:
         if self.head is None:
-            raise UserError(f"the Inception score reads a classifier's class probabilities, and the {self.description} "
-                            "has none; leave 'is' out of metrics=, or use features=classifier (labelled data) or "
-                            "features=inception.")
+            raise UserError(
+                f"the Inception score reads a classifier's class probabilities, and the {self.description} "
+                "has none; leave 'is' out of metrics=, or use features=classifier (labelled data) or "
+                "features=inception."
+            )
         return self.head(f.to(self.device)).float()
 
     @torch.no_grad()
@@ -193,9 +222,20 @@ def _fingerprint(*tensors: Tensor) -> str:
 
 
 def recipe(shape, num_classes: int, epochs: int, data_hash: str) -> dict:
-    return {"version": RECIPE_VERSION, "arch": "SmallCNN", "shape": list(shape), "num_classes": num_classes,
-            "feature_dim": FEATURE_DIM, "epochs": epochs, "batch_size": 128, "lr": 1e-3, "seed": 0,
-            "schedule": "cosine", "binarize_prob": 0.5, "data": data_hash}
+    return {
+        "version": RECIPE_VERSION,
+        "arch": "SmallCNN",
+        "shape": list(shape),
+        "num_classes": num_classes,
+        "feature_dim": FEATURE_DIM,
+        "epochs": epochs,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "seed": 0,
+        "schedule": "cosine",
+        "binarize_prob": 0.5,
+        "data": data_hash,
+    }
 
 
 def train_classifier(model: SmallCNN, train_x: Tensor, train_y: Tensor, rec: dict, device) -> None:
@@ -221,16 +261,23 @@ def train_classifier(model: SmallCNN, train_x: Tensor, train_y: Tensor, rec: dic
                 opt.step()
                 sched.step()
                 progress.update()
-            log.info("feature classifier epoch %d/%d: loss %.4f (%.0fs)", epoch + 1, rec["epochs"], loss.item(),
-                     time.time() - start)
+            log.info(
+                "feature classifier epoch %d/%d: loss %.4f (%.0fs)",
+                epoch + 1,
+                rec["epochs"],
+                loss.item(),
+                time.time() - start,
+            )
     model.eval()
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, device, batch_size: int = 1000) -> float:
     model.eval()
-    correct = sum((model(_unit_float(xb).to(device)).argmax(1).cpu() == yb).sum().item()
-                  for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    correct = sum(
+        (model(_unit_float(xb).to(device)).argmax(1).cpu() == yb).sum().item()
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size))
+    )
     return correct / max(len(x), 1)
 
 
@@ -274,8 +321,9 @@ def _one_trainer(path: Path):
         lock.release()
 
 
-def _cached_network(dataset_name: str, rec: dict, build, train, measure: str, quality, device,
-                    cache: Optional[Path], what: str) -> tuple[nn.Module, float]:
+def _cached_network(
+    dataset_name: str, rec: dict, build, train, measure: str, quality, device, cache: Optional[Path], what: str
+) -> tuple[nn.Module, float]:
     """(network, its held-out quality ``measure``): from the cache file of ``rec``, or built (``build()``),
     trained (``train(model)``), measured (``quality(model)``) and cached, once per recipe and data."""
     key = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
@@ -294,12 +342,22 @@ def _cached_network(dataset_name: str, rec: dict, build, train, measure: str, qu
             try:
                 _save_atomic(path, {"recipe": rec, "state_dict": state, measure: value, "dataset": dataset_name})
             except OSError as exc:  # a read-only home: the network still works, it is just not cached
-                log.warning("could not cache the feature network in %s (%s); it will be retrained next time.", path, exc)
+                log.warning(
+                    "could not cache the feature network in %s (%s); it will be retrained next time.", path, exc
+                )
     return model, value
 
 
-def own_classifier(dataset_name: str, train_x: Tensor, train_y: Optional[Tensor], test_x: Tensor,
-                   test_y: Optional[Tensor], device, epochs: int, cache: Optional[Path] = None) -> FeatureNetwork:
+def own_classifier(
+    dataset_name: str,
+    train_x: Tensor,
+    train_y: Optional[Tensor],
+    test_x: Tensor,
+    test_y: Optional[Tensor],
+    device,
+    epochs: int,
+    cache: Optional[Path] = None,
+) -> FeatureNetwork:
     if train_y is None or test_y is None:
         raise UserError(
             f"features=classifier on dataset={dataset_name} needs class labels to train dgm's feature "
@@ -311,8 +369,16 @@ def own_classifier(dataset_name: str, train_x: Tensor, train_y: Optional[Tensor]
     num_classes = int(max(train_y.max().item(), test_y.max().item())) + 1
     rec = recipe(shape, num_classes, epochs, _fingerprint(train_x, train_y))
     model, acc = _cached_network(
-        dataset_name, rec, lambda: SmallCNN(shape, num_classes), lambda m: train_classifier(m, train_x, train_y, rec, device),
-        "test_accuracy", lambda m: accuracy(m, test_x, test_y, device), device, cache, "feature classifier")
+        dataset_name,
+        rec,
+        lambda: SmallCNN(shape, num_classes),
+        lambda m: train_classifier(m, train_x, train_y, rec, device),
+        "test_accuracy",
+        lambda m: accuracy(m, test_x, test_y, device),
+        device,
+        cache,
+        "feature classifier",
+    )
     name = PRETTY_NAMES.get(dataset_name, dataset_name)
     description = f"dgm {name} classifier ({FEATURE_DIM}-d features), {100 * acc:.1f}% test accuracy"
     return FeatureNetwork(model.body, model.head, description, acc, device)
@@ -320,9 +386,20 @@ def own_classifier(dataset_name: str, train_x: Tensor, train_y: Optional[Tensor]
 
 # --- the label-free network: an autoencoder ----------------------------------------------------
 def autoencoder_recipe(shape, steps: int, data_hash: str) -> dict:
-    return {"version": AUTOENCODER_VERSION, "arch": "ConvAutoencoder", "shape": list(shape), "feature_dim": FEATURE_DIM,
-            "steps": steps, "batch_size": 128, "lr": 1e-3, "seed": 0, "schedule": "cosine", "loss": "squared error",
-            "binarize_prob": 0.5, "data": data_hash}
+    return {
+        "version": AUTOENCODER_VERSION,
+        "arch": "ConvAutoencoder",
+        "shape": list(shape),
+        "feature_dim": FEATURE_DIM,
+        "steps": steps,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "seed": 0,
+        "schedule": "cosine",
+        "loss": "squared error",
+        "binarize_prob": 0.5,
+        "data": data_hash,
+    }
 
 
 #: the autoencoder trains for at least this many steps (a few hundred images still get a usable network)
@@ -337,7 +414,9 @@ def train_autoencoder(model: ConvAutoencoder, train_x: Tensor, rec: dict, device
     opt = torch.optim.Adam(model.parameters(), lr=rec["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / rec["steps"])))
     n, bs, step = len(train_x), rec["batch_size"], 0
-    with Progress(rec["steps"], "training the label-free feature network (autoencoder)", "steps", logger=log.name) as progress:
+    with Progress(
+        rec["steps"], "training the label-free feature network (autoencoder)", "steps", logger=log.name
+    ) as progress:
         while step < rec["steps"]:
             for idx in torch.randperm(n, generator=g).split(bs):
                 x = _unit_float(train_x[idx]).to(device)
@@ -367,22 +446,33 @@ def reconstructed_variance(model: ConvAutoencoder, x: Tensor, device, batch_size
     return 1.0 - err / var if var > 0 else 0.0
 
 
-def own_autoencoder(dataset_name: str, train_x: Tensor, test_x: Tensor, device, epochs: int,
-                    cache: Optional[Path] = None) -> FeatureNetwork:
+def own_autoencoder(
+    dataset_name: str, train_x: Tensor, test_x: Tensor, device, epochs: int, cache: Optional[Path] = None
+) -> FeatureNetwork:
     """The label-free feature network of a dataset: ``ConvAutoencoder`` trained on its training images (at
     least AUTOENCODER_MIN_STEPS steps), its quality the held-out share of pixel variance it reconstructs."""
     shape = tuple(train_x.shape[1:])
     steps = max(AUTOENCODER_MIN_STEPS, epochs * math.ceil(len(train_x) / 128))
     rec = autoencoder_recipe(shape, steps, _fingerprint(train_x))
     model, r2 = _cached_network(
-        dataset_name, rec, lambda: ConvAutoencoder(shape), lambda m: train_autoencoder(m, train_x, rec, device),
-        "reconstructed_variance", lambda m: reconstructed_variance(m, test_x, device), device, cache,
-        "label-free feature network (autoencoder)")
+        dataset_name,
+        rec,
+        lambda: ConvAutoencoder(shape),
+        lambda m: train_autoencoder(m, train_x, rec, device),
+        "reconstructed_variance",
+        lambda m: reconstructed_variance(m, test_x, device),
+        device,
+        cache,
+        "label-free feature network (autoencoder)",
+    )
     name = PRETTY_NAMES.get(dataset_name, dataset_name)
-    description = (f"dgm {name} autoencoder ({FEATURE_DIM}-d code, no labels), reconstructs {100 * r2:.1f}% of "
-                   "held-out pixel variance")
-    return FeatureNetwork(model.body, None, description, None, device, kind="autoencoder",
-                          quality={"reconstructed_variance": r2})
+    description = (
+        f"dgm {name} autoencoder ({FEATURE_DIM}-d code, no labels), reconstructs {100 * r2:.1f}% of "
+        "held-out pixel variance"
+    )
+    return FeatureNetwork(
+        model.body, None, description, None, device, kind="autoencoder", quality={"reconstructed_variance": r2}
+    )
 
 
 # --- Inception-v3, only from weights already on disk ---------------------------------
@@ -391,7 +481,10 @@ def inception_weights_path() -> Optional[Path]:
     env = os.environ.get(INCEPTION_ENV)
     if env:
         if not Path(env).is_file():
-            raise UserError(f"{INCEPTION_ENV}={env} is not a file; point it at torchvision's inception_v3 weights (.pth) or unset it.")
+            raise UserError(
+                f"{INCEPTION_ENV}={env} is not a file; point it at torchvision's inception_v3 weights (.pth) "
+                "or unset it."
+            )
         return Path(env)
     from torchvision.models import Inception_V3_Weights
 
@@ -411,7 +504,8 @@ def inception_network(path: Path, device) -> FeatureNetwork:
     except Exception as exc:
         raise UserError(
             f"{path} does not hold torchvision's inception_v3 state dict ({type(exc).__name__}: {exc}). "
-            f"Point {INCEPTION_ENV} at that file (inception_v3_google-0cc3c7bd.pth), or unset it to use dgm's own classifier."
+            f"Point {INCEPTION_ENV} at that file (inception_v3_google-0cc3c7bd.pth), or unset it to use dgm's own "
+            "classifier."
         ) from exc
     head, net.fc = net.fc, nn.Identity()
 
@@ -421,8 +515,17 @@ def inception_network(path: Path, device) -> FeatureNetwork:
         return 2 * x - 1
 
     description = f"torchvision Inception-v3 pool3 (2048-d; {path.name}; not the TF-Inception of published FIDs)"
-    return FeatureNetwork(net, head, description, None, device, batch_size=50, preprocess=preprocess,
-                          kind="torchvision-inception", quality={})
+    return FeatureNetwork(
+        net,
+        head,
+        description,
+        None,
+        device,
+        batch_size=50,
+        preprocess=preprocess,
+        kind="torchvision-inception",
+        quality={},
+    )
 
 
 # --- the standard FID network: TF-Inception-v3 through torch-fidelity ---------------------------------
@@ -450,11 +553,12 @@ def fid_inception_path() -> Path:
         where = f"neither {FID_INCEPTION_ENV} nor {files.cache_root() / FID_INCEPTION_FILE} names one"
     raise UserError(
         f"features=inception needs the weights of the standard FID network (TF-Inception-v3 of 2015-12-05, as "
-        f"pytorch-fid and torch-fidelity use it) on disk, and {where}. The file is {FID_INCEPTION_FILE} (about 91 MB; "
-        f"its sha256 begins with {FID_INCEPTION_SHA256_PREFIX}), released with pytorch-fid at {FID_INCEPTION_URL} "
-        f"(torch-fidelity's copy, weights-inception-2015-12-05-6726825d.pth, works too); dgm never downloads it. Put it "
-        f"in $DGM_CACHE ({files.cache_root()}) or point {FID_INCEPTION_ENV} at it; or leave features= out for dgm's "
-        "own offline feature networks.")
+        f"pytorch-fid and torch-fidelity use it) on disk, and {where}. The file is {FID_INCEPTION_FILE} "
+        f"(about 91 MB; its sha256 begins with {FID_INCEPTION_SHA256_PREFIX}), released with pytorch-fid at "
+        f"{FID_INCEPTION_URL} (torch-fidelity's copy, weights-inception-2015-12-05-6726825d.pth, works too); dgm "
+        f"never downloads it. Put it in $DGM_CACHE ({files.cache_root()}) or point {FID_INCEPTION_ENV} at it; "
+        "or leave features= out for dgm's own offline feature networks."
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -494,8 +598,10 @@ def inception_fid_network(device, path: Optional[Path] = None) -> FeatureNetwork
     try:
         import torch_fidelity.feature_extractor_inceptionv3 as fidelity
     except ImportError:
-        raise UserError("features=inception computes the standard FID through the torch-fidelity package, which is "
-                        "not installed: pip install 'dgm[inception]' (or pip install torch-fidelity).") from None
+        raise UserError(
+            "features=inception computes the standard FID through the torch-fidelity package, which is "
+            "not installed: pip install 'dgm[inception]' (or pip install torch-fidelity)."
+        ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
@@ -512,25 +618,43 @@ def inception_fid_network(device, path: Optional[Path] = None) -> FeatureNetwork
         from unittest import mock
 
         with mock.patch.object(fidelity, "torch", _Preloaded()):
-            extractor = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                             feature_extractor_weights_path=str(path))
+            extractor = fidelity.FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+            )
     except Exception as exc:
-        raise UserError(f"{path} does not hold the FID Inception weights ({type(exc).__name__}: {exc}); the file is "
-                        f"{FID_INCEPTION_FILE} from {FID_INCEPTION_URL}.") from None
+        raise UserError(
+            f"{path} does not hold the FID Inception weights ({type(exc).__name__}: {exc}); the file is "
+            f"{FID_INCEPTION_FILE} from {FID_INCEPTION_URL}."
+        ) from None
     digest = _sha256(path)
     head = nn.Linear(2048, extractor.fc.out_features, bias=False)
     head.weight = extractor.fc.weight
     published = digest.startswith(FID_INCEPTION_SHA256_PREFIX)
-    description = ("TF-Inception-v3 pool3 (2048-d; the FID network of pytorch-fid and torch-fidelity, via torch-fidelity; "
-                   "8-bit images, bilinear to 299x299)" + ("" if published else
-                   f"; weights {path.name}, sha256 {digest[:12]}, NOT the published file: not comparable with papers"))
-    return FeatureNetwork(_FidelityInception(extractor), head, description, None, device, batch_size=50,
-                          kind="inception", quality={})
+    description = (
+        "TF-Inception-v3 pool3 (2048-d; the FID network of pytorch-fid and torch-fidelity, via torch-fidelity; "
+        "8-bit images, bilinear to 299x299)"
+        + (
+            ""
+            if published
+            else f"; weights {path.name}, sha256 {digest[:12]}, NOT the published file: not comparable with papers"
+        )
+    )
+    return FeatureNetwork(
+        _FidelityInception(extractor), head, description, None, device, batch_size=50, kind="inception", quality={}
+    )
 
 
-def get_feature_network(dataset_name: str, train_x: Tensor, train_y: Optional[Tensor], test_x: Tensor,
-                        test_y: Optional[Tensor], device="cpu", epochs: int = 2,
-                        cache: Optional[Path] = None, kind: str = "auto") -> FeatureNetwork:
+def get_feature_network(
+    dataset_name: str,
+    train_x: Tensor,
+    train_y: Optional[Tensor],
+    test_x: Tensor,
+    test_y: Optional[Tensor],
+    device="cpu",
+    epochs: int = 2,
+    cache: Optional[Path] = None,
+    kind: str = "auto",
+) -> FeatureNetwork:
     """The feature network ``kind`` (FEATURE_KINDS; see the module docstring) for ``dataset_name``: ``auto`` is
     the classifier where the data has labels (CIFAR-10: torchvision's Inception-v3 where its weights are on
     disk), else the autoencoder.
@@ -548,6 +672,9 @@ def get_feature_network(dataset_name: str, train_x: Tensor, train_y: Optional[Te
         path = inception_weights_path()
         if path is not None:
             return inception_network(path, device)
-        log.info("no local Inception-v3 weights (%s or the torch hub cache); using dgm's own %s classifier.",
-                 INCEPTION_ENV, dataset_name)
+        log.info(
+            "no local Inception-v3 weights (%s or the torch hub cache); using dgm's own %s classifier.",
+            INCEPTION_ENV,
+            dataset_name,
+        )
     return own_classifier(dataset_name, train_x, train_y, test_x, test_y, device, epochs, cache)

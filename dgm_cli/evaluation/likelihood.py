@@ -15,6 +15,7 @@ Errors: ``nll_nats_stderr`` is the spread over examples divided by sqrt(n). An e
 shared by every example (AIS's log Z) returns it from ``prepare_eval`` as ``shared_error_nats``; it is
 reported apart, not divided by sqrt(n), and ``nll_nats_error`` combines the two.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,10 @@ from . import estimators
 
 log = logging.getLogger("dgm.eval")
 
-FIXED_BINARIZATION = {"binarized_mnist": "fixed: the Larochelle & Murray 2011 files",
-                      **{name: "none: the sequences' own 0/1 values" for name in sequences.SEQUENCE_DATASETS}}
+FIXED_BINARIZATION = {
+    "binarized_mnist": "fixed: the Larochelle & Murray 2011 files",
+    **{name: "none: the sequences' own 0/1 values" for name in sequences.SEQUENCE_DATASETS},
+}
 
 
 def nll_offset(representation: str, dim: int) -> float:
@@ -47,7 +50,9 @@ def binarization(dataset: str, representation: str, binarize: str) -> tuple[Opti
         return None, None
     if dataset in FIXED_BINARIZATION:
         return FIXED_BINARIZATION[dataset], FIXED_BINARIZATION[dataset]
-    training = f"{binarize}: {BINARIZATIONS[binarize]}" + (f", seed {pipeline.EVAL_SEED}" if binarize == "static" else "")
+    training = f"{binarize}: {BINARIZATIONS[binarize]}" + (
+        f", seed {pipeline.EVAL_SEED}" if binarize == "static" else ""
+    )
     return f"one Bernoulli draw of the intensities, seed {pipeline.EVAL_SEED}", training
 
 
@@ -79,18 +84,22 @@ def summary(nll: torch.Tensor, dims) -> dict:
     stderr = float(nll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     d = torch.as_tensor(dims, dtype=torch.float64).expand(n).to(nll.device)
     rate = float(nll.sum() / d.sum())
-    rate_stderr = (float((((nll - rate * d) ** 2).sum() / (n * (n - 1))).sqrt() / d.mean()) if n > 1
-                   else float("nan"))
-    return {"nll_nats": float(nll.mean()), "nll_nats_stderr": stderr,
-            "bits_per_dim": rate / math.log(2), "bits_per_dim_stderr": rate_stderr / math.log(2)}
+    rate_stderr = float((((nll - rate * d) ** 2).sum() / (n * (n - 1))).sqrt() / d.mean()) if n > 1 else float("nan")
+    return {
+        "nll_nats": float(nll.mean()),
+        "nll_nats_stderr": stderr,
+        "bits_per_dim": rate / math.log(2),
+        "bits_per_dim_stderr": rate_stderr / math.log(2),
+    }
 
 
 def is_conditional(model) -> bool:
     return bool(getattr(model, "conditional", False))
 
 
-def score_batches(model, x: torch.Tensor, y, batch_size: int, device, log_prior: Optional[torch.Tensor] = None,
-                  **settings):
+def score_batches(
+    model, x: torch.Tensor, y, batch_size: int, device, log_prior: Optional[torch.Tensor] = None, **settings
+):
     """Per batch of a transformed split, in order: ``(xb, yb, log_p, own)`` with ``log_p`` = log p(x) per
     example in nats (float64, on the CPU; a class-conditional model's marginal over its labels, with
     ``log_prior`` = log p(y)) and ``own`` = what ``model.log_likelihood`` gives (log p(x|y) for a
@@ -105,9 +114,16 @@ def score_batches(model, x: torch.Tensor, y, batch_size: int, device, log_prior:
         yield xb, yb, own if marginal is None else marginal, own
 
 
-def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
-                        log_prior: Optional[torch.Tensor] = None, nll_out: Optional[dict] = None,
-                        **settings) -> dict:
+def evaluate_likelihood(
+    model,
+    x: torch.Tensor,
+    y,
+    batch_size: int,
+    device,
+    log_prior: Optional[torch.Tensor] = None,
+    nll_out: Optional[dict] = None,
+    **settings,
+) -> dict:
     """Run ``model.log_likelihood`` and ``model.extra_eval`` over a transformed split; ``nll_out``, a
     dict, receives the NLL of each example (``"nll"``, nats, float64) for comparisons on the same examples.
 
@@ -122,8 +138,9 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
     what = f"scoring {len(x):,} examples: {model.estimator(**settings)}"
     log.info("%s", what)
     with Progress(len(x[part]), what, "examples", enabled=distributed.is_main(), logger="dgm.eval") as progress:
-        for xb, yb, log_p, own_b in score_batches(model, x[part], None if y is None else y[part], batch_size, device,
-                                                  log_prior, **settings):
+        for xb, yb, log_p, own_b in score_batches(
+            model, x[part], None if y is None else y[part], batch_size, device, log_prior, **settings
+        ):
             marginal.append(log_p)
             own.append(own_b)
             varying = model.example_dims(xb) if hasattr(model, "example_dims") else None  # optional in the interface
@@ -164,11 +181,14 @@ def evaluate_likelihood(model, x: torch.Tensor, y, batch_size: int, device,
         report["prepared"] = prepared
     if conditional:
         report["label_prior"] = "training label frequencies"
-        report["conditional"] = {"kind": estimators.CONDITIONAL,
-                                 "what": "-log p(x|y) with the true labels; not comparable with -log p(x)",
-                                 **summary(-torch.cat(own) + offset, per_example)}
+        report["conditional"] = {
+            "kind": estimators.CONDITIONAL,
+            "what": "-log p(x|y) with the true labels; not comparable with -log p(x)",
+            **summary(-torch.cat(own) + offset, per_example),
+        }
     if sums:
-        report["bound_terms"] = {k: v if isinstance(v, (int, float)) else float(v)
-                                 for k, v in model.finalize_eval(sums, len(nll)).items()}
+        report["bound_terms"] = {
+            k: v if isinstance(v, (int, float)) else float(v) for k, v in model.finalize_eval(sums, len(nll)).items()
+        }
     report["seconds"] = round(time.perf_counter() - start, 2)
     return report

@@ -11,6 +11,7 @@ a bound); its standard error is over the paired differences, much smaller than e
 vary with the same examples. A model whose gap is below zero by more than a few standard errors is scoring
 something other than the density of these examples (a bug, or data that is not the toy's).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,13 +25,17 @@ from .likelihood import summary
 #: dataset -> (log p(x) per example in nats, how it is computed)
 KNOWN: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
     **toy.TRUE_DENSITIES,
-    "linear_gaussian": (lambda x: sequences.LinearGaussianSSM.toy().log_likelihood(x),
-                        "exact: the Kalman filter's prediction-error decomposition of the linear-Gaussian state-space "
-                        "model that draws the data (LinearGaussianSSM.toy())"),
+    "linear_gaussian": (
+        lambda x: sequences.LinearGaussianSSM.toy().log_likelihood(x),
+        "exact: the Kalman filter's prediction-error decomposition of the linear-Gaussian state-space "
+        "model that draws the data (LinearGaussianSSM.toy())",
+    ),
 }
 WHAT = "the data's own NLL under the density that generated it, on the same examples"
-GAP = ("model NLL - true NLL per example, averaged (standard error over the paired differences): an estimate of "
-       "KL(p_data || p_model), >= 0 in expectation for an exact likelihood; a bound adds its own gap")
+GAP = (
+    "model NLL - true NLL per example, averaged (standard error over the paired differences): an estimate of "
+    "KL(p_data || p_model), >= 0 in expectation for an exact likelihood; a bound adds its own gap"
+)
 
 
 def example_dims(x: torch.Tensor):
@@ -48,8 +53,13 @@ def true_nll(dataset: str, x: torch.Tensor) -> Optional[tuple[torch.Tensor, str]
     return -log_density(x.cpu()).double(), how
 
 
-def reference_report(dataset: str, x: torch.Tensor, representation: str,
-                     model_nll: Optional[torch.Tensor] = None, shared_error: Optional[float] = None) -> Optional[dict]:
+def reference_report(
+    dataset: str,
+    x: torch.Tensor,
+    representation: str,
+    model_nll: Optional[torch.Tensor] = None,
+    shared_error: Optional[float] = None,
+) -> Optional[dict]:
     """eval.json's ``reference`` for ``x`` (the examples as the data set holds them), with the model's gap when
     ``model_nll`` (its per-example NLL on the same examples) is given; None for data with no known density.
     ``shared_error``: an error every example's NLL shares (AIS's log Z), added to the gap's as to the NLL's."""

@@ -10,6 +10,7 @@ and objective), from which `dgm report` marks that trial.
 Nothing here runs code from a file: checkpoints load with ``weights_only=True``, the rest is YAML,
 JSON and TensorBoard's event protocol buffers.
 """
+
 from __future__ import annotations
 
 import glob
@@ -30,14 +31,20 @@ from ..models.registry import build_model
 
 log = logging.getLogger("dgm.report")
 #: `key=value` overrides of a group choice name the group; the config holds the choice as <node>.name
-GROUP_NODES = {"dataset": "data", "model": "model", "objective": "objective", "optimizer": "optimizer",
-               "scheduler": "scheduler"}
+GROUP_NODES = {
+    "dataset": "data",
+    "model": "model",
+    "objective": "objective",
+    "optimizer": "optimizer",
+    "scheduler": "scheduler",
+}
 DEVICE_LINE = re.compile(r"training \S+ for \d+ steps \(\d+ per epoch\) on (.+?), run folder")
 
 
 def is_run(folder: Path) -> bool:
     return (folder / "checkpoints" / "last.pt").is_file() or (
-        (folder / "tensorboard").is_dir() and (folder / ".hydra" / "config.yaml").is_file())
+        (folder / "tensorboard").is_dir() and (folder / ".hydra" / "config.yaml").is_file()
+    )
 
 
 def find_runs(patterns: list[str]) -> list[Path]:
@@ -53,8 +60,9 @@ def find_runs(patterns: list[str]) -> list[Path]:
             for run in _runs_under(m):
                 found[run.resolve()] = None
         if len(found) == before:
-            raise UserError(f"{pattern!r} holds no `dgm train` run (a folder with checkpoints/last.pt or "
-                            "tensorboard/ and .hydra/).")
+            raise UserError(
+                f"{pattern!r} holds no `dgm train` run (a folder with checkpoints/last.pt or tensorboard/ and .hydra/)."
+            )
     return list(found)
 
 
@@ -119,8 +127,11 @@ def best_trials(runs: list["Run"]) -> dict[Path, bool]:
         study = _read_yaml(sweep / STUDY_FILE) or {}
         params, value = study.get("best_params") or {}, study.get("best_value")
         matching = [r for r in members if all(_same(r.overrides.get(k), v) for k, v in params.items())]
-        scored = [(abs(r.final("val/loss") - value), r) for r in matching
-                  if isinstance(value, (int, float)) and r.final("val/loss") is not None]
+        scored = [
+            (abs(r.final("val/loss") - value), r)
+            for r in matching
+            if isinstance(value, (int, float)) and r.final("val/loss") is not None
+        ]
         best = min(scored, key=lambda sr: sr[0])[1] if scored else (matching[0] if len(matching) == 1 else None)
         out.update({r.path: r is best for r in members})
     return out
@@ -173,12 +184,19 @@ class Run:
             except Exception as exc:  # a truncated file: report what else the run has
                 log.warning("%s is unreadable (%s); reading the run without it.", ckpt, type(exc).__name__)
         config = state["config"] if state else (_read_yaml(path / ".hydra" / "config.yaml") or {})
-        overrides = dict(o.lstrip("+").split("=", 1) for o in (_read_yaml(path / ".hydra" / "overrides.yaml") or [])
-                         if "=" in o)
+        overrides = dict(
+            o.lstrip("+").split("=", 1) for o in (_read_yaml(path / ".hydra" / "overrides.yaml") or []) if "=" in o
+        )
         report = path / "checkpoints" / "eval.json"
         evaluation = json.loads(report.read_text()) if report.is_file() else {}
-        return cls(path, config, overrides, int(state["step"]) if state else None, evaluation,
-                   state.get("representation") if state else None)
+        return cls(
+            path,
+            config,
+            overrides,
+            int(state["step"]) if state else None,
+            evaluation,
+            state.get("representation") if state else None,
+        )
 
     # --- TensorBoard --------------------------------------------------------------------------
     @cached_property
@@ -189,8 +207,9 @@ class Run:
         folder = self.path / "tensorboard"
         if not folder.is_dir():
             return {}
-        acc = ea.EventAccumulator(str(folder), size_guidance={ea.SCALARS: 0, ea.IMAGES: 1, ea.TENSORS: 1,
-                                                              ea.HISTOGRAMS: 1})
+        acc = ea.EventAccumulator(
+            str(folder), size_guidance={ea.SCALARS: 0, ea.IMAGES: 1, ea.TENSORS: 1, ea.HISTOGRAMS: 1}
+        )
         acc.Reload()
         return {tag: [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 

@@ -9,6 +9,7 @@
 
 Features come from `features.FeatureNetwork`; every function here is pure.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,13 +76,16 @@ def mmd2_unbiased(x: Tensor, y: Tensor) -> Tensor:
     """Unbiased MMD^2 (Gretton et al. 2012, eq. 3): the diagonals k(x_i, x_i) are left out."""
     m, n = len(x), len(y)
     kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
-    return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-            + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
-            - 2 * kxy.mean())
+    return (
+        (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+        + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )
 
 
-def kid(f1: Tensor, f2: Tensor, num_subsets: int = 100, subset_size: int = 1000,
-        generator: Optional[torch.Generator] = None) -> tuple[float, float]:
+def kid(
+    f1: Tensor, f2: Tensor, num_subsets: int = 100, subset_size: int = 1000, generator: Optional[torch.Generator] = None
+) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel, averaged over
     ``num_subsets`` random subsets of ``subset_size`` from each side (drawn without replacement
     within a subset). Returns (mean, std over subsets)."""
@@ -90,11 +94,15 @@ def kid(f1: Tensor, f2: Tensor, num_subsets: int = 100, subset_size: int = 1000,
     if size < 2:
         raise UserError(f"KID needs at least 2 samples on each side; got {len(f1)} and {len(f2)}.")
     g = generator or torch.Generator().manual_seed(0)
-    est = torch.stack([
-        mmd2_unbiased(f1[torch.randperm(len(f1), generator=g)[:size].to(f1.device)],
-                      f2[torch.randperm(len(f2), generator=g)[:size].to(f2.device)])
-        for _ in range(num_subsets)
-    ])
+    est = torch.stack(
+        [
+            mmd2_unbiased(
+                f1[torch.randperm(len(f1), generator=g)[:size].to(f1.device)],
+                f2[torch.randperm(len(f2), generator=g)[:size].to(f2.device)],
+            )
+            for _ in range(num_subsets)
+        ]
+    )
     std = est.std().item() if num_subsets > 1 else 0.0
     return est.mean().item(), std
 
@@ -152,10 +160,14 @@ def _parzen_log_density(x: Tensor, samples: Tensor, sigmas: Sequence[float], bat
     out = []
     for b in x.split(batch_size):
         sq = _sq_dists(b, samples)
-        out.append(torch.stack([
-            torch.logsumexp(-sq / (2 * s * s), dim=1) - math.log(n) - d / 2 * math.log(2 * math.pi * s * s)
-            for s in sigmas
-        ]))
+        out.append(
+            torch.stack(
+                [
+                    torch.logsumexp(-sq / (2 * s * s), dim=1) - math.log(n) - d / 2 * math.log(2 * math.pi * s * s)
+                    for s in sigmas
+                ]
+            )
+        )
     return torch.cat(out, dim=1)
 
 
@@ -170,8 +182,9 @@ def parzen_log_likelihood(samples: Tensor, test: Tensor, sigma: float, batch_siz
     return ll.mean().item(), (ll.std().item() / math.sqrt(len(ll)) if len(ll) > 1 else 0.0)
 
 
-def select_parzen_sigma(samples: Tensor, val: Tensor, sigmas: Optional[Sequence[float]] = None,
-                        batch_size: int = 100) -> float:
+def select_parzen_sigma(
+    samples: Tensor, val: Tensor, sigmas: Optional[Sequence[float]] = None, batch_size: int = 100
+) -> float:
     """The kernel width with the highest mean Parzen log-likelihood of ``val`` (a validation set,
     never the test set); the default grid is Goodfellow et al.'s logspace(-1, 0, 10)."""
     sigmas = list(sigmas) if sigmas is not None else torch.logspace(-1, 0, 10).tolist()
@@ -193,8 +206,15 @@ def _subset(x: Tensor, n: int, g: torch.Generator) -> Tensor:
     return x if len(x) <= n else x[torch.randperm(len(x), generator=g)[:n]]
 
 
-def evaluate_samples(generated: Tensor, reference: Tensor, reference_split: str, train_reference: Optional[Tensor],
-                     net: Optional[FeatureNetwork], metrics: Sequence[str], seed: int = 0) -> dict:
+def evaluate_samples(
+    generated: Tensor,
+    reference: Tensor,
+    reference_split: str,
+    train_reference: Optional[Tensor],
+    net: Optional[FeatureNetwork],
+    metrics: Sequence[str],
+    seed: int = 0,
+) -> dict:
     """Sample-quality metrics of ``generated`` (N, C, H, W) in [0, 1] against ``reference`` images
     (floats in [0, 1] or uint8) of split ``reference_split``, as a JSON-ready dict.
 
@@ -206,11 +226,15 @@ def evaluate_samples(generated: Tensor, reference: Tensor, reference_split: str,
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise UserError(f"unknown sample-quality metric(s) {', '.join(map(str, unknown))}; allowed: {', '.join(METRICS)}.")
+        raise UserError(
+            f"unknown sample-quality metric(s) {', '.join(map(str, unknown))}; allowed: {', '.join(METRICS)}."
+        )
     metrics = list(dict.fromkeys(metrics))
     if tuple(generated.shape[1:]) != tuple(reference.shape[1:]):
-        raise UserError(f"generated images have shape {tuple(generated.shape[1:])} but the reference "
-                        f"({reference_split}) has {tuple(reference.shape[1:])}.")
+        raise UserError(
+            f"generated images have shape {tuple(generated.shape[1:])} but the reference "
+            f"({reference_split}) has {tuple(reference.shape[1:])}."
+        )
     g = torch.Generator().manual_seed(seed)
     gen, ref = _as_unit_images(generated, "generated"), _as_unit_images(reference, reference_split)
     out: dict = {"num_generated": len(gen), "num_reference": len(ref), "reference_split": reference_split}
@@ -244,14 +268,15 @@ def evaluate_samples(generated: Tensor, reference: Tensor, reference_split: str,
         # the same score of real data: the value a perfect model would get with this classifier
         f_real = f_ref if f_ref is not None else net.features(ref)
         out["inception_score_reference_mean"], out["inception_score_reference_std"] = inception_score(
-            net.logits_from_features(f_real))
+            net.logits_from_features(f_real)
+        )
     if "parzen" in metrics:
         if train_reference is not None:
             val = _as_unit_images(_subset(train_reference, 1000, g), "train_reference")
             test = ref
         else:  # no separate validation data: half of the reference picks sigma, the other half is scored
             perm = torch.randperm(len(ref), generator=g)
-            val, test = ref[perm[: len(ref) // 2]], ref[perm[len(ref) // 2:]]
+            val, test = ref[perm[: len(ref) // 2]], ref[perm[len(ref) // 2 :]]
         sigma = select_parzen_sigma(gen, val)
         out["parzen_sigma"] = sigma
         out["parzen_log_likelihood"], out["parzen_stderr"] = parzen_log_likelihood(gen, test, sigma)

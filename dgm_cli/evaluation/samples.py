@@ -5,15 +5,15 @@ The samples are what the model generates, in the representation it was trained o
 ``sample_observations(n)``, x ~ p(x|z), and that is scored, against a reference in the same
 representation (binarized digits for a binary model). The report says which it is.
 """
+
 from __future__ import annotations
 
 import logging
 
 import torch
 
-from ..data import pipeline
+from ..data import modes, pipeline
 from ..errors import UserError
-from ..data import modes
 from .features import get_feature_network
 from .sample_quality import evaluate_samples
 
@@ -31,9 +31,11 @@ def default_metrics(model) -> list[str]:
         return list(DEFAULT_IMAGE_METRICS)
     if modes.toy_mixture(model.data.dataset) is not None:
         return list(TOY_METRICS)
-    raise UserError(f"{type(model).__name__} has no likelihood, and on dataset={model.data.dataset} dgm has no "
-                    "sample-quality metric (mode coverage needs eight_gaussians or twenty_five_gaussians); "
-                    "look at `dgm sample`.")
+    raise UserError(
+        f"{type(model).__name__} has no likelihood, and on dataset={model.data.dataset} dgm has no "
+        "sample-quality metric (mode coverage needs eight_gaussians or twenty_five_gaussians); "
+        "look at `dgm sample`."
+    )
 
 
 @torch.no_grad()
@@ -42,34 +44,46 @@ def draw_samples(model, n: int) -> tuple[torch.Tensor, str]:
     observed = getattr(model, "sample_observations", None)
     draw = observed or model.sample
     x = torch.cat([draw(min(SAMPLE_BATCH, n - i)).cpu() for i in range(0, n, SAMPLE_BATCH)])
-    how = ("x ~ p(x|z): drawn from the observation model, not its means" if observed is not None
-           else "the model's samples (`dgm sample`)")
+    how = (
+        "x ~ p(x|z): drawn from the observation model, not its means"
+        if observed is not None
+        else "the model's samples (`dgm sample`)"
+    )
     return x, f"{how}; {model.data.representation} representation"
 
 
 def mode_report(model, n: int) -> dict:
     centers, std = modes.toy_mixture(model.data.dataset)
     samples, how = draw_samples(model, n)
-    return {"num_generated": n, "samples": how, "protocol": "Srivastava et al. 2017 (VEEGAN), 3 std",
-            "num_modes": len(centers),
-            **{k: float(v) for k, v in modes.mode_coverage(samples, centers, std).items()}}
+    return {
+        "num_generated": n,
+        "samples": how,
+        "protocol": "Srivastava et al. 2017 (VEEGAN), 3 std",
+        "num_modes": len(centers),
+        **{k: float(v) for k, v in modes.mode_coverage(samples, centers, std).items()},
+    }
 
 
-def sample_quality_report(model, dataset: pipeline.Dataset, train_cfg, cfg, metrics: list[str], device,
-                          reference_note: str = "") -> dict:
+def sample_quality_report(
+    model, dataset: pipeline.Dataset, train_cfg, cfg, metrics: list[str], device, reference_note: str = ""
+) -> dict:
     """FID/KID/precision-recall/IS/Parzen of ``cfg.num_samples`` samples against the real ``cfg.split``,
     with the reference in the model's own representation (binarized for binary models), and the
     real-data floor: the reference against as many real training images. On the Gaussian-mixture
     toys, ``modes``: modes covered and the high-quality share."""
     if "modes" in metrics:
         if modes.toy_mixture(model.data.dataset) is None:
-            raise UserError("metrics=[modes] is defined on the Gaussian-mixture toys (eight_gaussians, "
-                            f"twenty_five_gaussians), not on dataset={model.data.dataset}.")
+            raise UserError(
+                "metrics=[modes] is defined on the Gaussian-mixture toys (eight_gaussians, "
+                f"twenty_five_gaussians), not on dataset={model.data.dataset}."
+            )
         return mode_report(model, modes.NUM_SAMPLES)
     if not model.data.is_image:
-        raise UserError("sample-quality metrics are defined for image datasets; on 2-D toys look at "
-                        "`dgm sample`, metrics=[modes] on the Gaussian mixtures, and the modes_covered scalars "
-                        "logged during training.")
+        raise UserError(
+            "sample-quality metrics are defined for image datasets; on 2-D toys look at "
+            "`dgm sample`, metrics=[modes] on the Gaussian mixtures, and the modes_covered scalars "
+            "logged during training."
+        )
     if dataset.domains:
         return translation_quality_report(model, dataset, cfg, metrics, device)
     net = feature_network(train_cfg.data.name, dataset, metrics, device, cfg.get("features", "auto"))
@@ -80,7 +94,8 @@ def sample_quality_report(model, dataset: pipeline.Dataset, train_cfg, cfg, metr
     out = score_against(generated, dataset, rep, net, metrics, cfg)
     out["samples"] = how
     out["reference"] = f"the {cfg.split} split in the model's representation: {rep}" + (
-        f" ({reference_note})" if reference_note else "")
+        f" ({reference_note})" if reference_note else ""
+    )
     return out
 
 
@@ -89,8 +104,9 @@ def feature_network(name: str, dataset: pipeline.Dataset, metrics: list[str], de
     ``dataset`` (named ``name``) when a metric needs one (all but Parzen); a weak one is warned about."""
     if not any(m != "parzen" for m in metrics):
         return None
-    net = get_feature_network(name, dataset.train[0], dataset.train[1], dataset.test[0], dataset.test[1], device,
-                              kind=kind)
+    net = get_feature_network(
+        name, dataset.train[0], dataset.train[1], dataset.test[0], dataset.test[1], device, kind=kind
+    )
     if net.warning:
         log.warning("%s", net.warning)
     return net
@@ -125,7 +141,9 @@ def translation_quality_report(model, dataset: pipeline.Dataset, cfg, metrics: l
     log.info("translating %d images", len(source))
     generated = torch.cat([model.translate(s.to(device)).cpu() for s in source.split(SAMPLE_BATCH)])
     out = score_against(generated, b, rep, net, metrics, cfg)
-    out["samples"] = (f"G(a): translations of the first {len(generated)} {cfg.split} images of domain A "
-                      f"({name_a}); {rep} representation")
+    out["samples"] = (
+        f"G(a): translations of the first {len(generated)} {cfg.split} images of domain A "
+        f"({name_a}); {rep} representation"
+    )
     out["reference"] = f"domain B's ({name_b}) {cfg.split} split in the model's representation: {rep}"
     return out
