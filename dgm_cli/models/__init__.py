@@ -1,4 +1,5 @@
 """Model families, one sub-package each; shared layers live in ``nn``."""
+
 import importlib
 import pkgutil
 

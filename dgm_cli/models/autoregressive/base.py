@@ -16,6 +16,7 @@ G, then B): the "sequence" view below lays an image (C, H, W) out in that order,
 that sequence position s = (h * W + w) * C + c. MADE may use other orders
 (``generation_order``).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,10 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
-from ..objectives import Objective
-from ..base import GenerativeModel, Metrics, PhaseLoss
 from ...progress import SamplingProgress
+from ..base import GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
+from ..objectives import Objective
 
 LEVELS = 256  # values of an 8-bit pixel
 
@@ -132,8 +133,10 @@ class AutoregressiveModel(GenerativeModel):
         if not self.conditional:
             return None
         if y is None:
-            raise UserError(f"this {type(self).__name__} is class-conditional (conditional: true) "
-                            "and needs labelled data; use a dataset with labels or conditional: false.")
+            raise UserError(
+                f"this {type(self).__name__} is class-conditional (conditional: true) "
+                "and needs labelled data; use a dataset with labels or conditional: false."
+            )
         return y.long()
 
     def sample_labels(self, n: int, label: Optional[int], conditional: Optional[bool] = None) -> Optional[Tensor]:
@@ -231,8 +234,14 @@ class AutoregressiveModel(GenerativeModel):
         return nullcontext()
 
     @torch.no_grad()
-    def sample_complete(self, x: Tensor, y: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-                        num_completions: int = 5, temperature: float = 1.0) -> Tensor:
+    def sample_complete(
+        self,
+        x: Tensor,
+        y: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+        num_completions: int = 5,
+        temperature: float = 1.0,
+    ) -> Tensor:
         """Image completion as in van den Oord et al. 2016a, Fig. 1: keep the observed
         pixels, draw the rest in the generation order.
 
@@ -253,7 +262,11 @@ class AutoregressiveModel(GenerativeModel):
         y = self.labels(None if y is None else y.to(self.device))
         b, r = x.shape[0], num_completions
         with self.completion_context():
-            filled = self.fill(x.repeat_interleave(r, 0), None if y is None else y.repeat_interleave(r, 0),
-                               observed.repeat_interleave(r, 0), temperature)
+            filled = self.fill(
+                x.repeat_interleave(r, 0),
+                None if y is None else y.repeat_interleave(r, 0),
+                observed.repeat_interleave(r, 0),
+                temperature,
+            )
         occluded = torch.where(observed, x, torch.full_like(x, 0.5))
         return torch.cat([occluded[:, None], filled.view(b, r, *self.data.shape), x[:, None]], dim=1)

@@ -19,6 +19,7 @@ Sampling (``GatedPixelCNNStepper``) follows Ramachandran et al. 2017: the horizo
 new pixel only, the vertical stack one row at a time once the row is complete (its output at row i
 is used from row i + 1 on), both from cached inputs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,9 +31,9 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ...rules import POSITIVE, checked
-from ..objectives import Objective
 from ..base import DataSpec
 from ..nn.masked_conv import MaskedConv2d, PaddedMap, PixelConv, pointwise
+from ..objectives import Objective
 from ..registry import register
 from .base import AutoregressiveModel, PixelStepper
 from .pixelcnn import Head, check_divisible, output_layers
@@ -55,16 +56,31 @@ class GatedLayer(nn.Module):
     class bias on its vertical stack (they would feed nothing: parameters without gradient, which
     DistributedDataParallel refuses)."""
 
-    def __init__(self, in_channels: int, channels: int, kernel_size: int, first: bool,
-                 data_channels: int, num_classes: int = 0, last: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        kernel_size: int,
+        first: bool,
+        data_channels: int,
+        num_classes: int = 0,
+        last: bool = False,
+    ):
         super().__init__()
         k, n = kernel_size, channels
         self.last = last
         self.pad_vertical = (k // 2, k // 2, k // 2, 0)  # rows i - k//2 .. i, columns j +- k//2
         self.vertical = nn.Conv2d(in_channels, 2 * n, (k // 2 + 1, k))
         self.vertical_to_horizontal = nn.Conv2d(2 * n, 2 * n, 1)
-        self.horizontal = MaskedConv2d(in_channels, 2 * n, (1, k // 2 + 1), mask_type="A" if first else "B",
-                                       data_channels=data_channels, anchor=(0, k // 2), out_chunks=2)
+        self.horizontal = MaskedConv2d(
+            in_channels,
+            2 * n,
+            (1, k // 2 + 1),
+            mask_type="A" if first else "B",
+            data_channels=data_channels,
+            anchor=(0, k // 2),
+            out_chunks=2,
+        )
         self.skip = MaskedConv2d(n, n, 1, mask_type="B", data_channels=data_channels)
         self.residual = None if first or last else MaskedConv2d(n, n, 1, mask_type="B", data_channels=data_channels)
         self.class_vertical = nn.Embedding(num_classes, 2 * n) if num_classes and not last else None  # V^T h, one-hot h
@@ -145,8 +161,11 @@ class GatedPixelCNNStepper(PixelStepper):
             h_gated = gate(h_pre)
             skips = skips + F.linear(h_gated, *layer.skip)
             if above is not None:  # the next layer's horizontal input at (r, c)
-                h_out = h_gated if layer.residual is None else \
-                    layer.h.inner[:, :, r, c] + F.linear(h_gated, *layer.residual)
+                h_out = (
+                    h_gated
+                    if layer.residual is None
+                    else layer.h.inner[:, :, r, c] + F.linear(h_gated, *layer.residual)
+                )
                 above.h.inner[:, :, r, c] = h_out
         return self.head(skips)
 
@@ -189,8 +208,15 @@ class GatedPixelCNN(AutoregressiveModel):
         c, n = data.shape[0], config.channels
         classes = data.num_classes if self.conditional else 0
         self.layers = nn.ModuleList(
-            GatedLayer(c if i == 0 else n, n, config.input_kernel_size if i == 0 else config.kernel_size,
-                       first=i == 0, data_channels=c, num_classes=classes, last=i == config.num_layers - 1)
+            GatedLayer(
+                c if i == 0 else n,
+                n,
+                config.input_kernel_size if i == 0 else config.kernel_size,
+                first=i == 0,
+                data_channels=c,
+                num_classes=classes,
+                last=i == config.num_layers - 1,
+            )
             for i in range(config.num_layers)
         )
         self.output = output_layers(n, config.head_channels, c, self.bins)

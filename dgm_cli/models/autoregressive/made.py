@@ -18,6 +18,7 @@ test time). Sampling draws a mask set per sample, then samples in that set's ord
 Mask set 0 always keeps the raster order, so completion (which uses it) sees the
 observed upper half first.
 """
+
 from __future__ import annotations
 
 import math
@@ -134,8 +135,9 @@ class MADE(AutoregressiveModel):
     def estimator(self, **settings) -> str:
         if self.num_masks == 1:
             return "exact (one MADE mask set)"
-        return (f"exact (uniform mixture of {self.num_masks} MADE mask sets: "
-                f"logsumexp_m log p_m(x) - log {self.num_masks})")
+        return (
+            f"exact (uniform mixture of {self.num_masks} MADE mask sets: logsumexp_m log p_m(x) - log {self.num_masks})"
+        )
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:

@@ -26,6 +26,7 @@ every other use (any upstream gradient, gradients with respect to x): its backwa
 reverse, a block of dimensions at a time from checkpoints of a, carrying G_bj = sum_{i>j} d_bi, so
 that a gradient that is zero (dL/dx_bj for a conditional j does not reach) is exactly zero.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,10 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from ...rules import POSITIVE, checked, checked_choice
-from ..objectives import Objective
 from ..base import PhaseLoss
 from ..nn.distributions import bernoulli_log_prob, categorical_log_prob
 from ..nn.eager import eager_only
+from ..objectives import Objective
 from ..registry import register
 from .base import LEVELS, AutoregressiveModel
 
@@ -49,10 +50,12 @@ aten = torch.ops.aten
 ACTIVATIONS = {
     "sigmoid": (lambda a, out: torch.sigmoid(a, out=out), aten.sigmoid_backward.grad_input),
     "tanh": (lambda a, out: torch.tanh(a, out=out), aten.tanh_backward.grad_input),
-    "relu": (lambda a, out: torch.clamp_min(a, 0.0, out=out),
-             lambda g, h, grad_input: aten.threshold_backward.grad_input(g, h, 0.0, grad_input=grad_input)),
+    "relu": (
+        lambda a, out: torch.clamp_min(a, 0.0, out=out),
+        lambda g, h, grad_input: aten.threshold_backward.grad_input(g, h, 0.0, grad_input=grad_input),
+    ),
 }
-CACHE_FLOATS = 2 ** 17  # a chunk of the batch has rows x H <= this (512 KiB of float32: about an L2 cache)
+CACHE_FLOATS = 2**17  # a chunk of the batch has rows x H <= this (512 KiB of float32: about an L2 cache)
 BLOCK = 8  # dimensions whose logits and gradients go through one batched product
 SPARSE = 0.4  # where x_i is nonzero in at most this share of the rows, h_{i+1} is updated in those rows only
 
@@ -78,11 +81,13 @@ def block_score(logits: Tensor, x: Tensor) -> Tensor:
 
 def no_autocast(fn):
     """Sweeps run in the parameters' dtype: mixed precision would round the running sums."""
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         device = next(a.device.type for a in args if isinstance(a, Tensor))
         with torch.autocast(device, enabled=False):
             return fn(*args, **kwargs)
+
     return run
 
 
@@ -101,8 +106,7 @@ class Sweep:
     made here or in ``start``, so that each step of a loop is one Python call per arithmetic
     operation on a (rows, H) slice."""
 
-    def __init__(self, x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, rows: int,
-                 grads: bool):
+    def __init__(self, x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, rows: int, grads: bool):
         self.act, self.act_backward = ACTIVATIONS[activation]
         self.dim, hidden, bins = x.shape[1], W.shape[0], V.shape[1]
         self.xt, self.Wt, self.c = x.t().contiguous(), W.t().contiguous(), c  # row i: dimension i
@@ -112,8 +116,11 @@ class Sweep:
         # Gradients need every h_i of a block; without them one buffer, updated in place, serves all.
         self.h, self.logits = new(BLOCK if grads else 1, rows, hidden), new(BLOCK, rows, bins)
         self.W_i, self.V_i, self.Vt_i, self.b_i = self.Wt.unbind(0), V.unbind(0), self.Vt.unbind(0), b.unbind(0)
-        self.g = Grads(torch.zeros_like(self.Wt), torch.zeros_like(c), torch.zeros_like(V), torch.zeros_like(b)) \
-            if grads else None
+        self.g = (
+            Grads(torch.zeros_like(self.Wt), torch.zeros_like(c), torch.zeros_like(V), torch.zeros_like(b))
+            if grads
+            else None
+        )
         self.gW_i = self.g.W.unbind(0) if grads else None
         self.checkpoints: Optional[Tensor] = None  # a at each block's start (reverse_sweep)
 
@@ -147,8 +154,15 @@ class Sweep:
         """h_i and the logits of dimensions i0..i1-1, advancing a to a_{i1}; (i1 - i0, rows, bins).
         ``h_before`` is h_{i0-1} (None: not at hand). Binarized images are mostly 0, and h_i equals
         h_{i-1} in every row where x_{i-1} is 0: the activation is computed in the other rows only."""
-        act, a, h_j, moved, sparse, x_col_i, W_i = self.act, self.a_n, self.h_j, self.moved, self.sparse, \
-            self.x_col_i, self.W_i
+        act, a, h_j, moved, sparse, x_col_i, W_i = (
+            self.act,
+            self.a_n,
+            self.h_j,
+            self.moved,
+            self.sparse,
+            self.x_col_i,
+            self.W_i,
+        )
         addmm, logits_j, b_i, Vt_i = torch.addmm, self.logits_j, self.b_i, self.Vt_i
         for j, i in enumerate(range(i0, i1)):
             if h_before is None or not sparse[i - 1]:
@@ -183,8 +197,16 @@ class Sweep:
             gW_i[i].addmv_(P_t, x_i[i], alpha=-1.0)
 
 
-def over_chunks(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, grads: bool,
-                work: Callable[[Sweep, int, int], None]) -> Optional[Grads]:
+def over_chunks(
+    x: Tensor,
+    W: Tensor,
+    c: Tensor,
+    V: Tensor,
+    b: Tensor,
+    activation: str,
+    grads: bool,
+    work: Callable[[Sweep, int, int], None],
+) -> Optional[Grads]:
     """``work(sweep, b0, b1)`` for every chunk of the batch, and the sweep's gradients. With several
     threads, PyTorch splits each operation on a chunk among them."""
     batch, hidden = x.shape[0], W.shape[0]
@@ -204,8 +226,9 @@ def over_chunks(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activatio
 LogitsHook = Callable[[int, int, int, int, Tensor], Optional[Tensor]]
 
 
-def forward_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, on_logits: LogitsHook,
-                  grads: bool = False) -> Optional[Grads]:
+def forward_sweep(
+    x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, on_logits: LogitsHook, grads: bool = False
+) -> Optional[Grads]:
     """One pass over the dimensions in order, handing each block of logits to ``on_logits``; with
     ``grads``, the parameters' gradients from the dL/dlogits it returns (module docstring)."""
 
@@ -225,8 +248,9 @@ def forward_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activat
 
 
 @no_autocast
-def log_likelihood_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str,
-                         grads: bool = False) -> tuple[Tensor, Optional[Grads]]:
+def log_likelihood_sweep(
+    x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, grads: bool = False
+) -> tuple[Tensor, Optional[Grads]]:
     """log p(x) per example (B,) by a forward sweep and, with ``grads``, the gradients of its mean."""
     log_p, xt = x.new_zeros(x.shape[0]), x.t().contiguous()
 
@@ -238,8 +262,9 @@ def log_likelihood_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, 
     return log_p, forward_sweep(x, W, c, V, b, activation, per_block, grads)
 
 
-def reverse_sweep(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, dlogits: Tensor,
-                  x_grad: bool) -> Grads:
+def reverse_sweep(
+    x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, activation: str, dlogits: Tensor, x_grad: bool
+) -> Grads:
     """Gradients for any dL/dlogits (D, B, bins): blocks in reverse order, each recomputed from a
     checkpoint of a, carrying G = sum of d_i over the dimensions after the current one."""
 
@@ -294,8 +319,12 @@ class Logits(torch.autograd.Function):
     @no_autocast
     def backward(ctx, upstream):
         x, W, c, V, b = ctx.saved_tensors
-        g = reverse_sweep(*_plain(x, W, c, V, b), ctx.activation, upstream.permute(1, 0, 2).to(W.dtype),
-                          x_grad=ctx.needs_input_grad[0])
+        g = reverse_sweep(
+            *_plain(x, W, c, V, b),
+            ctx.activation,
+            upstream.permute(1, 0, 2).to(W.dtype),
+            x_grad=ctx.needs_input_grad[0],
+        )
         return g.x, g.W, g.c, g.V, g.b, None
 
 
@@ -360,7 +389,7 @@ class NADE(AutoregressiveModel):
         for i in range(self.data.dim):
             logits = act(a, None) @ self.V[i].t() + self.b[i]  # (B, bins)
             total = total + block_log_prob(logits[None], seq[None, :, i])
-            a = a + seq[:, i:i + 1] @ self.W[:, i:i + 1].t()  # a_{i+1} = a_i + W[:, i] x_i
+            a = a + seq[:, i : i + 1] @ self.W[:, i : i + 1].t()  # a_{i+1} = a_i + W[:, i] x_i
         return total
 
     def output_logits(self, h: Tensor, i: int) -> Tensor:

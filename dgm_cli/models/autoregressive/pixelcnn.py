@@ -15,6 +15,7 @@ Sampling (``PixelCNNStepper``) keeps the input of every spatial convolution and 
 through the network at that pixel only (Ramachandran et al. 2017): 2 + 4 * num_blocks small matrix
 products per pixel instead of a pass over the whole image.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,9 +26,9 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ...rules import NON_NEGATIVE, POSITIVE, checked
-from ..objectives import Objective
 from ..base import DataSpec
 from ..nn.masked_conv import MaskedConv2d, PaddedMap, PixelConv, pointwise
+from ..objectives import Objective
 from ..registry import register
 from .base import AutoregressiveModel, PixelStepper
 
@@ -75,7 +76,7 @@ class Head:
 
 def padded_input(conv: nn.Conv2d, x: Tensor, channels: int) -> PaddedMap:
     """A zero map shaped for ``conv``'s input, for a batch like ``x`` (B, C, H, W)."""
-    (kh, kw), (ay, ax) = conv.kernel_size, conv.anchor
+    kw, (ay, ax) = conv.kernel_size[1], conv.anchor  # the mask zeroes the rows below the anchor: no pad below
     return PaddedMap(x, channels, x.shape[2], x.shape[3], top=ay, left=ax, right=kw - 1 - ax)
 
 
@@ -89,8 +90,15 @@ class PixelCNNStepper(PixelStepper):
         self.x.inner.copy_(x)
         self.image = self.x.inner
         self.input = PixelConv(model.input)
-        self.blocks = [(pointwise(b.net[1]), padded_input(b.net[3], x, b.net[3].in_channels), PixelConv(b.net[3]),
-                        pointwise(b.net[5])) for b in model.blocks]
+        self.blocks = [
+            (
+                pointwise(b.net[1]),
+                padded_input(b.net[3], x, b.net[3].in_channels),
+                PixelConv(b.net[3]),
+                pointwise(b.net[5]),
+            )
+            for b in model.blocks
+        ]
         self.head = Head(model.output, c, model.bins)
 
     def logits_at(self, r: int, c: int) -> Tensor:
@@ -107,15 +115,18 @@ def check_divisible(data_channels: int, **channels: int) -> None:
     bad = {key: n for key, n in channels.items() if n % data_channels}
     if bad:
         fits = " ".join(f"model.{key}={-(-n // data_channels) * data_channels}" for key, n in bad.items())
-        raise UserError(f"{' and '.join(f'model.{key}={n}' for key, n in bad.items())} must be divisible by the data's "
-                        f"{data_channels} channels (the feature channels split into one group per colour, each seeing "
-                        f"only the colours before it); sizes that work: {fits}.")
+        raise UserError(
+            f"{' and '.join(f'model.{key}={n}' for key, n in bad.items())} must be divisible by the data's "
+            f"{data_channels} channels (the feature channels split into one group per colour, each seeing "
+            f"only the colours before it); sizes that work: {fits}."
+        )
 
 
 @register("pixelcnn")
 class PixelCNN(AutoregressiveModel):
     # a CPU run this long earns back trainer.compile's cold compilation (measured: docs/results.md, trainer.compile)
     compile_pays_after = 500
+
     @dataclass
     class Config:
         hidden_channels: int = checked(16, POSITIVE)  # h: the residual stream has 2h channels

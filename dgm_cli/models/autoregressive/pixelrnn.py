@@ -22,6 +22,7 @@ own row's later pixels. Every output sees the whole context above and to the lef
 the stack implies: the last pixel of row i-1 reaches row i only through the k x k mask-A input layer,
 so the first W - 1 - k//2 pixels of row i do not see it (tests/test_pixelrnn.py checks exactly this).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,9 +34,9 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ...rules import POSITIVE, Rule, checked
-from ..objectives import Objective
 from ..base import DataSpec
 from ..nn.masked_conv import MaskedConv2d
+from ..objectives import Objective
 from ..registry import register
 from .base import AutoregressiveModel
 from .pixelcnn import check_divisible, output_layers
@@ -55,13 +56,13 @@ def skew(x: Tensor) -> Tensor:
     b, c, h, w = x.shape
     out = x.new_zeros(b, c, h, w + h - 1)
     for i in range(h):
-        out[:, :, i, i:i + w] = x[:, :, i]
+        out[:, :, i, i : i + w] = x[:, :, i]
     return out
 
 
 def unskew(x: Tensor, width: int) -> Tensor:
     """The inverse of ``skew``."""
-    return torch.stack([x[:, :, i, i:i + width] for i in range(x.shape[2])], dim=2)
+    return torch.stack([x[:, :, i, i : i + width] for i in range(x.shape[2])], dim=2)
 
 
 class RowLSTM(nn.Module):
@@ -70,8 +71,9 @@ class RowLSTM(nn.Module):
     def __init__(self, in_channels: int, hidden: int, kernel_size: int, data_channels: int):
         super().__init__()
         self.hidden = hidden
-        self.input_to_state = MaskedConv2d(in_channels, 4 * hidden, (1, kernel_size), mask_type="B",
-                                           data_channels=data_channels, out_chunks=4)
+        self.input_to_state = MaskedConv2d(
+            in_channels, 4 * hidden, (1, kernel_size), mask_type="B", data_channels=data_channels, out_chunks=4
+        )
         self.state_to_state = nn.Conv1d(hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,8 +95,11 @@ class DiagonalBiLSTM(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.input_to_state = nn.ModuleList(
-            [MaskedConv2d(in_channels, 4 * hidden, 1, mask_type="B", data_channels=data_channels, out_chunks=4)
-             for _ in range(2)])
+            [
+                MaskedConv2d(in_channels, 4 * hidden, 1, mask_type="B", data_channels=data_channels, out_chunks=4)
+                for _ in range(2)
+            ]
+        )
         # rows i-1 and i of the previous column, one group per direction
         self.state_to_state = nn.Conv1d(2 * hidden, 8 * hidden, 2, padding=1, groups=2)
 

@@ -22,6 +22,7 @@ says.
 The uncertainty of log Ẑ is reported as Salakhutdinov & Murray do: log(mean(w) ± 3 se(w)), se the
 standard error of the mean of the M weights; ``stderr`` is the delta-method standard error se/mean.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,12 +39,15 @@ DEFAULT_SEGMENT_ENDS = (0.5, 0.9, 1.0)
 MAX_ENUMERATED_UNITS = 20  # 2^20 states: enumerated in chunks in a few seconds
 
 
-def schedule(counts: Sequence[int] = DEFAULT_TEMPERATURES, ends: Sequence[float] = DEFAULT_SEGMENT_ENDS,
-             dtype=torch.float64) -> Tensor:
+def schedule(
+    counts: Sequence[int] = DEFAULT_TEMPERATURES, ends: Sequence[float] = DEFAULT_SEGMENT_ENDS, dtype=torch.float64
+) -> Tensor:
     """β_0 = 0 < β_1 < ... < β_K = 1: ``counts[i]`` equal steps on (ends[i-1], ends[i]]."""
     if len(counts) != len(ends) or not counts or ends[-1] != 1.0 or any(n < 1 for n in counts):
-        raise ValueError(f"a schedule needs one positive count per segment and segments ending at 1; "
-                         f"got counts {list(counts)}, ends {list(ends)}")
+        raise ValueError(
+            f"a schedule needs one positive count per segment and segments ending at 1; "
+            f"got counts {list(counts)}, ends {list(ends)}"
+        )
     parts, start = [torch.zeros(1, dtype=dtype)], 0.0
     for n, end in zip(counts, ends):
         if not start < end <= 1.0:
@@ -113,8 +117,12 @@ class LogZ:
     log_weights: Tensor = field(repr=False, default=None)
 
     def as_dict(self, prefix: str) -> dict:
-        return {f"{prefix}log_z": self.log_z, f"{prefix}log_z_stderr": self.stderr,
-                f"{prefix}log_z_minus_3sigma": self.lower, f"{prefix}log_z_plus_3sigma": self.upper}
+        return {
+            f"{prefix}log_z": self.log_z,
+            f"{prefix}log_z_stderr": self.stderr,
+            f"{prefix}log_z_minus_3sigma": self.lower,
+            f"{prefix}log_z_plus_3sigma": self.upper,
+        }
 
 
 def _log_mean_and_interval(log_w: Tensor) -> tuple[float, float, float, float]:
@@ -146,8 +154,16 @@ def forward_ais(path, runs: int, betas: Tensor) -> LogZ:
     log_w = anneal(path, path.sample_base(runs), betas)
     log_mean, stderr, low, high = _log_mean_and_interval(log_w)
     z_a = path.log_z_base()
-    return LogZ(z_a + log_mean, stderr, lower=z_a + low, upper=z_a + high, runs=runs, temperatures=len(betas) - 1,
-                direction="forward", log_weights=log_w)
+    return LogZ(
+        z_a + log_mean,
+        stderr,
+        lower=z_a + low,
+        upper=z_a + high,
+        runs=runs,
+        temperatures=len(betas) - 1,
+        direction="forward",
+        log_weights=log_w,
+    )
 
 
 @torch.no_grad()
@@ -157,14 +173,22 @@ def reverse_ais(path, samples: Tensor, betas: Tensor) -> LogZ:
     log_w = anneal(path, samples, betas.flip(0))
     log_mean, stderr, low, high = _log_mean_and_interval(log_w)
     z_a = path.log_z_base()
-    return LogZ(z_a - log_mean, stderr, lower=z_a - high, upper=z_a - low, runs=len(samples),
-                temperatures=len(betas) - 1, direction="reverse", log_weights=log_w)
+    return LogZ(
+        z_a - log_mean,
+        stderr,
+        lower=z_a - high,
+        upper=z_a - low,
+        runs=len(samples),
+        temperatures=len(betas) - 1,
+        direction="reverse",
+        log_weights=log_w,
+    )
 
 
 # --- exact enumeration ----------------------------------------------------------------------------
 def all_states(n: int, device=None, dtype=torch.float64, start: int = 0, stop: Optional[int] = None) -> Tensor:
     """Binary vectors number ``start`` .. ``stop`` - 1 of all 2^n of length n (all by default)."""
-    idx = torch.arange(start, min(stop or 2 ** n, 2 ** n), device=device)
+    idx = torch.arange(start, min(stop or 2**n, 2**n), device=device)
     return ((idx[:, None] >> torch.arange(n, device=device)) & 1).to(dtype)
 
 
@@ -184,7 +208,7 @@ def exact_log_z(W: Tensor, b: Tensor, c: Tensor, chunk: int = 1 << 14) -> Option
     else:  # Σ_v exp(v·b + Σ_j softplus(c_j + v·W_j))
         n, weights, own, other = V, W, b, c
     parts = []
-    for start in range(0, 2 ** n, chunk):
+    for start in range(0, 2**n, chunk):
         s = all_states(n, W.device, start=start, stop=start + chunk)
         parts.append(torch.logsumexp(s @ own + F.softplus(s @ weights + other).sum(-1), 0))
     return float(torch.logsumexp(torch.stack(parts), 0))
@@ -220,7 +244,7 @@ class DiagonalGaussian:
 
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = (x - self.mean) / self.std
-        log_p = -0.5 * z ** 2 - self.std.log() - 0.5 * math.log(2 * math.pi)
+        log_p = -0.5 * z**2 - self.std.log() - 0.5 * math.log(2 * math.pi)
         return log_p.flatten(1).sum(1).double(), -z / self.std
 
 
@@ -293,11 +317,11 @@ class LangevinPath:
         """One MALA step targeting log p*_β = log f_0 + β u (Roberts & Tweedie 1996)."""
         grad = g0 + beta * gu
         noise = torch.randn_like(x)
-        proposal = x + 0.5 * eps ** 2 * grad + eps * noise
+        proposal = x + 0.5 * eps**2 * grad + eps * noise
         u2, gu2, l02, g02 = self.terms(proposal)
         grad2 = g02 + beta * gu2
-        back = ((x - proposal - 0.5 * eps ** 2 * grad2) ** 2).flatten(1).sum(1).double() / (2 * eps ** 2)
-        log_ratio = (l02 + beta * u2) - (l0 + beta * u) - back + 0.5 * (noise ** 2).flatten(1).sum(1).double()
+        back = ((x - proposal - 0.5 * eps**2 * grad2) ** 2).flatten(1).sum(1).double() / (2 * eps**2)
+        log_ratio = (l02 + beta * u2) - (l0 + beta * u) - back + 0.5 * (noise**2).flatten(1).sum(1).double()
         log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
         accept = torch.log(torch.rand_like(log_ratio)) < log_ratio
         pick = lambda new, old: torch.where(accept.view(-1, *[1] * (new.dim() - 1)), new, old)  # noqa: E731

@@ -18,6 +18,7 @@
 
 A subclass supplies ``ais_path()``, ``unnormalized_log_prob(x)``, ``exact_log_z()`` and its sampler.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,9 +29,9 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
-from ..objectives import PCD, Objective
 from ..base import GenerativeModel
 from ..nn.host_flags import forget_known, known_set, marked, set_known
+from ..objectives import PCD, Objective
 from . import ais
 
 REFERENCE_SIZE = 500  # training examples kept for the free-energy gap
@@ -73,8 +74,10 @@ class AISEstimator(AISSchedule):
 def weight_decay_groups(params) -> list[dict]:
     """Parameter groups: matrices take the configured weight decay, vectors (biases) none."""
     params = list(params)
-    return [{"params": [p for p in params if p.dim() >= 2]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.dim() >= 2]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 def estimate_key(model, settings: dict) -> tuple:
@@ -141,7 +144,7 @@ class BoltzmannMachine(GenerativeModel):
         filled = int(self.reference_filled)
         take = max(0, min(n, REFERENCE_SIZE - filled))
         if take:
-            self.reference[filled:filled + take] = v[:take]
+            self.reference[filled : filled + take] = v[:take]
             self.reference_filled += take
         if filled + take >= REFERENCE_SIZE:
             set_known(self.reference_filled, value=None)
@@ -176,8 +179,10 @@ class BoltzmannMachine(GenerativeModel):
 
     def check_temperature(self, temperature: float, label) -> None:
         if temperature != 1.0:
-            raise UserError(f"temperature={temperature}: a {type(self).__name__} samples its own distribution "
-                            "(Gibbs chains); leave temperature at 1.")
+            raise UserError(
+                f"temperature={temperature}: a {type(self).__name__} samples its own distribution "
+                "(Gibbs chains); leave temperature at 1."
+            )
         self.sample_labels(1, label, conditional=False)
 
     # --- what a subclass supplies ---------------------------------------------------------------
@@ -205,8 +210,12 @@ class BoltzmannMachine(GenerativeModel):
         betas = s.betas()
         path = self.ais_path()
         forward = ais.forward_ais(path, s.ais_runs, betas)
-        out = {**forward.as_dict(""), "ais_runs": s.ais_runs, "ais_temperatures": len(betas) - 1,
-               "log_z_base_rate_model": path.log_z_base()}
+        out = {
+            **forward.as_dict(""),
+            "ais_runs": s.ais_runs,
+            "ais_temperatures": len(betas) - 1,
+            "log_z_base_rate_model": path.log_z_base(),
+        }
         if s.reverse:
             start_samples = path.sample_target(path.sample_base(s.ais_runs), s.reverse_burn_in)
             reverse = ais.reverse_ais(path, start_samples, betas)
@@ -235,9 +244,11 @@ class BoltzmannMachine(GenerativeModel):
     def estimator(self, **settings) -> str:
         s = self.Estimator(**settings)
         k = sum(s.ais_temperatures)
-        text = (f"{self.estimate_kind()}, log Z by AIS: {s.ais_runs} runs x {k} temperatures "
-                f"(segments ending at {s.ais_segment_ends}), base-rate model from smoothed training pixel means "
-                "(Salakhutdinov & Murray 2008); the log Z error (shared_error_nats) is shared by every example")
+        text = (
+            f"{self.estimate_kind()}, log Z by AIS: {s.ais_runs} runs x {k} temperatures "
+            f"(segments ending at {s.ais_segment_ends}), base-rate model from smoothed training pixel means "
+            "(Salakhutdinov & Murray 2008); the log Z error (shared_error_nats) is shared by every example"
+        )
         if s.reverse:
             text += "; reverse AIS from Gibbs-chain samples gives the other end of log_z_bracket"
         return text

@@ -25,6 +25,7 @@ the pretrained DBM's h1 see as much input as each RBM's did, neither double-coun
 Likelihood: the mean-field lower bound log p(v) >= -E(v, μ1, μ2) + H(μ1) + H(μ2) - log Z, with log Z
 estimated by AIS: a variational bound with an estimated constant, named so by ``dgm eval``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,10 +36,10 @@ from torch import Tensor, nn
 
 from ...rules import NON_NEGATIVE, POSITIVE, SIZES, Rule, checked, checked_list
 from ..base import Metrics, PhaseLoss
+from ..nn.host_flags import known_set, set_known
 from ..objectives import Objective
 from ..registry import register
 from . import ais
-from ..nn.host_flags import known_set, set_known
 from .base import BoltzmannMachine, filter_images, flat, weight_decay_groups
 from .rbm import bernoulli_free_energy, gibbs_sweeps, reconstruction_error
 
@@ -61,9 +62,11 @@ class DBMConfig:
     init_std: float = checked(0.01, NON_NEGATIVE)  # W ~ N(0, init_std^2) in both layers
     data_init_visible_bias: bool = True
     sample_steps: int = checked(1000, POSITIVE)  # Gibbs sweeps per image of dgm sample
-    pretrain_steps: int = checked(0, NON_NEGATIVE)  # > 0: batches of greedy pretraining for each of the two RBMs (Salakhutdinov & Hinton 2009)
+    pretrain_steps: int = checked(0, NON_NEGATIVE)  # > 0: batches of greedy pretraining for each of the two RBMs
+    #   (Salakhutdinov & Hinton 2009)
     pretrain_k: int = checked(1, POSITIVE)  # Gibbs sweeps of the pretraining RBMs' CD
-    pretrain_lr: Optional[float] = checked(None, LEARNING_RATE)  # the pretraining optimizers' learning rate (null: optimizer.lr)
+    pretrain_lr: Optional[float] = checked(None, LEARNING_RATE)  # the pretraining optimizers' learning rate (null:
+    #   optimizer.lr)
 
 
 @register("dbm")
@@ -99,7 +102,9 @@ class DBM(BoltzmannMachine):
         return mu1, mu2
 
     def energy(self, v: Tensor, h1: Tensor, h2: Tensor) -> Tensor:
-        return -(v @ self.b) - h1 @ self.c1 - h2 @ self.c2 - ((v @ self.W1) * h1).sum(-1) - ((h1 @ self.W2) * h2).sum(-1)
+        return (
+            -(v @ self.b) - h1 @ self.c1 - h2 @ self.c2 - ((v @ self.W1) * h1).sum(-1) - ((h1 @ self.W2) * h2).sum(-1)
+        )
 
     # --- greedy pretraining (Salakhutdinov & Hinton 2009, Sec. 3.1) ------------------------------------
     PRETRAIN_PHASES = ("pretrain1", "pretrain2")
@@ -130,16 +135,22 @@ class DBM(BoltzmannMachine):
     def pretrain_loss(self, v: Tensor, phase: str) -> PhaseLoss:
         """CD-k on the doubled RBM; the second one's data are samples of the first's p(h1|v) = σ(2 v W1 + c1)."""
         with torch.no_grad():
-            inputs = torch.cat([v, v], 1) if phase == "pretrain1" else \
-                torch.bernoulli(torch.sigmoid(2 * v @ self.W1 + self.c1))
+            inputs = (
+                torch.cat([v, v], 1)
+                if phase == "pretrain1"
+                else torch.bernoulli(torch.sigmoid(2 * v @ self.W1 + self.c1))
+            )
             negative = gibbs_sweeps(inputs, *self.pretrain_rbm(phase), self.config.pretrain_k)
         W, b, c = self.pretrain_rbm(phase)
         loss = bernoulli_free_energy(inputs, W, b, c).mean() - bernoulli_free_energy(negative, W, b, c).mean()
         with torch.no_grad():
             hidden = torch.sigmoid(inputs @ W + c)
             rec = reconstruction_error(inputs, hidden, W, b).mean()
-        return loss, {f"{phase}_loss": loss.detach(), f"{phase}_reconstruction_error": rec,
-                      f"{phase}_hidden_mean": hidden.mean()}
+        return loss, {
+            f"{phase}_loss": loss.detach(),
+            f"{phase}_reconstruction_error": rec,
+            f"{phase}_hidden_mean": hidden.mean(),
+        }
 
     @torch.no_grad()
     def compose(self) -> None:
@@ -165,21 +176,29 @@ class DBM(BoltzmannMachine):
         with torch.no_grad():
             mu1, mu2 = self.mean_field(v)
             start = torch.cat([v, torch.bernoulli(mu2)], 1)
-        negative = self.negatives(start, self.chains, self.chains_started,
-                                  lambda s, k: gibbs_sweeps(s, *self.joint(), k))
+        negative = self.negatives(
+            start, self.chains, self.chains_started, lambda s, k: gibbs_sweeps(s, *self.joint(), k)
+        )
         e_data = self.energy(v, mu1, mu2)
         f_model = bernoulli_free_energy(negative, *self.joint())
         loss = e_data.mean() - f_model.mean()
-        return loss, {"loss": loss.detach(), "h1_mean": mu1.mean(), "h2_mean": mu2.mean(),
-                      "mean_field_bound_unnormalized": (-e_data.detach() + bernoulli_entropy(mu1) +
-                                                        bernoulli_entropy(mu2)).mean()}
+        return loss, {
+            "loss": loss.detach(),
+            "h1_mean": mu1.mean(),
+            "h2_mean": mu2.mean(),
+            "mean_field_bound_unnormalized": (
+                -e_data.detach() + bernoulli_entropy(mu1) + bernoulli_entropy(mu2)
+            ).mean(),
+        }
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
         """The mean-field bound without log Z, and its gap to the training reference set."""
         bound = self.unnormalized_log_prob(x)
-        metrics = {"mean_field_bound_unnormalized": bound.mean(),
-                   **self.free_energy_gap(-bound, lambda r: -self.unnormalized_log_prob(r))}
+        metrics = {
+            "mean_field_bound_unnormalized": bound.mean(),
+            **self.free_energy_gap(-bound, lambda r: -self.unnormalized_log_prob(r)),
+        }
         if "free_energy_gap" in metrics:
             metrics["bound_gap"] = metrics.pop("free_energy_gap")
         return metrics

@@ -17,6 +17,7 @@ estimated with ``estimator.bound_samples`` draws from q per example, and log Z_t
 RBM (base rate: the smoothed means of the top RBM's training inputs). The reported number is this
 variational lower bound with an estimated constant: ``dgm eval`` names it so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,7 +73,8 @@ class DBNEstimator(AISEstimator):
 @dataclass
 class DBNConfig:
     hidden_units: List[int] = checked_list([500, 2000], NON_EMPTY_SIZES)  # Salakhutdinov & Murray 2008
-    steps_per_layer: int = checked(10000, POSITIVE)  # batches each layer below the top trains for; the top trains to the end
+    steps_per_layer: int = checked(10000, POSITIVE)  # batches each layer below the top trains for; the top trains to
+    #   the end
     init_std: float = checked(0.01, NON_NEGATIVE)  # W ~ N(0, init_std^2) in every layer
     data_init_visible_bias: bool = True
     sample_steps: int = checked(1000, POSITIVE)  # Gibbs sweeps in the top RBM per `dgm sample` image
@@ -115,19 +117,24 @@ class DBN(BoltzmannMachine):
         return v
 
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
-        i = int(phase[len("layer"):]) - 1
+        i = int(phase[len("layer") :]) - 1
         layer = self.layers[i]
         v = self.inputs_of(flat(x), i)
         if i == len(self.layers) - 1:
             self.observe(v)
         chains, started = getattr(self, f"chains{i + 1}"), getattr(self, f"chains_started{i + 1}")
         negative = self.negatives(v, chains, started, lambda s, k: gibbs_sweeps(s, *layer.params(), k))
-        loss = bernoulli_free_energy(v, *layer.params()).mean() - bernoulli_free_energy(negative, *layer.params()).mean()
+        loss = (
+            bernoulli_free_energy(v, *layer.params()).mean() - bernoulli_free_energy(negative, *layer.params()).mean()
+        )
         with torch.no_grad():
             hidden = layer.up(v)
             rec = reconstruction_error(v, hidden, layer.W, layer.b).mean()
-        return loss, {f"{phase}_loss": loss.detach(), f"{phase}_reconstruction_error": rec,
-                      f"{phase}_hidden_mean": hidden.mean()}
+        return loss, {
+            f"{phase}_loss": loss.detach(),
+            f"{phase}_reconstruction_error": rec,
+            f"{phase}_hidden_mean": hidden.mean(),
+        }
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
@@ -141,8 +148,10 @@ class DBN(BoltzmannMachine):
 
     # --- likelihood ---------------------------------------------------------------------------------
     def estimate_kind(self) -> str:
-        return (f"variational lower bound on log p(x) (q = the recognition pass, Salakhutdinov & Murray 2008) "
-                "with the top RBM's log Z estimated")
+        return (
+            "variational lower bound on log p(x) (q = the recognition pass, Salakhutdinov & Murray 2008) "
+            "with the top RBM's log Z estimated"
+        )
 
     def ais_path(self):
         return ais.BernoulliPath(*self.layers[-1].params(), self.base_rate())

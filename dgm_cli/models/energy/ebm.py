@@ -13,8 +13,9 @@ the energy-magnitude penalty of Du & Mordatch (2019, Sec. 3.3); their sampler cl
 
 Divergence (energies running away, the failure JEM's users report: JEM issues #4, #8) is detected:
 the step's loss is made non-finite, so the engine stops and keeps the last good checkpoint, and the
-literature's advice ends the engine's message (``non_finite_advice``). The replay buffer is a registered buffer, so checkpoints hold it and
-resume is exact; under DistributedDataParallel each process keeps its own.
+literature's advice ends the engine's message (``non_finite_advice``). The replay buffer is a registered
+buffer, so checkpoints hold it and resume is exact; under DistributedDataParallel each process keeps its
+own.
 
 ``dgm eval`` reports sample-quality metrics. Only when asked (``estimator.ais=true``) does it estimate
 the log-likelihood by AIS (ais.LangevinPath): log Z of exp(-E) from a tractable base along the geometric
@@ -25,6 +26,7 @@ log p((k+u)/256) - D ln 256 <= log P(k) in expectation (Theis et al. 2016) with 
 continuous data: a Gaussian base with the evaluation data's mean and standard deviation. ``sample``
 runs ``model.sample_steps`` Langevin steps from noise (Nijkamp et al. 2019's short-run sampler).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,17 +39,19 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ...errors import UserError
-from ...rules import NON_NEGATIVE, POSITIVE, Rule, checked, checked_choice
 from ...progress import SamplingProgress
+from ...rules import NON_NEGATIVE, POSITIVE, Rule, checked, checked_choice
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..objectives import Objective
 from ..registry import register
 from . import ais
 from .base import AISSchedule, estimate_key
 
-DIVERGENCE_ADVICE = ("restart from the last checkpoint with a lower optimizer.lr, a larger model.energy_l2 "
-                     "(0.1 to 1: Du & Mordatch 2019), more model.sgld_steps, model.sampler_grad_clip=0.01 or "
-                     "model.spectral_norm=true (JEM issues #4 and #8)")
+DIVERGENCE_ADVICE = (
+    "restart from the last checkpoint with a lower optimizer.lr, a larger model.energy_l2 "
+    "(0.1 to 1: Du & Mordatch 2019), more model.sgld_steps, model.sampler_grad_clip=0.01 or "
+    "model.spectral_norm=true (JEM issues #4 and #8)"
+)
 
 
 NETWORKS = ("auto", "mlp", "conv")
@@ -65,7 +69,8 @@ class EBMConfig:
     sgld_steps: int = checked(20, POSITIVE)  # Langevin steps per training batch (JEM)
     sgld_step_size: float = checked(1.0, POSITIVE)  # alpha, the step along the energy's gradient (JEM)
     sgld_noise: float = checked(0.01, NON_NEGATIVE)  # sigma of each step's Gaussian noise (JEM)
-    sampler_grad_clip: float = checked(0.0, NON_NEGATIVE)  # > 0: clip each Langevin gradient element to ±this (IGEBM: 0.01)
+    sampler_grad_clip: float = checked(0.0, NON_NEGATIVE)  # > 0: clip each Langevin gradient element to ±this (IGEBM:
+    #   0.01)
     buffer_size: int = checked(10000, POSITIVE)  # replay buffer (JEM, IGEBM)
     reinit_freq: float = checked(0.05, SHARE)  # share of chains restarted from U[-1, 1]
     data_noise: float = checked(0.03, NON_NEGATIVE)  # std of the Gaussian noise added to data (JEM)
@@ -88,8 +93,10 @@ class EBMEstimator(AISSchedule):
     def __post_init__(self):
         super().__post_init__()
         if self.ais_mcmc_steps < 1 or self.ais_step_size <= 0 or self.ais_pilot_runs < 0 or self.ais_min_std <= 0:
-            raise UserError("estimator.ais_mcmc_steps must be >= 1, estimator.ais_step_size and "
-                            "estimator.ais_min_std > 0, estimator.ais_pilot_runs >= 0.")
+            raise UserError(
+                "estimator.ais_mcmc_steps must be >= 1, estimator.ais_step_size and "
+                "estimator.ais_min_std > 0, estimator.ais_pilot_runs >= 0."
+            )
 
 
 def mlp_energy(dim: int, hidden: int, depth: int) -> nn.Module:
@@ -103,10 +110,15 @@ def mlp_energy(dim: int, hidden: int, depth: int) -> nn.Module:
 def conv_energy(shape: tuple, width: int) -> nn.Module:
     c, h, w = shape
     return nn.Sequential(
-        nn.Conv2d(c, width, 3, 1, 1), nn.SiLU(),
-        nn.Conv2d(width, 2 * width, 4, 2, 1), nn.SiLU(),
-        nn.Conv2d(2 * width, 4 * width, 4, 2, 1), nn.SiLU(),
-        nn.Flatten(), nn.Linear(4 * width * (h // 4) * (w // 4), 1))
+        nn.Conv2d(c, width, 3, 1, 1),
+        nn.SiLU(),
+        nn.Conv2d(width, 2 * width, 4, 2, 1),
+        nn.SiLU(),
+        nn.Conv2d(2 * width, 4 * width, 4, 2, 1),
+        nn.SiLU(),
+        nn.Flatten(),
+        nn.Linear(4 * width * (h // 4) * (w // 4), 1),
+    )
 
 
 @register("ebm")
@@ -127,8 +139,11 @@ class EBM(GenerativeModel):
     def __init__(self, config: EBMConfig, data, objective: Objective):
         super().__init__(config, data, objective)
         network = config.network if config.network != "auto" else ("conv" if data.is_image else "mlp")
-        self.energy = (conv_energy(data.shape, config.width) if network == "conv"
-                       else mlp_energy(data.dim, config.hidden, config.depth))
+        self.energy = (
+            conv_energy(data.shape, config.width)
+            if network == "conv"
+            else mlp_energy(data.dim, config.hidden, config.depth)
+        )
         if config.spectral_norm:
             for m in self.energy.modules():
                 if isinstance(m, (nn.Linear, nn.Conv2d)):
@@ -181,19 +196,24 @@ class EBM(GenerativeModel):
     # --- training -----------------------------------------------------------------------------------
     def check_precision(self, precision: str) -> None:
         if precision == "16":
-            raise UserError("model=ebm cannot train at trainer.precision=16: its Langevin sampler takes the gradient "
-                            "of the energy with respect to the input on unscaled fp16 outputs, which can underflow "
-                            "(the gradient scaler only scales the loss's gradients); use trainer.precision=bf16 or 32.")
+            raise UserError(
+                "model=ebm cannot train at trainer.precision=16: its Langevin sampler takes the gradient "
+                "of the energy with respect to the input on unscaled fp16 outputs, which can underflow "
+                "(the gradient scaler only scales the loss's gradients); use trainer.precision=bf16 or 32."
+            )
 
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
         real = self.to_model_space(x)
         real = real + self.config.data_noise * torch.randn_like(real)
         fake = self.negatives(len(x))
         e_real, e_fake = self.energy(real).squeeze(-1), self.energy(fake).squeeze(-1)
-        penalty = (e_real ** 2 + e_fake ** 2).mean()
+        penalty = (e_real**2 + e_fake**2).mean()
         loss = e_real.mean() - e_fake.mean() + self.config.energy_l2 * penalty
-        metrics = {"energy_data": e_real.mean().detach(), "energy_model": e_fake.mean().detach(),
-                   "energy_penalty": penalty.detach()}
+        metrics = {
+            "energy_data": e_real.mean().detach(),
+            "energy_model": e_fake.mean().detach(),
+            "energy_penalty": penalty.detach(),
+        }
         # diverged energies make the loss infinite, on the device (no host read per step): the engine
         # stops there, keeps the last good checkpoint and adds non_finite_advice to its message
         diverged = self.diverged(e_real, e_fake)
@@ -207,8 +227,10 @@ class EBM(GenerativeModel):
         return ~(worst <= self.config.divergence_energy)  # NaN compares false: diverged too
 
     def non_finite_advice(self) -> str:
-        return (f"if the energies diverged (logged energy_diverged = 1: |mean E| above model.divergence_energy = "
-                f"{self.config.divergence_energy:g}), {DIVERGENCE_ADVICE}")
+        return (
+            f"if the energies diverged (logged energy_diverged = 1: |mean E| above model.divergence_energy = "
+            f"{self.config.divergence_energy:g}), {DIVERGENCE_ADVICE}"
+        )
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
@@ -255,19 +277,30 @@ class EBM(GenerativeModel):
         path = ais.LangevinPath(lambda z: self.energy(z), base, s.ais_step_size, s.ais_mcmc_steps)
         estimate = ais.tuned_forward_ais(path, s.ais_runs, s.betas(), s.ais_pilot_runs)
         self._log_z = (estimate_key(self, settings), estimate.log_z)
-        return {**estimate.as_dict(""), "ais_runs": s.ais_runs, "ais_temperatures": estimate.temperatures,
-                "log_z_base": path.log_z_base(), "ais_base": type(base).__name__,
-                "mala_acceptance_mean": sum(path.acceptance) / len(path.acceptance),
-                "mala_acceptance_min": min(path.acceptance),
-                "mala_step_size_range": [min(path.step_sizes or [s.ais_step_size]), max(path.step_sizes or [s.ais_step_size])],
-                "shared_error_nats": estimate.stderr, "log_z_seconds": round(time.perf_counter() - start, 2)}
+        return {
+            **estimate.as_dict(""),
+            "ais_runs": s.ais_runs,
+            "ais_temperatures": estimate.temperatures,
+            "log_z_base": path.log_z_base(),
+            "ais_base": type(base).__name__,
+            "mala_acceptance_mean": sum(path.acceptance) / len(path.acceptance),
+            "mala_acceptance_min": min(path.acceptance),
+            "mala_step_size_range": [
+                min(path.step_sizes or [s.ais_step_size]),
+                max(path.step_sizes or [s.ais_step_size]),
+            ],
+            "shared_error_nats": estimate.stderr,
+            "log_z_seconds": round(time.perf_counter() - start, 2),
+        }
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
         """-E(z) - log Ẑ at z = the data in model space, with the change of scale to the data's space;
         8-bit images dequantized, minus D ln 256 (a lower bound on log P(k) in expectation)."""
         if not self.Estimator(**settings).ais:
-            raise UserError("an EBM's log-likelihood is an AIS estimate computed only on request: add estimator.ais=true.")
+            raise UserError(
+                "an EBM's log-likelihood is an AIS estimate computed only on request: add estimator.ais=true."
+            )
         if self._log_z is None or self._log_z[0] != estimate_key(self, settings):
             self.prepare_eval(x, y, **settings)
         if self.data.representation == "8bit":
@@ -283,12 +316,14 @@ class EBM(GenerativeModel):
         if not s.ais:
             return "none (estimator.ais=false)"
         base = "uniform on [-1, 1]^D" if self.data.is_image else "a Gaussian with the evaluation data's moments"
-        text = (f"-E(x) - log Z, log Z by forward AIS (Neal 2001): {s.ais_runs} runs x {sum(s.ais_temperatures)} "
-                f"temperatures (segments ending at {s.ais_segment_ends}) on the geometric path from {base}, "
-                f"{s.ais_mcmc_steps} MALA step(s) per temperature"
-                + (f", step sizes tuned by a {s.ais_pilot_runs}-chain pilot run" if s.ais_pilot_runs else "")
-                + "; forward AIS errs low on log Z on average, so the log-likelihood errs high; the log Z error "
-                "(shared_error_nats) is shared by every example")
+        text = (
+            f"-E(x) - log Z, log Z by forward AIS (Neal 2001): {s.ais_runs} runs x {sum(s.ais_temperatures)} "
+            f"temperatures (segments ending at {s.ais_segment_ends}) on the geometric path from {base}, "
+            f"{s.ais_mcmc_steps} MALA step(s) per temperature"
+            + (f", step sizes tuned by a {s.ais_pilot_runs}-chain pilot run" if s.ais_pilot_runs else "")
+            + "; forward AIS errs low on log Z on average, so the log-likelihood errs high; the log Z error "
+            "(shared_error_nats) is shared by every example"
+        )
         if self.data.representation == "8bit":
             text += "; pixels dequantized (k+u)/256 and D ln 256 subtracted: a bound on log P(k) in expectation"
         return text

@@ -14,6 +14,7 @@ enumerated over h when H <= 20. AIS runs from a base model of independent Gaussi
 fitted to the training data, along the geometric path (1-β) E_A + β E_B (Gaussian conditionals with
 precision (1-β)/σ_A^2 + β/σ^2).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ class GaussianPath:
     """The geometric path between independent Gaussians (b_A, σ_A) and the GRBM (W, b, c, σ)."""
 
     def __init__(self, W: Tensor, b: Tensor, c: Tensor, sigma: Tensor, base_mean: Tensor, base_std: Tensor):
-        self.W, self.b, self.c, self.var = W, b, c, sigma ** 2
+        self.W, self.b, self.c, self.var = W, b, c, sigma**2
         self.base_mean, self.base_var = base_mean.to(W), base_std.to(W) ** 2
 
     def log_z_base(self) -> float:
@@ -56,7 +57,9 @@ class GaussianPath:
         delta = (beta_to - beta_from) * (q_a - q_b) + (F.softplus(beta_to * ad) - F.softplus(beta_from * ad)).sum(-1)
         h = torch.bernoulli(torch.sigmoid(beta_to * a))
         precision = (1 - beta_to) / self.base_var + beta_to / self.var
-        mean = ((1 - beta_to) * self.base_mean / self.base_var + beta_to * (self.b + h @ self.W.t()) / self.var) / precision
+        mean = (
+            (1 - beta_to) * self.base_mean / self.base_var + beta_to * (self.b + h @ self.W.t()) / self.var
+        ) / precision
         return delta, mean + torch.randn_like(mean) / precision.sqrt()
 
     def sample_target(self, v: Tensor, sweeps: int) -> Tensor:
@@ -119,7 +122,7 @@ class GRBM(RBM):
             self.b.copy_(x.reshape(len(x), -1).mean(0))
 
     def base_std(self) -> Tensor:
-        return (self.data_sq_mean - self.data_mean ** 2).clamp(min=0).sqrt().clamp(min=MIN_BASE_STD)
+        return (self.data_sq_mean - self.data_mean**2).clamp(min=0).sqrt().clamp(min=MIN_BASE_STD)
 
     def ais_path(self):
         return GaussianPath(self.W, self.b, self.c, self.sigma(), self.data_mean, self.base_std())
@@ -131,10 +134,10 @@ class GRBM(RBM):
             return None
         W, b, c, var = self.W.double(), self.b.double(), self.c.double(), self.sigma().double() ** 2
         parts = []
-        for start in range(0, 2 ** H, 1 << 14):
+        for start in range(0, 2**H, 1 << 14):
             h = ais.all_states(H, W.device, start=start, stop=start + (1 << 14))
             m = h @ W.t() + b
-            parts.append(torch.logsumexp(h @ c + ((m ** 2 - b ** 2) / (2 * var)).sum(-1), 0))
+            parts.append(torch.logsumexp(h @ c + ((m**2 - b**2) / (2 * var)).sum(-1), 0))
         return float(torch.logsumexp(torch.stack(parts), 0) + 0.5 * torch.log(2 * math.pi * var).sum())
 
     @torch.no_grad()

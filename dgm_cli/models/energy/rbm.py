@@ -5,10 +5,10 @@
     p(h_j = 1 | v) = σ(c_j + v·W_j),   p(v_i = 1 | h) = σ(b_i + W_i·h)
 
 Training: CD-k or PCD (base.py) on the surrogate mean F(v_data) - mean F(v_model), with SGD, momentum
-and weight decay on W from the optimizer config (model=rbm's settings of optimizer=sgd, configs/model/optimizer/rbm_sgd.yaml; Hinton 2010, Sec. 9-10), an
-optional sparsity penalty (Hinton 2010, Sec. 11: cross-entropy between a target and the mean hidden
-activation), and optional centering (Melchior, Fischer & Wiskott 2016): the energy is written with
-offsets μ (visible) and λ (hidden),
+and weight decay on W from the optimizer config (model=rbm's settings of optimizer=sgd,
+configs/model/optimizer/rbm_sgd.yaml; Hinton 2010, Sec. 9-10), an optional sparsity penalty (Hinton 2010,
+Sec. 11: cross-entropy between a target and the mean hidden activation), and optional centering (Melchior,
+Fischer & Wiskott 2016): the energy is written with offsets μ (visible) and λ (hidden),
 
     E(v, h) = -(v-μ)·b - (h-λ)·c - (v-μ)ᵀ W (h-λ),
 
@@ -16,6 +16,7 @@ which is the plain RBM (W, b - Wλ, c - Wᵀμ); gradients taken in the centered
 centered gradient. μ and λ track the data mean and the mean hidden activation as sliding averages, and
 b, c are shifted with them so that the model itself does not change when the offsets move.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ class RBMConfig:
     centering: bool = False  # centered RBM (Melchior et al. 2016)
     centering_rate: float = checked(0.01, RATE)  # sliding-average rate of the offsets μ, λ
     sparsity_target: float = checked(0.1, ACTIVATION_TARGET)  # target mean hidden activation
-    sparsity_cost: float = checked(0.0, NON_NEGATIVE)  # > 0 turns the sparsity penalty on (Hinton 2010: e.g. 1e-4 .. 1e-2)
+    sparsity_cost: float = checked(0.0, NON_NEGATIVE)  # > 0 turns the sparsity penalty on (Hinton 2010: e.g. 1e-4 ..
+    #   1e-2)
     sample_steps: int = checked(1000, POSITIVE)  # Gibbs sweeps from the base-rate model per `dgm sample` image
 
 
@@ -144,8 +146,11 @@ class RBM(BoltzmannMachine):
         f_data, f_model = self.free_energy(v), self.free_energy(negative)
         loss = f_data.mean() - f_model.mean()  # the CD surrogate: its gradient is the CD update
         hidden = self.hidden_probs(v)
-        metrics = {"free_energy_data": f_data.mean().detach(), "free_energy_model": f_model.mean().detach(),
-                   "hidden_mean": hidden.mean().detach()}
+        metrics = {
+            "free_energy_data": f_data.mean().detach(),
+            "free_energy_model": f_model.mean().detach(),
+            "hidden_mean": hidden.mean().detach(),
+        }
         if self.config.sparsity_cost > 0:
             penalty = sparsity_penalty(hidden, self.config.sparsity_target)
             loss = loss + self.config.sparsity_cost * penalty
@@ -169,8 +174,12 @@ class RBM(BoltzmannMachine):
         hidden activation; on an enumerable RBM also the exact NLL, which is then the ``loss``."""
         v = flat(x)
         fe, hidden = self.free_energy(v), self.hidden_probs(v)
-        metrics = {"free_energy": fe.mean(), "reconstruction_error": self.reconstruction_error(v, hidden).mean(),
-                   "hidden_mean": hidden.mean(), **self.free_energy_gap(fe, self.free_energy)}
+        metrics = {
+            "free_energy": fe.mean(),
+            "reconstruction_error": self.reconstruction_error(v, hidden).mean(),
+            "hidden_mean": hidden.mean(),
+            **self.free_energy_gap(fe, self.free_energy),
+        }
         exact = self.cached_exact_log_z()
         if exact is not None:
             metrics["exact_nll"] = fe.mean() + exact

@@ -14,6 +14,7 @@ turns it into the discrete 8-bit bound by adding D ln 256 (Theis et al. 2016), s
 
     bits/dim = (-log p(x) / D + ln 256) / ln 2.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,9 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ...rules import Rule, checked, checked_choice
-from ..objectives import Objective
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import standard_normal_log_prob
+from ..objectives import Objective
 from .layers import Flatten, FlowSequential, LogitTransform, Shift
 
 LOG_256 = math.log(256.0)
@@ -38,7 +39,8 @@ ALPHA: Rule = (lambda v: 0 < v < 0.5, "in (0, 0.5)")
 
 @dataclass
 class FlowConfig:
-    preprocess: str = checked_choice("logit", PREPROCESSING)  # {choices}: images: logit (Dinh et al. 2017), center (x - 0.5, Glow)
+    preprocess: str = checked_choice("logit", PREPROCESSING)  # {choices}: images: logit (Dinh et al. 2017), center (x -
+    #   0.5, Glow)
     alpha: float = checked(0.05, ALPHA)  # logit transform: y = logit(alpha + (1 - 2 alpha) x)
 
 

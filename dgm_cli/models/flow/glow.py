@@ -11,6 +11,7 @@ other half (Sec. 3.3), with scale sigmoid(raw + 2) (Glow code), its log soft-cla
 
 2-D toys: K steps of actnorm -> invertible linear map -> affine coupling with an MLP.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,19 +21,30 @@ from torch import nn
 
 from ...errors import UserError
 from ...rules import POSITIVE, checked
-from ..objectives import Objective
 from ..base import DataSpec
+from ..objectives import Objective
 from ..registry import register
 from .base import Flow, FlowConfig
-from .layers import (ActNorm, AffineCoupling, FlowSequential, InvertibleConv1x1, Split, Squeeze, Unsqueeze,
-                     coupling_halves, coupling_mlp, zero_initialized)
+from .layers import (
+    ActNorm,
+    AffineCoupling,
+    FlowSequential,
+    InvertibleConv1x1,
+    Split,
+    Squeeze,
+    Unsqueeze,
+    coupling_halves,
+    coupling_mlp,
+    zero_initialized,
+)
 
 
 @dataclass
 class GlowConfig(FlowConfig):
     preprocess: str = "logit"  # {choices}: the paper centres (x - 0.5); the logit transform learns faster on MNIST
     alpha: float = 0.05
-    num_levels: int = checked(2, POSITIVE)  # images: L, levels of the multi-scale architecture (each squeezes H, W by 2)
+    num_levels: int = checked(2, POSITIVE)  # images: L, levels of the multi-scale architecture (each squeezes H, W by
+    #   2)
     depth: int = checked(4, POSITIVE)  # K, steps of flow per level (toys: steps in all)
     hidden_channels: int = checked(64, POSITIVE)  # images: width of the coupling networks (512 in the paper)
     split_prior: bool = True  # learned N(mu(h), sigma(h)) for factored-out channels (Glow code)
@@ -42,8 +54,10 @@ class GlowConfig(FlowConfig):
 def coupling_cnn(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
     """NN() of Glow's affine coupling (Sec. 3.3)."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
+        nn.Conv2d(in_channels, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.ReLU(),
         zero_initialized(nn.Conv2d(hidden, out_channels, 3, padding=1)),
     )
 
@@ -59,10 +73,11 @@ class Glow(Flow):
         super().check_settings(config, objective, data)
         if data is not None and data.is_image:
             h, w = data.shape[1:]
-            factor = 2 ** config.num_levels
+            factor = 2**config.num_levels
             if h % factor or w % factor:
-                raise UserError(f"model.num_levels={config.num_levels} needs H and W divisible by {factor}; "
-                                f"the data is {h}x{w}.")
+                raise UserError(
+                    f"model.num_levels={config.num_levels} needs H and W divisible by {factor}; the data is {h}x{w}."
+                )
 
     def _step(self, channels: int, network: Callable[[int, int], nn.Module]) -> list[nn.Module]:
         """One step of flow (Table 1): actnorm, invertible 1x1 conv, affine coupling, whose NN() maps
@@ -87,6 +102,9 @@ class Glow(Flow):
         c = self.config
         if not self.data.is_image:
             d = self.data.dim
-            return [layer for _ in range(c.depth)
-                    for layer in self._step(d, lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features))]
+            return [
+                layer
+                for _ in range(c.depth)
+                for layer in self._step(d, lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features))
+            ]
         return [self._level(self.data.shape[0], 0)]

@@ -7,6 +7,7 @@ between layers (Sec. 3.4) and, optionally, batch normalisation between them
 D passes per layer. Images are flattened to vectors of D = C*H*W. alpha is soft-clamped to
 (-3, 3) (layers.soft_clamp): unbounded, one large alpha overflows the sampler.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ class MAF(VectorFlow):
         for k in range(c.num_layers):
             order = natural if k % 2 == 0 else natural.flip(0)  # reverse the order between layers
             # fixed seed per layer: the random MADE hidden degrees (Germain et al. 2015, Sec. 4) are reproducible
-            made = MaskedAffineAutoregressive(d, list(c.hidden), order, act=c.activation,
-                                              generator=torch.Generator().manual_seed(k))
+            made = MaskedAffineAutoregressive(
+                d, list(c.hidden), order, act=c.activation, generator=torch.Generator().manual_seed(k)
+            )
             layers.append(made)
             if c.batch_norm and k < c.num_layers - 1:
                 layers.append(BatchNorm(d))

@@ -13,6 +13,7 @@ The paper's data are dequantized and rescaled to [0, 1]^D, as ``dequantized`` is
 ((k + u)/256), so the density is comparable with the paper's log-likelihood. The default
 preprocessing is the volume-preserving centring x - 0.5 (no Jacobian term), not a logit.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,12 +25,12 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ...rules import POSITIVE, checked, checked_choice
-from ..objectives import Objective
 from ..base import DataSpec
+from ..nn.mlp import mlp
+from ..objectives import Objective
 from ..registry import register
 from .base import FlowConfig, VectorFlow
 from .layers import zero_initialized
-from ..nn.mlp import mlp
 
 PRIORS = ("logistic", "gaussian")
 
@@ -110,8 +111,10 @@ class NICE(VectorFlow):
 
     def build_layers(self) -> list[nn.Module]:
         c, d = self.config, self.data.dim
-        couplings = [AdditiveCoupling(d, parity=i % 2, hidden=c.hidden_features, hidden_layers=c.hidden_layers)
-                     for i in range(c.num_couplings)]
+        couplings = [
+            AdditiveCoupling(d, parity=i % 2, hidden=c.hidden_features, hidden_layers=c.hidden_layers)
+            for i in range(c.num_couplings)
+        ]
         return [*couplings, DiagonalScaling(d)]
 
     def base_log_prob(self, z: Tensor) -> Tensor:

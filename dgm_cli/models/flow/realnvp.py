@@ -11,6 +11,7 @@ normalisation of the coupling outputs (Sec. 3.7) is optional.
 
 2-D toys: a stack of affine couplings with MLP networks, masks alternating.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,12 +22,21 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ...rules import NON_NEGATIVE, POSITIVE, checked
-from ..objectives import Objective
 from ..base import DataSpec
+from ..objectives import Objective
 from ..registry import register
 from .base import Flow, FlowConfig
-from .layers import (AffineCoupling, BatchNorm, FlowSequential, Split, Squeeze, Unsqueeze, coupling_halves,
-                     coupling_mlp, zero_initialized)
+from .layers import (
+    AffineCoupling,
+    BatchNorm,
+    FlowSequential,
+    Split,
+    Squeeze,
+    Unsqueeze,
+    coupling_halves,
+    coupling_mlp,
+    zero_initialized,
+)
 
 
 @dataclass
@@ -75,11 +85,13 @@ class RealNVP(Flow):
             h, w = data.shape[1:]
             factor = 2 ** (config.num_scales - 1)
             if h % factor or w % factor:
-                raise UserError(f"model.num_scales={config.num_scales} needs H and W divisible by {factor}; "
-                                f"the data is {h}x{w}.")
+                raise UserError(
+                    f"model.num_scales={config.num_scales} needs H and W divisible by {factor}; the data is {h}x{w}."
+                )
 
-    def _coupling(self, channels: int, network: Callable[[int, int], nn.Module], *, mask: str,
-                  parity: int) -> list[nn.Module]:
+    def _coupling(
+        self, channels: int, network: Callable[[int, int], nn.Module], *, mask: str, parity: int
+    ) -> list[nn.Module]:
         """A coupling whose network, ``network(a, 2b)``, maps the conditioning half's a channels to the
         transformed half's scale and shift (2b channels)."""
         a, b = coupling_halves(channels, mask=mask, parity=parity)
@@ -91,27 +103,40 @@ class RealNVP(Flow):
     def _image_couplings(self, channels: int, count: int, *, mask: str) -> list[nn.Module]:
         """``count`` couplings with ResNet networks, mask parity alternating."""
         c = self.config
-        return [layer for i in range(count) for layer in self._coupling(
-            channels, lambda n_in, n_out: ResNet(n_in, c.hidden_channels, n_out, c.num_blocks), mask=mask,
-            parity=i % 2)]
+        return [
+            layer
+            for i in range(count)
+            for layer in self._coupling(
+                channels,
+                lambda n_in, n_out: ResNet(n_in, c.hidden_channels, n_out, c.num_blocks),
+                mask=mask,
+                parity=i % 2,
+            )
+        ]
 
     def _scale(self, channels: int, index: int) -> FlowSequential:
         """One scale of the multi-scale architecture (Sec. 3.6) on ``channels`` channels."""
         if index == self.config.num_scales - 1:
             return FlowSequential(self._image_couplings(channels, 4, mask="checkerboard"))
-        return FlowSequential([
-            *self._image_couplings(channels, 3, mask="checkerboard"),
-            Squeeze(),
-            *self._image_couplings(4 * channels, 3, mask="channel"),
-            Split(self._scale(2 * channels, index + 1)),  # factor out half, the rest goes to the next scale
-            Unsqueeze(),
-        ])
+        return FlowSequential(
+            [
+                *self._image_couplings(channels, 3, mask="checkerboard"),
+                Squeeze(),
+                *self._image_couplings(4 * channels, 3, mask="channel"),
+                Split(self._scale(2 * channels, index + 1)),  # factor out half, the rest goes to the next scale
+                Unsqueeze(),
+            ]
+        )
 
     def build_layers(self) -> list[nn.Module]:
         c = self.config
         if not self.data.is_image:
             d = self.data.dim
-            return [layer for i in range(c.num_couplings)
-                    for layer in self._coupling(d, lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features),
-                                                mask="channel", parity=i % 2)]
+            return [
+                layer
+                for i in range(c.num_couplings)
+                for layer in self._coupling(
+                    d, lambda n_in, n_out: coupling_mlp(n_in, n_out, c.hidden_features), mask="channel", parity=i % 2
+                )
+            ]
         return [self._scale(self.data.shape[0], 0)]

@@ -8,6 +8,7 @@ assignment's cost is within n * eps of the optimum; the last eps is ``tolerance`
 matrix's range, so it is within ``tolerance`` of that range of the optimum (exact once that is below
 the gap to the second-best assignment). No scipy needed.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -18,6 +18,7 @@ Images arrive dequantized, x = (k + u)/256, and the model works on y = 2x - 1, s
 discrete NLL, in expectation, the flows' protocol). The flow's density is positive everywhere on R^D;
 the mass it puts outside the cube makes the number conservative (too high an NLL), never optimistic.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,11 +30,11 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ...rules import NON_EMPTY_SIZES, POSITIVE, PROBABILITY, SIZES, checked, checked_choice, checked_list
-from ..objectives import Objective
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..diffusion.unet import UNet
 from ..nn.distributions import standard_normal_log_prob
 from ..nn.mlp import mlp
+from ..objectives import Objective
 from ..registry import register
 from . import ode
 from .coupling import ot_pairing
@@ -52,8 +53,10 @@ TIME_SCALE = 1000.0
 
 @dataclass
 class FlowMatchingConfig:
-    path: str = checked_choice("linear", PATHS)  # {choices}: linear: independent pairs (rectified flow, Liu et al. 2023), ot: minibatch OT pairs (Tong et al. 2024)
-    sigma_min: float = checked(0.0, PROBABILITY)  # the conditional path's width at t = 1 (Lipman et al. 2023); 0: the straight path
+    path: str = checked_choice("linear", PATHS)  # {choices}: linear: independent pairs (rectified flow, Liu et al.
+    #   2023), ot: minibatch OT pairs (Tong et al. 2024)
+    sigma_min: float = checked(0.0, PROBABILITY)  # the conditional path's width at t = 1 (Lipman et al. 2023); 0: the
+    #   straight path
     network: str = checked_choice("auto", NETWORKS)  # {choices} (auto: unet for images, mlp otherwise)
     hidden: int = checked(256, POSITIVE)  # mlp: units per hidden layer
     depth: int = checked(3, POSITIVE)  # mlp: hidden layers
@@ -81,8 +84,10 @@ class ODELikelihoodEstimator:
 
     def __post_init__(self):
         if self.trace not in TRACES or self.solver not in ode.SOLVERS:
-            raise UserError(f"estimator.trace must be one of {', '.join(TRACES)} and estimator.solver one of "
-                            f"{', '.join(ode.SOLVERS)}; got trace={self.trace}, solver={self.solver}.")
+            raise UserError(
+                f"estimator.trace must be one of {', '.join(TRACES)} and estimator.solver one of "
+                f"{', '.join(ode.SOLVERS)}; got trace={self.trace}, solver={self.solver}."
+            )
         if self.probes < 1 or self.steps < 1 or self.rtol <= 0 or self.atol <= 0:
             raise UserError("estimator.probes and estimator.steps must be >= 1, estimator.rtol and estimator.atol > 0.")
 
@@ -126,10 +131,18 @@ class FlowMatching(GenerativeModel):
         network = config.network if config.network != "auto" else ("unet" if data.is_image else "mlp")
         if network == "unet":
             c = data.shape[0]
-            self.velocity = UNetVelocity(UNet(
-                c, c, image_size=data.shape[-1], channels=config.channels, channel_mult=list(config.channel_mult),
-                num_res_blocks=config.num_res_blocks, attention_resolutions=list(config.attention_resolutions),
-                dropout=config.dropout))
+            self.velocity = UNetVelocity(
+                UNet(
+                    c,
+                    c,
+                    image_size=data.shape[-1],
+                    channels=config.channels,
+                    channel_mult=list(config.channel_mult),
+                    num_res_blocks=config.num_res_blocks,
+                    attention_resolutions=list(config.attention_resolutions),
+                    dropout=config.dropout,
+                )
+            )
         else:
             self.velocity = MLPVelocity(data.dim, config.hidden, config.depth)
         self.network = network
@@ -143,12 +156,16 @@ class FlowMatching(GenerativeModel):
         wants_unet = config.network == "unet" or (config.network == "auto" and data.is_image)
         if wants_unet:
             if not data.is_image or data.shape[1] != data.shape[2]:
-                raise UserError(f"model.network=unet models square images (C, H, H), not data of shape {data.shape}; "
-                                "use model.network=mlp.")
+                raise UserError(
+                    f"model.network=unet models square images (C, H, H), not data of shape {data.shape}; "
+                    "use model.network=mlp."
+                )
             halvings = len(config.channel_mult) - 1
             if data.shape[1] % (2**halvings):
-                raise UserError(f"model.channel_mult={list(config.channel_mult)} halves the {data.shape[1]}-pixel "
-                                f"image {halvings} times, which needs a size divisible by {2**halvings}.")
+                raise UserError(
+                    f"model.channel_mult={list(config.channel_mult)} halves the {data.shape[1]}-pixel "
+                    f"image {halvings} times, which needs a size divisible by {2**halvings}."
+                )
 
     # --- data space <-> the flow's space ------------------------------------------------------------
     def to_model_space(self, x: Tensor) -> Tensor:
@@ -208,8 +225,9 @@ class FlowMatching(GenerativeModel):
         """``exact`` with the exact trace; ``hutchinson`` (an estimate) otherwise."""
         return self.trace_kind(self.Estimator(**settings).trace)
 
-    def ode_log_prob(self, y: Tensor, trace: str, solver: str, steps: int, rtol: float, atol: float,
-                     eps: Optional[Tensor] = None) -> tuple[Tensor, int]:
+    def ode_log_prob(
+        self, y: Tensor, trace: str, solver: str, steps: int, rtol: float, atol: float, eps: Optional[Tensor] = None
+    ) -> tuple[Tensor, int]:
         """log p_1(y) in the flow's space by the instantaneous change of variables (ode.py), and the
         number of field evaluations."""
         f = ode.likelihood_field(self.field, trace, eps)
@@ -236,10 +254,13 @@ class FlowMatching(GenerativeModel):
     def estimator(self, **settings) -> str:
         s = self.Estimator(**settings)
         trace = self.trace_kind(s.trace)
-        how = ("exact trace of dv/dx" if trace == "exact" else
-               f"Hutchinson's trace estimate, {s.probes} Rademacher probe(s) per example (FFJORD): an unbiased "
-               "estimate of the solver's log p, with its own error")
-        solver = (f"dopri5, rtol={s.rtol:g}, atol={s.atol:g}" if s.solver == "dopri5" else f"{s.solver}, {s.steps} steps")
+        how = (
+            "exact trace of dv/dx"
+            if trace == "exact"
+            else f"Hutchinson's trace estimate, {s.probes} Rademacher probe(s) per example (FFJORD): an unbiased "
+            "estimate of the solver's log p, with its own error"
+        )
+        solver = f"dopri5, rtol={s.rtol:g}, atol={s.atol:g}" if s.solver == "dopri5" else f"{s.solver}, {s.steps} steps"
         text = f"instantaneous change of variables (Chen et al. 2018), {how}; ODE solver {solver}"
         if self.data.is_image:
             text += "; uniform dequantization, y = 2x - 1"
@@ -266,6 +287,7 @@ class FlowMatching(GenerativeModel):
         ref = next(self.parameters())
         y0 = temperature * torch.randn(n, *self.data.shape, device=ref.device, dtype=ref.dtype)
         c = self.config
-        (y1,), _ = ode.solve(lambda t, s: (self.field(s[0], t),), (y0,), 0.0, 1.0, c.sampler, c.sample_steps,
-                             c.rtol, c.atol)
+        (y1,), _ = ode.solve(
+            lambda t, s: (self.field(s[0], t),), (y0,), 0.0, 1.0, c.sampler, c.sample_steps, c.rtol, c.atol
+        )
         return self.to_data_space(y1)

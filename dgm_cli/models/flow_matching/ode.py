@@ -15,6 +15,7 @@ eps with a Rademacher eps (Hutchinson 1989; FFJORD Sec. 3.1), one vector-Jacobia
 evaluation, with the same eps along the whole solve. The trajectory does not depend on eps and the
 estimate is linear in the integrand, so the solver's log p is estimated without bias.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,10 +39,14 @@ TABLEAUX = {
     "rk4": ([[0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
 }
 #: Dormand & Prince (1980): 7 stages, the last at the new point (first same as last); b: 5th order, b_err = b - b*
-DOPRI5_A = [[1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
-            [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-            [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-            [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
+DOPRI5_A = [
+    [1 / 5],
+    [3 / 40, 9 / 40],
+    [44 / 45, -56 / 15, 32 / 9],
+    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+    [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
+]
 DOPRI5_B = [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0]
 DOPRI5_B4 = [5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40]
 
@@ -76,8 +81,16 @@ class Counter:
         return self.f(t, y)
 
 
-def solve(f: Field, y0: State, t0: float, t1: float, method: str = "rk4", steps: int = 100,
-          rtol: float = 1e-5, atol: float = 1e-5) -> tuple[State, int]:
+def solve(
+    f: Field,
+    y0: State,
+    t0: float,
+    t1: float,
+    method: str = "rk4",
+    steps: int = 100,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> tuple[State, int]:
     """y(t1) from y(t0) = y0 (t1 < t0 integrates backwards), and the number of evaluations of ``f``."""
     f = Counter(f)
     if method in TABLEAUX:
@@ -107,15 +120,19 @@ def _dopri5(f: Counter, y: State, t0: float, t1: float, rtol: float, atol: float
         ks = _stages(f, t, y, h, DOPRI5_A, k1)
         new = _combine(y, h, ks[:-1], DOPRI5_B[:-1])
         err = _combine(tuple(torch.zeros_like(c) for c in y), h, ks, [b - e for b, e in zip(DOPRI5_B, DOPRI5_B4)])
-        norm = max(float(((e / (atol + rtol * torch.maximum(o.abs(), n.abs()))) ** 2).mean().sqrt())
-                   for e, o, n in zip(err, y, new))
+        norm = max(
+            float(((e / (atol + rtol * torch.maximum(o.abs(), n.abs()))) ** 2).mean().sqrt())
+            for e, o, n in zip(err, y, new)
+        )
         if not math.isfinite(norm):
             raise FloatingPointError("the velocity field gave non-finite values during the ODE solve")
         if norm <= 1.0:
             t, y, k1 = t + h, new, ks[-1]
         h = h * min(10.0, max(0.2, 0.9 * (norm if norm > 0 else 1e-10) ** -0.2))
-    raise UserError(f"the adaptive solver (dopri5) took more than {MAX_ADAPTIVE_STEPS:,} steps; loosen its "
-                    "tolerances or use a fixed-step solver (rk4, with steps=N).")
+    raise UserError(
+        f"the adaptive solver (dopri5) took more than {MAX_ADAPTIVE_STEPS:,} steps; loosen its "
+        "tolerances or use a fixed-step solver (rk4, with steps=N)."
+    )
 
 
 # --- the divergence ------------------------------------------------------------------------------

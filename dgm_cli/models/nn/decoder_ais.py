@@ -19,6 +19,7 @@ acceptance rate moves each next step size toward ``target_accept`` (0.65: Neal 2
 adapt toward it too), then held fixed in fresh estimating chains -- so the weights stay unbiased for
 p(x) (adapting inside the estimating run would make the transitions depend on the chains' past).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,15 @@ class HMCPath:
     """The path f_beta(z) = N(z; 0, I) p(x|z)^beta for a batch of B examples with C chains each (chains
     of example b at rows b*C .. b*C + C - 1), HMC with ``leapfrog`` steps per transition."""
 
-    def __init__(self, log_likelihood: LogLikelihood, examples: int, chains: int, latent_dim: int,
-                 leapfrog: int = 10, target_accept: float = 0.65):
+    def __init__(
+        self,
+        log_likelihood: LogLikelihood,
+        examples: int,
+        chains: int,
+        latent_dim: int,
+        leapfrog: int = 10,
+        target_accept: float = 0.65,
+    ):
         self.log_likelihood, self.b, self.c, self.d = log_likelihood, examples, chains, latent_dim
         self.leapfrog, self.target = leapfrog, target_accept
 
@@ -71,7 +79,9 @@ class HMCPath:
             grad = torch.autograd.grad(ll.sum(), z)[0]
         return ll.detach().double(), grad.detach()
 
-    def hmc(self, z: Tensor, ll: Tensor, gll: Tensor, beta: float, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def hmc(
+        self, z: Tensor, ll: Tensor, gll: Tensor, beta: float, eps: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One HMC transition leaving f_beta invariant (Neal 2011, Sec. 5.2): potential U = |z|^2/2 - beta log p(x|z);
         ``eps`` (N,) per chain. Returns (z, ll, gll, accepted (N,))."""
         eps_col = eps.to(z.dtype)[:, None]
@@ -89,11 +99,16 @@ class HMCPath:
         log_ratio = torch.nan_to_num(h_old - h_new, nan=-math.inf)
         accept = torch.log(torch.rand_like(log_ratio)) < log_ratio
         keep = accept[:, None]
-        return (torch.where(keep, z_new, z), torch.where(accept, ll_new, ll), torch.where(keep, gll_new, gll),
-                accept.double())
+        return (
+            torch.where(keep, z_new, z),
+            torch.where(accept, ll_new, ll),
+            torch.where(keep, gll_new, gll),
+            accept.double(),
+        )
 
-    def anneal(self, z: Tensor, betas: Tensor, step_sizes: Optional[Tensor] = None, initial_step: float = 0.05
-               ) -> AISResult:
+    def anneal(
+        self, z: Tensor, betas: Tensor, step_sizes: Optional[Tensor] = None, initial_step: float = 0.05
+    ) -> AISResult:
         """Anneal chains ``z`` (B*C, d) along ``betas``: with ``step_sizes`` (len(betas), B) held fixed (indexed by
         the target's position in ``betas``), or, without, tuning them as it goes (a pilot run)."""
         ll, gll = self.value_and_grad(z)
@@ -160,24 +175,39 @@ class DecoderAISSettings:
 
     def check_ais(self) -> Optional[str]:
         """What is wrong with the AIS settings, or None."""
-        if self.ais_chains < 1 or self.ais_temperatures < 1 or self.ais_leapfrog < 1 or self.ais_pilot_chains < 1 \
-                or self.bdmc_examples < 0:
-            return ("estimator.ais_chains, ais_temperatures, ais_leapfrog and ais_pilot_chains must be >= 1 and "
-                    "estimator.bdmc_examples >= 0")
+        if (
+            self.ais_chains < 1
+            or self.ais_temperatures < 1
+            or self.ais_leapfrog < 1
+            or self.ais_pilot_chains < 1
+            or self.bdmc_examples < 0
+        ):
+            return (
+                "estimator.ais_chains, ais_temperatures, ais_leapfrog and ais_pilot_chains must be >= 1 and "
+                "estimator.bdmc_examples >= 0"
+            )
         return None
 
     def describe(self) -> str:
-        return (f"{self.ais_chains} chains x {self.ais_temperatures} temperatures (sigmoidal schedule, delta "
-                f"{SIGMOID_DELTA:g}), HMC with {self.ais_leapfrog} leapfrog steps, step sizes tuned per example "
-                f"toward acceptance 0.65 by a {self.ais_pilot_chains}-chain pilot run")
+        return (
+            f"{self.ais_chains} chains x {self.ais_temperatures} temperatures (sigmoidal schedule, delta "
+            f"{SIGMOID_DELTA:g}), HMC with {self.ais_leapfrog} leapfrog steps, step sizes tuned per example "
+            f"toward acceptance 0.65 by a {self.ais_pilot_chains}-chain pilot run"
+        )
 
 
 #: (x (B, ...), chains) -> log p(x_b | z) for the B * chains latents, example-major
 Factory = Callable[[Tensor, int], LogLikelihood]
 
 
-def log_likelihood(factory: Factory, x: Tensor, latent_dim: int, s: DecoderAISSettings,
-                   temperatures: Optional[int] = None, chains: Optional[int] = None) -> tuple[Tensor, float]:
+def log_likelihood(
+    factory: Factory,
+    x: Tensor,
+    latent_dim: int,
+    s: DecoderAISSettings,
+    temperatures: Optional[int] = None,
+    chains: Optional[int] = None,
+) -> tuple[Tensor, float]:
     """Forward AIS estimate of log p(x) per example (a stochastic lower bound), and the mean acceptance."""
     betas = sigmoid_schedule(temperatures or s.ais_temperatures)
     chains = chains or s.ais_chains
@@ -197,7 +227,14 @@ def bdmc(factory: Factory, z_exact: Tensor, x_simulated: Tensor, s: DecoderAISSe
     forward = forward_ais(path, betas, pilot, z_exact)
     reverse = reverse_ais(path, z_exact, betas, forward.step_sizes)
     lower, upper = forward.log_mean(), -reverse.log_mean()
-    return {"forward": lower, "reverse": upper,
-            "report": {"bdmc_examples": b, "bdmc_forward_log_p": float(lower.mean()),
-                       "bdmc_reverse_log_p": float(upper.mean()), "bdmc_gap_nats": float((upper - lower).mean()),
-                       "bdmc_acceptance": (forward.acceptance + reverse.acceptance) / 2}}
+    return {
+        "forward": lower,
+        "reverse": upper,
+        "report": {
+            "bdmc_examples": b,
+            "bdmc_forward_log_p": float(lower.mean()),
+            "bdmc_reverse_log_p": float(upper.mean()),
+            "bdmc_gap_nats": float((upper - lower).mean()),
+            "bdmc_acceptance": (forward.acceptance + reverse.acceptance) / 2,
+        },
+    }

@@ -2,6 +2,7 @@
 
 Every function returns nats per example, shape (B,).
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ defining the function is imported, so every dgm command that loads the model cla
 Nothing can be compiling before torch._dynamo is imported; so until then the function runs as it is,
 and from then on through torch.compiler.disable, built once.
 """
+
 from __future__ import annotations
 
 import functools

@@ -4,8 +4,10 @@ reference set or an image pool full), read from the device only until they are s
 On a GPU every read of a tensor's value on the host (``bool(t)``, ``int(t)``) waits for the device, and
 ``training_loss`` runs every step. A flag that is set once and never cleared needs reading only until it
 is: ``known_set`` remembers the answer on the tensor itself, ``set_known`` sets a flag and remembers it
-(or marks a counter as at its end, which ``marked`` tells without a read), and ``forget_known``, a ``load_state_dict`` post-hook, makes loaded flags be read again.
+(or marks a counter as at its end, which ``marked`` tells without a read), and ``forget_known``, a
+``load_state_dict`` post-hook, makes loaded flags be read again.
 """
+
 from __future__ import annotations
 
 from typing import Optional

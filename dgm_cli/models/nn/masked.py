@@ -1,12 +1,13 @@
 """Masked linear layers and the MADE connectivity (Germain et al. 2015), shared by
 MADE (autoregressive family) and MAF (flow family)."""
+
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 class MaskedLinear(nn.Linear):

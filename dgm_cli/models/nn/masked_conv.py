@@ -13,6 +13,7 @@ carrying the information allowed to channel g (Fig. 2, right, of the paper). A
 tensor made of several equal chunks (the two halves of a gated activation,
 tanh * sigmoid) uses ``out_chunks`` so that each chunk is grouped the same way.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -27,9 +28,7 @@ def channel_groups(n: int, data_channels: int, chunks: int = 1) -> Tensor:
     contiguous groups within each of ``chunks`` equal chunks."""
     per_chunk = n // chunks
     if per_chunk * chunks != n or per_chunk % data_channels:
-        raise ValueError(
-            f"{n} feature channels cannot be split into {chunks} chunk(s) of {data_channels} equal groups"
-        )
+        raise ValueError(f"{n} feature channels cannot be split into {chunks} chunk(s) of {data_channels} equal groups")
     return (torch.arange(n) % per_chunk) * data_channels // per_chunk
 
 
@@ -85,8 +84,15 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, (kh, kw), padding=(ay, ax) if centred else 0)
         self.pad = None if centred else (ax, kw - 1 - ax, ay, kh - 1 - ay)  # left, right, top, bottom
         self.anchor = (ay, ax)
-        mask = causal_mask(in_channels, out_channels, (kh, kw), (ay, ax), mask_type=mask_type,
-                           data_channels=data_channels, out_chunks=out_chunks)
+        mask = causal_mask(
+            in_channels,
+            out_channels,
+            (kh, kw),
+            (ay, ax),
+            mask_type=mask_type,
+            data_channels=data_channels,
+            out_chunks=out_chunks,
+        )
         self.register_buffer("mask", mask)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,7 +118,7 @@ class PaddedMap:
     def __init__(self, like: Tensor, channels: int, height: int, width: int, top: int, left: int, right: int):
         self.data = like.new_zeros(like.shape[0], top + height, left + width + right, channels)
         self.top, self.left, self.width = top, left, width
-        self.inner = self.data[:, top:, left:left + width].permute(0, 3, 1, 2)
+        self.inner = self.data[:, top:, left : left + width].permute(0, 3, 1, 2)
 
 
 class PixelConv:
@@ -123,7 +129,7 @@ class PixelConv:
     def __init__(self, conv: nn.Conv2d, anchor: Optional[tuple[int, int]] = None):
         ay, ax = anchor if anchor is not None else conv.anchor
         weight = conv.weight * conv.mask if isinstance(conv, MaskedConv2d) else conv.weight
-        if weight[:, :, ay + 1:].any():
+        if weight[:, :, ay + 1 :].any():
             raise ValueError("PixelConv needs a causal convolution: no weights below the anchor row")
         self.weight = weight[:, :, : ay + 1].detach()  # (out, in, ay + 1, kw)
         self.flat = self.weight.permute(0, 2, 3, 1).flatten(1)  # (out, (ay + 1) * kw * in): a window's order
@@ -136,13 +142,13 @@ class PixelConv:
     def at(self, m: PaddedMap, r: int, c: int) -> Tensor:
         """Output pixel (r, c): (B, out)."""
         r0, c0 = self._origin(m, r, c)
-        window = m.data[:, r0:r0 + self.anchor[0] + 1, c0:c0 + self.kw]
+        window = m.data[:, r0 : r0 + self.anchor[0] + 1, c0 : c0 + self.kw]
         return F.linear(window.reshape(window.shape[0], -1), self.flat, self.bias)
 
     def row(self, m: PaddedMap, r: int) -> Tensor:
         """Output row r: (B, out, W)."""
         r0, c0 = self._origin(m, r, 0)
-        strip = m.data[:, r0:r0 + self.anchor[0] + 1, c0:c0 + m.width + self.kw - 1]
+        strip = m.data[:, r0 : r0 + self.anchor[0] + 1, c0 : c0 + m.width + self.kw - 1]
         return F.conv2d(strip.permute(0, 3, 1, 2), self.weight, self.bias)[:, :, 0]
 
 

@@ -10,6 +10,7 @@
 
 Every layer has ``forward(x) -> (z, log_det)`` and ``inverse(z) -> (x, log_det)``; see ``base``.
 """
+
 from .autoregressive import MADEConditioner, MaskedAffineAutoregressive
 from .base import MAX_LOG_SCALE, FlowSequential, soft_clamp, sum_except_batch
 from .coupling import AffineCoupling, checkerboard_mask, coupling_halves, coupling_mlp, zero_initialized
@@ -18,7 +19,25 @@ from .normalization import ActNorm, BatchNorm
 from .preprocessing import LogitTransform, Shift
 from .reshaping import Flatten, Split, Squeeze, Unsqueeze
 
-__all__ = ["MADEConditioner", "MaskedAffineAutoregressive", "MAX_LOG_SCALE", "FlowSequential", "soft_clamp",
-           "sum_except_batch", "AffineCoupling", "checkerboard_mask", "coupling_halves", "coupling_mlp",
-           "zero_initialized", "InvertibleConv1x1", "ActNorm", "BatchNorm", "LogitTransform", "Shift", "Flatten",
-           "Split", "Squeeze", "Unsqueeze"]
+__all__ = [
+    "MADEConditioner",
+    "MaskedAffineAutoregressive",
+    "MAX_LOG_SCALE",
+    "FlowSequential",
+    "soft_clamp",
+    "sum_except_batch",
+    "AffineCoupling",
+    "checkerboard_mask",
+    "coupling_halves",
+    "coupling_mlp",
+    "zero_initialized",
+    "InvertibleConv1x1",
+    "ActNorm",
+    "BatchNorm",
+    "LogitTransform",
+    "Shift",
+    "Flatten",
+    "Split",
+    "Squeeze",
+    "Unsqueeze",
+]

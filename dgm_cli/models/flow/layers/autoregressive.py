@@ -1,4 +1,5 @@
 """Masked autoregressive flow layers (Papamakarios et al. 2017) and their MADE conditioner."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -15,8 +16,15 @@ class MADEConditioner(nn.Module):
     """Masked autoencoder (Germain et al. 2015) giving, for every dimension i, two
     numbers that depend on x_<i only (in the order ``order``): here (mu_i, alpha_i)."""
 
-    def __init__(self, dim: int, hidden: list[int], order: Tensor, *, act: str = "relu",
-                 generator: Optional[torch.Generator] = None):
+    def __init__(
+        self,
+        dim: int,
+        hidden: list[int],
+        order: Tensor,
+        *,
+        act: str = "relu",
+        generator: Optional[torch.Generator] = None,
+    ):
         super().__init__()
         degrees = made_degrees(dim, hidden, order, generator=generator)
         masks = made_masks(degrees, order)
@@ -45,8 +53,15 @@ class MaskedAffineAutoregressive(nn.Module):
     one MADE pass. The inverse (sampling) x_i = u_i exp(alpha_i) + mu_i is
     sequential: D passes, each fixing one more dimension in the order."""
 
-    def __init__(self, dim: int, hidden: list[int], order: Tensor, *, act: str = "relu",
-                 generator: Optional[torch.Generator] = None):
+    def __init__(
+        self,
+        dim: int,
+        hidden: list[int],
+        order: Tensor,
+        *,
+        act: str = "relu",
+        generator: Optional[torch.Generator] = None,
+    ):
         super().__init__()
         self.dim = dim
         self.made = MADEConditioner(dim, hidden, order, act=act, generator=generator)

@@ -14,12 +14,14 @@ density of x follows from the change of variables (Dinh et al. 2017, eq. 3):
 Images are (B, C, H, W); 2-D toys and flattened images are (B, D). "Per channel"
 means per C for images and per feature D for vectors.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 from ...nn.distributions import sum_except_batch  # noqa: F401  (the layers import it from here)
+
 
 def per_channel(param: Tensor, x: Tensor) -> Tensor:
     """View a (C,) parameter so it broadcasts over (B, C) or (B, C, H, W)."""

@@ -1,5 +1,6 @@
 """Affine coupling layers (Dinh et al. 2017): the partitions of the input into a conditioning and a
 transformed half, the layer, and the networks that compute its scale and shift."""
+
 from __future__ import annotations
 
 import torch
@@ -64,8 +65,9 @@ class AffineCoupling(nn.Module):
     # Version 1 (dgm before 2026-12-07) fed it all channels, the other half masked to zero, and read 2C back.
     _version = 2
 
-    def __init__(self, net: nn.Module, num_channels: int, *, mask: str = "channel", parity: int = 0,
-                 scale: str = "tanh"):
+    def __init__(
+        self, net: nn.Module, num_channels: int, *, mask: str = "channel", parity: int = 0, scale: str = "tanh"
+    ):
         super().__init__()
         if mask not in PARTITIONS:
             raise ValueError(f"unknown coupling mask {mask!r}")
@@ -84,7 +86,8 @@ class AffineCoupling(nn.Module):
                 "Glow); today's network sees only the conditioning half and computes the scale and shift of the "
                 f"transformed half alone (Kingma & Dhariwal 2018), so the weights at '{prefix}net' do not fit. "
                 "Retrain the model with this version of dgm, or sample and evaluate the checkpoint with the dgm "
-                "that wrote it.")
+                "that wrote it."
+            )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def _log_scale(self, raw: Tensor) -> Tensor:
@@ -97,8 +100,8 @@ class AffineCoupling(nn.Module):
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(x_a, x_b) of a channel-wise coupling."""
         if self.parity == 0:
-            return x[:, :self.conditioning], x[:, self.conditioning:]
-        x_b, x_a = x[:, :self.transformed], x[:, self.transformed:]
+            return x[:, : self.conditioning], x[:, self.conditioning :]
+        x_b, x_a = x[:, : self.transformed], x[:, self.transformed :]
         return x_a, x_b
 
     def _merge(self, x_a: Tensor, y_b: Tensor) -> Tensor:

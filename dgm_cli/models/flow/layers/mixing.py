@@ -1,4 +1,5 @@
 """Linear mixing of channels: Glow's invertible 1x1 convolution."""
+
 from __future__ import annotations
 
 from typing import Optional

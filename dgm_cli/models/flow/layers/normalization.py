@@ -1,4 +1,5 @@
 """Normalisation layers with an exact log-determinant: ActNorm (Glow) and batch norm (RealNVP)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Fixed maps into the space a flow models: the logit transform and a shift (Dinh et al. 2017)."""
+
 from __future__ import annotations
 
 import math

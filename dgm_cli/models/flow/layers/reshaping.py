@@ -1,4 +1,5 @@
 """Layers that move values between dimensions: squeeze, flatten and the multi-scale split."""
+
 from __future__ import annotations
 
 from typing import Optional
