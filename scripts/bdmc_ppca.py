@@ -7,6 +7,7 @@ x = W z + b + sigma eps with z ~ N(0, I_2), x in R^6, sigma = 0.3: p(x) = N(b, W
 Bishop 1999). Prints, per number of temperatures, the mean error of each end against the truth (nats per
 example, with the standard error over the examples), the BDMC gap and the HMC acceptance rate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,25 @@ def main() -> None:
 
     z = torch.randn(args.examples, d, dtype=torch.float64)
     x = z @ W.T + b + sigma * torch.randn(args.examples, D, dtype=torch.float64)
-    truth = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(D, dtype=torch.float64)).log_prob(x)
+    truth = torch.distributions.MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(D, dtype=torch.float64)).log_prob(
+        x
+    )
     print("| temperatures | forward - truth | reverse - truth | BDMC gap | acceptance | seconds |")
     print("|---|---|---|---|---|---|")
-    n = args.examples ** 0.5
+    n = args.examples**0.5
     for t in args.temperatures:
-        s = decoder_ais.DecoderAISSettings(ais=True, ais_chains=args.chains, ais_temperatures=t,
-                                           ais_leapfrog=args.leapfrog, ais_pilot_chains=4)
+        s = decoder_ais.DecoderAISSettings(
+            ais=True, ais_chains=args.chains, ais_temperatures=t, ais_leapfrog=args.leapfrog, ais_pilot_chains=4
+        )
         start = time.perf_counter()
         r = decoder_ais.bdmc(factory, z, x, s)
         lo, hi = r["forward"] - truth, r["reverse"] - truth
         rep = r["report"]
-        print(f"| {t} | {float(lo.mean()):.3f} ± {float(lo.std() / n):.3f} | {float(hi.mean()):.3f} ± "
-              f"{float(hi.std() / n):.3f} | {rep['bdmc_gap_nats']:.3f} | {rep['bdmc_acceptance']:.2f} | "
-              f"{time.perf_counter() - start:.1f} |")
+        print(
+            f"| {t} | {float(lo.mean()):.3f} ± {float(lo.std() / n):.3f} | {float(hi.mean()):.3f} ± "
+            f"{float(hi.std() / n):.3f} | {rep['bdmc_gap_nats']:.3f} | {rep['bdmc_acceptance']:.2f} | "
+            f"{time.perf_counter() - start:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ Times are wall clock; where two things are compared, runs alternate and the tabl
 of the per-pair ratios (and their range). On a machine shared with other work, only those ratios mean
 much; the header gives the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,14 @@ import tempfile
 import time
 from pathlib import Path
 
-FAMILY_MODELS = {"vae": "vae", "autoregressive": "pixelcnn", "flow": "realnvp", "gan": "dcgan", "energy": "rbm",
-                 "diffusion": "ddpm"}
+FAMILY_MODELS = {
+    "vae": "vae",
+    "autoregressive": "pixelcnn",
+    "flow": "realnvp",
+    "gan": "dcgan",
+    "energy": "rbm",
+    "diffusion": "ddpm",
+}
 COMPILE_MODELS = ["vae", "pixelcnn", "glow"]
 NADE_SIZES = [(512, 500), (128, 200)]
 SAMPLERS = ["pixelcnn", "gated_pixelcnn"]
@@ -87,6 +94,7 @@ def _status_mib(key: str) -> float:
     except OSError:
         pass
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -99,7 +107,8 @@ def timed(fn) -> tuple[object, float, float]:
 
 
 def compose(name: str, *overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
 
     from dgm_cli.settings.schema import register_configs
 
@@ -131,8 +140,14 @@ def bare_loop(cfg, dataset, model, steps: int, warmup: int = 2) -> float:
     from dgm_cli.engine.optim import optimizer_factory
 
     optimizers = model.configure_optimizers(optimizer_factory(cfg.optimizer))
-    batches = pipeline.BatchIterator(*dataset.train, model.data.representation, cfg.data.binarize,
-                                     cfg.trainer.batch_size, torch.device("cpu"), cfg.seed)
+    batches = pipeline.BatchIterator(
+        *dataset.train,
+        model.data.representation,
+        cfg.data.binarize,
+        cfg.trainer.batch_size,
+        torch.device("cpu"),
+        cfg.seed,
+    )
     model.train()
     x, y = next(batches)
     model.initialize(x, y)
@@ -198,10 +213,14 @@ def nade_row(job: dict) -> dict:
         loss.backward()
         opt.step()
 
-    train = {"recurrence": lambda: step(-model.log_prob_by_recurrence(x).mean()),
-             "dgm": lambda: step(model.training_loss(x, None, "model")[0])}
-    evaluate = {"recurrence": lambda: torch.no_grad()(model.log_prob_by_recurrence)(x),
-                "dgm": lambda: model.log_likelihood(x)}
+    train = {
+        "recurrence": lambda: step(-model.log_prob_by_recurrence(x).mean()),
+        "dgm": lambda: step(model.training_loss(x, None, "model")[0]),
+    }
+    evaluate = {
+        "recurrence": lambda: torch.no_grad()(model.log_prob_by_recurrence)(x),
+        "dgm": lambda: model.log_likelihood(x),
+    }
     return {"train": compare(train, job["repeats"], batch), "eval": compare(evaluate, job["repeats"], batch)}
 
 
@@ -218,9 +237,12 @@ def compare(fns: dict, repeats: int, images: int) -> dict:
             times[k].append(time.perf_counter() - start)
     first, last = list(fns)[0], list(fns)[-1]
     ratios = [a / b for a, b in zip(times[first], times[last])]
-    return {"images_per_s": {k: images / min(v) for k, v in times.items()},
-            "mib": {k: timed(fn)[2] for k, fn in fns.items()},
-            "ratio": statistics.median(ratios), "ratio_range": (min(ratios), max(ratios))}
+    return {
+        "images_per_s": {k: images / min(v) for k, v in times.items()},
+        "mib": {k: timed(fn)[2] for k, fn in fns.items()},
+        "ratio": statistics.median(ratios),
+        "ratio_range": (min(ratios), max(ratios)),
+    }
 
 
 def mnist_images(n: int):
@@ -251,8 +273,13 @@ def sampler_row(job: dict) -> dict:
 
     cached = [timed(lambda: draw(False)) for _ in range(job["repeats"])]
     naive, naive_seconds, naive_mib = timed(lambda: draw(True))
-    return {"cached": n / min(c[1] for c in cached), "naive": n / naive_seconds, "naive_mib": naive_mib,
-            "cached_mib": max(c[2] for c in cached), "identical": bool(torch.equal(cached[0][0], naive))}
+    return {
+        "cached": n / min(c[1] for c in cached),
+        "naive": n / naive_seconds,
+        "naive_mib": naive_mib,
+        "cached_mib": max(c[2] for c in cached),
+        "identical": bool(torch.equal(cached[0][0], naive)),
+    }
 
 
 def dgm_train(name: str, steps: int, threads: int, *overrides: str) -> float:
@@ -264,10 +291,26 @@ def dgm_train(name: str, steps: int, threads: int, *overrides: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         dgm = str(Path(sys.executable).parent / "dgm")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        subprocess.run([dgm, "train", f"model={name}", "dataset=mnist", f"trainer.max_steps={steps + log_every}",
-                        f"trainer.log_every={log_every}", "trainer.sample_every=0", "trainer.ckpt_every=1000000",
-                        "data.val_size=0", "trainer.device=cpu", "trainer.progress=false", *overrides],
-                       cwd=tmp, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [
+                dgm,
+                "train",
+                f"model={name}",
+                "dataset=mnist",
+                f"trainer.max_steps={steps + log_every}",
+                f"trainer.log_every={log_every}",
+                "trainer.sample_every=0",
+                "trainer.ckpt_every=1000000",
+                "data.val_size=0",
+                "trainer.device=cpu",
+                "trainer.progress=false",
+                *overrides,
+            ],
+            cwd=tmp,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         (tb,) = Path(tmp).glob("outputs/train/*/*/tensorboard")
         events = EventAccumulator(str(tb)).Reload().Scalars("train/images_per_sec")
         return statistics.fmean(e.value for e in events[1:])
@@ -290,8 +333,13 @@ def overhead_row(job: dict) -> dict:
         bare.append(bare_loop(cfg, dataset, model, steps))
         ours.append(dgm_train(job["name"], steps, job["threads"], "trainer.compile=false"))
     ratios = [o / b for o, b in zip(ours, bare)]
-    return {"bare": max(bare), "dgm": max(ours), "ratio": statistics.median(ratios),
-            "ratio_range": (min(ratios), max(ratios)), "steps": steps}
+    return {
+        "bare": max(bare),
+        "dgm": max(ours),
+        "ratio": statistics.median(ratios),
+        "ratio_range": (min(ratios), max(ratios)),
+        "steps": steps,
+    }
 
 
 def compile_row(job: dict) -> dict:
@@ -301,8 +349,13 @@ def compile_row(job: dict) -> dict:
         eager.append(dgm_train(job["name"], steps, job["threads"], "trainer.compile=false"))
         compiled.append(dgm_train(job["name"], steps, job["threads"], "trainer.compile=true"))
     ratios = [c / e for c, e in zip(compiled, eager)]
-    return {"eager": max(eager), "compiled": max(compiled), "ratio": statistics.median(ratios),
-            "ratio_range": (min(ratios), max(ratios)), "steps": steps}
+    return {
+        "eager": max(eager),
+        "compiled": max(compiled),
+        "ratio": statistics.median(ratios),
+        "ratio_range": (min(ratios), max(ratios)),
+        "steps": steps,
+    }
 
 
 def normflows_glow(levels: int, depth: int, hidden: int, alpha: float, shape: tuple[int, int, int]):
@@ -316,13 +369,18 @@ def normflows_glow(levels: int, depth: int, hidden: int, alpha: float, shape: tu
     c, h, w = shape
     q0, merges, flows = [], [], []
     for i in range(levels):  # coarsest level first: normflows' flows run from z to x
-        flows.append([nf.flows.GlowBlock(c * 2 ** (levels + 1 - i), hidden, split_mode="channel", scale=True)
-                      for _ in range(depth)] + [nf.flows.Squeeze()])
+        flows.append(
+            [
+                nf.flows.GlowBlock(c * 2 ** (levels + 1 - i), hidden, split_mode="channel", scale=True)
+                for _ in range(depth)
+            ]
+            + [nf.flows.Squeeze()]
+        )
         if i > 0:
             merges.append(nf.flows.Merge())
             latent = (c * 2 ** (levels - i), h // 2 ** (levels - i), w // 2 ** (levels - i))
         else:
-            latent = (c * 2 ** (levels + 1), h // 2 ** levels, w // 2 ** levels)
+            latent = (c * 2 ** (levels + 1), h // 2**levels, w // 2**levels)
         q0.append(nf.distributions.GlowBase(latent))
     return nf.MultiscaleFlow(q0, flows, merges, transform=nf.transforms.Logit(alpha=alpha), class_cond=False)
 
@@ -365,21 +423,29 @@ def normflows_realnvp(config, shape: tuple[int, int, int]):
         for i in range(count):
             if mode == "checkerboard":
                 net = ResNet(channels, config.hidden_channels, 2 * channels, config.num_blocks)
-                b = checkerboard_mask(torch.zeros(1, channels, size, size), parity=i % 2)[0].expand(channels, size, size)
+                b = checkerboard_mask(torch.zeros(1, channels, size, size), parity=i % 2)[0].expand(
+                    channels, size, size
+                )
                 s = Joint(net)
                 out.append(nf.flows.MaskedAffineFlow(b.contiguous(), t=Joint(scale_of=s), s=s))
             else:
                 net = ResNet(channels // 2, config.hidden_channels, channels, config.num_blocks)
-                out.append(nf.flows.AffineCouplingBlock(net, scale=True, scale_map="exp",
-                                                        split_mode="channel" if i % 2 == 0 else "channel_inv"))
+                out.append(
+                    nf.flows.AffineCouplingBlock(
+                        net, scale=True, scale_map="exp", split_mode="channel" if i % 2 == 0 else "channel_inv"
+                    )
+                )
         return out
 
     coarse = (2 * c, h // 2, w // 2)  # the half that goes on to the second scale, and the half factored out
-    flows = [couplings(2 * c, h // 2, "checkerboard", 4),
-             couplings(4 * c, h // 2, "channel", 3) + [nf.flows.Squeeze()] + couplings(c, h, "checkerboard", 3)]
+    flows = [
+        couplings(2 * c, h // 2, "checkerboard", 4),
+        couplings(4 * c, h // 2, "channel", 3) + [nf.flows.Squeeze()] + couplings(c, h, "checkerboard", 3),
+    ]
     q0 = [nf.distributions.DiagGaussian(coarse, trainable=False) for _ in range(2)]
-    return nf.MultiscaleFlow(q0, flows, [nf.flows.Merge()], transform=nf.transforms.Logit(alpha=config.alpha),
-                             class_cond=False)
+    return nf.MultiscaleFlow(
+        q0, flows, [nf.flows.Merge()], transform=nf.transforms.Logit(alpha=config.alpha), class_cond=False
+    )
 
 
 def flow_peer_row(job: dict) -> dict:
@@ -416,12 +482,22 @@ def flow_peer_row(job: dict) -> dict:
         loss.backward()
         opt.step()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-    return {"images_per_s": steps * batch / seconds, "images_per_cpu_s": steps * batch / cpu_seconds,
-            "params": sum(p.numel() for p in model.parameters()), "loss": float(loss.detach())}
+    return {
+        "images_per_s": steps * batch / seconds,
+        "images_per_cpu_s": steps * batch / cpu_seconds,
+        "params": sum(p.numel() for p in model.parameters()),
+        "loss": float(loss.detach()),
+    }
 
 
-WORKERS = {"model": model_row, "nade": nade_row, "sampler": sampler_row, "overhead": overhead_row,
-           "compile": compile_row, "flow_peer": flow_peer_row}
+WORKERS = {
+    "model": model_row,
+    "nade": nade_row,
+    "sampler": sampler_row,
+    "overhead": overhead_row,
+    "compile": compile_row,
+    "flow_peer": flow_peer_row,
+}
 
 
 def worker(job: dict) -> None:
@@ -439,15 +515,23 @@ def worker(job: dict) -> None:
 def run_job(job: dict, timeout: float) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), "MKL_NUM_THREADS": str(job["threads"])}
     try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], env=env, timeout=timeout,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(job)],
+            env=env,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"over the {timeout:.0f} s limit (--timeout)"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            print(f"  {job['kind']} {job.get('name', '')} {job['threads']} thread(s): {line[len('RESULT '):]}",
-                  file=sys.stderr, flush=True)  # each row as it ends: a stopped run keeps what it measured
-            return json.loads(line[len("RESULT "):])
+            print(
+                f"  {job['kind']} {job.get('name', '')} {job['threads']} thread(s): {line[len('RESULT ') :]}",
+                file=sys.stderr,
+                flush=True,
+            )  # each row as it ends: a stopped run keeps what it measured
+            return json.loads(line[len("RESULT ") :])
     return {"error": (proc.stderr.strip().splitlines() or ["no result"])[-1][:160]}
 
 
@@ -467,13 +551,18 @@ def header(args) -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = f"{names[0]}, {len(names)} logical CPUs" if names else cpu
     except OSError:
         pass
-    return (f"`python scripts/bench_models.py {' '.join(sys.argv[1:])}` — {cpu}; torch {torch.__version__}; "
-            f"threads {args.threads}; load average at start {os.getloadavg()[0]:.1f}")
+    return (
+        f"`python scripts/bench_models.py {' '.join(sys.argv[1:])}` — {cpu}; torch {torch.__version__}; "
+        f"threads {args.threads}; load average at start {os.getloadavg()[0]:.1f}"
+    )
 
 
 def section_models(args, threads: int) -> list[str]:
@@ -481,31 +570,42 @@ def section_models(args, threads: int) -> list[str]:
 
     get_model_class("vae")  # loads every family
     names = args.models.split(",") if args.models else sorted(MODELS)
-    lines = [f"**Models at their default configs** (MNIST, {threads} thread(s); training: {args.steps} steps of "
-             "a bare loop after 2 warm-up steps; sampling: one training grid; evaluation: "
-             f"{args.eval} test images; peak MiB added by each)", "",
-             "| model | family | batch | train img/s | sample img/s (grid) | eval img/s (estimator) | "
-             "peak MiB train / sample / eval |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"**Models at their default configs** (MNIST, {threads} thread(s); training: {args.steps} steps of "
+        "a bare loop after 2 warm-up steps; sampling: one training grid; evaluation: "
+        f"{args.eval} test images; peak MiB added by each)",
+        "",
+        "| model | family | batch | train img/s | sample img/s (grid) | eval img/s (estimator) | "
+        "peak MiB train / sample / eval |",
+        "|---|---|---|---|---|---|---|",
+    ]
     rows = {}
     for name in names:
-        r = run_job({"kind": "model", "name": name, "threads": threads, "steps": args.steps, "eval": args.eval},
-                    args.timeout)
+        r = run_job(
+            {"kind": "model", "name": name, "threads": threads, "steps": args.steps, "eval": args.eval}, args.timeout
+        )
         rows[name] = r
         if "error" in r:
             lines.append(f"| {name} | | | not run: {r['error']} | | | |")
             continue
         estimator = f" ({r['estimator'].split('(')[0].strip()})" if r.get("estimator") else ""
-        lines.append(f"| {name} | {r['family']} | {r['batch']} | {fmt(r['train'])} | {fmt(r['sample'])} "
-                     f"({r['grid_samples']}) | {fmt(r.get('eval'))}{estimator} | {fmt(r['train_mib'])} / "
-                     f"{fmt(r['sample_mib'])} / {fmt(r.get('eval_mib'))} |")
+        lines.append(
+            f"| {name} | {r['family']} | {r['batch']} | {fmt(r['train'])} | {fmt(r['sample'])} "
+            f"({r['grid_samples']}) | {fmt(r.get('eval'))}{estimator} | {fmt(r['train_mib'])} / "
+            f"{fmt(r['sample_mib'])} / {fmt(r.get('eval_mib'))} |"
+        )
     return lines + [""] + section_grids(rows)
 
 
 def section_grids(rows: dict) -> list[str]:
     """A grid every GRID_EVERY steps costs grid_seconds against GRID_EVERY steps of training: its share
     of wall time is g / (GRID_EVERY * s + g); at most GRID_BUDGET needs every >= g (1 - b) / (b s)."""
-    lines = [f"**Sample grids at the defaults** (one grid every {GRID_EVERY} steps; share of training wall time)",
-             "", "| model | one step (s) | one grid (s) | share | sample_every for <= 10% |", "|---|---|---|---|---|"]
+    lines = [
+        f"**Sample grids at the defaults** (one grid every {GRID_EVERY} steps; share of training wall time)",
+        "",
+        "| model | one step (s) | one grid (s) | share | sample_every for <= 10% |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         if "error" in r:
             continue
@@ -513,43 +613,59 @@ def section_grids(rows: dict) -> list[str]:
         grid = r["grid_seconds"]
         share = grid / (GRID_EVERY * step + grid)
         every = math.ceil(grid * (1 - GRID_BUDGET) / (GRID_BUDGET * step))
-        lines.append(f"| {name} | {fmt(step)} | {fmt(grid)} | {100 * share:.1f}% | "
-                     f"{'default is fine' if share <= GRID_BUDGET else f'>= {every}'} |")
+        lines.append(
+            f"| {name} | {fmt(step)} | {fmt(grid)} | {100 * share:.1f}% | "
+            f"{'default is fine' if share <= GRID_BUDGET else f'>= {every}'} |"
+        )
     return lines + [""]
 
 
 def section_nade(args, threads: int) -> list[str]:
-    lines = [f"**NADE against the per-pixel recurrence** ({threads} thread(s); sigmoid units, one Adam step on "
-             f"binarized MNIST; {args.repeats} alternating runs; ratio = dgm / recurrence)", "",
-             "| batch, hidden | what | recurrence img/s | dgm img/s | ratio (median, range) | peak MiB recurrence / dgm |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"**NADE against the per-pixel recurrence** ({threads} thread(s); sigmoid units, one Adam step on "
+        f"binarized MNIST; {args.repeats} alternating runs; ratio = dgm / recurrence)",
+        "",
+        "| batch, hidden | what | recurrence img/s | dgm img/s | ratio (median, range) | peak MiB recurrence / dgm |",
+        "|---|---|---|---|---|---|",
+    ]
     for batch, hidden in NADE_SIZES:
-        r = run_job({"kind": "nade", "batch": batch, "hidden": hidden, "threads": threads, "repeats": args.repeats},
-                    args.timeout)
+        r = run_job(
+            {"kind": "nade", "batch": batch, "hidden": hidden, "threads": threads, "repeats": args.repeats},
+            args.timeout,
+        )
         if "error" in r:
             lines.append(f"| {batch}, {hidden} | not run: {r['error']} | | | | |")
             continue
         for what in ("train", "eval"):
             m = r[what]
-            lines.append(f"| {batch}, {hidden} | {'training' if what == 'train' else 'evaluation'} | "
-                         f"{fmt(m['images_per_s']['recurrence'])} | {fmt(m['images_per_s']['dgm'])} | {ratio(m)} | "
-                         f"{fmt(m['mib']['recurrence'])} / {fmt(m['mib']['dgm'])} |")
+            lines.append(
+                f"| {batch}, {hidden} | {'training' if what == 'train' else 'evaluation'} | "
+                f"{fmt(m['images_per_s']['recurrence'])} | {fmt(m['images_per_s']['dgm'])} | {ratio(m)} | "
+                f"{fmt(m['mib']['recurrence'])} / {fmt(m['mib']['dgm'])} |"
+            )
     return lines + [""]
 
 
 def section_samplers(args, threads: int) -> list[str]:
-    lines = [f"**Autoregressive sampling: cached activations against one full pass per pixel** ({threads} "
-             f"thread(s); default configs, a {args.grid}-sample grid, one seed)", "",
-             "| model | naive img/s | cached img/s | speed-up | same samples | peak MiB naive / cached |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"**Autoregressive sampling: cached activations against one full pass per pixel** ({threads} "
+        f"thread(s); default configs, a {args.grid}-sample grid, one seed)",
+        "",
+        "| model | naive img/s | cached img/s | speed-up | same samples | peak MiB naive / cached |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in args.models.split(",") if args.models else SAMPLERS:
-        r = run_job({"kind": "sampler", "name": name, "threads": threads, "samples": args.grid, "repeats": args.repeats},
-                    args.timeout)
+        r = run_job(
+            {"kind": "sampler", "name": name, "threads": threads, "samples": args.grid, "repeats": args.repeats},
+            args.timeout,
+        )
         if "error" in r:
             lines.append(f"| {name} | not run: {r['error']} | | | | |")
             continue
-        lines.append(f"| {name} | {fmt(r['naive'])} | {fmt(r['cached'])} | **{r['cached'] / r['naive']:.1f}×** | "
-                     f"{'yes' if r['identical'] else 'NO'} | {fmt(r['naive_mib'])} / {fmt(r['cached_mib'])} |")
+        lines.append(
+            f"| {name} | {fmt(r['naive'])} | {fmt(r['cached'])} | **{r['cached'] / r['naive']:.1f}×** | "
+            f"{'yes' if r['identical'] else 'NO'} | {fmt(r['naive_mib'])} / {fmt(r['cached_mib'])} |"
+        )
     return lines + [""]
 
 
@@ -560,14 +676,27 @@ def section_engine(args, threads: int, kind: str) -> list[str]:
     else:
         names, cols = COMPILE_MODELS, ("eager", "compiled")
         title = "**trainer.compile=true against eager `dgm train`** (ratio = compiled / eager)"
-    lines = [f"{title} ({threads} thread(s); per run the steps a bare loop takes {args.engine_seconds:g} s for, at "
-             f"least {args.engine_steps}; `dgm train`'s images/s after its first log window; {args.repeats} "
-             "alternating runs)", "",
-             f"| model | steps | {cols[0]} img/s | {cols[1]} img/s | ratio (median, range) |", "|---|---|---|---|---|"]
+    lines = [
+        f"{title} ({threads} thread(s); per run the steps a bare loop takes {args.engine_seconds:g} s for, at "
+        f"least {args.engine_steps}; `dgm train`'s images/s after its first log window; {args.repeats} "
+        "alternating runs)",
+        "",
+        f"| model | steps | {cols[0]} img/s | {cols[1]} img/s | ratio (median, range) |",
+        "|---|---|---|---|---|",
+    ]
     names = args.models.split(",") if args.models else names
     for name in names:
-        r = run_job({"kind": kind, "name": name, "threads": threads, "steps": args.engine_steps,
-                     "seconds": args.engine_seconds, "repeats": args.repeats}, args.timeout * args.repeats * 2)
+        r = run_job(
+            {
+                "kind": kind,
+                "name": name,
+                "threads": threads,
+                "steps": args.engine_steps,
+                "seconds": args.engine_seconds,
+                "repeats": args.repeats,
+            },
+            args.timeout * args.repeats * 2,
+        )
         if "error" in r:
             lines.append(f"| {name} | not run: {r['error']} | | | |")
             continue
@@ -579,15 +708,21 @@ def section_flows_vs_normflows(args, threads: int) -> list[str]:
     try:
         import normflows
     except ImportError:
-        return ["**dgm's flows against normflows**: not run: normflows is not installed "
-                '(`pip install -e ".[bench]"`)', ""]
-    lines = [f"**dgm's flows against normflows {normflows.__version__}** ({threads} thread(s); default configs, "
-             "normflows built to the same structure; a plain loop: zero_grad, -log p(x), backward, Adam; batch "
-             f"128 of dequantized MNIST; {args.repeats} pairs of alternating fresh processes; ratio = dgm / "
-             "normflows, of wall time; and of the process's CPU time, which another job on the machine disturbs "
-             "less)", "",
-             "| model | steps | params dgm / normflows | normflows img/s | dgm img/s | ratio (median, range) | "
-             "ratio of CPU time |", "|---|---|---|---|---|---|---|"]
+        return [
+            '**dgm\'s flows against normflows**: not run: normflows is not installed (`pip install -e ".[bench]"`)',
+            "",
+        ]
+    lines = [
+        f"**dgm's flows against normflows {normflows.__version__}** ({threads} thread(s); default configs, "
+        "normflows built to the same structure; a plain loop: zero_grad, -log p(x), backward, Adam; batch "
+        f"128 of dequantized MNIST; {args.repeats} pairs of alternating fresh processes; ratio = dgm / "
+        "normflows, of wall time; and of the process's CPU time, which another job on the machine disturbs "
+        "less)",
+        "",
+        "| model | steps | params dgm / normflows | normflows img/s | dgm img/s | ratio (median, range) | "
+        "ratio of CPU time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     names = args.models.split(",") if args.models else list(FLOW_PEERS)
     for name in names:
         steps = args.flow_steps or FLOW_PEERS[name]
@@ -595,8 +730,12 @@ def section_flows_vs_normflows(args, threads: int) -> list[str]:
         for i in range(args.repeats):
             order = ("dgm", "normflows") if i % 2 == 0 else ("normflows", "dgm")  # neither always goes first
             for lib in order:
-                runs[lib].append(run_job({"kind": "flow_peer", "lib": lib, "name": name, "threads": threads,
-                                          "steps": steps}, args.timeout))
+                runs[lib].append(
+                    run_job(
+                        {"kind": "flow_peer", "lib": lib, "name": name, "threads": threads, "steps": steps},
+                        args.timeout,
+                    )
+                )
         errors = [r["error"] for rs in runs.values() for r in rs if "error" in r]
         if errors:
             lines.append(f"| {name} | not run: {errors[0]} | | | | | |")
@@ -606,30 +745,46 @@ def section_flows_vs_normflows(args, threads: int) -> list[str]:
             ratios = [d[key] / n[key] for d, n in zip(runs["dgm"], runs["normflows"])]
             r[key] = {"ratio": statistics.median(ratios), "ratio_range": (min(ratios), max(ratios))}
         best = {lib: max(x["images_per_s"] for x in rs) for lib, rs in runs.items()}
-        lines.append(f"| {name} | {steps} | {runs['dgm'][0]['params']:,} / {runs['normflows'][0]['params']:,} | "
-                     f"{fmt(best['normflows'])} | {fmt(best['dgm'])} | {ratio(r['images_per_s'])} | "
-                     f"{ratio(r['images_per_cpu_s'])} |")
+        lines.append(
+            f"| {name} | {steps} | {runs['dgm'][0]['params']:,} / {runs['normflows'][0]['params']:,} | "
+            f"{fmt(best['normflows'])} | {fmt(best['dgm'])} | {ratio(r['images_per_s'])} | "
+            f"{ratio(r['images_per_cpu_s'])} |"
+        )
     return lines + [""]
 
 
-SECTIONS = {"models": section_models, "nade": section_nade, "samplers": section_samplers,
-            "overhead": lambda a, t: section_engine(a, t, "overhead"),
-            "compile": lambda a, t: section_engine(a, t, "compile"), "flows_vs_normflows": section_flows_vs_normflows}
+SECTIONS = {
+    "models": section_models,
+    "nade": section_nade,
+    "samplers": section_samplers,
+    "overhead": lambda a, t: section_engine(a, t, "overhead"),
+    "compile": lambda a, t: section_engine(a, t, "compile"),
+    "flows_vs_normflows": section_flows_vs_normflows,
+}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
-    p.add_argument("--models", default="", help="models, samplers, overhead, compile, flows_vs_normflows: "
-                   "comma-separated names (default: all registered; one per family; vae,pixelcnn,glow; glow,realnvp)")
+    p.add_argument(
+        "--models",
+        default="",
+        help="models, samplers, overhead, compile, flows_vs_normflows: "
+        "comma-separated names (default: all registered; one per family; vae,pixelcnn,glow; glow,realnvp)",
+    )
     p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("--steps", type=int, default=5, help="training steps per model (models section)")
     p.add_argument("--eval", type=int, default=32, help="test images per model (models section)")
     p.add_argument("--engine-steps", type=int, default=30, help="fewest training steps per run (overhead, compile)")
-    p.add_argument("--engine-seconds", type=float, default=20,
-                   help="overhead, compile: steps per run = what a bare loop does in this many seconds")
-    p.add_argument("--flow-steps", type=int, default=0,
-                   help=f"flows_vs_normflows: timed steps per run (default {FLOW_PEERS})")
+    p.add_argument(
+        "--engine-seconds",
+        type=float,
+        default=20,
+        help="overhead, compile: steps per run = what a bare loop does in this many seconds",
+    )
+    p.add_argument(
+        "--flow-steps", type=int, default=0, help=f"flows_vs_normflows: timed steps per run (default {FLOW_PEERS})"
+    )
     p.add_argument("--grid", type=int, default=64, help="samplers: samples in the grid each sampler draws")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs where two things are compared")
     p.add_argument("--timeout", type=float, default=600, help="seconds per worker before its row says so")

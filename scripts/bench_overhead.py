@@ -7,6 +7,7 @@ a tensor of MNIST. Runs alternate, and the medians are compared.
 
     DGM_DATA_ROOT=../shared/data python scripts/bench_overhead.py --steps 1000 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ def bare_loop(root: str, steps: int, batch_size: int, device: str, seed: int = 0
         i = step % per_epoch
         if i == 0:
             perm = torch.randperm(len(x_all), device=device)
-        x = torch.bernoulli(x_all[perm[i * batch_size:(i + 1) * batch_size]].float() / 255)
+        x = torch.bernoulli(x_all[perm[i * batch_size : (i + 1) * batch_size]].float() / 255)
         loss, _ = model.loss(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -58,9 +59,21 @@ def dgm_train(steps: int, batch_size: int, device: str) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         dgm = str(Path(sys.executable).parent / "dgm")
-        subprocess.run([dgm, "train", f"trainer.max_steps={steps + 50}", "trainer.log_every=50",
-                        "trainer.sample_every=0", f"trainer.batch_size={batch_size}", f"trainer.device={device}",
-                        "trainer.progress=false"], cwd=tmp, check=True, capture_output=True)
+        subprocess.run(
+            [
+                dgm,
+                "train",
+                f"trainer.max_steps={steps + 50}",
+                "trainer.log_every=50",
+                "trainer.sample_every=0",
+                f"trainer.batch_size={batch_size}",
+                f"trainer.device={device}",
+                "trainer.progress=false",
+            ],
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+        )
         (tb,) = Path(tmp).glob("outputs/train/*/*/tensorboard")
         events = EventAccumulator(str(tb)).Reload().Scalars("train/images_per_sec")
         return statistics.fmean(e.value for e in events[1:])
@@ -79,8 +92,10 @@ def main() -> None:
         bare.append(bare_loop(root, args.steps, args.batch_size, args.device))
         ours.append(dgm_train(args.steps, args.batch_size, args.device))
     b, d = statistics.median(bare), statistics.median(ours)
-    print(f"device={args.device} batch={args.batch_size} steps={args.steps} repeats={args.repeats} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"device={args.device} batch={args.batch_size} steps={args.steps} repeats={args.repeats} "
+        f"threads={torch.get_num_threads()}"
+    )
     print(f"bare loop : {b:10.0f} images/s   (runs: {', '.join(f'{v:.0f}' for v in bare)})")
     print(f"dgm train : {d:10.0f} images/s   (runs: {', '.join(f'{v:.0f}' for v in ours)})")
     print(f"ratio dgm/bare: {d / b:.3f}")

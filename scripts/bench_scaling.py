@@ -9,6 +9,7 @@ the medians are compared.
 
     DGM_DATA_ROOT=../shared/data python scripts/bench_scaling.py --procs 1 2 --steps 600 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,14 @@ def free_port() -> int:
 
 def torchrun(nproc: int, args: list[str], cwd: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True)
 
 
@@ -69,7 +76,7 @@ def bare_worker(steps: int, batch_size: int) -> None:
         i = step % per_epoch
         if i == 0:
             perm = torch.randperm(len(x_all), generator=g).to(device)
-        idx = perm[i * batch_size + rank * local:i * batch_size + (rank + 1) * local]
+        idx = perm[i * batch_size + rank * local : i * batch_size + (rank + 1) * local]
         x = torch.bernoulli(x_all[idx].float() / 255)
         loss, _ = net(x, None, "model")
         opt.zero_grad(set_to_none=True)
@@ -92,8 +99,20 @@ def dgm(nproc: int, steps: int, batch_size: int) -> float:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with tempfile.TemporaryDirectory() as tmp:
-        torchrun(nproc, ["-m", "dgm_cli", "train", f"trainer.max_steps={steps + 50}", "trainer.log_every=50",
-                         "trainer.sample_every=0", f"trainer.batch_size={batch_size}", "trainer.progress=false"], tmp)
+        torchrun(
+            nproc,
+            [
+                "-m",
+                "dgm_cli",
+                "train",
+                f"trainer.max_steps={steps + 50}",
+                "trainer.log_every=50",
+                "trainer.sample_every=0",
+                f"trainer.batch_size={batch_size}",
+                "trainer.progress=false",
+            ],
+            tmp,
+        )
         (tb,) = Path(tmp).glob("outputs/train/*/*/tensorboard")
         events = EventAccumulator(str(tb)).Reload().Scalars("train/images_per_sec")
         return statistics.fmean(e.value for e in events[1:])
@@ -110,9 +129,15 @@ def main() -> None:
     if args.worker:
         bare_worker(args.steps, args.batch_size)
         return
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores), 1 thread per process"
-    print(f"device: {device}; torch {torch.__version__}; global batch {args.batch_size}; {args.steps} steps; "
-          f"median of {args.repeats}")
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores), 1 thread per process"
+    )
+    print(
+        f"device: {device}; torch {torch.__version__}; global batch {args.batch_size}; {args.steps} steps; "
+        f"median of {args.repeats}"
+    )
     print("| processes | bare DDP loop (images/s) | dgm train (images/s) | dgm / bare | scaling efficiency (dgm) |")
     print("|---|---|---|---|---|")
     base = None

@@ -2,8 +2,8 @@
 
 Each recipe is a complete experiment for a 2-core CPU: `dgm train experiment=<name>`, then `dgm eval` with
 the settings on the recipe's `# dgm eval:` line, then `dgm sample` for a grid to look at. Both read best.pt
-(the lowest validation loss: early stopping, as the papers select) where the run validated, else last.pt. The recipe file
-is the one place that holds both. Afterwards `dgm report` writes one table per evaluation protocol and the
+(the lowest validation loss: early stopping, as the papers select) where the run validated, else last.pt. The
+recipe file is the one place that holds both. Afterwards `dgm report` writes one table per evaluation protocol and the
 a learning curve per recipe (`curves=val/loss x=wall_time`), and this script writes `recipes.md`: each recipe's
 commands, wall times (training, evaluation), its headline number, and the machine.
 
@@ -13,6 +13,7 @@ commands, wall times (training, evaluation), its headline number, and the machin
 
 A recipe whose run folder already holds an eval.json is not run again (delete the folder to redo it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def settings(name: str, marker: str) -> list[str]:
     """The overrides on the recipe's `# dgm eval:` (or `# dgm sample:`) line."""
     for line in (EXPERIMENTS / f"{name}.yaml").read_text().splitlines():
         if line.startswith(marker):
-            return shlex.split(line[len(marker):])
+            return shlex.split(line[len(marker) :])
     return []
 
 
@@ -71,7 +72,12 @@ def run_recipe(name: str, out: Path) -> dict:
     checkpoint = best if best.exists() else run / "checkpoints" / "last.pt"
     record["eval"] = ["eval", f"checkpoint={checkpoint}", *settings(name, EVAL_LINE)]
     record["eval_s"] = dgm(record["eval"], log)
-    record["sample"] = ["sample", f"checkpoint={checkpoint}", f"out={run / 'samples.png'}", *settings(name, SAMPLE_LINE)]
+    record["sample"] = [
+        "sample",
+        f"checkpoint={checkpoint}",
+        f"out={run / 'samples.png'}",
+        *settings(name, SAMPLE_LINE),
+    ]
     record["sample_s"] = dgm(record["sample"], log)
     timings.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -83,9 +89,11 @@ def headline(run: Path) -> str:
     parts = []
     if lik:
         per_step = lik.get("bound_terms", {}).get("nll_nats_per_step")
-        parts.append(f"NLL {lik['nll_nats']:.2f} ± {lik['nll_nats_stderr']:.2f} nats, "
-                     + (f"{per_step:.3f} nats/step" if per_step else f"{lik['bits_per_dim']:.4f} bits/dim")
-                     + f" ({lik['kind']})")
+        parts.append(
+            f"NLL {lik['nll_nats']:.2f} ± {lik['nll_nats_stderr']:.2f} nats, "
+            + (f"{per_step:.3f} nats/step" if per_step else f"{lik['bits_per_dim']:.4f} bits/dim")
+            + f" ({lik['kind']})"
+        )
     if sq and "fid" in sq:
         parts.append(f"FID {sq['fid']:.2f}")
     return "; ".join(parts)
@@ -95,8 +103,10 @@ def machine() -> str:
     import torch
 
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    return (f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"OMP_NUM_THREADS={threads}, {time.strftime('%Y-%m-%d')}").replace("  ", " ")
+    return (
+        f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"OMP_NUM_THREADS={threads}, {time.strftime('%Y-%m-%d')}"
+    ).replace("  ", " ")
 
 
 def write_page(records: list[dict], out: Path) -> Path:
@@ -104,8 +114,10 @@ def write_page(records: list[dict], out: Path) -> Path:
     for r in records:
         run = out / r["recipe"]
         commands = "<br>".join(f"`dgm {shlex.join(a)}`" for a in (r["train"], r["eval"]))
-        rows.append(f"| {r['recipe']} | {r['train_s'] / 60:.1f} min | {r['eval_s'] / 60:.1f} min | "
-                    f"{headline(run)} | {commands} |")
+        rows.append(
+            f"| {r['recipe']} | {r['train_s'] / 60:.1f} min | {r['eval_s'] / 60:.1f} min | "
+            f"{headline(run)} | {commands} |"
+        )
     page = out / "recipes.md"
     page.write_text(f"Machine: {machine()}. Seed 0 (the runs' default).\n\n" + "\n".join(rows) + "\n")
     return page
@@ -137,8 +149,14 @@ def main() -> None:
     dgm(["report", *runs, f"out={report}"], out / "report.log")
     for run in runs:  # a learning curve per recipe: their losses are in different units (nats/step, bits/dim)
         for tag in CURVES:  # the first the run logged (an RBM has no tractable validation loss)
-            if dgm(["report", run, f"curves={tag}", "x=wall_time", f"out={report / Path(run).name}"],
-                   out / "report.log", check=False) > 0:
+            if (
+                dgm(
+                    ["report", run, f"curves={tag}", "x=wall_time", f"out={report / Path(run).name}"],
+                    out / "report.log",
+                    check=False,
+                )
+                > 0
+            ):
                 break
     print(f"wrote {write_page(records, out)} and {report}")
 

@@ -12,6 +12,7 @@ checked anywhere. Sizes are tiny (random 28x28 images, small models): a row chec
 and its steps/s (the logged images/s of steps 11-20 over the batch size) is a first look, not a benchmark.
 Exit status 1 if any row failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,16 @@ FAMILIES = {
     "rbm": ["model=rbm", "model.hidden_units=16"],
     "ebm": ["model=ebm", "model.width=8", "model.buffer_size=64", "model.sgld_steps=2", "model.sample_steps=5"],
 }
-STEPS = ["trainer.max_steps=20", "trainer.log_every=10", "trainer.batch_size=16", "trainer.sample_every=0",
-         "trainer.progress=false", "trainer.eval_batch_size=64", "data.val_size=64", "trainer.compile=false"]
+STEPS = [
+    "trainer.max_steps=20",
+    "trainer.log_every=10",
+    "trainer.batch_size=16",
+    "trainer.sample_every=0",
+    "trainer.progress=false",
+    "trainer.eval_batch_size=64",
+    "data.val_size=64",
+    "trainer.compile=false",
+]
 
 
 @dataclass
@@ -131,8 +140,16 @@ def repeat_row(row: Row, work: Path, args: list[str]) -> None:
 def ais_row(row: Row, work: Path, args: list[str]) -> None:
     code, last = dgm("train", *args, cwd=work)
     if code == 0:
-        code, last = dgm("eval", f"checkpoint={run_folder(work)}", "limit=32", "estimator.ais=true",
-                         "estimator.ais_runs=8", "estimator.ais_temperatures=[20,20,20]", "metrics=[nll]", cwd=work)
+        code, last = dgm(
+            "eval",
+            f"checkpoint={run_folder(work)}",
+            "limit=32",
+            "estimator.ais=true",
+            "estimator.ais_runs=8",
+            "estimator.ais_temperatures=[20,20,20]",
+            "metrics=[nll]",
+            cwd=work,
+        )
     row.result, row.note = ("pass", "") if code == 0 else ("FAIL", last[:100])
 
 
@@ -140,8 +157,17 @@ def ddp_row(row: Row, work: Path, args: list[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}", "-m",
-           "dgm_cli", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={port}",
+        "-m",
+        "dgm_cli",
+        "train",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900)
     if proc.returncode == 0:
         row.result, row.steps_per_sec = "pass", steps_per_sec(run_folder(work), 16)
@@ -157,11 +183,26 @@ def plan(data: Path) -> list[tuple[Row, callable, tuple]]:
         rows.append((Row(f"{name} cpu 32"), train_row, (common + model + cpu,)))
         for precision in ("32", "bf16", "16"):
             refused = precision == "16" and name == "ebm"  # its Langevin gradient would be unscaled fp16
-            rows.append((Row(f"{name} cuda {precision}", "cuda"), train_row,
-                         (common + model + cuda + [f"trainer.precision={precision}"], refused)))
+            rows.append(
+                (
+                    Row(f"{name} cuda {precision}", "cuda"),
+                    train_row,
+                    (common + model + cuda + [f"trainer.precision={precision}"], refused),
+                )
+            )
     for name in ("vae", "glow", "pixelcnn"):
-        rows.append((Row(f"{name} cuda compile", "cuda"), train_row,
-                     ([a for a in common if a != "trainer.compile=false"] + FAMILIES[name] + cuda + ["trainer.compile=true"],)))
+        rows.append(
+            (
+                Row(f"{name} cuda compile", "cuda"),
+                train_row,
+                (
+                    [a for a in common if a != "trainer.compile=false"]
+                    + FAMILIES[name]
+                    + cuda
+                    + ["trainer.compile=true"],
+                ),
+            )
+        )
     vae = common + FAMILIES["vae"]
     rows += [
         (Row("resume cpu -> cuda", "cuda"), resume_row, (vae + cpu, cuda)),
@@ -169,7 +210,11 @@ def plan(data: Path) -> list[tuple[Row, callable, tuple]]:
         (Row("resume cuda fp16 (scaler)", "cuda"), resume_row, (vae + cuda + ["trainer.precision=16"], [])),
         (Row("resume cpu -> cpu"), resume_row, (vae + cpu, [])),
         (Row("deterministic cpu repeats"), repeat_row, (vae + cpu + ["trainer.deterministic=true"],)),
-        (Row("deterministic cuda repeats", "cuda"), repeat_row, (common + FAMILIES["glow"] + cuda + ["trainer.deterministic=true"],)),
+        (
+            Row("deterministic cuda repeats", "cuda"),
+            repeat_row,
+            (common + FAMILIES["glow"] + cuda + ["trainer.deterministic=true"],),
+        ),
         (Row("ais ebm cpu"), ais_row, (common + FAMILIES["ebm"] + cpu,)),
         (Row("ais ebm cuda", "cuda"), ais_row, (common + FAMILIES["ebm"] + cuda,)),
         (Row("ddp 2 gpus nccl", "2 gpus"), ddp_row, (common + FAMILIES["glow"] + cuda,)),
@@ -208,8 +253,11 @@ def main() -> int:
         took = f"{r.seconds:.1f}" if r.seconds else ""
         print(f"| {r.name:<{width}} | {r.result} | {rate} | {took} | {r.note} |")
     failed = [r.name for r in rows if r.result == "FAIL"]
-    print(f"\n{len(rows)} rows: {sum(r.result == 'pass' for r in rows)} pass, {len(failed)} fail, "
-          f"{sum(r.result == 'refused' for r in rows)} refused as designed, {sum(r.result == 'skipped' for r in rows)} skipped")
+    print(
+        f"\n{len(rows)} rows: {sum(r.result == 'pass' for r in rows)} pass, {len(failed)} fail, "
+        f"{sum(r.result == 'refused' for r in rows)} refused as designed, "
+        f"{sum(r.result == 'skipped' for r in rows)} skipped"
+    )
     return 1 if failed else 0
 
 

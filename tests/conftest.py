@@ -10,6 +10,7 @@ processes against one) depend on the thread count, and the suite runs one pytest
 core. `$DGM_CACHE` is one fresh folder per test session (shared by its workers), never the user's
 ~/.cache/dgm, so each feature network is trained once per session.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,7 +60,8 @@ def pytest_collection_modifyitems(config, items) -> None:
             raise pytest.UsageError(
                 f"pytest-xdist's --dist loadgroup did not group {lost[0]} (and {len(lost) - 1} more) with pytest "
                 f"{pytest.__version__}: install the versions pyproject.toml's test extra names "
-                "(pip install -e '.[test]'), or run with -n 0.")
+                "(pip install -e '.[test]'), or run with -n 0."
+            )
 
 
 def pytest_unconfigure(config) -> None:
@@ -77,8 +79,9 @@ def data_root() -> Path:
     root = _data_root()
     ok = root is not None and all((root / "MNIST" / "raw" / f).exists() for f in MNIST_FILES)
     if not ok:
-        reason = (f"real MNIST not found under DGM_DATA_ROOT={root}" if root else "DGM_DATA_ROOT is not set") + \
-                 " (point it at a folder with MNIST/raw/*-ubyte, e.g. ../shared/data)"
+        reason = (
+            f"real MNIST not found under DGM_DATA_ROOT={root}" if root else "DGM_DATA_ROOT is not set"
+        ) + " (point it at a folder with MNIST/raw/*-ubyte, e.g. ../shared/data)"
         if os.environ.get("DGM_REQUIRE_DATA") == "1":
             pytest.fail(reason + "; DGM_REQUIRE_DATA=1 makes this a failure")
         pytest.skip(reason)
@@ -134,12 +137,19 @@ def dgm_executable() -> str:
     return found
 
 
-def run_dgm_process(*args: str, cwd: Path, check: bool = True, timeout: int = 600,
-                    env: dict | None = None) -> subprocess.CompletedProcess:
+def run_dgm_process(
+    *args: str, cwd: Path, check: bool = True, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """The installed `dgm` console script as a process of its own: for what only a process shows
     (the console script itself, signals, torchrun, launchers that start workers)."""
-    proc = subprocess.run([dgm_executable(), *args], cwd=cwd, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [dgm_executable(), *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"dgm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -157,11 +167,26 @@ def dgm(tmp_path):
 
 # --- configs ---------------------------------------------------------------------------------------
 #: a small VAE and a short run: a few seconds on one core
-TINY = ["model.hidden=[64]", "model.latent_dim=8", "trainer.batch_size=64", "trainer.log_every=10",
-        "trainer.eval_batch_size=500", "data.val_size=1000", "trainer.progress=false"]
+TINY = [
+    "model.hidden=[64]",
+    "model.latent_dim=8",
+    "trainer.batch_size=64",
+    "trainer.log_every=10",
+    "trainer.eval_batch_size=500",
+    "data.val_size=1000",
+    "trainer.progress=false",
+]
 #: a VAE on the 2-D moons toy: no real data needed, a second to train
-TOY = ["dataset=moons", "model.hidden=[16]", "model.latent_dim=2", "trainer.batch_size=64",
-       "data.train_size=2000", "data.test_size=500", "data.val_size=200", "trainer.progress=false"]
+TOY = [
+    "dataset=moons",
+    "model.hidden=[16]",
+    "model.latent_dim=2",
+    "trainer.batch_size=64",
+    "data.train_size=2000",
+    "data.test_size=500",
+    "data.val_size=200",
+    "trainer.progress=false",
+]
 
 
 def compose_train(*overrides: str):

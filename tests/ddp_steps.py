@@ -8,6 +8,7 @@ test_families.QUICK_MODEL. A model whose step fails under DDP (a parameter left 
 process group's timeout turns a hang into an error, and the ranks agree on each model's outcome
 before the next one starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,16 @@ from pathlib import Path
 
 WORLD = 2
 TIMEOUT_S = 60  # a collective one rank never reaches fails after this long instead of hanging
-STEPS = ["trainer.max_steps=2", "trainer.batch_size=4", "trainer.eval_batch_size=8", "trainer.sample_every=0",
-         "trainer.log_every=1", "trainer.progress=false", "trainer.compile=false", "data.val_size=4"]
+STEPS = [
+    "trainer.max_steps=2",
+    "trainer.batch_size=4",
+    "trainer.eval_batch_size=8",
+    "trainer.sample_every=0",
+    "trainer.log_every=1",
+    "trainer.progress=false",
+    "trainer.compile=false",
+    "data.val_size=4",
+]
 
 
 def tiny_images(path: Path, n: int = 48) -> Path:
@@ -67,8 +76,9 @@ def _worker(rank: int, names: list[str], port: int, data: str, folder: str) -> N
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=TIMEOUT_S))
     results: dict[str, str | None] = {}
     try:
@@ -91,10 +101,12 @@ def _worker(rank: int, names: list[str], port: int, data: str, folder: str) -> N
 def run(names: list[str], folder: Path) -> dict[str, str | None]:
     """Spawn the two processes, train ``names`` in them; each name's error text, or None if it trained."""
     import torch.multiprocessing as mp
+
     from test_distributed import free_port
 
     data = tiny_images(folder / "tiny.npz")
     os.environ["OMP_NUM_THREADS"] = "1"
-    mp.start_processes(_worker, args=(names, free_port(), str(data), str(folder)), nprocs=WORLD, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _worker, args=(names, free_port(), str(data), str(folder)), nprocs=WORLD, join=True, start_method="spawn"
+    )
     return json.loads((folder / "results.json").read_text())

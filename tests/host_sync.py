@@ -1,6 +1,7 @@
 """``no_host_reads()``: a context in which reading a tensor's value on the host (``bool``, ``int``,
 ``float``, ``.item()``, ``.tolist()``) raises. On a GPU each such read waits for the device; on a CPU
 this shows where a step would wait, without a GPU. (Reads inside torch's C++ kernels are not seen.)"""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +24,7 @@ def no_host_reads(allow: tuple[str, ...] = ()):
     def refuse(name):
         def read(self, *args, **kwargs):
             raise HostRead(f"Tensor.{name} read a value on the host (shape {tuple(self.shape)})")
+
         return read
 
     for name in guarded:

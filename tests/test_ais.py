@@ -1,4 +1,5 @@
 """AIS for log Z against exact enumeration on RBMs small enough to enumerate."""
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,11 @@ from dgm_cli.models.energy.rbm import bernoulli_free_energy
 
 def random_rbm(V: int, H: int, scale: float = 1.0, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(V, H, generator=g, dtype=torch.float64) * scale,
-            torch.randn(V, generator=g, dtype=torch.float64) * 0.5,
-            torch.randn(H, generator=g, dtype=torch.float64) * 0.5)
+    return (
+        torch.randn(V, H, generator=g, dtype=torch.float64) * scale,
+        torch.randn(V, generator=g, dtype=torch.float64) * 0.5,
+        torch.randn(H, generator=g, dtype=torch.float64) * 0.5,
+    )
 
 
 def brute_log_z(W, b, c) -> float:

@@ -1,14 +1,14 @@
 """The Python API (dgm_cli/api.py): a run loaded in Python scores its data as `dgm eval` does, and
 `dgm_cli.train` trains any number of runs in one process, refusing bad input with the command's message."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import dgm_cli
-from dgm_cli.errors import UserError
-
 from conftest import TOY, copy_run
+from dgm_cli.errors import UserError
 
 
 def test_a_loaded_run_samples_and_scores_its_test_split_as_dgm_eval_does(toy_run, tmp_path):

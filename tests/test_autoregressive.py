@@ -1,13 +1,14 @@
 """Properties of the autoregressive family (NADE, MADE, PixelCNN, Gated PixelCNN) on tiny
 images: the autoregressive property (by gradients), normalisation over every possible
 image, completion, sampling that matches the likelihood, and NADE's vectorised pass."""
+
 import itertools
 import math
 
 import pytest
 import torch
-from conftest import phase_steps
 
+from conftest import phase_steps
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.registry import get_model_class
@@ -91,7 +92,9 @@ def test_autoregressive_property(name, shape, representation):
 def test_gated_pixelcnn_has_no_blind_spot(shape):
     """Every output depends on ALL earlier pixels (and earlier channels of its pixel)."""
     # Wide enough that the output layers' ReLUs are not all off for a channel group.
-    model = make("gated_pixelcnn", shape, num_layers=4, input_kernel_size=3, kernel_size=3, channels=18, head_channels=24)
+    model = make(
+        "gated_pixelcnn", shape, num_layers=4, input_kernel_size=3, kernel_size=3, channels=18, head_channels=24
+    )
     dep = dependencies(model, torch.rand(8, *shape))
     before = torch.tril(torch.ones_like(dep), diagonal=-1)  # raster/channel order
     assert torch.equal(dep, before)
@@ -194,7 +197,7 @@ def test_completion_keeps_observed_pixels(name):
     assert torch.equal(grid[:, 0, :, top], x[:, :, top]) and (grid[:, 0, :, 2:] == 0.5).all()  # occluded
     assert ((grid[:, 1:4] == 0) | (grid[:, 1:4] == 1)).all()
     # Any observed mask, e.g. a checkerboard, is kept too.
-    mask = (torch.arange(16).view(4, 4) % 2 == 0)
+    mask = torch.arange(16).view(4, 4) % 2 == 0
     grid = model.sample_complete(x, mask=mask, num_completions=2)
     assert torch.equal(grid[:, 1:3][..., mask], x[:, None].expand(-1, 2, -1, -1, -1)[..., mask])
 
@@ -207,9 +210,16 @@ def test_conditional_completion_needs_labels():
         model.sample_complete(x)
 
 
-@pytest.mark.parametrize("representation,activation,shape", [
-    ("binary", "sigmoid", (1, 5, 7)), ("8bit", "sigmoid", (1, 3, 4)), ("binary", "relu", (3, 3, 3)),
-    ("binary", "tanh", (1, 4, 5)), ("8bit", "tanh", (2, 2, 3))])
+@pytest.mark.parametrize(
+    "representation,activation,shape",
+    [
+        ("binary", "sigmoid", (1, 5, 7)),
+        ("8bit", "sigmoid", (1, 3, 4)),
+        ("binary", "relu", (3, 3, 3)),
+        ("binary", "tanh", (1, 4, 5)),
+        ("8bit", "tanh", (2, 2, 3)),
+    ],
+)
 @pytest.mark.parametrize("rows,block", [(3, 5), (7, 16), (2, 1)])
 def test_nade_sweeps_equal_the_recurrence(representation, activation, shape, rows, block, monkeypatch):
     """Log-likelihoods, the fused training gradient and the general backward (parameters and x)
@@ -217,6 +227,7 @@ def test_nade_sweeps_equal_the_recurrence(representation, activation, shape, row
     that do not divide the batch (7) or D, so that every boundary case runs, and mostly-zero images
     (where the hidden layer is updated only in the rows whose input moved) beside dense ones."""
     from dgm_cli.models.autoregressive import nade
+
     model = make("nade", shape, representation, activation=activation).double()
     monkeypatch.setattr(nade, "CACHE_FLOATS", rows * model.config.hidden_units)  # chunks of `rows` examples
     monkeypatch.setattr(nade, "BLOCK", block)
@@ -292,8 +303,12 @@ def test_gated_pixelcnn_loads_a_checkpoint_whose_last_layer_had_a_residual_conne
     model = make("gated_pixelcnn", (1, 4, 4), num_classes=3, conditional=True)
     state = model.state_dict()
     last = f"layers.{len(model.layers) - 1}."
-    old = {**state, last + "residual.weight": torch.ones(6, 6, 1, 1), last + "residual.bias": torch.ones(6),
-           last + "class_vertical.weight": torch.ones(3, 12)}
+    old = {
+        **state,
+        last + "residual.weight": torch.ones(6, 6, 1, 1),
+        last + "residual.bias": torch.ones(6),
+        last + "class_vertical.weight": torch.ones(3, 12),
+    }
     fresh = make("gated_pixelcnn", (1, 4, 4), num_classes=3, conditional=True, scramble=False)
     fresh.load_state_dict(old)
     x, y = torch.bernoulli(torch.full((2, 1, 4, 4), 0.5)), torch.tensor([0, 2])

@@ -1,5 +1,6 @@
 """Bad input: a one-paragraph message naming what was wrong and what is allowed, exit status 2,
 no traceback, and nothing already written is touched."""
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,10 @@ def no_folder_written(tmp_path):
         ("model.latent_dim=abc", ["model.latent_dim", "latent_dim"]),
         ("data.representation=rgb", ["data.representation", "binary"]),
         # a key added with + would be read by nothing: refused, with what it was probably meant to be
-        ("+trainer.max_step=10", ["+trainer.max_step=10", "no key trainer.max_step", "Did you mean trainer.max_steps?"]),
+        (
+            "+trainer.max_step=10",
+            ["+trainer.max_step=10", "no key trainer.max_step", "Did you mean trainer.max_steps?"],
+        ),
         ("+foo=1", ["+foo=1", "no key foo"]),
         ("++trainer.max_step=10", ["no key trainer.max_step", "trainer.max_steps"]),
         ("+trainer.max_steps=3", ["already", "`trainer.max_steps=3`"]),
@@ -68,12 +72,22 @@ def test_bad_train_config_is_refused(dgm, override, needles):
     assert "To append" not in err  # Hydra's advice to add the key with + would only get it ignored
 
 
-@pytest.mark.parametrize("args, optimizer, key", [((), "adam", "betas"), (("model=wgan",), "rmsprop", "alpha"),
-                                                  (("model=wgan", "optimizer=sgd"), "sgd", "nesterov")])
+@pytest.mark.parametrize(
+    "args, optimizer, key",
+    [
+        ((), "adam", "betas"),
+        (("model=wgan",), "rmsprop", "alpha"),
+        (("model=wgan", "optimizer=sgd"), "sgd", "nesterov"),
+    ],
+)
 def test_mistyped_optimizer_key_lists_the_keys_of_the_optimizer_in_use(dgm, args, optimizer, key):
     """WGAN defaults to RMSProp: the keys offered are RMSProp's, not train.yaml's Adam's."""
-    err = refused(dgm("train", "dataset=moons", *args, "trainer.max_steps=1", "optimizer.lrr=1", check=False),
-                  "optimizer.lrr", f"optimizer={optimizer} are:", key)
+    err = refused(
+        dgm("train", "dataset=moons", *args, "trainer.max_steps=1", "optimizer.lrr=1", check=False),
+        "optimizer.lrr",
+        f"optimizer={optimizer} are:",
+        key,
+    )
     assert ("betas" in err) == (optimizer == "adam")
 
 
@@ -88,21 +102,27 @@ def test_checkpoint_must_be_given(dgm, command):
 
 
 @pytest.mark.parametrize("command", ["sample", "eval"])
-@pytest.mark.parametrize("override, needles", [
-    ("+foo=1", ["no key foo"]),
-    ("+temprature=0.7", ["no key temprature"]),
-    ("model=vae", ["`model=vae`", "from checkpoint=", "data_root="]),  # the checkpoint decides the model
-    ("trainer.max_steps=3", ["`trainer.max_steps=3`", "training settings from checkpoint="]),
-    ("num_sample=3", ["num_sample", "Did you mean num_samples?"]),
-])
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("+foo=1", ["no key foo"]),
+        ("+temprature=0.7", ["no key temprature"]),
+        ("model=vae", ["`model=vae`", "from checkpoint=", "data_root="]),  # the checkpoint decides the model
+        ("trainer.max_steps=3", ["`trainer.max_steps=3`", "training settings from checkpoint="]),
+        ("num_sample=3", ["num_sample", "Did you mean num_samples?"]),
+    ],
+)
 def test_sample_and_eval_refuse_keys_they_do_not_have(dgm, toy_run, command, override, needles):
     refused(dgm(command, f"checkpoint={toy_run}", override, check=False), *needles)
 
 
 def test_sample_refuses_another_dataset(dgm, toy_run):
     """(dgm eval takes dataset=: other data scored on purpose, tests/test_own_data.py)"""
-    refused(dgm("sample", f"checkpoint={toy_run}", "dataset=fashion_mnist", check=False), "`dataset=fashion_mnist`",
-            "from checkpoint=")
+    refused(
+        dgm("sample", f"checkpoint={toy_run}", "dataset=fashion_mnist", check=False),
+        "`dataset=fashion_mnist`",
+        "from checkpoint=",
+    )
 
 
 def test_a_text_file_as_checkpoint_says_what_it_is(dgm, tmp_path):
@@ -130,8 +150,12 @@ def test_an_unreadable_image_in_an_image_folder_is_named(dgm, tmp_path):
     for i in range(3):
         Image.new("L", (8, 8), color=40 * i).save(folder / f"{i}.png")
     (folder / "3.png").write_text("oops")
-    refused(dgm("train", "dataset=image_folder", f"data.path={folder}", "trainer.max_steps=1", check=False),
-            str(folder / "3.png"), "not an image", "text file")
+    refused(
+        dgm("train", "dataset=image_folder", f"data.path={folder}", "trainer.max_steps=1", check=False),
+        str(folder / "3.png"),
+        "not an image",
+        "text file",
+    )
 
 
 def test_sample_out_must_be_an_image_file_or_folder_that_can_be_written(dgm, tmp_path, toy_run):
@@ -152,8 +176,11 @@ def test_a_refused_sweep_leaves_no_folder(dgm):
 
 
 def test_missing_data_names_the_files(dgm, tmp_path):
-    err = refused(dgm("train", "dataset=mnist", f"data.root={tmp_path}", "data.download=false", check=False),
-                  "train-images-idx3-ubyte", "data.root")
+    err = refused(
+        dgm("train", "dataset=mnist", f"data.root={tmp_path}", "data.download=false", check=False),
+        "train-images-idx3-ubyte",
+        "data.root",
+    )
     assert str(tmp_path) in err
 
 
@@ -190,12 +217,15 @@ def test_unknown_command(dgm):
     refused(dgm("trian", check=False), "unknown command 'trian'", "train")
 
 
-@pytest.mark.parametrize("out, needles", [
-    ("/proc/nope/e.json", ["cannot write out='/proc/nope/e.json'"]),
-    ("{tmp}", ["is a folder", "eval.json"]),
-    ("e.txt", ["out='e.txt'", "ending in .json"]),
-    ("{tmp}/a_file/e.json", ["cannot write out=", "a file where a folder should be"]),
-])
+@pytest.mark.parametrize(
+    "out, needles",
+    [
+        ("/proc/nope/e.json", ["cannot write out='/proc/nope/e.json'"]),
+        ("{tmp}", ["is a folder", "eval.json"]),
+        ("e.txt", ["out='e.txt'", "ending in .json"]),
+        ("{tmp}/a_file/e.json", ["cannot write out=", "a file where a folder should be"]),
+    ],
+)
 def test_eval_refuses_an_out_it_could_not_write_before_computing(dgm, tmp_path, toy_run, out, needles):
     (tmp_path / "a_file").write_text("")
     out = out.format(tmp=tmp_path)

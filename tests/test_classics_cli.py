@@ -1,11 +1,13 @@
 """The classic models of issue 12 end to end through `dgm` (cli.main, in this process): `dgm train model=<name>` on
 MNIST with no other model key, then `dgm sample` and `dgm eval`, whose report names the likelihood's kind."""
+
 from __future__ import annotations
 
 import json
 import math
 
 import pytest
+
 from conftest import run_folders
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
@@ -17,8 +19,11 @@ LOWER_BOUND = "stochastic lower bound on log p"
 CASES = {
     "nice": (["model=nice"], [], "upper bound on the discrete NLL"),
     "wgan": (["model=wgan"], [], None),
-    "vae_2_layers": (["model=vae", "model.stochastic_layers=2", "objective=iwae", "objective.k=3"], ["estimator.k=7"],
-                     LOWER_BOUND),
+    "vae_2_layers": (
+        ["model=vae", "model.stochastic_layers=2", "objective=iwae", "objective.k=3"],
+        ["estimator.k=7"],
+        LOWER_BOUND,
+    ),
     "gumbel_vae": (["model=gumbel_vae"], ["estimator.k=7"], LOWER_BOUND),
     "helmholtz": (["model=helmholtz"], ["estimator.k=7"], LOWER_BOUND),
     "helmholtz_wake_sleep": (["model=helmholtz", "objective=wake_sleep"], ["estimator.k=7"], LOWER_BOUND),
@@ -31,7 +36,9 @@ CASES = {
 NUM_SAMPLES = {"row_lstm": 1, "diagonal_bilstm": 1}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.heavy] if n in NUM_SAMPLES else []) for n in sorted(CASES)])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.heavy] if n in NUM_SAMPLES else []) for n in sorted(CASES)]
+)
 def test_train_sample_eval(name, dgm, tmp_path, data_root):
     train_args, eval_args, kind = CASES[name]
     dgm("train", *train_args, *QUICK)

@@ -1,4 +1,5 @@
 """The command line: help per command, `python -m dgm_cli`, `--cfg job`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,9 @@ def test_the_console_script_exits_with_the_commands_status(tmp_path):
     """The installed `dgm` is a process: its exit status is what cli.main returns (2: refused)."""
     proc = subprocess.run([dgm_executable(), "trian"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "choose one of: train" in proc.stderr and "Traceback" not in proc.stderr
-    module = subprocess.run([sys.executable, "-m", "dgm_cli", "train", "model=vea"], capture_output=True, text=True,
-                            cwd=tmp_path)
+    module = subprocess.run(
+        [sys.executable, "-m", "dgm_cli", "train", "model=vea"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert module.returncode == 2 and "model/vea" in module.stderr and "Traceback" not in module.stderr
 
 
@@ -35,8 +37,13 @@ def test_main_can_be_called_again_and_again_in_one_process(tmp_path, capsys):
 
     from dgm_cli import cli
 
-    before = (sys.argv[:], sys.stderr, logging.getLogger().handlers[:], signal.getsignal(signal.SIGINT),
-              dict(os.environ))
+    before = (
+        sys.argv[:],
+        sys.stderr,
+        logging.getLogger().handlers[:],
+        signal.getsignal(signal.SIGINT),
+        dict(os.environ),
+    )
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
@@ -45,8 +52,17 @@ def test_main_can_be_called_again_and_again_in_one_process(tmp_path, capsys):
             assert cli.main(["train", "model=vea"]) == 2
             messages.append(capsys.readouterr().err)
         assert messages[0] == messages[1] and messages[0].startswith("dgm train: ") and "conv_vae" in messages[0]
-        toy = ["dataset=moons", "model.hidden=[8]", "model.latent_dim=2", "data.train_size=256", "data.val_size=64",
-               "data.test_size=64", "trainer.max_steps=2", "trainer.progress=false", "trainer.sample_every=0"]
+        toy = [
+            "dataset=moons",
+            "model.hidden=[8]",
+            "model.latent_dim=2",
+            "data.train_size=256",
+            "data.val_size=64",
+            "data.test_size=64",
+            "trainer.max_steps=2",
+            "trainer.progress=false",
+            "trainer.sample_every=0",
+        ]
         assert [cli.main(["train", *toy]) for _ in range(2)] == [0, 0]
         assert cli.main(["train", "trainer.batch_size=0"]) == 2 and "trainer.batch_size" in capsys.readouterr().err
         assert cli.main(["--version"]) == 0
@@ -108,8 +124,10 @@ def test_version(tmp_path):
 
 
 def test_sample_and_eval_help_list_only_their_own_keys_with_meanings(tmp_path):
-    for command, keys in (("sample", ("temperature", "num_samples", "mode", "out")),
-                          ("eval", ("split", "limit", "metrics", "num_samples"))):
+    for command, keys in (
+        ("sample", ("temperature", "num_samples", "mode", "out")),
+        ("eval", ("split", "limit", "metrics", "num_samples")),
+    ):
         out = run_dgm(command, "--help", cwd=tmp_path).stdout
         for group in ("model:", "dataset:", "experiment:", "optimizer:"):
             assert group not in out, f"dgm {command} --help offers {group} which dgm {command} refuses"
@@ -138,9 +156,7 @@ class Wrapped:  # fields laid out as `ruff format` leaves them
     #   (also below)
 
     #   after a blank line: the code's, not width's
-    depth: int = (
-        2  # layers, on the line the formatter moved
-    )
+    depth: int = 2  # layers, on the line the formatter moved
     tags: list = dataclasses.field(default_factory=list)
     #   a field without a trailing comment may still wrap
 
@@ -181,7 +197,9 @@ def test_eval_of_a_sweep_folder_evaluates_every_run_in_it(tmp_path, toy_run):
     runs = [copy_run(toy_run, sweep / f"{i}_seed={i}") for i in range(2)]
     proc = run_dgm("eval", f"checkpoint={sweep}", "limit=50", cwd=tmp_path)
     assert all((r / "checkpoints" / "eval.json").exists() for r in runs)
-    headlines = [line for line in proc.stdout.splitlines() if line.startswith("NLL ")]  # (a toy's true NLL is a line too)
+    headlines = [
+        line for line in proc.stdout.splitlines() if line.startswith("NLL ")
+    ]  # (a toy's true NLL is a line too)
     assert "[1/2]" in proc.stdout and "[2/2]" in proc.stdout and len(headlines) == 2
     refused = run_dgm("eval", f"checkpoint={sweep}", f"out={tmp_path / 'e.json'}", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "holds 2 runs" in refused.stderr
@@ -213,6 +231,7 @@ def test_sample_out_suffix_decides_what_is_written(tmp_path, toy_run):
         assert saved["samples"].shape == (7, 2) and saved["samples"].dtype == np.float32
     run_dgm("sample", f"checkpoint={toy_run}", "num_samples=7", f"out={tmp_path / 'x.pdf'}", cwd=tmp_path)
     assert (tmp_path / "x.pdf").read_bytes()[:4] == b"%PDF"
-    refused = run_dgm("sample", f"checkpoint={toy_run}", "mode=reconstruct", f"out={tmp_path / 'y.npz'}", cwd=tmp_path,
-                      check=False)
+    refused = run_dgm(
+        "sample", f"checkpoint={toy_run}", "mode=reconstruct", f"out={tmp_path / 'y.npz'}", cwd=tmp_path, check=False
+    )
     assert refused.returncode == 2 and "mode=sample" in refused.stderr and not (tmp_path / "y.npz").exists()

@@ -1,5 +1,6 @@
 """Every config composes, every model config builds its model, every preset composes
 (as lightning-hydra-template tests its configs)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_train
-from dgm_cli.settings.validate import validate_train
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.registry import MODELS, build_model, get_model_class
+from dgm_cli.settings.validate import validate_train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "dgm_cli" / "configs"
 MODEL_NAMES = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
@@ -41,7 +42,9 @@ def test_experiment_presets_compose_and_build(name):
     cfg = compose_train(f"experiment={name}")
     validate_train(cfg)
     if cfg.data.name in IMAGE_SHAPE:
-        spec = DataSpec(IMAGE_SHAPE[cfg.data.name], cfg.data.representation or cfg.model.representation, 10, cfg.data.name)
+        spec = DataSpec(
+            IMAGE_SHAPE[cfg.data.name], cfg.data.representation or cfg.model.representation, 10, cfg.data.name
+        )
     elif cfg.data.name in SEQUENCE_SHAPE:
         spec = DataSpec(SEQUENCE_SHAPE[cfg.data.name], "binary", 0, cfg.data.name)
     else:
@@ -120,8 +123,11 @@ def test_model_optimizer_settings_name_a_model_and_an_optimizer_they_fit():
 
     optimizers = {p.stem for p in (CONFIGS / "optimizer").glob("*.yaml")}
     for path in sorted((CONFIGS / "model" / "optimizer").glob("*.yaml")):
-        model, optimizer = next((m, path.stem[len(m) + 1:]) for m in sorted(MODEL_NAMES, key=len, reverse=True)
-                                if path.stem.startswith(m + "_"))
+        model, optimizer = next(
+            (m, path.stem[len(m) + 1 :])
+            for m in sorted(MODEL_NAMES, key=len, reverse=True)
+            if path.stem.startswith(m + "_")
+        )
         assert optimizer in optimizers, path.name
         cfg = compose_train(f"model={model}", f"optimizer={optimizer}")
         check_optimizer(cfg.optimizer)  # only keys the optimizer's constructor takes
@@ -164,10 +170,13 @@ def test_model_yaml_restates_its_dataclass_defaults(name):
     cfg.pop("defaults", None)
     assert cfg.pop("name") == name and cfg.pop("representation") in cls.representations
     defaults = dataclasses.asdict(cls.Config())
-    assert sorted(cfg) == sorted(defaults), f"keys differ: yaml-only {set(cfg) - set(defaults)}, " \
-                                            f"dataclass-only {set(defaults) - set(cfg)}"
+    assert sorted(cfg) == sorted(defaults), (
+        f"keys differ: yaml-only {set(cfg) - set(defaults)}, dataclass-only {set(defaults) - set(cfg)}"
+    )
     for key, value in defaults.items():
-        assert cfg[key] == value or (isinstance(value, tuple) and list(value) == cfg[key]), f"{key}: {cfg[key]} != {value}"
+        assert cfg[key] == value or (isinstance(value, tuple) and list(value) == cfg[key]), (
+            f"{key}: {cfg[key]} != {value}"
+        )
 
 
 def test_debug_tiny_shrinks_any_run_and_what_the_command_line_says_wins():

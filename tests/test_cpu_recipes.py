@@ -1,6 +1,7 @@
 """The CPU recipes (`experiment=<name>_cpu`, issue 23): each one composes, trains two steps, and its
 `# dgm eval:` settings -- read by scripts/cpu_recipes.py, the one place that runs them -- are accepted by
 `dgm eval` on the run. The hour each recipe takes is measured by the script, not here."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,14 @@ spec.loader.exec_module(cpu_recipes)
 
 RECIPES = cpu_recipes.recipes()
 #: the costly knobs of an evaluation, turned down for a test; every other setting is the recipe's own
-CHEAP = ["limit=2", "num_samples=8", "estimator.ais_runs=2", "estimator.ais_temperatures=[20,20,20]",
-         "estimator.timesteps=4", "estimator.reverse_burn_in=2"]
+CHEAP = [
+    "limit=2",
+    "num_samples=8",
+    "estimator.ais_runs=2",
+    "estimator.ais_temperatures=[20,20,20]",
+    "estimator.timesteps=4",
+    "estimator.reverse_burn_in=2",
+]
 
 
 def test_there_is_a_recipe_for_every_family_the_issue_names():
@@ -29,15 +36,16 @@ def test_there_is_a_recipe_for_every_family_the_issue_names():
 
 def test_a_recipe_names_its_evaluation(tmp_path):
     assert cpu_recipes.settings("vae_cpu", cpu_recipes.EVAL_LINE) == ["estimator.k=5000"]
-    assert all(cpu_recipes.settings(name, cpu_recipes.EVAL_LINE) for name in RECIPES), \
+    assert all(cpu_recipes.settings(name, cpu_recipes.EVAL_LINE) for name in RECIPES), (
         "every recipe says how it is evaluated (a '# dgm eval:' line)"
+    )
 
 
 def cheaper(evaluation: list[str], model: str) -> list[str]:
     """The recipe's evaluation with CHEAP's values in place of its own where both set a key; of CHEAP's
     estimator settings only those this model's estimator takes (it refuses the others by name)."""
     keys = {"rbm": ("ais_", "reverse_"), "ddpm": ("timesteps",)}.get(model, ())
-    cheap = [o for o in CHEAP if not o.startswith("estimator.") or o[len("estimator."):].startswith(keys)]
+    cheap = [o for o in CHEAP if not o.startswith("estimator.") or o[len("estimator.") :].startswith(keys)]
     merged = {o.split("=", 1)[0]: o for o in evaluation + cheap}
     return list(merged.values())
 

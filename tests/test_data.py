@@ -1,4 +1,5 @@
 """Data: file formats (written by the tests), representations, and batches that resume exactly."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from dgm_cli.settings.schema import DataConfig
 from dgm_cli.data import pipeline
 from dgm_cli.errors import UserError
+from dgm_cli.settings.schema import DataConfig
 
 
 def data_cfg(**kw):
@@ -24,8 +25,10 @@ def write_cifar(root, n_per_batch=4):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        entry = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 "labels": list(rng.integers(0, 10, n_per_batch))}
+        entry = {
+            "data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            "labels": list(rng.integers(0, 10, n_per_batch)),
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f)
     return folder
@@ -104,8 +107,12 @@ def test_each_representation_is_its_formula_and_the_one_table_is_what_validation
     x = torch.randint(0, 256, (8, 1, 5, 5), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     xf = x.float()
-    expected = {"binary": torch.bernoulli(xf / 255.0, generator=g()), "8bit": xf / 255.0,
-                "dequantized": (xf + torch.rand(x.shape, generator=g())) / 256.0, "continuous": xf}
+    expected = {
+        "binary": torch.bernoulli(xf / 255.0, generator=g()),
+        "8bit": xf / 255.0,
+        "dequantized": (xf + torch.rand(x.shape, generator=g())) / 256.0,
+        "continuous": xf,
+    }
     assert list(REPRESENTATIONS) == list(expected)
     for name, want in expected.items():
         assert torch.equal(pipeline.transform(x, name, g()), want), name
@@ -122,7 +129,7 @@ def test_static_binarization_batches_are_the_fixed_binarization():
     it = pipeline.BatchIterator(x, None, "binary", "static", 4, torch.device("cpu"), seed=0)
     binarized = pipeline.fixed(x, "binary")
     for _ in range(4):  # one epoch: every batch is rows of the once-binarized set, in the epoch's order
-        idx = it._permutation()[it.position * 4:(it.position + 1) * 4]
+        idx = it._permutation()[it.position * 4 : (it.position + 1) * 4]
         assert torch.equal(next(it)[0], binarized[idx])
 
 
@@ -152,10 +159,10 @@ def test_the_training_set_goes_on_a_gpu_only_where_it_leaves_room_for_the_model(
 
     from dgm_cli.data.pipeline import data_placement
 
-    gpu, mib = torch.device("cuda", 0), 2 ** 20
+    gpu, mib = torch.device("cuda", 0), 2**20
     assert data_placement(300 * mib, gpu, True, 1000 * mib) == (True, "training data: 300 MiB on cuda:0")
     on, note = data_placement(700 * mib, gpu, True, 1000 * mib)
     assert not on and "700 MiB kept in pinned host memory" in note and "50% of the 1.0 GiB free" in note
     on, note = data_placement(3 * mib, gpu, False, None)
     assert not on and "data.on_device=false" in note
-    assert data_placement(5 * 2 ** 30, torch.device("cpu"), True, None) == (True, "training data: 5.0 GiB in memory")
+    assert data_placement(5 * 2**30, torch.device("cpu"), True, None) == (True, "training data: 5.0 GiB in memory")

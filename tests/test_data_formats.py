@@ -1,5 +1,6 @@
 """Binarized MNIST's .amat files, CIFAR-10 pickles that cannot run code, and binarization noise that
 comes only from the iterator's own generator (what checkpoints hold)."""
+
 from __future__ import annotations
 
 import os
@@ -11,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_dgm
-from dgm_cli.settings.schema import DataConfig
 from dgm_cli.data import files, pipeline
 from dgm_cli.errors import UserError
+from dgm_cli.settings.schema import DataConfig
 
 
 def data_cfg(**kw):
@@ -36,7 +37,11 @@ def write_amat(root, sizes=None, seed=0):
 def test_binarized_mnist_reads_the_amat_files_as_they_are(tmp_path):
     arrays = write_amat(tmp_path)
     ds = pipeline.load(data_cfg(name="binarized_mnist", root=str(tmp_path), val_size=4, download=False))
-    assert ds.train[0].shape == (12, 1, 28, 28) and ds.val[0].shape == (4, 1, 28, 28) and ds.test[0].shape == (5, 1, 28, 28)
+    assert (
+        ds.train[0].shape == (12, 1, 28, 28)
+        and ds.val[0].shape == (4, 1, 28, 28)
+        and ds.test[0].shape == (5, 1, 28, 28)
+    )
     assert ds.train[1] is None and ds.num_classes == 0
     assert torch.equal(ds.test[0].flatten(1) // 255, torch.from_numpy(arrays["test"]).to(torch.uint8))
     # row-major 28 x 28: the second line of pixels starts at value 28
@@ -59,8 +64,9 @@ def test_binarized_mnist_refuses_another_validation_size_and_bad_files(tmp_path)
 
 def test_missing_binarized_mnist_offline_names_the_files(tmp_path):
     write_amat(tmp_path, {"train": 3})
-    proc = run_dgm("train", "dataset=binarized_mnist", f"data.root={tmp_path}", "data.download=false", cwd=tmp_path,
-                   check=False)
+    proc = run_dgm(
+        "train", "dataset=binarized_mnist", f"data.root={tmp_path}", "data.download=false", cwd=tmp_path, check=False
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     for needle in ("binarized_mnist_valid.amat", "binarized_mnist_test.amat", "data.root", str(tmp_path)):
         assert needle in proc.stderr
@@ -81,8 +87,12 @@ def test_cifar_pickles_cannot_run_code(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    good = {"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "labels": [1, 2], "filenames": [b"a", b"b"],
-            "batch_label": "training batch"}
+    good = {
+        "data": rng.integers(0, 256, (2, 3072), dtype=np.uint8),
+        "labels": [1, 2],
+        "filenames": [b"a", b"b"],
+        "batch_label": "training batch",
+    }
     for name in files.CIFAR_FILES:
         for protocol in (2, pickle.HIGHEST_PROTOCOL):  # the originals are protocol 2; read newer ones too
             (folder / name).write_bytes(pickle.dumps(good, protocol=protocol))

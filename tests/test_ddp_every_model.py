@@ -1,6 +1,7 @@
 """Every registered model trains two steps under DistributedDataParallel (2 gloo processes): a model
 that leaves a parameter without gradient, or that only one process reaches a collective in, fails
 here by name before it ships. Both processes start once for all models (tests/ddp_steps.py)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """A run saved on one device resumes on another (shown here on a CPU, with the states a GPU run saves):
 the batch iterator's data noise depends only on its position, and CUDA generator states are restored
 on the GPUs present, however many were there at save time."""
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ loss (a VAE's reparameterisation, a GAN's latents and penalty mixing weights): t
 micro-batch from (seed, step, phase, shard), so the two layouts draw the same numbers. Models whose
 loss is deterministic given the batch (MADE, Glow) are also compared with a plain one-process run.
 """
+
 from __future__ import annotations
 
 import socket
@@ -25,17 +26,47 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("torchrun")]
 COMMON = ["trainer.progress=false", "trainer.sample_every=0", "trainer.log_every=2", "seed=3"]
 MNIST_SMALL = ["data.val_size=200", "trainer.eval_batch_size=200"]
 CASES = {
-    "vae": ["model=vae", "model.hidden=[32]", "model.latent_dim=4", "trainer.batch_size=32", "trainer.max_steps=6",
-            *MNIST_SMALL],
-    "made": ["model=made", "model.hidden_sizes=[64]", "model.num_masks=2", "trainer.batch_size=32",
-             "trainer.max_steps=6", *MNIST_SMALL],
+    "vae": [
+        "model=vae",
+        "model.hidden=[32]",
+        "model.latent_dim=4",
+        "trainer.batch_size=32",
+        "trainer.max_steps=6",
+        *MNIST_SMALL,
+    ],
+    "made": [
+        "model=made",
+        "model.hidden_sizes=[64]",
+        "model.num_masks=2",
+        "trainer.batch_size=32",
+        "trainer.max_steps=6",
+        *MNIST_SMALL,
+    ],
     # SGD: Adam's first steps are ~lr * sign(g), which turns float-rounding differences in near-zero
     # gradients (of the zero-initialised coupling outputs) into visible ones
-    "glow": ["model=glow", "model.num_levels=1", "model.depth=2", "model.hidden_channels=8", "trainer.batch_size=16",
-             "trainer.max_steps=4", "optimizer=sgd", "optimizer.lr=0.01", *MNIST_SMALL],
-    "wgan_gp": ["model=wgan_gp", "dataset=eight_gaussians", "model.hidden=32", "model.depth=2", "model.latent_dim=2",
-                "data.train_size=2048", "data.test_size=256", "data.val_size=256", "trainer.batch_size=64",
-                "trainer.max_steps=10"],
+    "glow": [
+        "model=glow",
+        "model.num_levels=1",
+        "model.depth=2",
+        "model.hidden_channels=8",
+        "trainer.batch_size=16",
+        "trainer.max_steps=4",
+        "optimizer=sgd",
+        "optimizer.lr=0.01",
+        *MNIST_SMALL,
+    ],
+    "wgan_gp": [
+        "model=wgan_gp",
+        "dataset=eight_gaussians",
+        "model.hidden=32",
+        "model.depth=2",
+        "model.latent_dim=2",
+        "data.train_size=2048",
+        "data.test_size=256",
+        "data.val_size=256",
+        "trainer.batch_size=64",
+        "trainer.max_steps=10",
+    ],
 }
 
 
@@ -47,8 +78,17 @@ def free_port() -> int:
 
 def torchrun(cwd: Path, *args: str, nproc: int = 2, command: str = "train") -> subprocess.CompletedProcess:
     """`dgm` under torchrun (gloo), each process with one thread like this one (conftest)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
-           "-m", "dgm_cli", command, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}",
+        "-m",
+        "dgm_cli",
+        command,
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
     return proc

@@ -1,4 +1,5 @@
 """The discretized logistic against 800-digit values (mpmath), in the tails and at the 0/255 edges."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """Energy-based models against brute force on models small enough to enumerate."""
+
 from __future__ import annotations
 
 import math
@@ -120,12 +121,15 @@ def train(model, data, steps: int, lr: float = 0.1, batch: int = 14, seed: int =
     return metrics
 
 
-@pytest.mark.parametrize("objective,config,lr", [
-    ({"name": "cd", "k": 1}, {}, 0.5),
-    ({"name": "pcd", "k": 1, "chains": 20}, {}, 0.2),  # PCD wants a smaller rate (Tieleman 2008)
-    ({"name": "cd", "k": 1}, {"centering": True, "centering_rate": 0.05}, 0.5),
-    ({"name": "cd", "k": 1}, {"sparsity_cost": 0.01}, 0.5),
-])
+@pytest.mark.parametrize(
+    "objective,config,lr",
+    [
+        ({"name": "cd", "k": 1}, {}, 0.5),
+        ({"name": "pcd", "k": 1, "chains": 20}, {}, 0.2),  # PCD wants a smaller rate (Tieleman 2008)
+        ({"name": "cd", "k": 1}, {"centering": True, "centering_rate": 0.05}, 0.5),
+        ({"name": "cd", "k": 1}, {"sparsity_cost": 0.01}, 0.5),
+    ],
+)
 def test_contrastive_divergence_increases_the_exact_log_likelihood(objective, config, lr):
     """3x3 bars and stripes (14 patterns): training raises the exact mean log-likelihood of the data
     by far (uniform is 9 ln 2 = 6.24 nats per pattern; the data's entropy is ln 14 = 2.64)."""
@@ -188,8 +192,10 @@ def test_rbm_samples_and_reconstructions_are_images():
     assert model.sample_reconstruct(x).shape == (2, 8, 1, 3, 3)  # rows: inputs, reconstructions
 
 
-@pytest.mark.parametrize("name,objective,chains", [("rbm", {"name": "pcd", "k": 1, "chains": 12}, True),
-                                                    ("dbn", {"name": "cd", "k": 1}, False)])
+@pytest.mark.parametrize(
+    "name,objective,chains",
+    [("rbm", {"name": "pcd", "k": 1, "chains": 12}, True), ("dbn", {"name": "cd", "k": 1}, False)],
+)
 def test_training_logs_the_weights_as_filter_images(name, objective, chains, tmp_path):
     """A tiny run through the engine writes the first layer's weights as a "filters" image (one cell
     per hidden unit, each unit's weights scaled to [0, 1]) beside the sample grid, which for PCD shows
@@ -204,12 +210,23 @@ def test_training_logs_the_weights_as_filter_images(name, objective, chains, tmp
 
     path = tmp_path / "bars.npz"
     np.savez(path, x=np.tile(bars_and_stripes(3).numpy().astype(np.uint8) * 255, (10, 1, 1, 1))[:, 0])
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
-        "model": {"name": name}, "objective": objective,
-        "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1},
-        "data": {"name": "npz", "path": str(path), "representation": "binary"},
-        "trainer": {"batch_size": 10, "max_steps": 4, "log_every": 2, "progress": False, "sample_every": 2,
-                    "num_samples": 9}})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig),
+        {
+            "model": {"name": name},
+            "objective": objective,
+            "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1},
+            "data": {"name": "npz", "path": str(path), "representation": "binary"},
+            "trainer": {
+                "batch_size": 10,
+                "max_steps": 4,
+                "log_every": 2,
+                "progress": False,
+                "sample_every": 2,
+                "num_samples": 9,
+            },
+        },
+    )
     dataset = pipeline.load(cfg.data)
     sizes = {"hidden_units": [5, 3], "steps_per_layer": 2} if name == "dbn" else {"hidden_units": 5}
     model = build(name, objective=objective, sample_steps=2, **sizes)
@@ -219,8 +236,11 @@ def test_training_logs_the_weights_as_filter_images(name, objective, chains, tmp
     filters = model.images(9)["filters"]
     first = model.layers[0].W if name == "dbn" else model.W
     assert filters.shape == (5, 1, 3, 3) and torch.allclose(filters.amin((1, 2, 3)), torch.zeros(5))
-    assert torch.allclose(filters[2].flatten() * (first[:, 2].max() - first[:, 2].min()) + first[:, 2].min(),
-                          first[:, 2].detach(), atol=1e-6)
+    assert torch.allclose(
+        filters[2].flatten() * (first[:, 2].max() - first[:, 2].min()) + first[:, 2].min(),
+        first[:, 2].detach(),
+        atol=1e-6,
+    )
     assert events.Images("filters")[0].step == 2
     if chains:
         assert torch.equal(model.sample_for_logging(9), model.chains[:9].view(9, 1, 3, 3))
@@ -231,13 +251,16 @@ def test_dbn_bound_is_below_its_exact_log_likelihood():
     """Tiny DBN (6 visible, hidden [4, 3]): the variational bound, enumerated over h1 and estimated
     from samples, lies below the exact log p(v) = log Σ_h1 p(v|h1) p_top(h1) of every v."""
     from dgm_cli.models.energy.dbn import bernoulli_log_prob
+
     model = randomize(build("dbn", shape=(1, 2, 3), hidden_units=[4, 3]), scale=1.5, seed=4).double()
     bottom, top = model.layers
     log_z = model.exact_log_z()
     v, h1 = ais.all_states(6), ais.all_states(4)
     with torch.no_grad():
-        log_p_top = -bernoulli_free_energy(h1, *top.params()) - log_z                          # (16,)
-        log_p_v_given_h = bernoulli_log_prob(v[:, None].expand(-1, 16, -1), (h1 @ bottom.W.t() + bottom.b).expand(64, -1, -1))
+        log_p_top = -bernoulli_free_energy(h1, *top.params()) - log_z  # (16,)
+        log_p_v_given_h = bernoulli_log_prob(
+            v[:, None].expand(-1, 16, -1), (h1 @ bottom.W.t() + bottom.b).expand(64, -1, -1)
+        )
         exact = torch.logsumexp(log_p_v_given_h + log_p_top, 1)
         assert float(torch.logsumexp(exact, 0)) == pytest.approx(0.0, abs=1e-10)  # a normalised p(v)
         log_q = bernoulli_log_prob(h1.expand(64, -1, -1), (v @ bottom.W + bottom.c)[:, None].expand(-1, 16, -1))
@@ -254,7 +277,7 @@ def test_dbn_trains_its_layers_greedily():
     opts = model.configure_optimizers(lambda p, **_: torch.optim.SGD(p, lr=0.1))
     assert set(opts) == {"layer1", "layer2"}
     assert [model.phases(s) for s in (1, 5, 6, 100)] == [("layer1",), ("layer1",), ("layer2",), ("layer2",)]
-    before = [l.W.detach().clone() for l in model.layers]
+    before = [layer.W.detach().clone() for layer in model.layers]
     loss, metrics = model(data, None, "layer2")
     opts["layer2"].zero_grad(), loss.backward(), opts["layer2"].step()
     assert torch.equal(model.layers[0].W, before[0]) and not torch.equal(model.layers[1].W, before[1])
@@ -269,8 +292,11 @@ def test_dbm_is_an_rbm_over_v_and_h2_and_its_bound_is_below_the_exact():
     model = randomize(build("dbm", shape=(1, 1, 5), hidden_units=[4, 3]), scale=1.5, seed=5).double()
     v, h1, h2 = ais.all_states(5), ais.all_states(4), ais.all_states(3)
     with torch.no_grad():
-        e = model.energy(v[:, None, None].expand(-1, 16, 8, -1), h1[None, :, None].expand(32, -1, 8, -1),
-                         h2[None, None].expand(32, 16, -1, -1))
+        e = model.energy(
+            v[:, None, None].expand(-1, 16, 8, -1),
+            h1[None, :, None].expand(32, -1, 8, -1),
+            h2[None, None].expand(32, 16, -1, -1),
+        )
         log_z = model.exact_log_z()
         assert log_z == pytest.approx(float(torch.logsumexp(-e.flatten(), 0)), abs=1e-9)
         x = torch.cat([v[:, None].expand(-1, 8, -1), h2[None].expand(32, -1, -1)], -1)
@@ -320,7 +346,9 @@ def test_dbm_pretraining_composes_two_doubled_rbms_into_a_better_start():
     model = build("dbm", objective={"name": "pcd", "k": 1, "chains": 20}, hidden_units=[8, 4], pretrain_steps=400)
     opts = model.configure_optimizers(lambda p, **kw: torch.optim.SGD(p, lr=kw.get("lr", 0.1), momentum=0.5))
     assert set(opts) == {"pretrain1", "pretrain2", "model"}
-    assert [model.phases(s) for s in (1, 400, 401, 800, 801)] == [("pretrain1",)] * 2 + [("pretrain2",)] * 2 + [("model",)]
+    assert [model.phases(s) for s in (1, 400, 401, 800, 801)] == [("pretrain1",)] * 2 + [("pretrain2",)] * 2 + [
+        ("model",)
+    ]
     model.initialize(data, None)
     _, start = dbm_exact_and_bound(model, data)
     for step in range(1, 801):
@@ -332,33 +360,51 @@ def test_dbm_pretraining_composes_two_doubled_rbms_into_a_better_start():
     with torch.no_grad():  # the first RBM's bottom-up pass sees v twice
         first = model.pretrain_rbm("pretrain1")
         v = data.view(len(data), -1)
-        assert torch.allclose(torch.sigmoid(torch.cat([v, v], 1) @ first[0] + first[2]),
-                              torch.sigmoid(2 * v @ model.W1 + model.c1))
+        assert torch.allclose(
+            torch.sigmoid(torch.cat([v, v], 1) @ first[0] + first[2]), torch.sigmoid(2 * v @ model.W1 + model.c1)
+        )
         c1, b2 = model.c1.clone(), model.pretrain_b2.clone()
     model(data, None, "model")  # the joint training's first batch composes the DBM, once
     assert bool(model.composed) and torch.equal(model.W1, W1)
     assert torch.allclose(model.c1, (c1 + b2) / 2)
     exact, bound = dbm_exact_and_bound(model, data)
     assert torch.all(bound <= exact + 1e-5)
-    assert float(bound.mean()) > float(start.mean()) + 1.0, (float(start.mean()), float(bound.mean()), float(exact.mean()))
+    assert float(bound.mean()) > float(start.mean()) + 1.0, (
+        float(start.mean()),
+        float(bound.mean()),
+        float(exact.mean()),
+    )
 
 
 # --- through the CLI -------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.real_data
-@pytest.mark.parametrize("model_args", [
-    ["model=rbm", "objective=pcd", "objective.chains=16", "model.hidden_units=10"],
-    ["model=ebm", "model.network=mlp", "model.hidden=32", "model.buffer_size=64", "model.sgld_steps=3"],
-    # resumed in the middle of the second pretraining phase; composed once the joint training starts
-    ["model=dbm", "model.hidden_units=[10,5]", "model.pretrain_steps=15", "objective.chains=16"],
-])
+@pytest.mark.parametrize(
+    "model_args",
+    [
+        ["model=rbm", "objective=pcd", "objective.chains=16", "model.hidden_units=10"],
+        ["model=ebm", "model.network=mlp", "model.hidden=32", "model.buffer_size=64", "model.sgld_steps=3"],
+        # resumed in the middle of the second pretraining phase; composed once the joint training starts
+        ["model=dbm", "model.hidden_units=[10,5]", "model.pretrain_steps=15", "objective.chains=16"],
+    ],
+)
 def test_resume_restores_chains_and_buffers_exactly(model_args, dgm, tmp_path, data_root):
     """Two stages (20 steps, then resumed to 40) end where 40 uninterrupted steps end: parameters,
     persistent chains, data statistics and every other buffer."""
     from conftest import run_folders
 
-    args = [*model_args, "dataset=mnist", "trainer.batch_size=32", "data.val_size=500", "trainer.val_every=10",
-            "trainer.sample_every=0", "trainer.ckpt_every=10", "trainer.device=cpu", "trainer.progress=false", "seed=2"]
+    args = [
+        *model_args,
+        "dataset=mnist",
+        "trainer.batch_size=32",
+        "data.val_size=500",
+        "trainer.val_every=10",
+        "trainer.sample_every=0",
+        "trainer.ckpt_every=10",
+        "trainer.device=cpu",
+        "trainer.progress=false",
+        "seed=2",
+    ]
     straight, staged = tmp_path / "straight", tmp_path / "staged"
     straight.mkdir(), staged.mkdir()
     dgm("train", *args, "trainer.max_steps=40", cwd=straight)
@@ -415,7 +461,7 @@ def test_grbm_ais_is_within_its_3_sigma_of_the_exact_log_z():
 # --- deep EBM ------------------------------------------------------------------------------------
 class Quadratic(torch.nn.Module):
     def forward(self, x):
-        return 0.5 * (x ** 2).flatten(1).sum(1, keepdim=True)
+        return 0.5 * (x**2).flatten(1).sum(1, keepdim=True)
 
 
 def test_langevin_reaches_the_stationary_law_of_its_update():
@@ -502,16 +548,20 @@ def test_ebm_ais_on_images_estimates_the_box_integral_and_the_8bit_bound():
     model = build("ebm", shape=(1, 1, 2), network="mlp")
     a, m = [6.0, 1.5], [0.5, -0.3]
     model.energy = DiagonalQuadratic(a, m)
-    exact = sum(0.5 * math.log(2 * math.pi / ai) + math.log(0.5 * (math.erf((1 - mi) * math.sqrt(ai / 2))
-                                                                    - math.erf((-1 - mi) * math.sqrt(ai / 2))))
-                for ai, mi in zip(a, m))
+    exact = sum(
+        0.5 * math.log(2 * math.pi / ai)
+        + math.log(0.5 * (math.erf((1 - mi) * math.sqrt(ai / 2)) - math.erf((-1 - mi) * math.sqrt(ai / 2))))
+        for ai, mi in zip(a, m)
+    )
     torch.manual_seed(1)
     est = model.prepare_eval(None, None, **estimator_settings(model, EBM_AIS))
     assert est["log_z_minus_3sigma"] <= exact <= est["log_z_plus_3sigma"], (est, exact)
     model.energy = DiagonalQuadratic([0.0, 0.0], [0.0, 0.0], c=3.0)
     k = torch.randint(256, (50, 1, 1, 2)).float() / 255
     report = evaluate_likelihood(model, k, None, 25, "cpu", **estimator_settings(model, EBM_AIS))
-    assert report["nll_nats"] == pytest.approx(2 * math.log(256), abs=1e-9) and report["bits_per_dim"] == pytest.approx(8)
+    assert report["nll_nats"] == pytest.approx(2 * math.log(256), abs=1e-9) and report["bits_per_dim"] == pytest.approx(
+        8
+    )
     assert report["shared_error_nats"] == pytest.approx(0.0, abs=1e-12)  # every AIS weight equal
 
 
@@ -543,8 +593,14 @@ def test_ebm_eval_reports_sample_metrics_unless_ais_is_asked():
         estimator_settings(model, {"ais_mcmc_steps": 0})
 
 
-@pytest.mark.parametrize("name,config", [("rbm", {"hidden_units": 4}), ("dbn", {"hidden_units": [4, 3]}),
-                                         ("dbm", {"hidden_units": [4, 3], "pretrain_steps": 1})])
+@pytest.mark.parametrize(
+    "name,config",
+    [
+        ("rbm", {"hidden_units": 4}),
+        ("dbn", {"hidden_units": [4, 3]}),
+        ("dbm", {"hidden_units": [4, 3], "pretrain_steps": 1}),
+    ],
+)
 def test_persistent_chains_after_their_start_read_nothing_back_from_the_device(name, config):
     """Flags that are set once (chains started, layers composed, the reference set full) are read from
     the device until they are set, then remembered: later steps do not wait for the device."""

@@ -1,4 +1,5 @@
 """The loop treats every family alike: it steps the optimizers a model's phases name, in order."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,12 +9,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dgm_cli.settings.schema import TrainConfig
 from dgm_cli.data import pipeline
 from dgm_cli.engine.checkpoint import load
 from dgm_cli.engine.loop import build
 from dgm_cli.engine.optim import build_scheduler
 from dgm_cli.models.base import DataSpec, GenerativeModel
+from dgm_cli.settings.schema import TrainConfig
 
 
 @dataclass
@@ -53,11 +54,16 @@ class TwoPlayers(GenerativeModel):
 
 
 def toy_cfg(tmp_path, **trainer):
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
-        "model": {"name": "two_players"}, "objective": {"name": "test"},
-        "optimizer": {"_target_": "torch.optim.Adam", "name": "adam", "lr": 1e-3},
-        "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
-        "trainer": {"batch_size": 32, "max_steps": 9, "log_every": 3, "progress": False, **trainer}})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig),
+        {
+            "model": {"name": "two_players"},
+            "objective": {"name": "test"},
+            "optimizer": {"_target_": "torch.optim.Adam", "name": "adam", "lr": 1e-3},
+            "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
+            "trainer": {"batch_size": 32, "max_steps": 9, "log_every": 3, "progress": False, **trainer},
+        },
+    )
     return cfg
 
 
@@ -128,9 +134,8 @@ def test_schedules(name, expected):
 
 def test_every_scheduler_config_names_a_schedule_and_every_schedule_has_a_config():
     """scheduler.name is checked against the same table the engine builds from (engine/schedules.py)."""
-    from pathlib import Path
-
     import dataclasses
+    from pathlib import Path
 
     from dgm_cli.engine.schedules import SCHEDULES
     from dgm_cli.settings.schema import SchedulerConfig

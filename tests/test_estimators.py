@@ -1,4 +1,5 @@
 """Every number that claims to be a likelihood is checked where the truth is known."""
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,9 @@ def linear_gaussian():
     torch.manual_seed(0)
     x_dim, z_dim, sigma2 = 5, 2, 0.5
     # orthogonal columns make the exact posterior's covariance diagonal, so a diagonal q can equal it
-    w = torch.linalg.qr(torch.randn(x_dim, z_dim, dtype=torch.float64))[0] * torch.tensor([1.5, 0.7], dtype=torch.float64)
+    w = torch.linalg.qr(torch.randn(x_dim, z_dim, dtype=torch.float64))[0] * torch.tensor(
+        [1.5, 0.7], dtype=torch.float64
+    )
     b = torch.randn(x_dim, dtype=torch.float64)
     vae = VAE(VAEConfig(hidden=[4], latent_dim=z_dim), DataSpec((x_dim,), "continuous"), {"name": "elbo"}).double()
     vae.decoder = LinearGaussianDecoder(w, b, torch.tensor(math.log(sigma2), dtype=torch.float64))
@@ -149,10 +152,12 @@ def test_bits_per_dim_conversion_by_hand():
     report = evaluate_likelihood(UniformModel("dequantized", 784), torch.rand(10, 784), None, 4, "cpu")
     assert report["nll_nats"] == pytest.approx(784 * math.log(256))
     assert report["bits_per_dim"] == pytest.approx(8.0)
+
     # a fair coin per binary pixel: 1 bit per dimension
     class Coin(UniformModel):
         def log_likelihood(self, x, y=None, **_):
             return torch.full((len(x),), -784 * math.log(2))
+
     report = evaluate_likelihood(Coin("binary", 784), torch.zeros(6, 784), None, 4, "cpu")
     assert report["bits_per_dim"] == pytest.approx(1.0)
     assert report["nll_nats_stderr"] == 0.0

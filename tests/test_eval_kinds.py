@@ -1,5 +1,6 @@
 """Each reported likelihood says what kind of number it is; estimator settings belong to the model;
 a class-conditional model's NLL is -log p(x), its conditional one beside it."""
+
 from __future__ import annotations
 
 import itertools
@@ -17,17 +18,23 @@ from dgm_cli.models.registry import build_model
 
 
 def model(name, rep="binary", shape=(1, 4, 4), classes=10, **keys):
-    return build_model({"name": name, **keys}, {"name": {"vae": "elbo", "dcgan": "nonsaturating"}.get(name, "nll")},
-                       DataSpec(shape, rep, classes, "mnist"))
+    return build_model(
+        {"name": name, **keys},
+        {"name": {"vae": "elbo", "dcgan": "nonsaturating"}.get(name, "nll")},
+        DataSpec(shape, rep, classes, "mnist"),
+    )
 
 
-@pytest.mark.parametrize("name, rep, kind", [
-    ("made", "binary", estimators.EXACT),
-    ("pixelcnn", "8bit", estimators.EXACT),
-    ("vae", "binary", estimators.LOWER_BOUND),
-    ("vae", "dequantized", estimators.LOWER_BOUND),
-    ("realnvp", "dequantized", estimators.UPPER_BOUND),
-])
+@pytest.mark.parametrize(
+    "name, rep, kind",
+    [
+        ("made", "binary", estimators.EXACT),
+        ("pixelcnn", "8bit", estimators.EXACT),
+        ("vae", "binary", estimators.LOWER_BOUND),
+        ("vae", "dequantized", estimators.LOWER_BOUND),
+        ("realnvp", "dequantized", estimators.UPPER_BOUND),
+    ],
+)
 def test_every_likelihood_has_its_kind(name, rep, kind):
     assert estimators.likelihood_kind(model(name, rep)) == kind
 
@@ -87,8 +94,13 @@ def test_a_shared_error_is_not_divided_by_the_square_root_of_n():
 def tiny_conditional():
     torch.manual_seed(0)
     spec = DataSpec((1, 2, 2), "binary", 3, "tiny")
-    m = GatedPixelCNN(GatedPixelCNN.Config(channels=4, num_layers=2, kernel_size=3, input_kernel_size=3,
-                                           head_channels=4, conditional=True), spec, {"name": "nll"})
+    m = GatedPixelCNN(
+        GatedPixelCNN.Config(
+            channels=4, num_layers=2, kernel_size=3, input_kernel_size=3, head_channels=4, conditional=True
+        ),
+        spec,
+        {"name": "nll"},
+    )
     for p in m.parameters():  # far from uniform, so that the classes disagree
         torch.nn.init.normal_(p, std=1.5)
     return m.eval()
@@ -102,11 +114,19 @@ def test_conditional_model_reports_the_marginal_nll(tiny_conditional):
     prior = label_prior(train_labels, 3)
     images = torch.tensor(list(itertools.product((0.0, 1.0), repeat=4))).view(16, 1, 2, 2)
     labels = torch.arange(16) % 3
-    per_image = [evaluate_likelihood(m, images[i:i + 1], labels[i:i + 1], 1, "cpu", log_prior=prior)
-                 for i in range(16)]
+    per_image = [
+        evaluate_likelihood(m, images[i : i + 1], labels[i : i + 1], 1, "cpu", log_prior=prior) for i in range(16)
+    ]
     with torch.no_grad():  # log sum_y p(y) p(x|y), summed in log space: p(x|y) of an unlikely image underflows
-        brute = torch.logsumexp(torch.stack([math.log(p) + m.log_prob(images, torch.full((16,), c)).double()
-                                             for c, p in enumerate([1 / 2, 1 / 6, 1 / 3])]), 0)
+        brute = torch.logsumexp(
+            torch.stack(
+                [
+                    math.log(p) + m.log_prob(images, torch.full((16,), c)).double()
+                    for c, p in enumerate([1 / 2, 1 / 6, 1 / 3])
+                ]
+            ),
+            0,
+        )
         given_label = m.log_prob(images, labels)
     nll = torch.tensor([r["nll_nats"] for r in per_image], dtype=torch.float64)
     assert torch.allclose(nll, -brute, atol=1e-5)
@@ -130,8 +150,12 @@ def test_eval_json_keeps_the_other_section_of_the_same_protocol_only(tmp_path):
     """A likelihood, then sample metrics: one file holds both; under another protocol it is replaced."""
     from dgm_cli.commands.evaluate import merge_previous, write_json
 
-    base = {"schema": "dgm-eval-v2", "checkpoint": "c.pt", "train_step": 10,
-            "protocol": {"split": "test", "num_examples": 100}}
+    base = {
+        "schema": "dgm-eval-v2",
+        "checkpoint": "c.pt",
+        "train_step": 10,
+        "protocol": {"split": "test", "num_examples": 100},
+    }
     path = tmp_path / "eval.json"
     write_json({**base, "likelihood": {"nll_nats": 90.0}}, path)
     merged = merge_previous({**base, "sample_quality": {"fid": 3.0}}, path)
@@ -146,20 +170,37 @@ def test_the_printed_headline_names_each_number_once_and_what_it_is():
     starts with its number, not with an empty label."""
     from dgm_cli.commands.evaluate import headline
 
-    protocol = {"dataset": "mnist", "split": "test", "num_examples": 50, "representation": "binary",
-                "binarization": None}
-    exact = {"protocol": protocol, "likelihood": {"nll_nats": 90.0, "nll_nats_stderr": 0.5, "bits_per_dim": 0.1656,
-                                                  "kind": "exact", "estimator": "exact (one MADE mask set)"}}
+    protocol = {
+        "dataset": "mnist",
+        "split": "test",
+        "num_examples": 50,
+        "representation": "binary",
+        "binarization": None,
+    }
+    exact = {
+        "protocol": protocol,
+        "likelihood": {
+            "nll_nats": 90.0,
+            "nll_nats_stderr": 0.5,
+            "bits_per_dim": 0.1656,
+            "kind": "exact",
+            "estimator": "exact (one MADE mask set)",
+        },
+    }
     line = headline(exact)
     assert "[exact (one MADE mask set)]" in line and "exact: exact" not in line and "None" not in line
-    bound = {"protocol": protocol, "likelihood": {**exact["likelihood"], "kind": "stochastic lower bound on log p",
-                                                  "estimator": "IWAE, k=5000"}}
+    bound = {
+        "protocol": protocol,
+        "likelihood": {**exact["likelihood"], "kind": "stochastic lower bound on log p", "estimator": "IWAE, k=5000"},
+    }
     assert "[stochastic lower bound on log p: IWAE, k=5000]" in headline(bound)
     from dgm_cli.commands.evaluate import table
 
     assert "binarization" not in table(exact)  # None: it does not apply, so it is not printed
-    parzen = {"protocol": protocol, "sample_quality": {"parzen_log_likelihood": -120.5, "parzen_sigma": 0.2,
-                                                       "samples": "the model's samples"}}
+    parzen = {
+        "protocol": protocol,
+        "sample_quality": {"parzen_log_likelihood": -120.5, "parzen_sigma": 0.2, "samples": "the model's samples"},
+    }
     assert headline(parzen).startswith("parzen_log_likelihood -120.5 [")
 
 
@@ -175,8 +216,9 @@ def test_a_long_evaluation_logs_how_far_it_is_and_the_time_left(tiny_conditional
     monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
     images = torch.tensor(list(itertools.product((0.0, 1.0), repeat=4))).view(16, 1, 2, 2)
     with caplog.at_level(logging.INFO, logger="dgm.eval"):
-        evaluate_likelihood(tiny_conditional, images, torch.arange(16) % 3, 4, "cpu",
-                            log_prior=label_prior(torch.tensor([0, 1, 2]), 3))
+        evaluate_likelihood(
+            tiny_conditional, images, torch.arange(16) % 3, 4, "cpu", log_prior=label_prior(torch.tensor([0, 1, 2]), 3)
+        )
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("scoring 16 examples: exact")
     steps = [m for m in lines if "examples after" in m and "left" in m]

@@ -2,6 +2,7 @@
 non-finite losses stop (or skip) without harming the last good checkpoint, a failed checkpoint write
 never replaces a good one, two trainers never share a run; and the engine's switches
 (accumulation, the weight average) do what they say."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import TINY, dgm_executable, run_folders
-from dgm_cli.settings.schema import TrainConfig
 from dgm_cli.data import pipeline
 from dgm_cli.engine import checkpoint
 from dgm_cli.engine.ema import WeightAverage
@@ -27,6 +27,7 @@ from dgm_cli.engine.loop import Trainer, build
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec, GenerativeModel
 from dgm_cli.models.registry import build_model
+from dgm_cli.settings.schema import TrainConfig
 
 
 @dataclass
@@ -63,12 +64,24 @@ class Regression(GenerativeModel):
 
 
 def trainer_for(tmp_path, model, **trainer) -> Trainer:
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
-        "model": {"name": "test"}, "objective": {"name": "test"},
-        "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
-        "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.05},
-        "trainer": {"batch_size": 32, "max_steps": 8, "log_every": 2, "progress": False, "ckpt_every": 1,
-                    "sample_every": 0, **trainer}})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig),
+        {
+            "model": {"name": "test"},
+            "objective": {"name": "test"},
+            "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
+            "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.05},
+            "trainer": {
+                "batch_size": 32,
+                "max_steps": 8,
+                "log_every": 2,
+                "progress": False,
+                "ckpt_every": 1,
+                "sample_every": 0,
+                **trainer,
+            },
+        },
+    )
     return build(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cpu"))
 
 
@@ -207,15 +220,21 @@ def test_a_second_trainer_of_one_run_is_refused(tmp_path):
 # --- through the CLI ------------------------------------------------------------------------------
 # No scheduler: the trajectory does not depend on max_steps, so a run stopped at step s and resumed
 # to s + 20 can be compared with a run trained to s + 20 in one go.
-LONG = [*TINY, "trainer.max_steps=1000000", "trainer.ckpt_every=100000", "trainer.sample_every=0",
-        "trainer.val_every=100000"]
+LONG = [
+    *TINY,
+    "trainer.max_steps=1000000",
+    "trainer.ckpt_every=100000",
+    "trainer.sample_every=0",
+    "trainer.val_every=100000",
+]
 
 
 def start(cwd, *args) -> subprocess.Popen:
     """`dgm train` as a process of its own (signals are sent to it), one thread like this process
     (conftest), in which the runs it is compared with train."""
-    return subprocess.Popen([dgm_executable(), "train", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [dgm_executable(), "train", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_training(cwd, proc) -> None:
@@ -293,7 +312,7 @@ def test_compile_auto_compiles_cpu_runs_long_enough_to_pay(tmp_path, monkeypatch
     with torch._dynamo.config.patch(suppress_errors=False):  # auto sets it where it compiles
         trainer = trainer_for(tmp_path, model, max_steps=max_steps)
     assert trainer.settings.compile == "auto"
-    assert (trainer.net[1] is trainer.ddp if compiled else trainer.net is trainer.ddp)
+    assert trainer.net[1] is trainer.ddp if compiled else trainer.net is trainer.ddp
     off = trainer_for(tmp_path / "off", model, max_steps=max_steps, compile=False)
     assert off.net is off.ddp
 
@@ -312,11 +331,16 @@ def test_cuda_precisions_and_compile_train(tmp_path, precision):
     torch.manual_seed(0)
     model = build_model({"name": "realnvp", "num_couplings": 2, "hidden_features": 16}, {"name": "nll"}, spec)
     cfg_trainer = {"precision": precision, "compile": True, "device": "cuda"}
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
-        "model": {"name": "realnvp"}, "objective": {"name": "nll"},
-        "optimizer": {"_target_": "torch.optim.Adam", "name": "adam", "lr": 1e-3},
-        "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
-        "trainer": {"batch_size": 32, "max_steps": 20, "progress": False, "sample_every": 0, **cfg_trainer}})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig),
+        {
+            "model": {"name": "realnvp"},
+            "objective": {"name": "nll"},
+            "optimizer": {"_target_": "torch.optim.Adam", "name": "adam", "lr": 1e-3},
+            "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
+            "trainer": {"batch_size": 32, "max_steps": 20, "progress": False, "sample_every": 0, **cfg_trainer},
+        },
+    )
     trainer = build(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda"))
     trainer.fit()
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -404,8 +428,9 @@ def test_off_a_terminal_training_logs_where_it_is_every_progress_every_seconds(t
     with caplog.at_level(logging.INFO, logger="dgm.train"):
         trainer.fit()
     lines = [r.getMessage() for r in caplog.records if "/s, about" in r.getMessage()]
-    assert len(lines) >= 2 and all(m.startswith("step ") and " points/s, about " in m and m.endswith(" left")
-                                   for m in lines), lines
+    assert len(lines) >= 2 and all(
+        m.startswith("step ") and " points/s, about " in m and m.endswith(" left") for m in lines
+    ), lines
     steps = [m.split()[1].split("/") for m in lines]
     assert {total for _, total in steps} == {"40"} and [int(s) for s, _ in steps] == sorted(int(s) for s, _ in steps)
     quiet = trainer_for(tmp_path / "quiet", regression(), max_steps=40, progress=False, ckpt_every=1000)

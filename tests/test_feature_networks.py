@@ -1,6 +1,7 @@
 """The feature networks of sample metrics beyond the labelled classifier: the label-free autoencoder
 (unlabelled image sets), the quality every FID is reported with and its warning, and the standard FID
 Inception network through torch-fidelity, which must give torch-fidelity's own FID."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,7 +20,7 @@ def blobs(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
     grid = torch.arange(size).float()
     cy, cx = torch.rand(n, 1, 1, generator=g) * size, torch.rand(n, 1, 1, generator=g) * size
     width = 1.5 + 2 * torch.rand(n, 1, 1, generator=g)
-    img = torch.exp(-((grid[None, :, None] - cy) ** 2 + (grid[None, None, :] - cx) ** 2) / (2 * width ** 2))
+    img = torch.exp(-((grid[None, :, None] - cy) ** 2 + (grid[None, None, :] - cx) ** 2) / (2 * width**2))
     return (img[:, None] * 255).round().to(torch.uint8)
 
 
@@ -35,8 +36,9 @@ def test_the_label_free_network_puts_data_near_itself_and_far_from_noise(tmp_pat
     r2 = net.quality["reconstructed_variance"]
     assert 0.7 < r2 <= 1 and f"{100 * r2:.1f}%" in net.description and net.warning is None
     half_a, half_b = net.features(test[:200]), net.features(test[200:])
-    noise = net.features(torch.randint(0, 256, (200, 1, 8, 8), generator=torch.Generator().manual_seed(2),
-                                       dtype=torch.uint8))
+    noise = net.features(
+        torch.randint(0, 256, (200, 1, 8, 8), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    )
     assert Q.fid(half_a, half_a) == pytest.approx(0, abs=1e-6)
     same, far = Q.fid(half_a, half_b), Q.fid(half_a, noise)
     assert same < 0.05 * far, (same, far)  # two halves of the same data are close, noise is far
@@ -48,11 +50,13 @@ def test_the_label_free_network_puts_data_near_itself_and_far_from_noise(tmp_pat
 
 def test_a_weak_network_is_warned_about_beside_its_numbers():
     body = torch.nn.Flatten()
-    weak = feats.FeatureNetwork(body, torch.nn.Identity(), "dgm x classifier (128-d features), 49.0% test accuracy",
-                                0.49, "cpu")
+    weak = feats.FeatureNetwork(
+        body, torch.nn.Identity(), "dgm x classifier (128-d features), 49.0% test accuracy", 0.49, "cpu"
+    )
     assert "49.0%" in weak.warning and "measure little" in weak.warning
-    strong = feats.FeatureNetwork(body, None, "dgm x autoencoder", None, "cpu", kind="autoencoder",
-                                  quality={"reconstructed_variance": 0.9})
+    strong = feats.FeatureNetwork(
+        body, None, "dgm x autoencoder", None, "cpu", kind="autoencoder", quality={"reconstructed_variance": 0.9}
+    )
     assert strong.warning is None
     x = torch.rand(30, 1, 4, 4)
     out = Q.evaluate_samples(x, x.flip(0), "test", None, weak, ["fid"])
@@ -118,9 +122,16 @@ def test_inception_fid_equals_torch_fidelitys_on_the_same_images(tmp_path, monke
             return self.x[i]
 
     theirs = torch_fidelity.calculate_metrics(
-        input1=Images(fake), input2=Images(real), fid=True, cuda=False, verbose=False, batch_size=6,
-        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights),
-        save_cpu_ram=True)["frechet_inception_distance"]
+        input1=Images(fake),
+        input2=Images(real),
+        fid=True,
+        cuda=False,
+        verbose=False,
+        batch_size=6,
+        feature_extractor="inception-v3-compat",
+        feature_extractor_weights_path=str(weights),
+        save_cpu_ram=True,
+    )["frechet_inception_distance"]
     assert 0 < ours == pytest.approx(theirs, rel=1e-3)
 
 
@@ -134,13 +145,15 @@ def test_numbers_from_two_feature_networks_never_share_a_report_table():
     assert protocol_of(through(classifier)) == protocol_of(through(classifier))
 
 
-
 def test_an_evaluation_through_another_network_is_a_record_of_its_own():
     from dgm_cli.commands.evaluate import record_name
 
     def report(kind):
-        return {"train_step": 5, "protocol": {"split": "test", "num_examples": 30},
-                "sample_quality": {"num_generated": 100, "fid": 1.0, "feature_network_kind": kind}}
+        return {
+            "train_step": 5,
+            "protocol": {"split": "test", "num_examples": 30},
+            "sample_quality": {"num_generated": 100, "fid": 1.0, "feature_network_kind": kind},
+        }
 
     names = {record_name(report(kind)) for kind in ("classifier", "autoencoder", "inception")}
     assert len(names) == 3  # features=inception never replaces the classifier's record

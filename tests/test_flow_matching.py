@@ -1,6 +1,7 @@
 """Flow matching: the likelihood by the instantaneous change of variables against a closed form, Hutchinson's
 trace estimate against the exact trace, the minibatch OT assignment against brute force, the NLL against
 the toy's true entropy, and the model through the CLI."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,11 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from conftest import compose_train, run_folders
+from dgm_cli.app import model_from_checkpoint
 from dgm_cli.commands import train
 from dgm_cli.data import toy
 from dgm_cli.data.spec import DataSpec
 from dgm_cli.engine import checkpoint
-from dgm_cli.app import model_from_checkpoint
 from dgm_cli.evaluation import estimators
 from dgm_cli.models.flow_matching import ode
 from dgm_cli.models.flow_matching.coupling import assignment, ot_pairing
@@ -61,7 +62,9 @@ def test_log_likelihood_of_the_closed_form_field_is_the_true_density():
     samples = toy_model(sampler="rk4", sample_steps=20).double()
     samples.velocity = GaussianVelocity()
     drawn = samples.sample(4000)
-    assert torch.allclose(drawn.mean(0), MU, atol=0.05) and torch.allclose(drawn.std(0), torch.full((2,), S, dtype=torch.float64), atol=0.03)
+    assert torch.allclose(drawn.mean(0), MU, atol=0.05) and torch.allclose(
+        drawn.std(0), torch.full((2,), S, dtype=torch.float64), atol=0.03
+    )
 
 
 def test_hutchinson_is_unbiased_against_the_exact_trace():
@@ -91,8 +94,9 @@ def test_hutchinson_log_likelihood_matches_the_exact_one_within_its_reported_err
     assert model.likelihood_name(trace="hutchinson") == "hutchinson" and model.likelihood_name() == "exact"
     assert estimators.likelihood_kind(model, {"trace": "hutchinson"}) == estimators.ESTIMATE
     assert estimators.likelihood_kind(model, {}) == estimators.EXACT
-    images = FlowMatching(FlowMatchingConfig(channels=4, channel_mult=[1]), DataSpec((1, 8, 8), "dequantized"),
-                          {"name": "cfm"})
+    images = FlowMatching(
+        FlowMatchingConfig(channels=4, channel_mult=[1]), DataSpec((1, 8, 8), "dequantized"), {"name": "cfm"}
+    )
     assert images.likelihood_name() == "hutchinson"  # 64 dimensions: the trace is estimated
     assert estimators.likelihood_kind(images, {}) == estimators.UPPER_BOUND  # in expectation, as a flow's
 
@@ -119,9 +123,18 @@ def eight_gaussians_log_density(x: Tensor) -> Tensor:
 
 
 def test_trained_toy_nll_is_never_below_the_true_entropy_and_it_samples(tmp_path):
-    cfg = compose_train("model=flow_matching", "dataset=eight_gaussians", "model.hidden=32",
-                        "model.depth=2", "data.train_size=2000", "data.test_size=500", "trainer.max_steps=60",
-                        "trainer.batch_size=64", "trainer.sample_every=0", "trainer.progress=false")
+    cfg = compose_train(
+        "model=flow_matching",
+        "dataset=eight_gaussians",
+        "model.hidden=32",
+        "model.depth=2",
+        "data.train_size=2000",
+        "data.test_size=500",
+        "trainer.max_steps=60",
+        "trainer.batch_size=64",
+        "trainer.sample_every=0",
+        "trainer.progress=false",
+    )
     train.run(cfg, tmp_path)
     model, _, dataset = model_from_checkpoint(checkpoint.load(str(tmp_path)), torch.device("cpu"))
     x = dataset.test[0][:300]
@@ -132,17 +145,34 @@ def test_trained_toy_nll_is_never_below_the_true_entropy_and_it_samples(tmp_path
 
 
 def test_train_sample_eval_through_the_cli(dgm, tmp_path):
-    dgm("train", "model=flow_matching", "dataset=moons", "model.path=ot", "model.hidden=16", "model.depth=2",
-        "data.train_size=400", "data.test_size=50", "data.val_size=50", "trainer.max_steps=5", "trainer.batch_size=32",
-        "trainer.progress=false")
+    dgm(
+        "train",
+        "model=flow_matching",
+        "dataset=moons",
+        "model.path=ot",
+        "model.hidden=16",
+        "model.depth=2",
+        "data.train_size=400",
+        "data.test_size=50",
+        "data.val_size=50",
+        "trainer.max_steps=5",
+        "trainer.batch_size=32",
+        "trainer.progress=false",
+    )
     (run,) = run_folders(tmp_path)
     dgm("sample", f"checkpoint={run}", "steps=4", "sampler=midpoint", f"out={tmp_path / 's.npz'}")
     import numpy as np
 
     samples = np.load(tmp_path / "s.npz")["samples"]
     assert samples.shape[1:] == (2,) and np.isfinite(samples).all()
-    dgm("eval", f"checkpoint={run}", "estimator.solver=rk4", "estimator.steps=4", "estimator.trace=hutchinson",
-        "estimator.probes=3")
+    dgm(
+        "eval",
+        f"checkpoint={run}",
+        "estimator.solver=rk4",
+        "estimator.steps=4",
+        "estimator.trace=hutchinson",
+        "estimator.probes=3",
+    )
     lik = json.loads((run / "checkpoints" / "eval.json").read_text())["likelihood"]
     assert lik["kind"] == estimators.ESTIMATE and "Hutchinson" in lik["estimator"]
     assert lik["bound_terms"]["hutchinson_stderr_nats"] > 0 and lik["bound_terms"]["function_evaluations"] == 16

@@ -1,5 +1,6 @@
 """Normalizing flows: every layer and model is invertible, every log-determinant is
 the log|det| of the autograd Jacobian, and the densities are normalised."""
+
 from __future__ import annotations
 
 import math
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import phase_steps
 import yaml
 from torch import nn
 from torch.autograd.functional import jacobian
 
+from conftest import phase_steps
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.flow import layers as L
@@ -75,21 +76,44 @@ LAYERS = {
     "batchnorm_vector": (lambda: _batch_norm(2), (2,), "real"),
     "invconv_image": (lambda: L.InvertibleConv1x1(4), (4, 2, 2), "real"),
     "invconv_vector": (lambda: L.InvertibleConv1x1(2), (2,), "real"),
-    "coupling_checkerboard": (lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, mask="checkerboard", parity=1,
-                                                       scale="tanh"), (1, 4, 4), "real"),
-    "coupling_checkerboard_odd": (lambda: L.AffineCoupling(ResNet(2, 8, 4, 1), 2, mask="checkerboard", parity=0,
-                                                           scale="sigmoid"), (2, 3, 3), "real"),
-    "coupling_channel": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 4), 4, mask="channel", parity=0, scale="sigmoid"),
-                         (4, 2, 2), "real"),
-    "coupling_channel_odd": (lambda: L.AffineCoupling(coupling_cnn(2, 8, 2), 3, mask="channel", parity=1, scale="tanh"),
-                             (3, 2, 2), "real"),
-    "coupling_vector": (lambda: L.AffineCoupling(L.coupling_mlp(1, 2, 8), 2, mask="channel", parity=1, scale="tanh"), (2,), "real"),
-    "split": (lambda: L.Split(L.AffineCoupling(coupling_cnn(1, 8, 2), 2, mask="channel", parity=1, scale="tanh")), (4, 2, 2), "real"),
+    "coupling_checkerboard": (
+        lambda: L.AffineCoupling(ResNet(1, 8, 2, 1), 1, mask="checkerboard", parity=1, scale="tanh"),
+        (1, 4, 4),
+        "real",
+    ),
+    "coupling_checkerboard_odd": (
+        lambda: L.AffineCoupling(ResNet(2, 8, 4, 1), 2, mask="checkerboard", parity=0, scale="sigmoid"),
+        (2, 3, 3),
+        "real",
+    ),
+    "coupling_channel": (
+        lambda: L.AffineCoupling(coupling_cnn(2, 8, 4), 4, mask="channel", parity=0, scale="sigmoid"),
+        (4, 2, 2),
+        "real",
+    ),
+    "coupling_channel_odd": (
+        lambda: L.AffineCoupling(coupling_cnn(2, 8, 2), 3, mask="channel", parity=1, scale="tanh"),
+        (3, 2, 2),
+        "real",
+    ),
+    "coupling_vector": (
+        lambda: L.AffineCoupling(L.coupling_mlp(1, 2, 8), 2, mask="channel", parity=1, scale="tanh"),
+        (2,),
+        "real",
+    ),
+    "split": (
+        lambda: L.Split(L.AffineCoupling(coupling_cnn(1, 8, 2), 2, mask="channel", parity=1, scale="tanh")),
+        (4, 2, 2),
+        "real",
+    ),
     "split_prior": (lambda: L.Split(L.InvertibleConv1x1(2), nn.Conv2d(2, 4, 3, padding=1)), (4, 2, 2), "real"),
     "made": (lambda: _made(5, torch.arange(1, 6)), (5,), "real"),
     "made_reversed": (lambda: _made(5, torch.arange(5, 0, -1)), (5,), "real"),
-    "sequential": (lambda: L.FlowSequential([L.Squeeze(), _actnorm(4), L.InvertibleConv1x1(4), L.Unsqueeze()]),
-                   (1, 4, 4), "real"),
+    "sequential": (
+        lambda: L.FlowSequential([L.Squeeze(), _actnorm(4), L.InvertibleConv1x1(4), L.Unsqueeze()]),
+        (1, 4, 4),
+        "real",
+    ),
 }
 
 
@@ -118,7 +142,7 @@ def test_layer_log_det_is_log_abs_det_of_jacobian(name):
     layer, x = _layer_and_input(name, batch=2)
     _, log_det = layer(x)
     for i in range(x.shape[0]):
-        expected = log_abs_det_jacobian(lambda v: layer(v)[0], x[i:i + 1])
+        expected = log_abs_det_jacobian(lambda v: layer(v)[0], x[i : i + 1])
         torch.testing.assert_close(log_det[i], expected, atol=1e-8, rtol=1e-8)
     z, _ = layer(x)
     _, inv_log_det = layer.inverse(z)
@@ -139,10 +163,18 @@ class _Recording(nn.Module):
         return torch.sin(h.sum(dim=1, keepdim=True) + total).expand(h.shape[0], self.out, *h.shape[2:]) * 0.1
 
 
-@pytest.mark.parametrize("mask,channels,parity,shape", [
-    ("channel", 4, 0, (4, 2, 2)), ("channel", 4, 1, (4, 2, 2)), ("channel", 3, 0, (3, 2, 2)),
-    ("channel", 3, 1, (3, 2, 2)), ("channel", 5, 1, (5,)), ("checkerboard", 2, 0, (2, 4, 6)),
-    ("checkerboard", 1, 1, (1, 3, 4))])
+@pytest.mark.parametrize(
+    "mask,channels,parity,shape",
+    [
+        ("channel", 4, 0, (4, 2, 2)),
+        ("channel", 4, 1, (4, 2, 2)),
+        ("channel", 3, 0, (3, 2, 2)),
+        ("channel", 3, 1, (3, 2, 2)),
+        ("channel", 5, 1, (5,)),
+        ("checkerboard", 2, 0, (2, 4, 6)),
+        ("checkerboard", 1, 1, (1, 3, 4)),
+    ],
+)
 def test_coupling_network_sees_the_conditioning_half_and_computes_the_other(mask, channels, parity, shape):
     """A channel-wise coupling's network reads the conditioning half's channels only and writes the
     transformed half's raw scale and shift; a checkerboard coupling's reads the masked image. The
@@ -230,8 +262,9 @@ IMAGE = DataSpec(shape=(1, 4, 4), representation="dequantized", dataset="mnist")
 TOY = DataSpec(shape=(2,), representation="continuous", dataset="moons")
 
 TINY = {
-    "realnvp": lambda: RealNVP.Config(num_scales=2, hidden_channels=8, num_blocks=1, batch_norm=True,
-                                      num_couplings=4, hidden_features=16),
+    "realnvp": lambda: RealNVP.Config(
+        num_scales=2, hidden_channels=8, num_blocks=1, batch_norm=True, num_couplings=4, hidden_features=16
+    ),
     "glow": lambda: Glow.Config(num_levels=2, depth=2, hidden_channels=8, hidden_features=16),
     "maf": lambda: MAF.Config(num_layers=3, hidden=[24], batch_norm=True),
 }
@@ -293,7 +326,7 @@ def test_model_is_invertible_and_log_likelihood_is_change_of_variables(name, dat
     log_px = model.log_likelihood(x)
     assert log_px.shape == (2,)
     for i in range(2):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         expected = standard_normal_log_prob(model.flow(xi)[0]) + log_abs_det_jacobian(lambda v: model.flow(v)[0], xi)
         torch.testing.assert_close(log_px[i], expected[0], atol=1e-8, rtol=1e-8)
 
@@ -368,8 +401,9 @@ def test_wrong_representation_and_too_many_levels_are_refused():
     with pytest.raises(UserError, match="cannot model data.representation='binary'"):
         build_model({"name": "realnvp"}, NLL, DataSpec(shape=(1, 4, 4), representation="binary"))
     with pytest.raises(UserError, match=r"model.num_levels=3 needs H and W divisible by 8; the data is 4x4"):
-        build_model({"name": "glow", "num_levels": 3}, {"name": "nll"}, DataSpec(shape=(1, 4, 4),
-                                                                                representation="dequantized"))
+        build_model(
+            {"name": "glow", "num_levels": 3}, {"name": "nll"}, DataSpec(shape=(1, 4, 4), representation="dequantized")
+        )
 
 
 @pytest.mark.parametrize("name", ["glow", "realnvp"])
@@ -491,4 +525,3 @@ def test_glow_trained_on_mnist_samples_finite_at_temperature_one(data_root):
     torch.manual_seed(0)
     samples = model.eval().sample(256, temperature=1.0)
     assert torch.isfinite(samples).all(), f"{int((~torch.isfinite(samples)).flatten(1).any(1).sum())} of 256"
-

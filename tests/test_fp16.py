@@ -1,6 +1,7 @@
 """trainer.precision=16: the gradient scaler skips a step whose fp16 gradients overflow, halves its
 scale, trains once the scale fits, and its state is checkpointed. Needs CUDA (fp16 autocast with a
 scaler is CUDA only; elsewhere dgm refuses precision=16)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,14 +11,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dgm_cli.settings.schema import TrainConfig
 from dgm_cli.data import pipeline
 from dgm_cli.engine.checkpoint import load
 from dgm_cli.engine.loop import build
 from dgm_cli.models.base import DataSpec, GenerativeModel
+from dgm_cli.settings.schema import TrainConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a gradient scaler needs CUDA")
-INITIAL_SCALE = 2.0 ** 16  # torch.amp.GradScaler's default
+INITIAL_SCALE = 2.0**16  # torch.amp.GradScaler's default
 
 
 @dataclass
@@ -44,12 +45,24 @@ class Overflowing(GenerativeModel):
 
 
 def make(tmp_path, steps):
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
-        "model": {"name": "overflowing"}, "objective": {"name": "test"},
-        "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
-        "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 1e-6},
-        "trainer": {"batch_size": 32, "max_steps": steps, "log_every": 5, "progress": False, "precision": "16",
-                    "device": "cuda", "sample_every": 0}})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig),
+        {
+            "model": {"name": "overflowing"},
+            "objective": {"name": "test"},
+            "data": {"name": "moons", "train_size": 640, "test_size": 64, "val_size": 64},
+            "optimizer": {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 1e-6},
+            "trainer": {
+                "batch_size": 32,
+                "max_steps": steps,
+                "log_every": 5,
+                "progress": False,
+                "precision": "16",
+                "device": "cuda",
+                "sample_every": 0,
+            },
+        },
+    )
     model = Overflowing(NoConfig(), DataSpec((2,), "continuous"), {"name": "test"})
     return build(cfg, model, pipeline.load(cfg.data), tmp_path, torch.device("cuda")), model
 
@@ -68,6 +81,6 @@ def test_training_proceeds_once_the_scale_fits_and_the_scale_is_checkpointed(tmp
     before = model.net.weight.detach().clone()
     trainer.fit()
     scale = trainer.scaler.get_scale()
-    assert scale <= INITIAL_SCALE / 2 ** 6 and not torch.equal(model.net.weight.detach(), before)
+    assert scale <= INITIAL_SCALE / 2**6 and not torch.equal(model.net.weight.detach(), before)
     assert torch.isfinite(model.net.weight).all()
     assert load(str(tmp_path / "checkpoints" / "last.pt"))["scaler"]["scale"] == scale

@@ -1,5 +1,6 @@
 """MNIST and Fashion-MNIST are read by dgm's own IDX reader (not torchvision's, whose import costs every
 command seconds): it must give exactly torchvision's tensors, and refuse a damaged file in a sentence."""
+
 from __future__ import annotations
 
 import pytest

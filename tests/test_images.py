@@ -1,5 +1,6 @@
 """Image grids and plots never carry a NaN or inf into a PNG or TensorBoard: a sample that holds one
 is drawn as a red cell (images) or left out (points), and a message says how many there were."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,7 @@ def test_grid_draws_non_finite_samples_as_red_cells(channels):
     x = _samples_with_nan(channels=channels)
     g = images.grid(x, nrow=6)
     assert torch.isfinite(g).all()
-    cells = [g[:, 2:7, 2 + 7 * i:7 + 7 * i] for i in range(6)]  # padding 2, cells 5x5
+    cells = [g[:, 2:7, 2 + 7 * i : 7 + 7 * i] for i in range(6)]  # padding 2, cells 5x5
     red = torch.tensor(images.MARK).view(3, 1, 1)
     assert [bool((c == red).all()) for c in cells] == [False, True, False, False, True, False]
     torch.testing.assert_close(cells[0], x[0].expand(3, -1, -1))  # finite samples are drawn as they are

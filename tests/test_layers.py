@@ -2,6 +2,7 @@
 models import no evaluation or engine code, and no two layers import each other; and no module of the
 package takes part in an import cycle, however long (every import, including those inside functions,
 is read from the source)."""
+
 from __future__ import annotations
 
 import ast
@@ -14,13 +15,16 @@ from dgm_cli.commands import COMMANDS
 ROOT = Path(dgm_cli.__file__).parent
 # lower number = lower layer; a module may import its own layer or lower ones
 LAYERS = [
-    ("dgm_cli.errors", 0), ("dgm_cli.atomic", 0), ("dgm_cli.progress", 0),
+    ("dgm_cli.errors", 0),
+    ("dgm_cli.atomic", 0),
+    ("dgm_cli.progress", 0),
     ("dgm_cli.images", 0),  # pictures of tensors: the caller says what the data is (a piano roll or not)
     ("dgm_cli.rules", 0),  # a key's rule, declared beside it in a schema (the trainer's lives in engine/)
     ("dgm_cli.data", 1),
     ("dgm_cli.models.nn", 2),
     ("dgm_cli.models", 3),
-    ("dgm_cli.evaluation", 4), ("dgm_cli.engine", 4),
+    ("dgm_cli.evaluation", 4),
+    ("dgm_cli.engine", 4),
     ("dgm_cli", 5),  # the command line: cli, app, commands/ (train, sample, evaluate, report), settings/
 ]
 
@@ -86,8 +90,8 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
             elif w in stack:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
-            component = set(stack[stack.index(v):])
-            del stack[stack.index(v):]
+            component = set(stack[stack.index(v) :])
+            del stack[stack.index(v) :]
             if len(component) > 1:
                 found.append(_one_cycle(edges, component))
 
@@ -150,9 +154,12 @@ def test_cycles_finds_a_circle_and_only_a_circle():
 
 def test_no_module_reaches_another_through_sys_modules():
     """``sys.modules[...]`` of one of the package's own modules is an import the graph above cannot see."""
-    found = [f"{p.relative_to(ROOT.parent)}:{n}" for p in ROOT.rglob("*.py")
-             for n, line in enumerate(p.read_text().splitlines(), 1)
-             if re.search(r"sys\.modules(\.get\(|\[)\s*f?[\"'](\{__package__\}|\{__name__\}|dgm_cli)", line)]
+    found = [
+        f"{p.relative_to(ROOT.parent)}:{n}"
+        for p in ROOT.rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"sys\.modules(\.get\(|\[)\s*f?[\"'](\{__package__\}|\{__name__\}|dgm_cli)", line)
+    ]
     assert not found, found
 
 

@@ -1,5 +1,6 @@
 """NICE (Dinh et al. 2015): its layers invert and their log-determinants are autograd's, the logistic
 prior is a normalised density, and the model's density of x integrates to one."""
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,15 @@ def tiny(data: DataSpec, **overrides) -> NICE:
     return perturb(NICE(config, data, NLL).double(), std=0.3).eval()
 
 
-@pytest.mark.parametrize("layer", [lambda: AdditiveCoupling(5, parity=0, hidden=8, hidden_layers=2),
-                                   lambda: AdditiveCoupling(5, parity=1, hidden=8, hidden_layers=2),
-                                   lambda: DiagonalScaling(5)], ids=["coupling_even", "coupling_odd", "scaling"])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda: AdditiveCoupling(5, parity=0, hidden=8, hidden_layers=2),
+        lambda: AdditiveCoupling(5, parity=1, hidden=8, hidden_layers=2),
+        lambda: DiagonalScaling(5),
+    ],
+    ids=["coupling_even", "coupling_odd", "scaling"],
+)
 def test_layer_inverse_and_log_det_against_autograd(layer):
     torch.manual_seed(0)
     f = perturb(layer()).double()
@@ -38,7 +45,7 @@ def test_layer_inverse_and_log_det_against_autograd(layer):
     torch.testing.assert_close(x_back, x, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(inv_log_det, -log_det)
     for i in range(3):
-        torch.testing.assert_close(log_det[i], log_abs_det_jacobian(lambda v: f(v)[0], x[i:i + 1]))
+        torch.testing.assert_close(log_det[i], log_abs_det_jacobian(lambda v: f(v)[0], x[i : i + 1]))
 
 
 def test_coupling_changes_only_the_other_half_from_the_kept_half():
@@ -68,7 +75,9 @@ def test_model_log_likelihood_is_change_of_variables_and_integrates_to_one(prior
     torch.testing.assert_close(model.flow.inverse(z)[0], x)
     log_px = model.log_likelihood(x)
     for i in range(2):
-        expected = model.base_log_prob(model.flow(x[i:i + 1])[0]) + log_abs_det_jacobian(lambda v: model.flow(v)[0], x[i:i + 1])
+        expected = model.base_log_prob(model.flow(x[i : i + 1])[0]) + log_abs_det_jacobian(
+            lambda v: model.flow(v)[0], x[i : i + 1]
+        )
         torch.testing.assert_close(log_px[i], expected[0])
     n, lo, hi = 600, -30.0, 30.0  # the logistic's tails are exp(-|h|): a wide grid
     step = (hi - lo) / n

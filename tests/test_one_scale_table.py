@@ -1,6 +1,7 @@
 """`dgm report` puts every likelihood of the same 8-bit test images in one table (issue 25 item 3): a flow,
 flow matching, a GAN's decoder-based AIS, a VAE and a DDPM, each row with its kind of number, and where a
 density is normalised on more than the data's [0, 1]^D, which way that biases its NLL."""
+
 from __future__ import annotations
 
 import csv
@@ -16,17 +17,41 @@ def image_eval(nll, kind, representation, support=None, prepared=None):
         lik["density_support"] = support
     if prepared:
         lik["prepared"] = prepared
-    return {"schema": "dgm-eval-v2", "num_parameters": 1000, "likelihood": lik,
-            "protocol": {"dataset": "mnist", "split": "test", "num_examples": 10000, "representation": representation,
-                         "binarization": None}}
+    return {
+        "schema": "dgm-eval-v2",
+        "num_parameters": 1000,
+        "likelihood": lik,
+        "protocol": {
+            "dataset": "mnist",
+            "split": "test",
+            "num_examples": 10000,
+            "representation": representation,
+            "binarization": None,
+        },
+    }
 
 
 def test_the_families_share_one_table_on_8bit_images_each_with_its_kind(tmp_path, capsys):
     day = tmp_path / "outputs" / "train" / "day"
-    fake_run(day / "realnvp", "realnvp", "nll", 1e-3, [], [1.0], image_eval(1100.0, UPPER, "dequantized", "(-0.0556, 1.056)^D"))
+    fake_run(
+        day / "realnvp",
+        "realnvp",
+        "nll",
+        1e-3,
+        [],
+        [1.0],
+        image_eval(1100.0, UPPER, "dequantized", "(-0.0556, 1.056)^D"),
+    )
     fake_run(day / "fm", "flow_matching", "cfm", 1e-3, [], [1.0], image_eval(1000.0, UPPER, "dequantized", "R^D"))
-    fake_run(day / "gan", "dcgan", "nonsaturating", 1e-3, [], [1.0], image_eval(
-        1500.0, LOWER, "dequantized", "R^D", {"sigma": 0.05, "bdmc_gap_nats": 2.5}))
+    fake_run(
+        day / "gan",
+        "dcgan",
+        "nonsaturating",
+        1e-3,
+        [],
+        [1.0],
+        image_eval(1500.0, LOWER, "dequantized", "R^D", {"sigma": 0.05, "bdmc_gap_nats": 2.5}),
+    )
     fake_run(day / "ddpm", "ddpm", "simple", 1e-3, [], [1.0], image_eval(900.0, LOWER, "8bit"))
     fake_run(day / "vae_binary", "vae", "elbo", 1e-3, [], [1.0], image_eval(90.0, LOWER, "binary"))
     make_report(tmp_path)

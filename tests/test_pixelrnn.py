@@ -1,6 +1,7 @@
 """PixelRNN specifics (van den Oord et al. 2016a). The family's shared properties -- no conditional
 sees itself or a later pixel, probabilities over all 3x3 binary images sum to one, sampling matches
 the likelihood, completion -- run for row_lstm and diagonal_bilstm in test_autoregressive.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,7 @@ def test_skew_shifts_row_i_by_i_and_unskew_inverts_it():
     s = skew(x)
     assert s.shape == (1, 2, 3, 6)
     for i in range(3):
-        assert torch.equal(s[:, :, i, i:i + 4], x[:, :, i]) and (s[:, :, i, :i] == 0).all()
+        assert torch.equal(s[:, :, i, i : i + 4], x[:, :, i]) and (s[:, :, i, :i] == 0).all()
     assert torch.equal(unskew(s, 4), x)
 
 
@@ -30,8 +31,9 @@ def test_diagonal_bilstm_sees_the_whole_context_but_the_last_pixel_of_the_row_ab
     implies: the last pixel of row i-1 reaches row i only through the k x k mask-A input layer, so the
     first W - 1 - k//2 pixels of row i (which that window does not cover) do not see it."""
     h, w = 4, 6
-    model = make("diagonal_bilstm", (1, h, w), num_layers=2, hidden_channels=12, head_channels=12,
-                 input_kernel_size=kernel)
+    model = make(
+        "diagonal_bilstm", (1, h, w), num_layers=2, hidden_channels=12, head_channels=12, input_kernel_size=kernel
+    )
     dep = dependencies(model, torch.rand(8, 1, h, w))
     expected = torch.tril(torch.ones_like(dep), diagonal=-1)
     for i in range(1, h):
@@ -49,9 +51,9 @@ def test_mirrored_direction_is_shifted_down_one_row():
     i, j = 2, 1
     (g,) = torch.autograd.grad(layer(x)[0, :, i, j].sum(), x)
     seen = g[0].abs().sum(0) > 0  # (H, W)
-    assert not seen[i, j + 1:].any() and not seen[i + 1:].any()
+    assert not seen[i, j + 1 :].any() and not seen[i + 1 :].any()
     assert seen[i - 1, 4] and seen[0, 4]  # up-right: the mirrored direction, shifted
-    assert seen[i, :j + 1].all()  # left and itself (1x1 input-to-state, mask B)
+    assert seen[i, : j + 1].all()  # left and itself (1x1 input-to-state, mask B)
 
 
 def test_row_lstm_has_a_triangular_receptive_field():

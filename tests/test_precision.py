@@ -1,6 +1,7 @@
 """Precision and determinism: validation (which picks best.pt) computes in fp32 unless asked, fp16 is
 refused where an unscaled inner gradient is taken, and trainer.deterministic sets torch's switches for
 the run and puts them back."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,8 +43,13 @@ def test_the_deep_ebm_refuses_fp16_like_wgan_gp():
 
 def switches():
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    return (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32,
-            matmul.allow_tf32)
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+        cudnn.allow_tf32,
+        matmul.allow_tf32,
+    )
 
 
 def test_deterministic_sets_torchs_switches_for_the_run_and_puts_them_back():

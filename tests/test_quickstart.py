@@ -1,4 +1,5 @@
 """The README's quickstart, end to end through the installed `dgm`, on real MNIST and tiny settings."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,13 @@ def test_train_sample_eval(dgm, tmp_path, data_root):
     assert "IWAE" in lik["estimator"] and "k=20" in lik["estimator"] and lik["estimator_settings"] == {"k": 20}
     assert lik["kind"] == "stochastic lower bound on log p"
     data = report["protocol"].pop("data")  # which data exactly: tests/test_own_data.py
-    assert report["protocol"] == {"dataset": "mnist", "split": "test", "num_examples": 50, "representation": "binary",
-                                  "binarization": "one Bernoulli draw of the intensities, seed 1234"}
+    assert report["protocol"] == {
+        "dataset": "mnist",
+        "split": "test",
+        "num_examples": 50,
+        "representation": "binary",
+        "binarization": "one Bernoulli draw of the intensities, seed 1234",
+    }
     assert data["name"] == "mnist" and data["own"] is True and data["path"] is None
     assert data["fingerprint"] == torch.load(ckpt, weights_only=True)["data"]["fingerprints"]["test"]
     assert 0 <= lik["bound_terms"]["active_units"] <= 8
@@ -47,7 +53,14 @@ def test_train_sample_eval(dgm, tmp_path, data_root):
 
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/elbo", "train/kl", "train/reconstruction", "train/loss", "val/elbo", "train/images_per_sec"} <= scalars
+    assert {
+        "train/elbo",
+        "train/kl",
+        "train/reconstruction",
+        "train/loss",
+        "val/elbo",
+        "train/images_per_sec",
+    } <= scalars
     assert "samples" in events.Tags()["images"] and "reconstructions" in events.Tags()["images"]
 
 

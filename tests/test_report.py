@@ -1,5 +1,6 @@
 """`dgm report`: one table of runs and sweeps, grouped by evaluation protocol, as text, CSV, Markdown
 and PNG plots."""
+
 from __future__ import annotations
 
 import csv
@@ -13,34 +14,60 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from conftest import run_dgm
-from dgm_cli.settings.schema import ReportConfig
+from dgm_cli.commands.report import command_line, report
 from dgm_cli.errors import UserError
 from dgm_cli.evaluation.plots import PALETTE
 from dgm_cli.evaluation.runs import Run
-from dgm_cli.commands.report import command_line, report
+from dgm_cli.settings.schema import ReportConfig
 
 LOWER = "stochastic lower bound on log p"
 BINARIZED = "one Bernoulli draw of the intensities, seed 1234"
 
 
 def evaluation(nll, kind=LOWER, binarization=BINARIZED, dataset="mnist", n=10000):
-    return {"schema": "dgm-eval-v2", "num_parameters": 1000,
-            "protocol": {"dataset": dataset, "split": "test", "num_examples": n, "representation": "binary",
-                         "binarization": binarization},
-            "likelihood": {"kind": kind, "estimator": "IWAE, k=5000", "nll_nats": nll, "nll_nats_stderr": 0.3,
-                           "bits_per_dim": nll / 543.4}}
+    return {
+        "schema": "dgm-eval-v2",
+        "num_parameters": 1000,
+        "protocol": {
+            "dataset": dataset,
+            "split": "test",
+            "num_examples": n,
+            "representation": "binary",
+            "binarization": binarization,
+        },
+        "likelihood": {
+            "kind": kind,
+            "estimator": "IWAE, k=5000",
+            "nll_nats": nll,
+            "nll_nats_stderr": 0.3,
+            "bits_per_dim": nll / 543.4,
+        },
+    }
 
 
-def fake_run(folder: Path, model: str, objective: str, lr: float, overrides: list[str], val_loss: list[float],
-             evaluation_json: dict | None = None) -> Path:
+def fake_run(
+    folder: Path,
+    model: str,
+    objective: str,
+    lr: float,
+    overrides: list[str],
+    val_loss: list[float],
+    evaluation_json: dict | None = None,
+) -> Path:
     """A run folder as `dgm train` and `dgm eval` leave it (without the checkpoint)."""
     (folder / ".hydra").mkdir(parents=True)
-    config = {"model": {"name": model}, "objective": {"name": objective}, "optimizer": {"name": "adam", "lr": lr},
-              "data": {"name": "mnist"}, "trainer": {"device": "auto"}}
+    config = {
+        "model": {"name": model},
+        "objective": {"name": objective},
+        "optimizer": {"name": "adam", "lr": lr},
+        "data": {"name": "mnist"},
+        "trainer": {"device": "auto"},
+    }
     OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
-    (folder / "train.log").write_text("[...][dgm.train][INFO] - training vae for 30 steps (10 per epoch) on cpu, "
-                                      f"run folder {folder}\n")
+    (folder / "train.log").write_text(
+        f"[...][dgm.train][INFO] - training vae for 30 steps (10 per epoch) on cpu, run folder {folder}\n"
+    )
     writer = SummaryWriter(str(folder / "tensorboard"))
     now = time.time()
     for i, v in enumerate(val_loss):
@@ -61,13 +88,26 @@ def runs(tmp_path):
     sweep.mkdir(parents=True)
     (sweep / "multirun.yaml").write_text("{}\n")
     for i, (objective, lr) in enumerate([("elbo", 0.001), ("elbo", 0.003), ("iwae", 0.001), ("iwae", 0.003)]):
-        fake_run(sweep / f"{i}_objective={objective},optimizer.lr={lr}", "vae", objective, lr,
-                 [f"objective={objective}", f"optimizer.lr={lr}", "trainer.max_steps=30"],
-                 [100 - i, 95 - i, 90 - i], evaluation(100.0 - 2 * i - (1 if lr > 0.002 else 0)))
+        fake_run(
+            sweep / f"{i}_objective={objective},optimizer.lr={lr}",
+            "vae",
+            objective,
+            lr,
+            [f"objective={objective}", f"optimizer.lr={lr}", "trainer.max_steps=30"],
+            [100 - i, 95 - i, 90 - i],
+            evaluation(100.0 - 2 * i - (1 if lr > 0.002 else 0)),
+        )
     single = tmp_path / "outputs" / "train" / "day"
     fake_run(single / "made", "made", "nll", 0.001, ["model=made"], [99, 97], evaluation(97.0, kind="exact"))
-    fake_run(single / "vae_fixed", "vae", "elbo", 0.001, [], [98, 96],
-             evaluation(95.0, binarization="fixed: the Larochelle & Murray 2011 files", dataset="binarized_mnist"))
+    fake_run(
+        single / "vae_fixed",
+        "vae",
+        "elbo",
+        0.001,
+        [],
+        [98, 96],
+        evaluation(95.0, binarization="fixed: the Larochelle & Murray 2011 files", dataset="binarized_mnist"),
+    )
     fake_run(single / "unevaluated", "vae", "elbo", 0.001, [], [98, 97])
     return tmp_path
 
@@ -83,8 +123,21 @@ def test_one_table_per_protocol_with_the_swept_hyperparameters(runs, capsys):
     printed = capsys.readouterr().out
     rows = list(csv.DictReader(written["csv"].open()))
     assert len(rows) == 7
-    assert {"objective", "optimizer.lr", "train_step", "wall_time_s", "num_parameters", "device", "val/loss",
-            "train/loss", "nll_nats", "nll_nats_stderr", "estimator", "protocol", "config.optimizer.lr"} <= set(rows[0])
+    assert {
+        "objective",
+        "optimizer.lr",
+        "train_step",
+        "wall_time_s",
+        "num_parameters",
+        "device",
+        "val/loss",
+        "train/loss",
+        "nll_nats",
+        "nll_nats_stderr",
+        "estimator",
+        "protocol",
+        "config.optimizer.lr",
+    } <= set(rows[0])
     sweep = {(r["objective"], r["optimizer.lr"]): r for r in rows if r["run"].startswith("12-00-00-1/")}
     assert set(sweep) == {("elbo", "0.001"), ("elbo", "0.003"), ("iwae", "0.001"), ("iwae", "0.003")}
     assert float(sweep[("iwae", "0.003")]["nll_nats"]) == 100.0 - 2 * 3 - 1
@@ -136,31 +189,58 @@ def test_training_time_leaves_out_the_gap_before_a_resume(tmp_path):
 
 def test_bare_arguments_are_runs():
     assert command_line(["outputs/a*", "report.plot=nll_nats", "--cfg", "job", "x=optimizer.lr", "b'c"]) == [
-        "plot=nll_nats", "--cfg", "job", "x=optimizer.lr", "runs=['outputs/a*','b\\'c']"]
+        "plot=nll_nats",
+        "--cfg",
+        "job",
+        "x=optimizer.lr",
+        "runs=['outputs/a*','b\\'c']",
+    ]
 
 
 @pytest.mark.slow
 def test_report_of_a_sweep_and_two_other_families(tmp_path):
     """End to end through the installed `dgm`: a 2 x 2 VAE sweep and a RealNVP on moons, a WGAN-GP
     on eight_gaussians; each evaluated; one report with its table, CSV, Markdown and PNGs."""
-    common = ["data.train_size=1000", "data.test_size=200", "data.val_size=100", "trainer.progress=false",
-              "trainer.max_steps=20", "trainer.log_every=5", "trainer.batch_size=50", "trainer.sample_every=0"]
-    run_dgm("train", "-m", "dataset=moons", "model.hidden=[8]", "model.latent_dim=2", "objective=elbo,iwae",
-            "optimizer.lr=1e-3,3e-3", *common, cwd=tmp_path)
+    common = [
+        "data.train_size=1000",
+        "data.test_size=200",
+        "data.val_size=100",
+        "trainer.progress=false",
+        "trainer.max_steps=20",
+        "trainer.log_every=5",
+        "trainer.batch_size=50",
+        "trainer.sample_every=0",
+    ]
+    run_dgm(
+        "train",
+        "-m",
+        "dataset=moons",
+        "model.hidden=[8]",
+        "model.latent_dim=2",
+        "objective=elbo,iwae",
+        "optimizer.lr=1e-3,3e-3",
+        *common,
+        cwd=tmp_path,
+    )
     run_dgm("train", "dataset=moons", "model=realnvp", *common, cwd=tmp_path)
     run_dgm("train", "dataset=eight_gaussians", "model=wgan_gp", "model.hidden=16", *common, cwd=tmp_path)
     runs = sorted(p.parent.parent for p in (tmp_path / "outputs" / "train").rglob("last.pt"))
     assert len(runs) == 6
     quoted = ",".join("'" + str(r) + "'" for r in runs)
     run_dgm("eval", "-m", f"checkpoint={quoted}", "limit=100", cwd=tmp_path)
-    proc = run_dgm("report", "outputs/train", "plot=nll_nats", "x=optimizer.lr", "curves=val/loss", "out=rep",
-                   cwd=tmp_path)
+    proc = run_dgm(
+        "report", "outputs/train", "plot=nll_nats", "x=optimizer.lr", "curves=val/loss", "out=rep", cwd=tmp_path
+    )
     assert "3 evaluation protocols" in proc.stdout  # lower bound (VAE), exact (RealNVP), modes (GAN)
     rows = list(csv.DictReader((tmp_path / "rep" / "report.csv").open()))
     assert len(rows) == 6 and {r["model"] for r in rows} == {"vae", "realnvp", "wgan_gp"}
     vae = [r for r in rows if r["model"] == "vae"]
     assert {(r["objective"], float(r["optimizer.lr"])) for r in vae} == {
-        ("elbo", 1e-3), ("elbo", 3e-3), ("iwae", 1e-3), ("iwae", 3e-3)}
+        ("elbo", 1e-3),
+        ("elbo", 3e-3),
+        ("iwae", 1e-3),
+        ("iwae", 3e-3),
+    }
     assert all(float(r["nll_nats"]) > 0 and r["train_step"] == "20" and int(r["num_parameters"]) > 0 for r in vae)
     assert rows[[r["model"] for r in rows].index("wgan_gp")]["modes_covered"] != ""
     assert (tmp_path / "rep" / "report.md").read_text().count("\n## P") == 3
@@ -188,8 +268,13 @@ def test_standard_errors_are_drawn_as_error_bars(tmp_path):
     from dgm_cli.evaluation.plots import Series, line_plot
 
     def pixels(err):  # series "b" holds the axes at 0..20 with and without the bars
-        path = line_plot([Series("a", [1.0, 2.0, 3.0], [10.0, 11.0, 10.5], err), Series("b", [1.0, 3.0], [0.0, 20.0])],
-                         tmp_path / "p.png", "t", "x", "y")
+        path = line_plot(
+            [Series("a", [1.0, 2.0, 3.0], [10.0, 11.0, 10.5], err), Series("b", [1.0, 3.0], [0.0, 20.0])],
+            tmp_path / "p.png",
+            "t",
+            "x",
+            "y",
+        )
         return sum(n for n, c in Image.open(path).convert("RGB").getcolors(maxcolors=1 << 20) if c == PALETTE[0])
 
     assert pixels([2.0, 2.0, 2.0]) > pixels(None) + 3 * 20  # three bars of 4 units (~90 px) each
@@ -215,7 +300,7 @@ def test_a_log_axis_is_labelled_at_round_values():
     from dgm_cli.evaluation.plots import log_ticks
 
     def values(lo, hi):
-        return [float(f"{10 ** t:.3g}") for t in log_ticks(lo, hi)]
+        return [float(f"{10**t:.3g}") for t in log_ticks(lo, hi)]
 
     assert values(-3, -2) == [0.001, 0.002, 0.005, 0.01]
     assert values(-3.5, -3) == [0.0004, 0.0005, 0.0006, 0.0007, 0.0008, 0.0009, 0.001]  # under a decade: every digit
@@ -242,7 +327,9 @@ def test_evaluations_with_other_settings_are_all_kept_and_the_report_shows_the_m
     assert len(rows) == 1 and rows[0]["evaluation"] == "step5_test60_nll_k100"
     every = list(csv.DictReader(make_report(tmp_path, runs=[str(run)], evals="all")["csv"].open()))
     assert sorted(r["evaluation"] for r in every) == names
-    assert {r["estimator"] for r in every if r["evaluation"] == "step5_test60_nll_k10"} == {"IWAE, k=10 importance samples (Burda et al. 2015)"}
+    assert {r["estimator"] for r in every if r["evaluation"] == "step5_test60_nll_k10"} == {
+        "IWAE, k=10 importance samples (Burda et al. 2015)"
+    }
 
 
 def test_a_vaes_second_estimate_never_displaces_its_own_bound_as_the_runs_number(tmp_path, toy_run):
@@ -253,8 +340,17 @@ def test_a_vaes_second_estimate_never_displaces_its_own_bound_as_the_runs_number
 
     run = copy_run(toy_run, tmp_path / "runs")
     run_dgm("eval", f"checkpoint={run}", "estimator.k=20", "limit=20", cwd=tmp_path)
-    run_dgm("eval", f"checkpoint={run}", "estimator.ais=true", "estimator.ais_chains=2", "estimator.ais_temperatures=20",
-            "estimator.ais_leapfrog=2", "estimator.ais_pilot_chains=2", "limit=20", cwd=tmp_path)
+    run_dgm(
+        "eval",
+        f"checkpoint={run}",
+        "estimator.ais=true",
+        "estimator.ais_chains=2",
+        "estimator.ais_temperatures=20",
+        "estimator.ais_leapfrog=2",
+        "estimator.ais_pilot_chains=2",
+        "limit=20",
+        cwd=tmp_path,
+    )
     names = sorted(p.stem for p in (run / "checkpoints" / "evals").glob("*.json"))
     assert len(names) == 2 and any("ais" in n for n in names)
     best = json.loads((run / "checkpoints" / "eval.json").read_text())

@@ -4,6 +4,7 @@ MADE with several mask sets (the set depends on the step), a VQ-VAE (its prior's
 step; its dead-code clock is a buffer) and flow matching with minibatch OT pairs (a coupling computed
 on the host from the step's draws). Through the CLI: `dgm train` for 15 steps
 equals `dgm train` for 7 steps, then `dgm train resume=<run> trainer.max_steps=15`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,7 @@ import torch
 from conftest import run_dgm, run_folders
 
 pytestmark = pytest.mark.slow
-COMMON = ["trainer.progress=false", "trainer.log_every=3", "trainer.sample_every=4", "trainer.batch_size=50",
-          "seed=5"]
+COMMON = ["trainer.progress=false", "trainer.log_every=3", "trainer.sample_every=4", "trainer.batch_size=50", "seed=5"]
 TOY = ["data.train_size=400", "data.test_size=100", "data.val_size=100"]  # 6 batches an epoch: 15 steps cross two
 
 
@@ -23,7 +23,7 @@ def small_images(path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 60, (300, 8, 8)).astype(np.uint8)
     for img, (i, j) in zip(x, rng.integers(0, 5, (300, 2))):
-        img[i:i + 3, j:j + 3] = 230
+        img[i : i + 3, j : j + 3] = 230
     np.savez(path, x=x)
     return path
 
@@ -33,12 +33,28 @@ CASES = {
     "glow": ["model=glow", "dataset=moons", "model.depth=2", "model.hidden_features=16", *TOY],
     "made": ["model=made", "dataset=npz", "model.hidden_sizes=[32]", "model.num_masks=3", "data.val_size=30"],
     # the prior's stage starts at step 10, inside the resumed part: which optimizer steps depends on the step
-    "vq_vae": ["model=vq_vae", "dataset=npz", "model.hidden_channels=8", "model.num_codes=8", "model.code_dim=4",
-               "model.prior_start=9", "model.prior_channels=4", "model.prior_blocks=1", "model.prior_head_channels=8",
-               "data.val_size=30"],
+    "vq_vae": [
+        "model=vq_vae",
+        "dataset=npz",
+        "model.hidden_channels=8",
+        "model.num_codes=8",
+        "model.code_dim=4",
+        "model.prior_start=9",
+        "model.prior_channels=4",
+        "model.prior_blocks=1",
+        "model.prior_head_channels=8",
+        "data.val_size=30",
+    ],
     # minibatch OT pairs: the noise, its pairing and t come from the per-step seeded RNG alone
-    "flow_matching": ["model=flow_matching", "dataset=moons", "model.path=ot", "model.hidden=16", "model.depth=2",
-                      "model.sample_steps=4", *TOY],
+    "flow_matching": [
+        "model=flow_matching",
+        "dataset=moons",
+        "model.path=ot",
+        "model.hidden=16",
+        "model.depth=2",
+        "model.sample_steps=4",
+        *TOY,
+    ],
     "draw": ["model=draw", "dataset=npz", "model.steps=3", "model.hidden=16", "model.latent_dim=4", "data.val_size=30"],
 }
 

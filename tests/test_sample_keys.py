@@ -1,5 +1,6 @@
 """`dgm sample steps= sampler= eta=`: they set the model's own sampler settings for one command, are
 refused for a model without them, and reach the sampler (counted network passes)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,11 @@ def saved(config, name: str) -> dict:
 def test_each_key_names_the_model_setting_it_replaces():
     ddpm = saved(DDPMConfig(), "ddpm")
     assert sample.sampler_settings(keys(), ddpm) == {}
-    assert sample.sampler_settings(keys(steps=50, sampler="ddim", eta=0.5), ddpm) == \
-        {"sample_steps": 50, "sampler": "ddim", "eta": 0.5}
+    assert sample.sampler_settings(keys(steps=50, sampler="ddim", eta=0.5), ddpm) == {
+        "sample_steps": 50,
+        "sampler": "ddim",
+        "eta": 0.5,
+    }
     assert sample.sampler_settings(keys(steps=20), saved(EBMConfig(), "ebm")) == {"sample_steps": 20}
 
 
@@ -52,9 +56,20 @@ def tiny_ddpm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_ddpm")
     images = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8), dtype=np.uint8)
     np.savez(folder / "tiny.npz", x=images)
-    run_dgm("train", "model=ddpm", "dataset=npz", f"data.path={folder / 'tiny.npz'}", "model.timesteps=10",
-            "model.channels=8", "model.channel_mult=[1]", "trainer.max_steps=2", "trainer.batch_size=8",
-            "trainer.sample_every=0", "trainer.progress=false", cwd=folder)
+    run_dgm(
+        "train",
+        "model=ddpm",
+        "dataset=npz",
+        f"data.path={folder / 'tiny.npz'}",
+        "model.timesteps=10",
+        "model.channels=8",
+        "model.channel_mult=[1]",
+        "trainer.max_steps=2",
+        "trainer.batch_size=8",
+        "trainer.sample_every=0",
+        "trainer.progress=false",
+        cwd=folder,
+    )
     (run,) = run_folders(folder)
     return run
 
@@ -80,9 +95,20 @@ def test_the_keys_reach_the_sampler_of_a_model_built_from_a_checkpoint(tiny_ddpm
 @pytest.mark.slow
 def test_dgm_sample_takes_the_keys_and_refuses_them_in_one_paragraph(dgm, tmp_path, tiny_ddpm):
     run = tiny_ddpm
-    dgm("sample", f"checkpoint={run}", "num_samples=4", "steps=3", "sampler=ddim", "eta=0.5", f"out={tmp_path / 'x.png'}")
+    dgm(
+        "sample",
+        f"checkpoint={run}",
+        "num_samples=4",
+        "steps=3",
+        "sampler=ddim",
+        "eta=0.5",
+        f"out={tmp_path / 'x.png'}",
+    )
     assert (tmp_path / "x.png").exists()
-    for bad, says in ((["eta=0.5"], "add sampler=ddim"), (["sampler=plms"], "sampler must be null or one of ddpm, ddim"),
-                      (["steps=0"], "steps must be null or >= 1")):
+    for bad, says in (
+        (["eta=0.5"], "add sampler=ddim"),
+        (["sampler=plms"], "sampler must be null or one of ddpm, ddim"),
+        (["steps=0"], "steps must be null or >= 1"),
+    ):
         proc = dgm("sample", f"checkpoint={run}", *bad, f"out={tmp_path / 'y.png'}", check=False)
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr

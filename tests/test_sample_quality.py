@@ -4,6 +4,7 @@ Properties that depend on the feature network use a small classifier trained for
 hundred steps on real MNIST (under DGM_DATA_ROOT; skipped without it unless
 DGM_REQUIRE_DATA=1); the others use Gaussian features whose answers are known.
 """
+
 import json
 import math
 
@@ -44,8 +45,7 @@ def net(mnist):
 
 
 def _test_images(mnist, start, n):
-    return mnist["test"][0][start:start + n].float() / 255.0
-
+    return mnist["test"][0][start : start + n].float() / 255.0
 
 
 # --- FID -----------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def _check_fid_closed_forms():
     # 16-D, diagonal covariances: FID = |dmu|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2
     a, b = torch.rand(16) + 0.5, torch.rand(16) + 0.5
     dmu = torch.randn(16)
-    exact = (dmu ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum()
+    exact = (dmu**2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum()
     assert fid_from_stats(torch.zeros(16), torch.diag(a), dmu, torch.diag(b)) == pytest.approx(exact.item(), rel=1e-9)
     y1 = torch.randn(n, 16) * a.sqrt()
     y2 = torch.randn(n, 16) * b.sqrt() + dmu
@@ -106,8 +106,12 @@ def test_kid_is_unbiased_and_detects_a_shift():
     d, n, reps = 8, 50, 200
     # Independent small pairs from the same law: the unbiased estimates average to 0. The biased
     # (V-statistic) estimate, which keeps k(x_i, x_i), would be positive by ~2 E[k(x,x) - k(x,y)] / n.
-    est = torch.tensor([kid(torch.randn(n, d, generator=g), torch.randn(n, d, generator=g),
-                            num_subsets=1, subset_size=n)[0] for _ in range(reps)])
+    est = torch.tensor(
+        [
+            kid(torch.randn(n, d, generator=g), torch.randn(n, d, generator=g), num_subsets=1, subset_size=n)[0]
+            for _ in range(reps)
+        ]
+    )
     stderr = est.std() / math.sqrt(reps)
     assert abs(est.mean()) < 3 * stderr, (est.mean(), stderr)
     x = torch.randn(2000, d, generator=g)
@@ -181,7 +185,7 @@ def test_parzen_matches_exact_gaussian_density():
     d, sigma = 5, 0.3
     center = torch.rand(1, d, dtype=torch.float64)
     test = torch.rand(7, d, dtype=torch.float64)
-    exact = (-((test - center) ** 2).sum(1) / (2 * sigma ** 2) - d / 2 * math.log(2 * math.pi * sigma ** 2))
+    exact = -((test - center) ** 2).sum(1) / (2 * sigma**2) - d / 2 * math.log(2 * math.pi * sigma**2)
     mean, stderr = parzen_log_likelihood(center, test, sigma)
     assert mean == pytest.approx(exact.mean().item(), rel=1e-9)
     assert stderr == pytest.approx(exact.std().item() / math.sqrt(7), rel=1e-9)
@@ -189,7 +193,7 @@ def test_parzen_matches_exact_gaussian_density():
     # two centers: log(0.5 N(x; c1) + 0.5 N(x; c2)), far apart so that logsumexp must be stable
     centers = torch.stack([torch.zeros(d), 100 * torch.ones(d)]).double()
     x = torch.full((1, d), 0.1, dtype=torch.float64)
-    two = math.log(0.5) + (-(0.1 ** 2) * d / (2 * sigma ** 2) - d / 2 * math.log(2 * math.pi * sigma ** 2))
+    two = math.log(0.5) + (-(0.1**2) * d / (2 * sigma**2) - d / 2 * math.log(2 * math.pi * sigma**2))
     assert parzen_log_likelihood(centers, x, sigma)[0] == pytest.approx(two, rel=1e-9)
     assert "Theis" in PARZEN_WARNING
 
@@ -331,8 +335,9 @@ def test_a_network_another_process_is_training_is_waited_for_not_trained_again(t
     holder = FileLock(f"{path}.lock")
     holder.acquire()
     got = []
-    waiter = threading.Thread(target=lambda: got.append(
-        feats.get_feature_network("tiny", x, y, x, y, "cpu", epochs=1, cache=path.parent)))
+    waiter = threading.Thread(
+        target=lambda: got.append(feats.get_feature_network("tiny", x, y, x, y, "cpu", epochs=1, cache=path.parent))
+    )
     waiter.start()
     time.sleep(0.3)  # the other process is still training: nothing cached yet
     assert not got

@@ -1,6 +1,7 @@
 """Hyperparameter search through Hydra's Optuna sweeper: each trial returns its run's final validation
 loss, the study's best trial is the one with the lowest, `dgm report` reads the study's folder as a sweep
 and marks that trial, and the hparams_search presets name keys that exist."""
+
 from __future__ import annotations
 
 import csv
@@ -17,9 +18,18 @@ PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "dgm_cli" / "confi
 
 @pytest.mark.slow
 def test_three_trials_on_a_toy_and_the_study_picks_the_lowest_validation_loss(tmp_path):
-    run_dgm("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=3",
-                     "optimizer.lr=interval(1e-4,3e-2)", "model.latent_dim=choice(1,2)", *TOY, "trainer.max_steps=6",
-                     cwd=tmp_path)
+    run_dgm(
+        "train",
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.seed=3",
+        "optimizer.lr=interval(1e-4,3e-2)",
+        "model.latent_dim=choice(1,2)",
+        *TOY,
+        "trainer.max_steps=6",
+        cwd=tmp_path,
+    )
     runs = run_folders(tmp_path)
     assert len(runs) == 3
     (sweep,) = {run.parent for run in runs}
@@ -56,16 +66,35 @@ def test_a_study_kept_in_a_database_goes_on_across_commands(tmp_path):
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     for seed in (1, 2):
-        run_dgm("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}",
-                "hydra.sweeper.study_name=toy", f"hydra.sweeper.sampler.seed={seed}", "optimizer.lr=interval(1e-4,1e-2)",
-                *TOY, "trainer.max_steps=3", cwd=tmp_path)
+        run_dgm(
+            "train",
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=1",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=toy",
+            f"hydra.sweeper.sampler.seed={seed}",
+            "optimizer.lr=interval(1e-4,1e-2)",
+            *TOY,
+            "trainer.max_steps=3",
+            cwd=tmp_path,
+        )
     study = optuna.load_study(storage=storage, study_name="toy")
     assert len(study.trials) == 2 and study.best_value == min(t.value for t in study.trials)
 
 
 def test_a_search_refuses_a_run_without_validation_data(tmp_path):
-    result = run_dgm("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", *TOY, "data.val_size=0",
-                     "trainer.max_steps=2", cwd=tmp_path, check=False)
+    result = run_dgm(
+        "train",
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=1",
+        *TOY,
+        "data.val_size=0",
+        "trainer.max_steps=2",
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2 and "data.val_size=0 holds no validation data" in result.stderr
     assert not run_folders(tmp_path)
 
@@ -82,4 +111,6 @@ def test_hparams_search_presets_search_keys_the_config_has(name):
     assert "optuna" in cfg.hydra.sweeper._target_.lower() and cfg.hydra.sweeper.direction == "minimize"
     assert cfg.data.val_size != 0  # the objective is the validation loss
     for key in cfg.hydra.sweeper.params:
-        assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None, f"{name} searches {key}, which no config has"
+        assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None, (
+            f"{name} searches {key}, which no config has"
+        )

@@ -2,6 +2,7 @@
 independent computation -- numerical integration on a grid, the samplers' own draws, adaptive quadrature, the
 joint Gaussian of a whole sequence -- and `dgm eval` reporting it on the same examples as the model, with a
 gap the model never beats by more than its error."""
+
 from __future__ import annotations
 
 import json
@@ -10,17 +11,20 @@ import math
 import pytest
 import torch
 
+from conftest import copy_run, run_dgm
 from dgm_cli.data import sequences, toy
 from dgm_cli.evaluation import reference
-
-from conftest import copy_run, run_dgm
 
 #: (toy, half-width of the square that holds its mass, grid spacing: at most half its smallest scale, and a
 #: divisor of the 0.5 cells below; draws compared with it: fewer for the moons and the pinwheel, whose densities
 #: are a sum over 4,096 arc points and a root search over 512 angles)
-GRIDS = [("eight_gaussians", 3.0, 0.02, 100_000), ("twenty_five_gaussians", 3.5, 0.025, 100_000),
-         ("checkerboard", 4.0, 0.05, 100_000), pytest.param("pinwheel", 5.0, 0.05, 30_000, marks=pytest.mark.slow),
-         pytest.param("moons", 4.0, 0.05, 25_000, marks=pytest.mark.slow)]
+GRIDS = [
+    ("eight_gaussians", 3.0, 0.02, 100_000),
+    ("twenty_five_gaussians", 3.5, 0.025, 100_000),
+    ("checkerboard", 4.0, 0.05, 100_000),
+    pytest.param("pinwheel", 5.0, 0.05, 30_000, marks=pytest.mark.slow),
+    pytest.param("moons", 4.0, 0.05, 25_000, marks=pytest.mark.slow),
+]
 
 
 def midpoint_grid(half: float, h: float, dtype=torch.float64) -> torch.Tensor:
@@ -57,29 +61,50 @@ def test_each_toy_density_is_normalised_and_is_the_density_its_sampler_draws_fro
 
 def test_the_mixture_densities_against_torch_distributions():
     x = toy.TOYS["twenty_five_gaussians"](500, torch.Generator().manual_seed(3)).double()
-    for name, centers, std in (("eight_gaussians", toy.eight_gaussians_centers(), 0.1),
-                               ("twenty_five_gaussians", toy.grid_gaussians_centers(), 0.075)):
+    for name, centers, std in (
+        ("eight_gaussians", toy.eight_gaussians_centers(), 0.1),
+        ("twenty_five_gaussians", toy.grid_gaussians_centers(), 0.075),
+    ):
         d = torch.distributions
-        mix = d.MixtureSameFamily(d.Categorical(torch.ones(len(centers), dtype=torch.float64)),
-                                  d.Independent(d.Normal(centers.double(), std), 1))
+        mix = d.MixtureSameFamily(
+            d.Categorical(torch.ones(len(centers), dtype=torch.float64)),
+            d.Independent(d.Normal(centers.double(), std), 1),
+        )
         assert torch.allclose(toy.TRUE_DENSITIES[name][0](x), mix.log_prob(x), atol=1e-10, rtol=0)
-    assert torch.allclose(-toy.checkerboard_log_density(toy.checkerboard(300, torch.Generator().manual_seed(4))),
-                          torch.full((300,), math.log(32), dtype=torch.float64))
+    assert torch.allclose(
+        -toy.checkerboard_log_density(toy.checkerboard(300, torch.Generator().manual_seed(4))),
+        torch.full((300,), math.log(32), dtype=torch.float64),
+    )
 
 
 def test_the_moons_density_against_adaptive_quadrature():
     integrate = pytest.importorskip("scipy.integrate")
     x = toy.two_moons(12, torch.Generator().manual_seed(5)).double()
     # and the moons' four tips, where the integrand is cut off and the midpoint rule errs most, and a point between
-    x = torch.cat([x, torch.tensor([[-3.0, -0.5], [1.0, -0.5], [-1.0, 0.5], [3.0, 0.5], [0.0, 0.0]], dtype=torch.float64)])
+    x = torch.cat(
+        [x, torch.tensor([[-3.0, -0.5], [1.0, -0.5], [-1.0, 0.5], [3.0, 0.5], [0.0, 0.0]], dtype=torch.float64)]
+    )
 
     def density(point):  # p(x) = 1/2 sum_moon (1/pi) int_0^pi N(x; c(t), 0.1^2 I) dt
         def normal(t, cx, cy):
             return math.exp(-((point[0] - cx) ** 2 + (point[1] - cy) ** 2) / 0.02) / (2 * math.pi * 0.01)
-        up = integrate.quad(lambda t: normal(t, 2 * (math.cos(t) - 0.5), 2 * (math.sin(t) - 0.25)), 0, math.pi,
-                            epsabs=0, epsrel=1e-10, limit=500)[0]
-        low = integrate.quad(lambda t: normal(t, 2 * (0.5 - math.cos(t)), 2 * (0.25 - math.sin(t))), 0, math.pi,
-                             epsabs=0, epsrel=1e-10, limit=500)[0]
+
+        up = integrate.quad(
+            lambda t: normal(t, 2 * (math.cos(t) - 0.5), 2 * (math.sin(t) - 0.25)),
+            0,
+            math.pi,
+            epsabs=0,
+            epsrel=1e-10,
+            limit=500,
+        )[0]
+        low = integrate.quad(
+            lambda t: normal(t, 2 * (0.5 - math.cos(t)), 2 * (0.25 - math.sin(t))),
+            0,
+            math.pi,
+            epsabs=0,
+            epsrel=1e-10,
+            limit=500,
+        )[0]
         return (up + low) / (2 * math.pi)
 
     quad = torch.tensor([math.log(density(p.tolist())) for p in x], dtype=torch.float64)
@@ -100,13 +125,13 @@ def test_the_kalman_filter_against_the_joint_gaussian_of_whole_sequences():
     for s in range(T):
         for t in range(s, T):
             block = ssm.C @ torch.linalg.matrix_power(ssm.A, t - s) @ P[s] @ ssm.C.T + (ssm.R if s == t else 0)
-            cov[t * D:(t + 1) * D, s * D:(s + 1) * D] = block
-            cov[s * D:(s + 1) * D, t * D:(t + 1) * D] = block.T
+            cov[t * D : (t + 1) * D, s * D : (s + 1) * D] = block
+            cov[s * D : (s + 1) * D, t * D : (t + 1) * D] = block.T
     joint = torch.distributions.MultivariateNormal(torch.zeros(T * D, dtype=torch.float64), cov)
     assert torch.allclose(ssm.log_likelihood(x), joint.log_prob(x.reshape(5, -1)), atol=1e-9, rtol=0)
     ragged = x.clone()
     ragged[:, 4:] = float("nan")
-    first4 = torch.distributions.MultivariateNormal(torch.zeros(4 * D, dtype=torch.float64), cov[:4 * D, :4 * D])
+    first4 = torch.distributions.MultivariateNormal(torch.zeros(4 * D, dtype=torch.float64), cov[: 4 * D, : 4 * D])
     assert torch.allclose(ssm.log_likelihood(ragged), first4.log_prob(x[:, :4].reshape(5, -1)), atol=1e-9, rtol=0)
     truth = reference.reference_report("linear_gaussian", ragged.float(), "continuous")
     assert truth["true_nll"]["nll_nats"] == pytest.approx(float(-ssm.log_likelihood(ragged.float()).mean()))
@@ -129,16 +154,44 @@ def test_the_pinwheel_density_against_its_change_of_variables_in_cartesian_coord
     k = torch.randint(arms, (n,), generator=g)
     rads = torch.linspace(0, 2 * math.pi, arms + 1)[:-1].double()  # the sampler's arm angles (float32 values)
     theta = rads[k] + rate * torch.exp(f[:, 0])
-    x = 2 * torch.stack([torch.cos(theta) * f[:, 0] - torch.sin(theta) * f[:, 1],
-                         torch.sin(theta) * f[:, 0] + torch.cos(theta) * f[:, 1]], 1)
+    x = 2 * torch.stack(
+        [
+            torch.cos(theta) * f[:, 0] - torch.sin(theta) * f[:, 1],
+            torch.sin(theta) * f[:, 0] + torch.cos(theta) * f[:, 1],
+        ],
+        1,
+    )
     jac = torch.autograd.functional.jacobian  # det dx/df by autograd, not by the formula the density uses
-    det = torch.stack([torch.linalg.det(jac(lambda v, t0=rads[kk]: 2 * torch.stack(
-        [torch.cos(t0 + rate * torch.exp(v[0])) * v[0] - torch.sin(t0 + rate * torch.exp(v[0])) * v[1],
-         torch.sin(t0 + rate * torch.exp(v[0])) * v[0] + torch.cos(t0 + rate * torch.exp(v[0])) * v[1]]), fi))
-        for fi, kk in zip(f, k)])
-    one = (torch.distributions.Normal(torch.tensor([1.0, 0.0], dtype=torch.float64),
-                                      torch.tensor([0.3, 0.1], dtype=torch.float64)).log_prob(f).sum(1)
-           - det.abs().log() - math.log(arms))
+    det = torch.stack(
+        [
+            torch.linalg.det(
+                jac(
+                    lambda v, t0=rads[kk]: (
+                        2
+                        * torch.stack(
+                            [
+                                torch.cos(t0 + rate * torch.exp(v[0])) * v[0]
+                                - torch.sin(t0 + rate * torch.exp(v[0])) * v[1],
+                                torch.sin(t0 + rate * torch.exp(v[0])) * v[0]
+                                + torch.cos(t0 + rate * torch.exp(v[0])) * v[1],
+                            ]
+                        )
+                    ),
+                    fi,
+                )
+            )
+            for fi, kk in zip(f, k)
+        ]
+    )
+    one = (
+        torch.distributions.Normal(
+            torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.3, 0.1], dtype=torch.float64)
+        )
+        .log_prob(f)
+        .sum(1)
+        - det.abs().log()
+        - math.log(arms)
+    )
     got = toy.TRUE_DENSITIES["pinwheel"][0](x)
     assert (got >= one - 1e-9).all()
     assert ((got - one).abs() < 1e-9).float().mean() > 0.5  # a single preimage: the same number
@@ -151,8 +204,9 @@ def test_dgm_eval_reports_the_true_nll_of_its_examples_and_the_model_never_beats
     report = json.loads((run / "checkpoints" / "eval.json").read_text())
     ref, lik = report["reference"], report["likelihood"]
 
-    from dgm_cli.data import pipeline
     from omegaconf import OmegaConf
+
+    from dgm_cli.data import pipeline
 
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     x = pipeline.load(OmegaConf.create(state["config"]).data).test[0][:300]  # the examples the run was scored on

@@ -1,17 +1,26 @@
 """data.val_size=null (the default): a tenth of the training examples, at most 5,000, so that a small
 data set of one's own trains by default and the built-in ones hold out what they always did."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import compose_train
 
+from conftest import compose_train
 from dgm_cli.data import pipeline
 
 
 def test_default_val_size_is_a_tenth_capped_at_5000():
-    assert [pipeline.default_val_size(n) for n in (60000, 50000, 45000, 180, 12, 2, 1, 0)] == \
-        [5000, 5000, 4500, 18, 1, 1, 0, 0]
+    assert [pipeline.default_val_size(n) for n in (60000, 50000, 45000, 180, 12, 2, 1, 0)] == [
+        5000,
+        5000,
+        4500,
+        18,
+        1,
+        1,
+        0,
+        0,
+    ]
 
 
 @pytest.mark.parametrize("dataset", ["npz", "image_folder", "moons"])
