@@ -1,6 +1,7 @@
 """Rules on a key's value, declared with the key (``checked`` in a schema dataclass) and applied by
 ``settings/validate.py`` before anything runs. In the bottom layer, so that a schema below the command
 line (engine/config.py's TrainerConfig) declares its rules too; nothing here imports the package above."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 Rule = tuple[Callable[[Any], bool], str]
 POSITIVE: Rule = (lambda v: v > 0, "> 0")
 NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
-DEVICE: Rule = (lambda v: v in DEVICES or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()),
-                "one of auto, cpu, cuda, cuda:N, mps")
+DEVICE: Rule = (
+    lambda v: v in DEVICES or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()),
+    "one of auto, cpu, cuda, cuda:N, mps",
+)
 COMPILE: Rule = (lambda v: v is True or v is False or v == "auto", "true, false or auto")
 #: a list of layer sizes (widths, channels): each >= 1; empty is allowed (no hidden layer)
 SIZES: Rule = (lambda v: all(int(h) == h and h >= 1 for h in v), "a list of sizes >= 1")

@@ -1,5 +1,6 @@
 """CycleGAN (Zhu et al. 2017): the image pool, the generators' shapes, the cycle and identity losses,
 unpaired two-domain data, and a translation and back through the CLI on two image sets the test writes."""
+
 from __future__ import annotations
 
 import math
@@ -128,9 +129,9 @@ def write_images(path, size=16, channels=1, kind="square", n=64, seed=0, labels=
     x = rng.integers(0, 40, (n, size, size, channels)).astype(np.uint8)
     for img, (i, j) in zip(x, rng.integers(0, size - 6, (n, 2))):
         if kind == "square":
-            img[i:i + 6, j:j + 6] = 230
+            img[i : i + 6, j : j + 6] = 230
         else:
-            img[i:i + 2, :] = 230
+            img[i : i + 2, :] = 230
     x = x if channels > 1 else x[..., 0]
     y = (np.argmax(x.reshape(n, size, -1).max(-1) > 200, axis=1) >= size // 2 - 3).astype(np.int64)
     np.savez(path, **({"x": x, "y": y} if labels else {"x": x}))
@@ -138,9 +139,15 @@ def write_images(path, size=16, channels=1, kind="square", n=64, seed=0, labels=
 
 
 def test_unpaired_batches_draw_domain_b_on_its_own_and_resume_where_they_were(tmp_path):
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {
-        "name": "npz", "path": write_images(tmp_path / "a.npz"), "val_size": 4,
-        "domain_b": write_images(tmp_path / "b.npz", kind="bar", n=40)})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig),
+        {
+            "name": "npz",
+            "path": write_images(tmp_path / "a.npz"),
+            "val_size": 4,
+            "domain_b": write_images(tmp_path / "b.npz", kind="bar", n=40),
+        },
+    )
     ds = pipeline.load(cfg)
     assert ds.domain_names[1].endswith("b.npz") and ds.train[1].dim() == 4 and ds.num_classes == 0
     make = lambda: pipeline.BatchIterator(*ds.train, "8bit", "dynamic", 8, torch.device("cpu"), seed=0)  # noqa: E731
@@ -161,9 +168,14 @@ def test_unpaired_batches_draw_domain_b_on_its_own_and_resume_where_they_were(tm
 
 @pytest.mark.parametrize("b_size, b_channels", [(12, 1), (16, 3)])
 def test_domains_of_different_size_or_channels_are_refused_naming_both(tmp_path, b_size, b_channels):
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {
-        "name": "npz", "path": write_images(tmp_path / "a.npz"),
-        "domain_b": write_images(tmp_path / "b.npz", size=b_size, channels=b_channels)})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig),
+        {
+            "name": "npz",
+            "path": write_images(tmp_path / "a.npz"),
+            "domain_b": write_images(tmp_path / "b.npz", size=b_size, channels=b_channels),
+        },
+    )
     with pytest.raises(UserError) as exc:
         pipeline.load(cfg)
     message = str(exc.value)
@@ -183,9 +195,15 @@ def test_eval_scores_translations_of_domain_a_against_domain_b_on_its_feature_ne
     from dgm_cli.evaluation.samples import sample_quality_report
 
     monkeypatch.setenv("DGM_CACHE", str(tmp_path / "cache"))
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {
-        "name": "npz", "path": write_images(tmp_path / "a.npz", labels=True), "val_size": 4,
-        "domain_b": write_images(tmp_path / "b.npz", kind="bar", n=80, labels=True)})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig),
+        {
+            "name": "npz",
+            "path": write_images(tmp_path / "a.npz", labels=True),
+            "val_size": 4,
+            "domain_b": write_images(tmp_path / "b.npz", kind="bar", n=80, labels=True),
+        },
+    )
     ds = pipeline.load(cfg)
     model = tiny((1, 16, 16)).eval()
     eval_cfg = OmegaConf.create({"split": "test", "num_samples": 6, "seed": 0})
@@ -195,14 +213,26 @@ def test_eval_scores_translations_of_domain_a_against_domain_b_on_its_feature_ne
     assert (tmp_path / "cache" / "feature_nets").is_dir()  # domain B's classifier, trained on its labels
 
 
-TRAIN = ["model=cyclegan", "dataset=npz", "model.width=4", "model.residual_blocks=1", "model.pool_size=6",
-         "trainer.batch_size=4", "trainer.log_every=2", "trainer.sample_every=3", "data.val_size=8",
-         "trainer.progress=false", "seed=3"]
+TRAIN = [
+    "model=cyclegan",
+    "dataset=npz",
+    "model.width=4",
+    "model.residual_blocks=1",
+    "model.pool_size=6",
+    "trainer.batch_size=4",
+    "trainer.log_every=2",
+    "trainer.sample_every=3",
+    "data.val_size=8",
+    "trainer.progress=false",
+    "seed=3",
+]
 
 
 def two_domains(tmp_path) -> list[str]:
-    return [f"data.path={write_images(tmp_path / 'squares.npz')}",
-            f"data.domain_b={write_images(tmp_path / 'bars.npz', kind='bar', seed=1)}"]
+    return [
+        f"data.path={write_images(tmp_path / 'squares.npz')}",
+        f"data.domain_b={write_images(tmp_path / 'bars.npz', kind='bar', seed=1)}",
+    ]
 
 
 @pytest.mark.slow

@@ -2,14 +2,15 @@
 ``Config``, models/objectives.py for the objectives): every rule refuses a value that breaks it, naming the
 key and what it must be; the command line refuses such a value before the run's folder exists; and
 `dgm train --help` shows each rule."""
+
 from __future__ import annotations
 
 import dataclasses
 import typing
 
 import pytest
-from conftest import TOY
 
+from conftest import TOY
 from dgm_cli import app
 from dgm_cli.errors import UserError
 from dgm_cli.models import load_all
@@ -69,18 +70,31 @@ def test_every_objective_key_declares_its_rule_and_a_bad_value_is_refused(name):
         typed({"name": name, "no_such_key": 1})
 
 
-@pytest.mark.parametrize("overrides, needles", [
-    (["model.latent_dim=0"], ["model.latent_dim=0", "must be > 0"]),
-    (["model.activation=swish"], ["model.activation='swish'", "tanh"]),
-    (["objective=iwae", "objective.k=0"], ["objective.k=0", "must be > 0"]),
-    (["objective=beta_elbo", "objective.free_bits=-1"], ["objective.free_bits=-1", "must be >= 0"]),
-    (["model=ddpm", "objective=simple", "model.variance=learned_range"], ["model.variance=learned_range", "hybrid"]),
-    (["model=dcgan", "objective=elbo"], ["objective=elbo does not fit a DCGAN", "nonsaturating"]),
-    (["model=dcgan", "data.representation=binary"], ["cannot model data.representation='binary'", "8bit"]),
-], ids=["model", "model choice", "objective", "objective float", "model against objective", "objective of another "
-        "family", "representation"])
-def test_bad_model_and_objective_values_are_refused_before_the_run_folder_exists(dgm, tmp_path, overrides,
-                                                                                   needles):
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (["model.latent_dim=0"], ["model.latent_dim=0", "must be > 0"]),
+        (["model.activation=swish"], ["model.activation='swish'", "tanh"]),
+        (["objective=iwae", "objective.k=0"], ["objective.k=0", "must be > 0"]),
+        (["objective=beta_elbo", "objective.free_bits=-1"], ["objective.free_bits=-1", "must be >= 0"]),
+        (
+            ["model=ddpm", "objective=simple", "model.variance=learned_range"],
+            ["model.variance=learned_range", "hybrid"],
+        ),
+        (["model=dcgan", "objective=elbo"], ["objective=elbo does not fit a DCGAN", "nonsaturating"]),
+        (["model=dcgan", "data.representation=binary"], ["cannot model data.representation='binary'", "8bit"]),
+    ],
+    ids=[
+        "model",
+        "model choice",
+        "objective",
+        "objective float",
+        "model against objective",
+        "objective of another family",
+        "representation",
+    ],
+)
+def test_bad_model_and_objective_values_are_refused_before_the_run_folder_exists(dgm, tmp_path, overrides, needles):
     """Refused by validation (app.RunFolder, before Hydra makes the folder and the job starts), with one
     paragraph, exit status 2 and nothing written."""
     toy = ["dataset=moons"] if any(o.startswith("model=") for o in overrides) else TOY
@@ -103,13 +117,16 @@ def test_help_shows_each_objective_and_model_key_with_its_rule(dgm):
     assert "linear | cosine" in out and "objective.vlb_weight" not in out
 
 
-@pytest.mark.parametrize("name, objective, shape, representation, message", [
-    ("conv_vae", "elbo", (1, 30, 30), "binary", r"divide by 2\*\*2"),
-    ("dcgan", "nonsaturating", (1, 6, 6), "8bit", "at least 8"),
-    ("vq_vae", "vq", (1, 30, 30), "binary", "divide by 4"),
-    ("ddpm", "simple", (1, 28, 30), "8bit", "square images"),
-    ("dmm", "elbo", (7,), "continuous", r"sequences \(T, D\)"),
-])
+@pytest.mark.parametrize(
+    "name, objective, shape, representation, message",
+    [
+        ("conv_vae", "elbo", (1, 30, 30), "binary", r"divide by 2\*\*2"),
+        ("dcgan", "nonsaturating", (1, 6, 6), "8bit", "at least 8"),
+        ("vq_vae", "vq", (1, 30, 30), "binary", "divide by 4"),
+        ("ddpm", "simple", (1, 28, 30), "8bit", "square images"),
+        ("dmm", "elbo", (7,), "continuous", r"sequences \(T, D\)"),
+    ],
+)
 def test_data_the_model_cannot_take_is_refused_by_check_settings(name, objective, shape, representation, message):
     """A check that needs the data's shape is the model's check_settings with the data, which build_model
     runs before it builds anything (validation, before the data is read, runs it without)."""

@@ -1,6 +1,7 @@
 """DDPM: the forward process and its posterior against Monte Carlo, the decoder's normalisation, the
 variational bound against an independent computation of its terms, the random-step estimator's
 unbiasedness, learning, and DDIM against ancestral sampling."""
+
 from __future__ import annotations
 
 import math
@@ -117,8 +118,10 @@ def test_discretized_gaussian_sums_to_one(mean, std):
     assert torch.logsumexp(lp, 0).exp().item() == pytest.approx(1.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("k, mean, std", [(128, 0.0, 0.05), (200, -0.9, 0.01), (3, 0.95, 0.02), (0, 0.9, 0.05),
-                                          (255, -0.5, 0.1), (254, 1.0, 0.004)])
+@pytest.mark.parametrize(
+    "k, mean, std",
+    [(128, 0.0, 0.05), (200, -0.9, 0.01), (3, 0.95, 0.02), (0, 0.9, 0.05), (255, -0.5, 0.1), (254, 1.0, 0.004)],
+)
 def test_discretized_gaussian_tails_against_mpmath(k, mean, std):
     """float32, far in the tails, against 50-digit arithmetic."""
     mpmath.mp.dps = 50
@@ -153,8 +156,10 @@ def reference_bound(model: DDPM, x: torch.Tensor, seed: int) -> torch.Tensor:
         eps, v = model.predict(xt.float(), tt)
         eps = eps.double()
         x0_hat = ((xt - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()).clamp(-1, 1)
-        mean = betas[t] * abar_prev[t].sqrt() / (1 - abar[t]) * x0_hat \
+        mean = (
+            betas[t] * abar_prev[t].sqrt() / (1 - abar[t]) * x0_hat
             + (1 - abar_prev[t]) * (1 - betas[t]).sqrt() / (1 - abar[t]) * xt
+        )
         log_tilde = math.log(tilde[max(t, 1)])
         if model.variance == "learned_range":
             frac = (v.double() + 1) / 2
@@ -167,8 +172,10 @@ def reference_bound(model: DDPM, x: torch.Tensor, seed: int) -> torch.Tensor:
             lower = torch.where(x0 < -1 + 1e-6, torch.zeros_like(x0), p.cdf(x0 - 1 / 255))
             total = total - torch.log(upper - lower).sum((1, 2, 3))
         else:
-            q_mean = betas[t] * abar_prev[t].sqrt() / (1 - abar[t]) * x0 \
+            q_mean = (
+                betas[t] * abar_prev[t].sqrt() / (1 - abar[t]) * x0
                 + (1 - abar_prev[t]) * (1 - betas[t]).sqrt() / (1 - abar[t]) * xt
+            )
             total = total + kl_divergence(Normal(q_mean, tilde[t].sqrt()), p).sum((1, 2, 3))
     return total
 
@@ -323,13 +330,16 @@ def test_eval_reports_the_bound_in_bits_per_dim_and_its_parts():
     assert "step_sampling_stderr_nats" not in full["bound_terms"] and "all T=6 steps" in full["estimator"]
 
 
-@pytest.mark.parametrize("cfg, objective, message", [
-    ({"variance": "fixed_large"}, "hybrid", "learned variances"),
-    ({"variance": "learned_range"}, "simple", "no gradient"),
-    ({"schedule": "quadratic"}, "simple", "model.schedule='quadratic' is not allowed.*one of linear, cosine"),
-    ({"dropout": 1.0}, "simple", r"model.dropout.*\[0, 1\)"),
-    ({"channel_mult": [1, 2, 2, 2]}, "simple", "divisible by 8"),
-])
+@pytest.mark.parametrize(
+    "cfg, objective, message",
+    [
+        ({"variance": "fixed_large"}, "hybrid", "learned variances"),
+        ({"variance": "learned_range"}, "simple", "no gradient"),
+        ({"schedule": "quadratic"}, "simple", "model.schedule='quadratic' is not allowed.*one of linear, cosine"),
+        ({"dropout": 1.0}, "simple", r"model.dropout.*\[0, 1\)"),
+        ({"channel_mult": [1, 2, 2, 2]}, "simple", "divisible by 8"),
+    ],
+)
 def test_bad_settings_are_refused(cfg, objective, message):
     with pytest.raises(UserError, match=message):
         build_model({"name": "ddpm", **cfg}, {"name": objective}, DataSpec((1, 28, 28), "8bit"))

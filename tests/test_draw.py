@@ -1,4 +1,5 @@
 """DRAW (Gregor et al. 2015): the attention filterbank, the ELBO, gradients and the canvas sample mode."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,9 @@ from dgm_cli.models.vae.draw import DRAW, Attention, read_glimpse, write_patch
 
 def tiny(attention=True, **overrides) -> DRAW:
     torch.manual_seed(0)
-    config = DRAW.Config(**{**dict(steps=3, attention=attention, read_size=2, write_size=3, hidden=8, latent_dim=4),
-                            **overrides})
+    config = DRAW.Config(
+        **{**dict(steps=3, attention=attention, read_size=2, write_size=3, hidden=8, latent_dim=4), **overrides}
+    )
     return DRAW(config, DataSpec((1, 8, 8), "binary"), {"name": "elbo"})
 
 
@@ -26,7 +28,7 @@ def digits(n=16):
     g = torch.Generator().manual_seed(2)
     x = torch.zeros(n, 1, 8, 8)
     for img, r in zip(x, torch.randint(0, 6, (n,), generator=g)):
-        img[0, r:r + 2, 1:7] = 1
+        img[0, r : r + 2, 1:7] = 1
     return x
 
 

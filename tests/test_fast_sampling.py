@@ -3,14 +3,15 @@ sampler -- one full network pass per dimension -- draws with the same random num
 PixelCNN (mask A, then B) and Gated PixelCNN (both stacks), binary and 8-bit, one and three
 channels (R, G, B order within a pixel), unconditional and class-conditional, and for completion;
 and it never runs the full network. Speed is measured in scripts/bench_models.py, not here."""
+
 import logging
 
 import pytest
 import torch
-from test_autoregressive import make
 
 from dgm_cli import progress
 from dgm_cli.models.autoregressive.base import PixelStepper
+from test_autoregressive import make
 
 CONVOLUTIONAL = ["pixelcnn", "gated_pixelcnn"]
 CASES = [((1, 5, 6), "binary"), ((3, 4, 3), "binary"), ((3, 3, 3), "8bit"), ((1, 4, 4), "8bit")]

@@ -1,5 +1,6 @@
 """GAN family: objectives, gradient penalty, the two-player step protocol, spectral norm,
 conditioning, mode coverage, and a short run that must cover all eight Gaussians."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import phase_steps
 import yaml
 from torch import nn
 
+from conftest import phase_steps
 from dgm_cli.data import toy
-from dgm_cli.errors import UserError
 from dgm_cli.data.modes import mode_coverage, toy_mixture
+from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.gan.dcgan import DCGAN
 from dgm_cli.models.gan.losses import LOSSES, gradient_penalty
@@ -147,8 +148,10 @@ def test_each_step_moves_only_its_own_player(name):
             grads = [None if p.grad is None else p.grad.clone() for p in players[other].parameters()]
             opts[step].zero_grad(set_to_none=True)
             loss.backward()
-            same = [a is b is None or (a is not None and b is not None and torch.equal(a, b))
-                    for a, b in zip(grads, [p.grad for p in players[other].parameters()])]
+            same = [
+                a is b is None or (a is not None and b is not None and torch.equal(a, b))
+                for a, b in zip(grads, [p.grad for p in players[other].parameters()])
+            ]
             assert all(same), f"the {step} step's backward reached the {other}"
             opts[step].step()
             after = {k: list(m.parameters()) for k, m in players.items()}
@@ -283,8 +286,15 @@ def test_mode_coverage_counts_half_the_modes_and_off_mode_noise():
 def test_short_gan_run_covers_all_eight_gaussians():
     """A small MLP GAN (non-saturating loss, Adam) driven step by step like the engine does."""
     torch.manual_seed(0)
-    config = DCGAN.Config(latent_dim=2, hidden=64, depth=3, lr_generator=1e-3, lr_critic=1e-3,
-                          betas_generator=[0.5, 0.999], betas_critic=[0.5, 0.999])
+    config = DCGAN.Config(
+        latent_dim=2,
+        hidden=64,
+        depth=3,
+        lr_generator=1e-3,
+        lr_critic=1e-3,
+        betas_generator=[0.5, 0.999],
+        betas_critic=[0.5, 0.999],
+    )
     model = DCGAN(config, TOY, {"name": "nonsaturating"})
     opts = model.configure_optimizers(adam)
     g = torch.Generator().manual_seed(0)
@@ -301,8 +311,10 @@ def test_model_yaml_matches_the_config_dataclass(name):
     cls = MODELS[name]
     cfg = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
     assert cfg.pop("name") == name and cfg.pop("representation") in cls.representations
-    assert cfg.pop("defaults") == [{"override /objective@_global_.objective": cls.objectives[0]},
-                                   {"override /optimizer@_global_.optimizer": "adam"}]
+    assert cfg.pop("defaults") == [
+        {"override /objective@_global_.objective": cls.objectives[0]},
+        {"override /optimizer@_global_.optimizer": "adam"},
+    ]
     assert (CONFIGS / "model" / "optimizer" / f"{name}_adam.yaml").is_file()  # the paper's Adam settings
     defaults = dataclasses.asdict(cls.Config())
     assert cfg == defaults

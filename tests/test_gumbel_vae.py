@@ -1,6 +1,7 @@
 """The categorical VAE (Jang et al. 2017; Maddison et al. 2017): Gumbel-softmax samples, the
 straight-through estimator, temperature annealing, and the importance-sampled log p(x) checked
 against the exact marginal of a tiny model whose code can be enumerated."""
+
 from __future__ import annotations
 
 import itertools
@@ -15,8 +16,8 @@ import yaml
 from conftest import phase_steps
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
-from dgm_cli.models.vae.gumbel_vae import GumbelVAE, categorical_kl_uniform, gumbel_softmax
 from dgm_cli.models.registry import build_model
+from dgm_cli.models.vae.gumbel_vae import GumbelVAE, categorical_kl_uniform, gumbel_softmax
 from test_flows import perturb
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -51,8 +52,11 @@ def test_relaxed_sample_approaches_the_categorical_one_hot_as_temperature_falls(
 
 
 def test_temperature_anneals_stepwise_to_its_floor():
-    model = GumbelVAE(GumbelVAE.Config(anneal_rate=1e-3, anneal_every=100, temperature=1.0, temperature_min=0.5),
-                      DataSpec((4,), "binary"), ELBO)
+    model = GumbelVAE(
+        GumbelVAE.Config(anneal_rate=1e-3, anneal_every=100, temperature=1.0, temperature_min=0.5),
+        DataSpec((4,), "binary"),
+        ELBO,
+    )
     taus = {}
     for t in (0, 99, 100, 250, 10000):
         model.step.fill_(t)

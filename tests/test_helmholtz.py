@@ -1,6 +1,7 @@
 """The Helmholtz machine (wake-sleep, reweighted wake-sleep) on a sigmoid belief net small enough to
 enumerate: the importance-sampled log p(x) is a lower bound that approaches the exact one as k grows,
 each phase trains only its own network, and training raises the exact log-likelihood."""
+
 from __future__ import annotations
 
 import itertools
@@ -101,8 +102,10 @@ def test_training_raises_the_exact_log_likelihood_of_the_data(objective):
             loss.backward()
             opts[phase].step()
     after = exact_log_px(model, data).mean()
-    entropy = -bernoulli_log_prob(torch.logit(torch.tensor([0.95, 0.05], dtype=torch.float64)).view(1, 2),
-                                  torch.tensor([[1.0, 1.0]], dtype=torch.float64)).item() * 2 + math.log(2)
+    entropy = -bernoulli_log_prob(
+        torch.logit(torch.tensor([0.95, 0.05], dtype=torch.float64)).view(1, 2),
+        torch.tensor([[1.0, 1.0]], dtype=torch.float64),
+    ).item() * 2 + math.log(2)
     assert after > before + 0.5, (before, after)
     assert after > -entropy - 0.6, (after, -entropy)  # close to the data's own entropy (about 1.49 nats)
 

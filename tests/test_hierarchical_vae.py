@@ -2,6 +2,7 @@
 IWAE bound is below
 log p(x) computed by quadrature on a tiny model, rises with k towards it, and equals the ELBO at k=1
 in expectation; the architecture and the refusals."""
+
 from __future__ import annotations
 
 import math
@@ -36,12 +37,15 @@ def exact_log_px(model: TwoStochasticLayerVAE, x: torch.Tensor) -> torch.Tensor:
     grid = lo + step * (torch.arange(n, dtype=torch.float64) + 0.5)
     h2, h1 = torch.cartesian_prod(grid, grid).unbind(1)
     mean1, log_var1 = model.prior_1_params(h2[:, None])
-    log_joint_latents = (-0.5 * (math.log(2 * math.pi) + h2**2)
-                         - 0.5 * (math.log(2 * math.pi) + log_var1[:, 0] + (h1 - mean1[:, 0]) ** 2 * torch.exp(-log_var1[:, 0])))
+    log_joint_latents = -0.5 * (math.log(2 * math.pi) + h2**2) - 0.5 * (
+        math.log(2 * math.pi) + log_var1[:, 0] + (h1 - mean1[:, 0]) ** 2 * torch.exp(-log_var1[:, 0])
+    )
     logits = model.decoder(h1[:, None])[:, 0]  # (n^2, 3)
     out = []
     for xi in x:
-        log_px_h = -torch.nn.functional.binary_cross_entropy_with_logits(logits, xi.expand_as(logits), reduction="none").sum(1)
+        log_px_h = -torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, xi.expand_as(logits), reduction="none"
+        ).sum(1)
         out.append(torch.logsumexp(log_px_h + log_joint_latents, 0) + 2 * math.log(step))
     return torch.stack(out)
 
@@ -89,9 +93,17 @@ def test_k_equal_one_is_the_elbo_in_expectation():
 def test_burda_architecture_trains_with_elbo_and_iwae_and_samples():
     data = DataSpec((1, 28, 28), "binary")
     model = build_model({"name": "vae", "stochastic_layers": 2}, ELBO, data)  # model=vae model.stochastic_layers=2
-    assert type(model) is TwoStochasticLayerVAE and type(build_model({"name": "hierarchical_vae"}, ELBO, data)) is TwoStochasticLayerVAE
+    assert (
+        type(model) is TwoStochasticLayerVAE
+        and type(build_model({"name": "hierarchical_vae"}, ELBO, data)) is TwoStochasticLayerVAE
+    )
     assert type(build_model({"name": "vae"}, ELBO, data)) is VAE
-    linear = lambda m: [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, torch.nn.Linear)]  # noqa: E731
+
+    def linear(module):
+        return [
+            (layer.in_features, layer.out_features) for layer in module.modules() if isinstance(layer, torch.nn.Linear)
+        ]
+
     assert linear(model.encoder) == [(784, 200), (200, 200), (200, 200)]  # q(h1|x): mean and log-variance of 100
     assert linear(model.encoder_2) == [(100, 100), (100, 100), (100, 100)]  # q(h2|h1): of 50
     assert linear(model.prior_1) == [(50, 100), (100, 100), (100, 200)]  # p(h1|h2)

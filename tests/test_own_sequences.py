@@ -1,5 +1,6 @@
 """A user's own sequence data: a folder of MIDI files (dataset=midi_folder) and an .npz of sequences
 (dataset=sequences), read, checked, split by piece and cached, through train, eval and sample."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,15 @@ from dgm_cli.data import sequences as S
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 
-SMALL_DMM = ["model=dmm", "trainer.batch_size=2", "trainer.progress=false", "model.z_dim=4", "model.rnn_hidden=16",
-             "model.transition_hidden=8", "model.emission_hidden=8"]
+SMALL_DMM = [
+    "model=dmm",
+    "trainer.batch_size=2",
+    "trainer.progress=false",
+    "model.z_dim=4",
+    "model.rnn_hidden=16",
+    "model.transition_hidden=8",
+    "model.emission_hidden=8",
+]
 
 
 def write_songs(folder, count=5, seed=0):
@@ -74,14 +82,20 @@ def test_both_npz_layouts_of_sequences_read_the_same(tmp_path):
     assert [tuple(s.shape) for s in S.read_sequences(tmp_path / "one_d.npz")] == [(3, 1), (5, 1), (2, 1)]
 
 
-@pytest.mark.parametrize("arrays, says", [
-    ({"a": np.array(["x", "y"]), "b": np.zeros(2), "c": np.zeros(2)}, "'a' holds <U1 values"),
-    ({"a": np.array([0.0, np.nan]), "b": np.zeros(2), "c": np.zeros(2)}, "'a' holds 1 NaN or infinite"),
-    ({"a": np.zeros((2, 3)), "b": np.zeros((2, 2)), "c": np.zeros((2, 3))}, "3 and 2 values per step|2 and 3 values"),
-    ({"values": np.zeros((5, 2)), "lengths": np.array([2, 2])}, "summing to the 5 steps"),
-    ({"a": np.zeros(2), "b": np.zeros(2)}, "needs at least 3"),
-    ({"a": np.zeros((2, 2, 2)), "b": np.zeros(2), "c": np.zeros(2)}, r"shape \(2, 2, 2\)"),
-])
+@pytest.mark.parametrize(
+    "arrays, says",
+    [
+        ({"a": np.array(["x", "y"]), "b": np.zeros(2), "c": np.zeros(2)}, "'a' holds <U1 values"),
+        ({"a": np.array([0.0, np.nan]), "b": np.zeros(2), "c": np.zeros(2)}, "'a' holds 1 NaN or infinite"),
+        (
+            {"a": np.zeros((2, 3)), "b": np.zeros((2, 2)), "c": np.zeros((2, 3))},
+            "3 and 2 values per step|2 and 3 values",
+        ),
+        ({"values": np.zeros((5, 2)), "lengths": np.array([2, 2])}, "summing to the 5 steps"),
+        ({"a": np.zeros(2), "b": np.zeros(2)}, "needs at least 3"),
+        ({"a": np.zeros((2, 2, 2)), "b": np.zeros(2), "c": np.zeros(2)}, r"shape \(2, 2, 2\)"),
+    ],
+)
 def test_bad_sequence_files_are_refused_saying_what_is_wrong(tmp_path, arrays, says):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(UserError, match=says) as err:
@@ -106,8 +120,11 @@ def data_cfg(**keys):
 
 def test_binary_sequences_are_binary_and_88_binary_keys_are_piano_rolls(tmp_path):
     model_cfg = {"representation": "binary"}
-    for binary, width, rep, piano in ((True, 88, "binary", True), (True, 3, "binary", False),
-                                      (False, 88, "continuous", False)):
+    for binary, width, rep, piano in (
+        (True, 88, "binary", True),
+        (True, 3, "binary", False),
+        (False, 88, "continuous", False),
+    ):
         np.savez(tmp_path / "s.npz", **{f"s{i}": s.numpy() for i, s in enumerate(sequence_arrays(binary, width=width))})
         ds = pipeline.load(data_cfg(name="sequences", path=str(tmp_path / "s.npz")))
         assert [len(ds.train[0]), len(ds.val[0]), len(ds.test[0])] == [4, 1, 1]  # 6 sequences, split by sequence

@@ -1,15 +1,16 @@
 """Settings that would fail later (a division by zero, a NaN) are refused up front."""
+
 from __future__ import annotations
 
 import re
 
 import pytest
-from conftest import compose_train
 
-from dgm_cli.settings.validate import validate_train
+from conftest import compose_train
 from dgm_cli.errors import UserError
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.registry import build_model
+from dgm_cli.settings.validate import validate_train
 
 
 def test_checkpoint_interval_zero_is_refused():
@@ -36,7 +37,6 @@ def test_every_trainer_key_declares_its_rule_and_a_bad_value_is_refused():
             validate_train(compose_train(f"trainer.{f.name}={bad}"))
 
 
-
 def test_an_optimizer_name_that_is_another_optimizer_is_refused():
     """optimizer.name labels the config; _target_ picks the class, so optimizer.name=rmsprop over
     Adam would train with Adam under RMSProp's name (an experiment preset once did)."""
@@ -44,6 +44,7 @@ def test_an_optimizer_name_that_is_another_optimizer_is_refused():
         validate_train(compose_train("optimizer.name=rmsprop"))
     validate_train(compose_train("optimizer=rmsprop"))
     validate_train(compose_train("optimizer.name=my_adam"))  # a label of one's own is fine
+
 
 @pytest.mark.parametrize("alpha", [0.0, -0.1, 0.5])
 def test_logit_alpha_outside_the_open_interval_is_refused(alpha):
@@ -56,10 +57,10 @@ def test_a_run_is_checked_once_and_each_job_of_a_sweep_once(dgm, tmp_path, monke
     job of a sweep (whose configs Hydra composes one by one); and the user's config comes back unchanged
     in the checkpoint, the representation the model got beside it."""
     import torch
-    from conftest import TOY, run_folders
 
-    from dgm_cli import app
     import dgm_cli.commands.train  # noqa: F401 -- registers train's check
+    from conftest import TOY, run_folders
+    from dgm_cli import app
 
     seen = []
     check = app.VALIDATORS["train"]

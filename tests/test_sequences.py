@@ -1,6 +1,7 @@
 """Sequence data and models: the Kalman filter against the joint Gaussian, bounds below the exact
 log-likelihood that tighten with k and with training, masks that make ragged batches exact, and the
 polyphonic-music reader on small written files."""
+
 from __future__ import annotations
 
 import math
@@ -46,9 +47,11 @@ def joint_log_likelihood(x: torch.Tensor) -> torch.Tensor:
         for s in range(t + 1):
             cz = torch.linalg.matrix_power(SSM.A, t - s) @ covs[s]  # Cov(z_t, z_s)
             block = SSM.C @ cz @ SSM.C.T + (SSM.R if t == s else 0)
-            big[t * d:(t + 1) * d, s * d:(s + 1) * d] = block
-            big[s * d:(s + 1) * d, t * d:(t + 1) * d] = block.T
-    return torch.distributions.MultivariateNormal(torch.zeros(T * d, dtype=torch.float64), big).log_prob(x.double().flatten())
+            big[t * d : (t + 1) * d, s * d : (s + 1) * d] = block
+            big[s * d : (s + 1) * d, t * d : (t + 1) * d] = block.T
+    return torch.distributions.MultivariateNormal(torch.zeros(T * d, dtype=torch.float64), big).log_prob(
+        x.double().flatten()
+    )
 
 
 def test_kalman_filter_is_the_joint_gaussian_and_ignores_padding():
@@ -68,7 +71,7 @@ def test_masks_make_a_ragged_batch_equal_its_sequences_one_by_one(cls):
     noise = torch.randn(3, 10, 2)
     together = torch.stack(model.log_weights(batch, 1, noise))[:, 0]
     for i, n in enumerate(lengths):
-        alone = torch.stack(model.log_weights(x[i:i + 1, :n], 1, noise[i:i + 1, :n]))[:, 0, 0]
+        alone = torch.stack(model.log_weights(x[i : i + 1, :n], 1, noise[i : i + 1, :n]))[:, 0, 0]
         assert torch.allclose(together[:, i], alone, atol=1e-5)
 
 
@@ -115,7 +118,7 @@ def test_the_bound_over_trajectories_is_assembled_from_chunks_that_bound_its_mem
     taken = []
 
     def log_weights(x, m, noise=None):
-        w = weights[sum(taken): sum(taken) + m]
+        w = weights[sum(taken) : sum(taken) + m]
         taken.append(m)
         return w, torch.zeros_like(w), torch.zeros_like(w)
 
@@ -178,8 +181,9 @@ def test_linear_gaussian_dataset_loads_as_continuous_sequences():
     cfg = OmegaConf.create({"name": "linear_gaussian", "train_size": 50, "test_size": 20, "val_size": 10})
     ds = pipeline.load(cfg)
     assert ds.train[0].shape == (40, S.TOY_LENGTH, 2) and ds.val[0].shape == (10, S.TOY_LENGTH, 2)
-    rep = pipeline.resolve_representation(OmegaConf.create({"representation": None}),
-                                          OmegaConf.create({"representation": "binary"}), ds)
+    rep = pipeline.resolve_representation(
+        OmegaConf.create({"representation": None}), OmegaConf.create({"representation": "binary"}), ds
+    )
     spec = pipeline.spec(ds, rep, "linear_gaussian")
     assert (spec.shape, spec.representation) == ((S.TOY_LENGTH, 2), "continuous")
     assert small(DMM, spec).emission_kind == "gaussian"

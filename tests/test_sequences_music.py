@@ -1,5 +1,6 @@
 """Polyphonic music: a music21 score as an 88-key piano roll, the chorales' cache (plain arrays, opened
 without running code) and split by piece, the polyphonic pickles through the training pipeline."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ from conftest import compose_train, run_folders
 from dgm_cli import images
 from dgm_cli.app import model_from_checkpoint
 from dgm_cli.commands import train
-from dgm_cli.engine import checkpoint
-from dgm_cli.evaluation.likelihood import evaluate_likelihood
 from dgm_cli.data import music, pipeline
 from dgm_cli.data import sequences as S
+from dgm_cli.engine import checkpoint
 from dgm_cli.errors import UserError
+from dgm_cli.evaluation.likelihood import evaluate_likelihood
 from dgm_cli.models.base import DataSpec
 from dgm_cli.models.sequence.dmm import DMM
 
@@ -93,10 +94,15 @@ def test_the_corpus_file_of_a_chorale_is_the_exact_name_in_musicxml(tmp_path):
 def write_pickle(path, splits=(3, 2, 2)):
     """A small file in the Boulanger-Lewandowski format: sequences of tuples of MIDI notes."""
     rng = np.random.default_rng(0)
-    song = lambda n: [tuple(int(k) for k in rng.choice(range(40, 80), size=rng.integers(0, 4), replace=False))  # noqa: E731
-                      for _ in range(n)]
-    data = {name: [song(int(rng.integers(3, 9))) for _ in range(count)]
-            for name, count in zip(S.POLYPHONIC_SPLITS, splits)}
+
+    def song(n):
+        return [
+            tuple(int(k) for k in rng.choice(range(40, 80), size=rng.integers(0, 4), replace=False)) for _ in range(n)
+        ]
+
+    data = {
+        name: [song(int(rng.integers(3, 9))) for _ in range(count)] for name, count in zip(S.POLYPHONIC_SPLITS, splits)
+    }
     path.write_bytes(pickle.dumps(data, protocol=2))
     return data
 
@@ -110,9 +116,13 @@ def test_polyphonic_files_load_as_padded_rolls_with_their_own_splits(tmp_path):
     assert len(ds.val[0]) == 2 and len(ds.test[0]) == 2 and not ds.is_image
     first = ds.train[0][0, : lengths[0]]
     assert torch.equal(first, S.piano_roll(raw["train"][0]))
-    spec = pipeline.spec(ds, pipeline.resolve_representation(OmegaConf.create({"representation": None}),
-                                                             OmegaConf.create({"representation": "binary"}), ds),
-                         "jsb_chorales")
+    spec = pipeline.spec(
+        ds,
+        pipeline.resolve_representation(
+            OmegaConf.create({"representation": None}), OmegaConf.create({"representation": "binary"}), ds
+        ),
+        "jsb_chorales",
+    )
     model = DMM(DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8), spec, {"name": "elbo"})
     assert model.emission_kind == "bernoulli" and model.x_dim == 88
     merged = pipeline.load(OmegaConf.merge(cfg, {"val_size": 0, "path": str(tmp_path / "JSB Chorales.pickle")}))
@@ -131,8 +141,11 @@ def test_a_missing_polyphonic_file_names_what_is_expected(tmp_path):
 
 
 def test_a_ragged_batch_computes_no_step_past_its_longest_sequence():
-    model = DMM(DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8),
-                DataSpec((12, 88), "continuous", 0, "jsb_chorales"), {"name": "elbo"})
+    model = DMM(
+        DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8),
+        DataSpec((12, 88), "continuous", 0, "jsb_chorales"),
+        {"name": "elbo"},
+    )
     rolls = [torch.bernoulli(torch.full((n, 88), 0.1)) for n in (3, 5)]
     calls = []
     model.emission.register_forward_hook(lambda *_: calls.append(1))
@@ -196,8 +209,9 @@ def test_length_sets_how_long_a_sequence_models_samples_run_and_is_refused_for_i
 
     config = DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8)
     music_model = DMM(config, DataSpec((6, 88), "continuous", 0, "bach_chorales"), {"name": "elbo"})
-    cfg = OmegaConf.create({"mode": "sample", "num_samples": 4, "temperature": 1.0, "label": None, "nrow": None,
-                            "length": 20})
+    cfg = OmegaConf.create(
+        {"mode": "sample", "num_samples": 4, "temperature": 1.0, "label": None, "nrow": None, "length": 20}
+    )
     sample.set_length(music_model, cfg)
     assert music_model.sample(3).shape == (3, 20, 88)
     assert sample.draw(music_model, cfg, None, "cpu").shape == (3, 2 * 90 + 2, 2 * 22 + 2)  # 20 steps, not 6
@@ -220,8 +234,11 @@ def test_a_roll_written_as_midi_reads_back_as_the_same_roll(tmp_path):
 def test_dgm_sample_writes_a_models_samples_as_midi_and_refuses_it_for_images(tmp_path, monkeypatch):
     from dgm_cli.commands import sample
 
-    model = DMM(DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8),
-                DataSpec((6, 88), "continuous", 0, "bach_chorales"), {"name": "elbo"})
+    model = DMM(
+        DMM.Config(z_dim=2, transition_hidden=8, emission_hidden=8, rnn_hidden=8),
+        DataSpec((6, 88), "continuous", 0, "bach_chorales"),
+        {"name": "elbo"},
+    )
     drawn = []
     original = model.sample
     monkeypatch.setattr(model, "sample", lambda *a, **k: drawn.append(original(*a, **k)) or drawn[-1])
@@ -231,7 +248,7 @@ def test_dgm_sample_writes_a_models_samples_as_midi_and_refuses_it_for_images(tm
     rest = torch.zeros(sample.MIDI_REST_STEPS, 88)
     expected = torch.cat([torch.cat([s, rest]) for s in drawn[0]])
     back = music.read_midi(tmp_path / "x.mid")
-    assert torch.equal(back, expected[: len(back)]) and expected[len(back):].sum() == 0  # the last rest has no event
+    assert torch.equal(back, expected[: len(back)]) and expected[len(back) :].sum() == 0  # the last rest has no event
     image_model = DMM(model.config, DataSpec((1, 4, 4), "binary", 0, "mnist"), {"name": "elbo"})
     with pytest.raises(UserError, match="MIDI file holds samples of music"):
         sample.write_midi(image_model, cfg, tmp_path / "y.mid")
@@ -240,9 +257,18 @@ def test_dgm_sample_writes_a_models_samples_as_midi_and_refuses_it_for_images(tm
 @pytest.mark.parametrize("name", ["dmm", "vrnn", "storn", "srnn"])
 def test_every_sequence_model_trains_on_music_and_reports_nats_per_step(tmp_path, name):
     write_pickle(tmp_path / "JSB Chorales.pickle", (24, 6, 6))
-    cfg = compose_train(f"model={name}", "dataset=jsb_chorales", f"data.root={tmp_path}", "trainer.max_steps=2",
-                        "trainer.batch_size=8", "trainer.sample_every=1", "trainer.num_samples=2",
-                        "trainer.progress=false", "model.z_dim=4", "model.rnn_hidden=16")
+    cfg = compose_train(
+        f"model={name}",
+        "dataset=jsb_chorales",
+        f"data.root={tmp_path}",
+        "trainer.max_steps=2",
+        "trainer.batch_size=8",
+        "trainer.sample_every=1",
+        "trainer.num_samples=2",
+        "trainer.progress=false",
+        "model.z_dim=4",
+        "model.rnn_hidden=16",
+    )
     train.run(cfg, tmp_path)
     model, _, dataset = model_from_checkpoint(checkpoint.load(str(tmp_path)), torch.device("cpu"))
     assert model.emission_kind == "bernoulli" and list((tmp_path / "tensorboard").iterdir())
@@ -261,8 +287,17 @@ def test_every_sequence_model_trains_on_music_and_reports_nats_per_step(tmp_path
 @pytest.mark.slow
 def test_music_trains_samples_as_midi_and_evaluates_end_to_end(dgm, tmp_path):
     write_pickle(tmp_path / "JSB Chorales.pickle", (24, 6, 6))
-    dgm("train", "model=dmm", "dataset=jsb_chorales", f"data.root={tmp_path}", "trainer.max_steps=4",
-        "trainer.batch_size=8", "trainer.progress=false", "model.z_dim=4", "model.rnn_hidden=16")
+    dgm(
+        "train",
+        "model=dmm",
+        "dataset=jsb_chorales",
+        f"data.root={tmp_path}",
+        "trainer.max_steps=4",
+        "trainer.batch_size=8",
+        "trainer.progress=false",
+        "model.z_dim=4",
+        "model.rnn_hidden=16",
+    )
     run = run_folders(tmp_path)[0]
     dgm("sample", f"checkpoint={run}", "num_samples=2", f"out={tmp_path / 'music.mid'}")
     assert music.read_midi(tmp_path / "music.mid").shape[1] == 88

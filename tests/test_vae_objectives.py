@@ -1,5 +1,6 @@
 """KL warm-up, free bits and beta change the VAE's loss as their equations say; active units counts
 the latent dimensions that carry information; objective keys that do not apply are refused."""
+
 from __future__ import annotations
 
 import pytest
@@ -88,12 +89,15 @@ def test_beta_scales_the_kl():
     assert loss == pytest.approx(-rec + 4.0 * float(KL_DIMS.sum()), rel=1e-6)
 
 
-@pytest.mark.parametrize("objective, key", [
-    ({"name": "iwae", "k": 5, "kl_warmup_steps": 100}, "kl_warmup_steps"),
-    ({"name": "iwae", "k": 5, "free_bits": 0.5}, "free_bits"),
-    ({"name": "elbo", "k": 5}, "k"),
-    ({"name": "elbo", "beta": 2.0}, "beta"),
-])
+@pytest.mark.parametrize(
+    "objective, key",
+    [
+        ({"name": "iwae", "k": 5, "kl_warmup_steps": 100}, "kl_warmup_steps"),
+        ({"name": "iwae", "k": 5, "free_bits": 0.5}, "free_bits"),
+        ({"name": "elbo", "k": 5}, "k"),
+        ({"name": "elbo", "beta": 2.0}, "beta"),
+    ],
+)
 def test_objective_keys_that_do_not_apply_are_refused(objective, key):
     with pytest.raises(UserError, match=rf"objective={objective['name']} takes only .*got {key}"):
         VAE(VAEConfig(hidden=[8], latent_dim=2), DataSpec((6,), "binary"), objective)

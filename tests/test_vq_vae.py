@@ -1,6 +1,7 @@
 """VQ-VAE: the straight-through gradient, the codebook and commitment losses of eq. 3 (van den Oord et
 al. 2017) by hand, the two stages' phases, and the two-stage bound against the exact log p(x) of a
 model small enough to enumerate every code grid."""
+
 from __future__ import annotations
 
 import itertools
@@ -16,13 +17,23 @@ from dgm_cli.models.base import DataSpec
 from dgm_cli.models.nn import distributions as D
 from dgm_cli.models.vae.vq_vae import VQVAE
 
-TINY = dict(hidden_channels=4, residual_blocks=1, num_codes=3, code_dim=2, prior_start=3, prior_channels=2,
-            prior_blocks=1, prior_head_channels=4)
+TINY = dict(
+    hidden_channels=4,
+    residual_blocks=1,
+    num_codes=3,
+    code_dim=2,
+    prior_start=3,
+    prior_channels=2,
+    prior_blocks=1,
+    prior_head_channels=4,
+)
 
 
 def tiny(representation="binary", **overrides) -> VQVAE:
     torch.manual_seed(0)
-    model = VQVAE(VQVAE.Config(**{**TINY, **overrides}), DataSpec((1, 8, 8), representation), {"name": "vq", "beta": 0.25})
+    model = VQVAE(
+        VQVAE.Config(**{**TINY, **overrides}), DataSpec((1, 8, 8), representation), {"name": "vq", "beta": 0.25}
+    )
     with torch.no_grad():  # codebook = three encoder outputs (as k-means starts), so that every code is in use
         z_e = model.encoder(binary_images()).permute(0, 2, 3, 1).reshape(-1, 2)
         model.codebook.copy_(z_e[[0, 5, 8]])
@@ -115,8 +126,9 @@ def test_two_stage_bound_adds_up_and_is_below_the_enumerated_log_likelihood():
     with torch.no_grad():
         log_pz = model.prior.log_prob(grids)
         assert abs(float(torch.logsumexp(log_pz, 0))) < 1e-5, "the prior sums to one over every grid"
-        log_px_z = torch.stack([D.bernoulli_log_prob(model.decoder(model.embed(grids)), xi.expand(len(grids), -1, -1, -1))
-                                for xi in x])
+        log_px_z = torch.stack(
+            [D.bernoulli_log_prob(model.decoder(model.embed(grids)), xi.expand(len(grids), -1, -1, -1)) for xi in x]
+        )
         exact = torch.logsumexp(log_pz + log_px_z, dim=1)
     assert (bound <= exact + 1e-5).all() and (bound < exact).any()
 

@@ -1,5 +1,6 @@
 """WGAN with weight clipping (Arjovsky et al. 2017): every critic weight lies in [-c, c] after each
 critic update, the generator is never clipped, and the paper's settings are the defaults."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,10 @@ def test_bad_objective_settings_are_refused():
 def test_configs_hold_the_papers_settings():
     cfg = yaml.safe_load((CONFIGS / "model" / "wgan.yaml").read_text())
     assert cfg.pop("name") == "wgan" and cfg.pop("representation") in WGAN.representations
-    assert cfg.pop("defaults") == [{"override /objective@_global_.objective": "wgan"},
-                                   {"override /optimizer@_global_.optimizer": "rmsprop"}]
+    assert cfg.pop("defaults") == [
+        {"override /objective@_global_.objective": "wgan"},
+        {"override /optimizer@_global_.optimizer": "rmsprop"},
+    ]
     assert WGAN.Config(**cfg) == WGAN.Config() and WGAN.Config().n_critic == 5
     assert dataclasses.asdict(OBJECTIVES["wgan"]()) == {"name": "wgan", "clip_value": 0.01}
     opt = yaml.safe_load((CONFIGS / "model" / "optimizer" / "wgan_rmsprop.yaml").read_text())["optimizer"]

@@ -24,6 +24,7 @@ A model is an ``nn.Module`` that
 
 See docs/architecture.md for how each family fits.
 """
+
 from __future__ import annotations
 
 from typing import Callable, ClassVar, Optional
@@ -122,6 +123,7 @@ class GenerativeModel(nn.Module):
     def check_precision(self, precision: str) -> None:
         """Raise UserError if this model cannot train at ``trainer.precision`` (e.g. a gradient
         penalty under fp16, whose inner gradient is taken on unscaled outputs)."""
+
     def configure_optimizers(self, build: OptimizerFactory) -> dict[str, torch.optim.Optimizer]:
         """``build(params, **overrides)`` makes the configured optimizer."""
         return {"model": build(self.parameters())}
@@ -180,8 +182,10 @@ class GenerativeModel(nn.Module):
         refuses a label."""
         if not conditional:
             if label is not None:
-                raise UserError(f"label={label} was given, but this {type(self).__name__} is not "
-                                "class-conditional; train it with model.conditional=true, or drop the label.")
+                raise UserError(
+                    f"label={label} was given, but this {type(self).__name__} is not "
+                    "class-conditional; train it with model.conditional=true, or drop the label."
+                )
             return None
         k = self.data.num_classes
         device = next(self.parameters()).device

@@ -8,6 +8,7 @@ instance (``self.objective.k``), built by ``typed`` from the config or a checkpo
 Pure Python (no torch): validation and `--help` read it cheaply. Which objectives a model trains with is
 the model's ``objectives`` (names of the table below).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,9 @@ def typed(values: Any) -> Objective:
     keys = [f.name for f in dataclasses.fields(cls)]
     extra = sorted(set(values) - set(keys))
     if extra:
-        raise UserError(f"objective={name} takes only {', '.join(sorted(keys))}; got {', '.join(extra)}, which it "
-                        "would ignore.")
+        raise UserError(
+            f"objective={name} takes only {', '.join(sorted(keys))}; got {', '.join(extra)}, which it would ignore."
+        )
     result = cls(**values)
     check_declared({"objective": result}, "objective", cls)
     return result
@@ -65,8 +67,10 @@ class ELBO(Objective):
     """The evidence lower bound (Kingma & Welling 2014), optionally with KL warm-up and free bits."""
 
     name: str = "elbo"
-    kl_warmup_steps: int = checked(0, NON_NEGATIVE)  # > 0: the KL weight grows linearly from 0 to 1 over this many steps (Sønderby et al. 2016)
-    free_bits: float = checked(0.0, NON_NEGATIVE)  # > 0: nats per latent dimension below which the KL is not penalised (Kingma et al. 2016)
+    kl_warmup_steps: int = checked(0, NON_NEGATIVE)  # > 0: the KL weight grows linearly from 0 to 1 over this many
+    #   steps (Sønderby et al. 2016)
+    free_bits: float = checked(0.0, NON_NEGATIVE)  # > 0: nats per latent dimension below which the KL is not penalised
+    #   (Kingma et al. 2016)
 
     @property
     def plain(self) -> bool:
@@ -250,5 +254,5 @@ class WGANGP(Objective):
     """Wasserstein critic with gradient penalty (Gulrajani et al. 2017, eq. 3)."""
 
     name: str = "wgan_gp"
-    gp_weight: float = checked(10.0, NON_NEGATIVE)  # lambda: weight of E(||grad D(x_hat)|| - 1)^2, x_hat on lines between real and fake
-
+    gp_weight: float = checked(10.0, NON_NEGATIVE)  # lambda: weight of E(||grad D(x_hat)|| - 1)^2, x_hat on lines
+    #   between real and fake

@@ -1,5 +1,6 @@
 """Name -> model class. Every model module registers itself with ``@register``;
 ``dgm_cli.models`` imports every family package so the registry is complete."""
+
 from __future__ import annotations
 
 from typing import Type
@@ -44,8 +45,10 @@ def model_config(model_cfg) -> tuple[type, object]:
         config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), keys))
     except OmegaConfBaseException as exc:
         allowed = ", ".join(f"{f}" for f in cls.Config.__dataclass_fields__)
-        raise UserError(f"model={model_cfg['name']}: {str(exc).splitlines()[0]} (key model.{getattr(exc, 'full_key', '?')}); "
-                        f"the keys of this model are: name, representation, {allowed}.") from None
+        raise UserError(
+            f"model={model_cfg['name']}: {str(exc).splitlines()[0]} (key model.{getattr(exc, 'full_key', '?')}); "
+            f"the keys of this model are: name, representation, {allowed}."
+        ) from None
     return cls.class_for(config), config
 
 

@@ -2,6 +2,7 @@
 schema dataclasses (``schema.py``, a model's ``Config``, an objective's dataclass in models/objectives.py),
 with the rule the field declares (rules.py). `dgm <command> --help` lists the keys
 with their values and meanings, and a mistyped key is answered with the closest real ones."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,15 +23,17 @@ from ..rules import declared
 from . import schema
 
 
-
 def command_schemas() -> dict[str, type]:
     """Command -> the dataclass of its config: each Hydra command stores one as ``<command>_schema``."""
     from hydra.core.config_store import ConfigStore
 
     schema.register_configs()
     suffix = "_schema.yaml"
-    return {name[:-len(suffix)]: OmegaConf.get_type(entry.node)
-            for name, entry in ConfigStore.instance().repo.items() if name.endswith(suffix)}
+    return {
+        name[: -len(suffix)]: OmegaConf.get_type(entry.node)
+        for name, entry in ConfigStore.instance().repo.items()
+        if name.endswith(suffix)
+    }
 
 
 #: the schema of each command's config
@@ -116,8 +119,10 @@ def model_keys(name: Optional[str] = None) -> dict[str, str]:
     """``model.*`` keys: of the model ``name``, or of every registered model."""
     load_all()
     classes = [MODELS[name]] if name in MODELS else list(MODELS.values())
-    keys = {"model.name": "the model (pick with model=<name>)",
-            "model.representation": "the data representation the model gets by default"}
+    keys = {
+        "model.name": "the model (pick with model=<name>)",
+        "model.representation": "the data representation the model gets by default",
+    }
     for cls in classes:
         keys.update({f"model.{k}": v for k, v in schema_keys(cls.Config).items()})
     return keys
@@ -191,15 +196,25 @@ def help_text(command: str, cfg: DictConfig) -> str:
         if model in MODELS:  # show the model's defaults for the keys its YAML does not set
             defaults = OmegaConf.to_container(OmegaConf.structured(MODELS[model].Config))
             cfg = OmegaConf.merge(OmegaConf.create({"model": defaults}), cfg)
-        lines += ["usage: dgm train [group=option ...] [key=value ...] [-m]", "",
-                  "Groups (group=option; `experiment=` applies a published setting):", "$APP_CONFIG_GROUPS",
-                  f"Keys (key, value with these overrides, meaning; model.* are those of model={model}):"]
+        lines += [
+            "usage: dgm train [group=option ...] [key=value ...] [-m]",
+            "",
+            "Groups (group=option; `experiment=` applies a published setting):",
+            "$APP_CONFIG_GROUPS",
+            f"Keys (key, value with these overrides, meaning; model.* are those of model={model}):",
+        ]
     else:
         required = "".join(f"{k}=<...> " for k in keys if _value(cfg, k) == "???")
-        lines += [f"usage: dgm {command} {required}[key=value ...] [-m]", "",
-                  "Keys (key, value with these overrides, meaning; ??? must be given):"]
+        lines += [
+            f"usage: dgm {command} {required}[key=value ...] [-m]",
+            "",
+            "Keys (key, value with these overrides, meaning; ??? must be given):",
+        ]
     table = key_table(keys, cfg).replace("$", "$$")
-    lines += [table, "",
-              f"`dgm {command} --cfg job` prints the composed config; -m runs a sweep (key=a,b); "
-              "--hydra-help lists Hydra's own flags."]
+    lines += [
+        table,
+        "",
+        f"`dgm {command} --cfg job` prints the composed config; -m runs a sweep (key=a,b); "
+        "--hydra-help lists Hydra's own flags.",
+    ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Value checks that types alone cannot express, run before anything is written."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,10 +47,16 @@ def validate_train(cfg: DictConfig) -> None:
         check_declared(cfg, "scheduler", SchedulerConfig)  # its name: engine/schedules.py's table
         non_negative(cfg, "scheduler.warmup_steps")
         positive(cfg, "scheduler.step_size")
-    check(cfg, "data.val_size", lambda v: v is None or v >= 0, "null (a tenth of the training examples, at most "
-          "5000) or a number >= 0")
+    check(
+        cfg,
+        "data.val_size",
+        lambda v: v is None or v >= 0,
+        "null (a tenth of the training examples, at most 5000) or a number >= 0",
+    )
     check(cfg, "data.channels", lambda v: v in (None, 1, 3), "null, 1 or 3")
-    model, _, _ = check_model(cfg.model, cfg.objective)  # the model's and objective's declared rules, its check_settings
+    model, _, _ = check_model(
+        cfg.model, cfg.objective
+    )  # the model's and objective's declared rules, its check_settings
     if cfg.data.representation:  # asked for (else the model's own, or one chosen for the data once it is read)
         model.check_representation(cfg.data.representation)
     check_domains(cfg)
@@ -59,13 +66,16 @@ def check_domains(cfg: DictConfig) -> None:
     """data.domain_b (a second image domain) goes with a translation model, and a translation model needs it."""
     translates = getattr(get_model_class(cfg.model.name), "two_domains", False)
     if cfg.data.get("domain_b") and not translates:
-        raise UserError(f"data.domain_b={cfg.data.domain_b} names a second image domain, which only translation "
-                        f"models (model=cyclegan) use; model={cfg.model.name} would ignore it. Drop data.domain_b.")
+        raise UserError(
+            f"data.domain_b={cfg.data.domain_b} names a second image domain, which only translation "
+            f"models (model=cyclegan) use; model={cfg.model.name} would ignore it. Drop data.domain_b."
+        )
     if translates and not cfg.data.get("domain_b"):
-        raise UserError(f"model={cfg.model.name} translates between two image domains: name the second with "
-                        "data.domain_b=<dataset name, image folder or .npz file>, e.g. dataset=mnist "
-                        "data.domain_b=fashion_mnist (the default).")
-
+        raise UserError(
+            f"model={cfg.model.name} translates between two image domains: name the second with "
+            "data.domain_b=<dataset name, image folder or .npz file>, e.g. dataset=mnist "
+            "data.domain_b=fashion_mnist (the default)."
+        )
 
 
 def check_optimizer_name(optimizer: DictConfig) -> None:
@@ -79,13 +89,23 @@ def check_optimizer_name(optimizer: DictConfig) -> None:
     shipped = resources.files("dgm_cli.configs") / "optimizer" / f"{optimizer.get('name')}.yaml"
     target = OmegaConf.create(shipped.read_text()).get("_target_") if shipped.is_file() else None
     if target is not None and target != optimizer.get("_target_"):
-        raise UserError(f"optimizer.name={optimizer.name} names configs/optimizer/{optimizer.name}.yaml ({target}), "
-                        f"but the optimizer is {optimizer.get('_target_')}: the name only labels the config. Pick "
-                        f"the optimizer with optimizer={optimizer.name} (the group), not optimizer.name=.")
+        raise UserError(
+            f"optimizer.name={optimizer.name} names configs/optimizer/{optimizer.name}.yaml ({target}), "
+            f"but the optimizer is {optimizer.get('_target_')}: the name only labels the config. Pick "
+            f"the optimizer with optimizer={optimizer.name} (the group), not optimizer.name=."
+        )
+
 
 MIDI_SUFFIXES = (".mid", ".midi")  # dgm sample out=: samples of music as a MIDI file
 ARRAY_SUFFIX = ".npz"  # dgm sample out=: the raw samples as an array, for analysis of one's own
-SAMPLERS = ("ddpm", "ddim", "euler", "midpoint", "rk4", "dopri5")  # dgm sample sampler=: diffusion's samplers, flow matching's ODE solvers
+SAMPLERS = (
+    "ddpm",
+    "ddim",
+    "euler",
+    "midpoint",
+    "rk4",
+    "dopri5",
+)  # dgm sample sampler=: diffusion's samplers, flow matching's ODE solvers
 
 
 def validate_sample(cfg: DictConfig) -> None:
@@ -93,10 +113,17 @@ def validate_sample(cfg: DictConfig) -> None:
 
     image_suffixes = tuple(IMAGE_FORMATS)
     positive(cfg, "num_samples")
-    check(cfg, "out", lambda v: v is None or Path(v).expanduser().is_dir()
-          or Path(v).suffix.lower() in (*image_suffixes, *MIDI_SUFFIXES, ARRAY_SUFFIX),
-          "null, a folder, a picture's file name ending in " + ", ".join(image_suffixes) + f", {ARRAY_SUFFIX} (the "
-          "raw samples as an array) or (samples of music) a MIDI file name ending in " + ", ".join(MIDI_SUFFIXES))
+    check(
+        cfg,
+        "out",
+        lambda v: (
+            v is None
+            or Path(v).expanduser().is_dir()
+            or Path(v).suffix.lower() in (*image_suffixes, *MIDI_SUFFIXES, ARRAY_SUFFIX)
+        ),
+        "null, a folder, a picture's file name ending in " + ", ".join(image_suffixes) + f", {ARRAY_SUFFIX} (the "
+        "raw samples as an array) or (samples of music) a MIDI file name ending in " + ", ".join(MIDI_SUFFIXES),
+    )
     positive(cfg, "temperature")
     check(cfg, "steps", lambda v: v is None or v >= 1, "null or >= 1")
     check(cfg, "sampler", lambda v: v is None or v in SAMPLERS, "null or one of " + ", ".join(SAMPLERS))
@@ -133,16 +160,22 @@ def check_out(cfg: DictConfig, command: str, kind: str, suffix: str | None = Non
         return
     path = Path(cfg.out).expanduser()
     if kind == "file" and path.is_dir():
-        raise UserError(f"out={cfg.out!r} is a folder; dgm {command} writes one {suffix} file: give its name, e.g. "
-                        f"out={Path(cfg.out) / ('eval' + suffix)}.")
+        raise UserError(
+            f"out={cfg.out!r} is a folder; dgm {command} writes one {suffix} file: give its name, e.g. "
+            f"out={Path(cfg.out) / ('eval' + suffix)}."
+        )
     if kind == "file" and path.suffix.lower() != suffix:
-        raise UserError(f"out={cfg.out!r}: dgm {command} writes a {suffix} file; give a file name ending in {suffix} "
-                        f"(or leave out= out for the default place).")
+        raise UserError(
+            f"out={cfg.out!r}: dgm {command} writes a {suffix} file; give a file name ending in {suffix} "
+            f"(or leave out= out for the default place)."
+        )
     if kind == "folder" and path.exists() and not path.is_dir():
         raise UserError(f"out={cfg.out!r} is a file; dgm {command} writes its tables and plots into a folder.")
     if not _can_write_beside(path / "probe" if kind == "folder" else path):
-        raise UserError(f"cannot write out={cfg.out!r}: nothing can be created in {path.parent} (a missing or "
-                        f"read-only folder, or a file where a folder should be). Give a place you can write to.")
+        raise UserError(
+            f"cannot write out={cfg.out!r}: nothing can be created in {path.parent} (a missing or "
+            f"read-only folder, or a file where a folder should be). Give a place you can write to."
+        )
 
 
 def validate_eval(cfg: DictConfig) -> None:

@@ -8,6 +8,7 @@ variational bound of the T-step model (gaussian_diffusion.py) on the 8-bit value
 with no dequantization -- summed over all T steps (``estimator.timesteps=all``, as Ho et al. and
 Nichol & Dhariwal compute bits/dim) or estimated without bias from m random steps per example.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,10 +20,20 @@ from torch import Tensor
 
 from ...errors import UserError
 from ...progress import SamplingProgress
+from ...rules import (
+    NON_EMPTY_SIZES,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SIZES,
+    at_least,
+    checked,
+    checked_choice,
+    checked_list,
+)
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..objectives import VLB, Hybrid, Objective, Simple
 from ..registry import register
-from ...rules import NON_EMPTY_SIZES, NON_NEGATIVE, POSITIVE, PROBABILITY, SIZES, at_least, checked, checked_choice, checked_list
 from .gaussian_diffusion import SCHEDULES, VARIANCES, GaussianDiffusion, betas_for
 from .unet import UNet
 
@@ -37,14 +48,18 @@ TRAJECTORY_COLUMNS = 10
 class DDPMConfig:
     timesteps: int = checked(1000, at_least(2))  # T (Ho et al. 2020: 1000)
     schedule: str = checked_choice("linear", SCHEDULES)  # {choices}: linear (Ho et al.), cosine (Nichol & Dhariwal)
-    variance: str = checked_choice("auto", ("auto",) + VARIANCES)  # {choices} (auto: learned_range under objective=hybrid, else fixed_large)
+    variance: str = checked_choice("auto", ("auto",) + VARIANCES)  # {choices} (auto: learned_range under
+    #   objective=hybrid, else fixed_large)
     channels: int = checked(32, POSITIVE)  # U-Net base width (128 in Ho et al.'s CIFAR-10 model)
-    channel_mult: list[int] = checked_list([1, 2, 2], NON_EMPTY_SIZES)  # width per resolution; each but the last halves it
+    channel_mult: list[int] = checked_list([1, 2, 2], NON_EMPTY_SIZES)  # width per resolution; each but the last halves
+    #   it
     num_res_blocks: int = checked(1, POSITIVE)  # residual blocks per resolution (2 in Ho et al.)
-    attention_resolutions: list[int] = checked_list([], SIZES)  # feature-map sizes with attention; the middle always has it
+    attention_resolutions: list[int] = checked_list([], SIZES)  # feature-map sizes with attention; the middle always
+    #   has it
     dropout: float = checked(0.0, PROBABILITY)  # dropout in the residual blocks (0.1 on CIFAR-10 in Ho et al.)
     sampler: str = checked_choice("ddpm", SAMPLERS)  # {choices}: ancestral (Ho Alg. 2), DDIM (Song et al. 2021)
-    sample_steps: int = checked(0, NON_NEGATIVE)  # steps of the sampler; 0: all T (fewer: a respaced chain, Nichol & Dhariwal Sec. 4)
+    sample_steps: int = checked(0, NON_NEGATIVE)  # steps of the sampler; 0: all T (fewer: a respaced chain, Nichol &
+    #   Dhariwal Sec. 4)
     eta: float = checked(0.0, NON_NEGATIVE)  # DDIM's noise: 0 deterministic, 1 ancestral-like
     clip_denoised: bool = True  # clamp the predicted x_0 to [-1, 1] when sampling and evaluating the bound
 
@@ -58,10 +73,13 @@ class BoundEstimator:
     timesteps: str = "all"
 
     def __post_init__(self):
-        if self.timesteps != "all" and not (self.timesteps.isdigit() and int(self.timesteps) % 2 == 0
-                                            and int(self.timesteps) >= 2):
-            raise UserError(f"estimator.timesteps={self.timesteps} is not allowed: use all, or an even number of "
-                            "steps >= 2 (two from each stratum of steps, so that each stratum gives its error).")
+        if self.timesteps != "all" and not (
+            self.timesteps.isdigit() and int(self.timesteps) % 2 == 0 and int(self.timesteps) >= 2
+        ):
+            raise UserError(
+                f"estimator.timesteps={self.timesteps} is not allowed: use all, or an even number of "
+                "steps >= 2 (two from each stratum of steps, so that each stratum gives its error)."
+            )
 
 
 def stratified_steps(n: int, num_terms: int, strata: int, device) -> tuple[Tensor, list[int]]:
@@ -70,7 +88,9 @@ def stratified_steps(n: int, num_terms: int, strata: int, device) -> tuple[Tenso
     two distinct steps from each run, or all of a run shorter than 3. Returns (steps (n, draws), run lengths)."""
     edges = torch.logspace(0, math.log10(num_terms + 1), strata + 1, dtype=torch.float64).round().long().unique() - 1
     sizes = (edges[1:] - edges[:-1]).tolist()
-    drawn = [torch.rand(n, size, device=device).argsort(dim=1)[:, :2] + lo + 1 for lo, size in zip(edges.tolist(), sizes)]
+    drawn = [
+        torch.rand(n, size, device=device).argsort(dim=1)[:, :2] + lo + 1 for lo, size in zip(edges.tolist(), sizes)
+    ]
     return torch.cat(drawn, dim=1), sizes
 
 
@@ -82,7 +102,7 @@ def stratified_sum(terms: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
     side by at most 2/N_h. Strata of 1 or 2 steps are summed whole and add nothing."""
     total, variance, j = terms.new_zeros(len(terms)), terms.new_zeros(len(terms)), 0
     for size in sizes:
-        block = terms[:, j:j + min(2, size)]
+        block = terms[:, j : j + min(2, size)]
         j += block.shape[1]
         total = total + size * block.mean(1)
         if size > 2:
@@ -116,19 +136,25 @@ class DDPM(GenerativeModel):
         variance = cls.variance_of(config, objective)
         learned = variance == "learned_range"
         if learned and isinstance(objective, Simple):
-            raise UserError("model.variance=learned_range needs objective=hybrid or vlb: the simple loss gives "
-                            "the variance no gradient.")
+            raise UserError(
+                "model.variance=learned_range needs objective=hybrid or vlb: the simple loss gives "
+                "the variance no gradient."
+            )
         if isinstance(objective, Hybrid) and not learned:
-            raise UserError(f"objective=hybrid trains learned variances; model.variance={variance} is fixed "
-                            "(use model.variance=auto or learned_range, or objective=simple).")
+            raise UserError(
+                f"objective=hybrid trains learned variances; model.variance={variance} is fixed "
+                "(use model.variance=auto or learned_range, or objective=simple)."
+            )
         if data is None:
             return
         if not data.is_image or data.shape[1] != data.shape[2]:
             raise UserError(f"DDPM's U-Net models square images (C, H, H), not data of shape {data.shape}.")
         halvings = len(config.channel_mult) - 1
         if data.shape[1] % (2**halvings):
-            raise UserError(f"model.channel_mult={list(config.channel_mult)} halves the {data.shape[1]}-pixel image "
-                            f"{halvings} times, which needs a size divisible by {2**halvings}; use fewer entries.")
+            raise UserError(
+                f"model.channel_mult={list(config.channel_mult)} halves the {data.shape[1]}-pixel image "
+                f"{halvings} times, which needs a size divisible by {2**halvings}; use fewer entries."
+            )
 
     def __init__(self, config: DDPMConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
@@ -136,8 +162,16 @@ class DDPM(GenerativeModel):
         learned = self.variance == "learned_range"
         self.diffusion = GaussianDiffusion(betas_for(config.schedule, config.timesteps))
         c = data.shape[0]
-        self.net = UNet(c, 2 * c if learned else c, data.shape[-1], config.channels, list(config.channel_mult),
-                        config.num_res_blocks, list(config.attention_resolutions), config.dropout)
+        self.net = UNet(
+            c,
+            2 * c if learned else c,
+            data.shape[-1],
+            config.channels,
+            list(config.channel_mult),
+            config.num_res_blocks,
+            list(config.attention_resolutions),
+            config.dropout,
+        )
         self._eval_terms: Optional[tuple[Tensor, dict[str, Tensor]]] = None
 
     # --- the network ------------------------------------------------------------------------------
@@ -163,8 +197,9 @@ class DDPM(GenerativeModel):
         ``frozen_mean``: gradients reach only the variance (Nichol & Dhariwal's L_vlb in the hybrid loss)."""
         xt = self.diffusion.q_sample(x0, t, torch.randn_like(x0))
         eps, v = self.predict(xt, t)
-        mean, log_var, _ = self.diffusion.p_mean_variance(eps.detach() if frozen_mean else eps, xt, t,
-                                                          self.variance, v, clip)
+        mean, log_var, _ = self.diffusion.p_mean_variance(
+            eps.detach() if frozen_mean else eps, xt, t, self.variance, v, clip
+        )
         return self.diffusion.bound_term(x0, xt, t, mean, log_var)
 
     # --- training -----------------------------------------------------------------------------------
@@ -217,8 +252,10 @@ class DDPM(GenerativeModel):
         else:
             m = int(timesteps)
             if m > steps - 1:
-                raise UserError(f"estimator.timesteps={m}: this model has only {steps - 1} KL terms; "
-                                "use estimator.timesteps=all for all of them.")
+                raise UserError(
+                    f"estimator.timesteps={m}: this model has only {steps - 1} KL terms; "
+                    "use estimator.timesteps=all for all of them."
+                )
             drawn, sizes = stratified_steps(n, steps - 1, m // 2, x0.device)
             terms = self.bound_terms(x0, torch.cat([drawn.new_zeros(n, 1), drawn], dim=1))
             kl, variance = stratified_sum(terms[:, 1:], sizes)
@@ -231,11 +268,15 @@ class DDPM(GenerativeModel):
     def estimator(self, timesteps: str = "all", **_) -> str:
         steps = self.diffusion.num_steps
         if timesteps == "all":
-            return (f"variational bound, all T={steps} steps (Ho et al. 2020): prior + {steps - 1} KL terms + "
-                    "discretized Gaussian decoder, one draw of x_t per step")
+            return (
+                f"variational bound, all T={steps} steps (Ho et al. 2020): prior + {steps - 1} KL terms + "
+                "discretized Gaussian decoder, one draw of x_t per step"
+            )
         strata = len(stratified_steps(1, steps - 1, int(timesteps) // 2, "cpu")[1])
-        return (f"variational bound, unbiased estimate (T={steps}): prior + decoder + the {steps - 1} KL terms "
-                f"estimated from {strata} geometrically growing strata of steps, 2 drawn per example from each")
+        return (
+            f"variational bound, unbiased estimate (T={steps}): prior + decoder + the {steps - 1} KL terms "
+            f"estimated from {strata} geometrically growing strata of steps, 2 drawn per example from each"
+        )
 
     @torch.no_grad()
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:

@@ -22,6 +22,7 @@ The negative variational bound of one example x_0 (Ho eq. 5), in nats:
       + sum_{t=1}^{T-1} KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))   x_t ~ q(x_t|x_0), one draw per step
       - log p(x_0 | x_1)                                        the discretized Gaussian decoder (Ho eq. 13)
 """
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,9 @@ def betas_for(schedule: str, steps: int) -> Tensor:
 
 def normal_kl(mean1: Tensor, log_var1: Tensor, mean2: Tensor, log_var2: Tensor) -> Tensor:
     """KL(N(mean1, var1) || N(mean2, var2)) per element, in nats."""
-    return 0.5 * (log_var2 - log_var1 - 1.0 + torch.exp(log_var1 - log_var2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-log_var2))
+    return 0.5 * (
+        log_var2 - log_var1 - 1.0 + torch.exp(log_var1 - log_var2) + (mean1 - mean2) ** 2 * torch.exp(-log_var2)
+    )
 
 
 def _log_normal_cdf_difference(upper: Tensor, lower: Tensor) -> Tensor:
@@ -82,8 +84,11 @@ def discretized_gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> T
     upper = (x - mean + HALF_BIN) * inv_std
     lower = (x - mean - HALF_BIN) * inv_std
     mid = _log_normal_cdf_difference(upper, lower)
-    return torch.where(x < -1 + HALF_BIN, torch.special.log_ndtr(upper),
-                       torch.where(x > 1 - HALF_BIN, torch.special.log_ndtr(-lower), mid))
+    return torch.where(
+        x < -1 + HALF_BIN,
+        torch.special.log_ndtr(upper),
+        torch.where(x > 1 - HALF_BIN, torch.special.log_ndtr(-lower), mid),
+    )
 
 
 def sum_per_example(t: Tensor) -> Tensor:
@@ -107,9 +112,13 @@ class GaussianDiffusion(nn.Module):
         posterior_var = betas * (1 - abar_prev) / (1 - abar)
         posterior_log_var = torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]]))
         constants = {
-            "betas": betas, "abar": abar, "abar_prev": abar_prev,
-            "sqrt_abar": abar.sqrt(), "sqrt_one_minus_abar": (1 - abar).sqrt(),
-            "sqrt_recip_abar": abar.rsqrt(), "sqrt_recip_abar_minus_one": (1 / abar - 1).sqrt(),
+            "betas": betas,
+            "abar": abar,
+            "abar_prev": abar_prev,
+            "sqrt_abar": abar.sqrt(),
+            "sqrt_one_minus_abar": (1 - abar).sqrt(),
+            "sqrt_recip_abar": abar.rsqrt(),
+            "sqrt_recip_abar_minus_one": (1 / abar - 1).sqrt(),
             "posterior_log_var": posterior_log_var,
             # fixed_large: beta_t, with betatilde_1 at step 0 (Ho et al.'s code), so the decoder stays sharp
             "large_log_var": torch.log(torch.cat([posterior_var[1:2], betas[1:]])),
@@ -118,8 +127,9 @@ class GaussianDiffusion(nn.Module):
         }
         for name, value in constants.items():
             self.register_buffer(name, value.float(), persistent=False)
-        self.register_buffer("timesteps", torch.arange(len(betas)) if timesteps is None else timesteps.long(),
-                             persistent=False)
+        self.register_buffer(
+            "timesteps", torch.arange(len(betas)) if timesteps is None else timesteps.long(), persistent=False
+        )
         self._betas64 = betas
 
     @property
@@ -179,8 +189,9 @@ class GaussianDiffusion(nn.Module):
         frac = (v + 1) / 2
         return frac * self._at(torch.log(self.betas), t, like) + (1 - frac) * small
 
-    def p_mean_variance(self, eps: Tensor, xt: Tensor, t: Tensor, variance: str, v: Optional[Tensor] = None,
-                        clip: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def p_mean_variance(
+        self, eps: Tensor, xt: Tensor, t: Tensor, variance: str, v: Optional[Tensor] = None, clip: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(mean, log variance, xhat_0) of p(x_{t-1} | x_t) from the network's eps (and v). ``clip``
         clamps xhat_0 to the data range [-1, 1] before the mean is formed (both papers' samplers)."""
         x0 = self.predict_x0(xt, t, eps)

@@ -2,6 +2,7 @@
 a sinusoidal embedding of the step, residual blocks with group normalisation that each add the
 embedding, self-attention at chosen resolutions (always in the middle, at the lowest one), strided
 convolutions down and nearest-neighbour upsampling with skip connections up."""
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ class TimestepResidualBlock(nn.Module):
         super().__init__()
         self.in_layers = nn.Sequential(group_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
-        self.out_layers = nn.Sequential(group_norm(out_ch), nn.SiLU(), nn.Dropout(dropout),
-                                        zero(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
+        self.out_layers = nn.Sequential(
+            group_norm(out_ch), nn.SiLU(), nn.Dropout(dropout), zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        )
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -97,8 +99,17 @@ class UNet(nn.Module):
     but the last halves the resolution. attention_resolutions: the feature-map sizes (in pixels)
     with self-attention; the lowest resolution's middle block always has it."""
 
-    def __init__(self, in_channels: int, out_channels: int, image_size: int, channels: int,
-                 channel_mult: list[int], num_res_blocks: int, attention_resolutions: list[int], dropout: float):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        image_size: int,
+        channels: int,
+        channel_mult: list[int],
+        num_res_blocks: int,
+        attention_resolutions: list[int],
+        dropout: float,
+    ):
         super().__init__()
         emb_dim = 4 * channels
         self.channels = channels
@@ -117,8 +128,13 @@ class UNet(nn.Module):
                 self.down.append(Level([Downsample(ch)]))
                 skips.append(ch)
                 size //= 2
-        self.middle = Level([TimestepResidualBlock(ch, ch, emb_dim, dropout), AttentionBlock(ch),
-                             TimestepResidualBlock(ch, ch, emb_dim, dropout)])
+        self.middle = Level(
+            [
+                TimestepResidualBlock(ch, ch, emb_dim, dropout),
+                AttentionBlock(ch),
+                TimestepResidualBlock(ch, ch, emb_dim, dropout),
+            ]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):

@@ -19,6 +19,7 @@ p(x|z) = N(x; G(z), sigma^2 I) with sigma chosen on validation data, log p(x) es
 Subclasses (dcgan.py, sngan.py; wgan.py and wgan_gp.py through ``WassersteinGAN``) choose the
 objectives, the critic's normalisation and the defaults.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,15 +30,15 @@ from typing import ClassVar, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ...errors import UserError
 from ...data import modes
+from ...errors import UserError
+from ...rules import POSITIVE, Rule, checked
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn import decoder_ais
 from ..nn.distributions import gaussian_log_prob
-from .networks import CRITIC_NORMS, ConvCritic, ConvGenerator, MLPCritic, MLPGenerator, resolutions
 from ..objectives import WGANGP, Objective
-from ...rules import POSITIVE, Rule, checked
 from .losses import LOSSES, gradient_penalty
+from .networks import CRITIC_NORMS, ConvCritic, ConvGenerator, MLPCritic, MLPGenerator, resolutions
 
 #: a player's own learning rate or Adam betas (null: the optimizer's)
 LEARNING_RATE: Rule = (lambda v: v is None or v > 0, "null or > 0")
@@ -55,31 +56,38 @@ class GANConfig:
     n_critic: int = checked(1, POSITIVE)  # critic steps (fresh real batches) per generator step
     conditional: bool = False  # class-conditional: conditional batch norm in G, projection D
     lr_generator: Optional[float] = checked(None, LEARNING_RATE)  # null: optimizer.lr
-    lr_critic: Optional[float] = checked(None, LEARNING_RATE)  # null: optimizer.lr (set both for two time-scale updates)
+    lr_critic: Optional[float] = checked(None, LEARNING_RATE)  # null: optimizer.lr (set both for two time-scale
+    #   updates)
     betas_generator: Optional[List[float]] = checked(None, BETAS)  # null: optimizer.betas
     betas_critic: Optional[List[float]] = checked(None, BETAS)  # null: optimizer.betas
 
 
 #: what the Gaussian observation model does to a number on data in the unit cube
-DENSITY_NOTE = ("p(x|z) = N(x; G(z), sigma^2 I) is a density on R^D, not on the data's [0, 1]^D: the mass it puts "
-                "outside the cube is lost, so log p(x) is lower (the NLL higher, conservative) than that of the same "
-                "model renormalised to the cube")
+DENSITY_NOTE = (
+    "p(x|z) = N(x; G(z), sigma^2 I) is a density on R^D, not on the data's [0, 1]^D: the mass it puts "
+    "outside the cube is lost, so log p(x) is lower (the NLL higher, conservative) than that of the same "
+    "model renormalised to the cube"
+)
 
 
 @dataclass
 class GANEstimator(decoder_ais.DecoderAISSettings):
     """`dgm eval estimator.ais=true ...`: a GAN's log-likelihood under a Gaussian observation model (Wu et al. 2017)."""
 
-    sigmas: List[float] = field(default_factory=lambda: [0.025, 0.05, 0.1, 0.2])  # grid of p(x|z)'s std (data units); the best validation AIS estimate is used
+    sigmas: List[float] = field(default_factory=lambda: [0.025, 0.05, 0.1, 0.2])  # grid of p(x|z)'s std (data units);
+    #   the best validation AIS estimate is used
     sigma_examples: int = 50  # validation examples that choose sigma
     sigma_temperatures: int = 100  # AIS temperatures of the choice (ais_pilot_chains chains each)
     extra_ais_keys: ClassVar[tuple[str, ...]] = ("sigmas", "sigma_examples", "sigma_temperatures")
 
     def __post_init__(self):
         problem = self.check_ais()
-        if problem is None and (not self.sigmas or min(self.sigmas) <= 0 or self.sigma_examples < 1
-                                or self.sigma_temperatures < 1):
-            problem = "estimator.sigmas must be a non-empty list of values > 0, sigma_examples and sigma_temperatures >= 1"
+        if problem is None and (
+            not self.sigmas or min(self.sigmas) <= 0 or self.sigma_examples < 1 or self.sigma_temperatures < 1
+        ):
+            problem = (
+                "estimator.sigmas must be a non-empty list of values > 0, sigma_examples and sigma_temperatures >= 1"
+            )
         if problem:
             raise UserError(problem + ".")
 
@@ -143,9 +151,11 @@ class GAN(GenerativeModel):
     # --- the two players ---------------------------------------------------------
     def check_precision(self, precision: str) -> None:
         if precision == "16" and isinstance(self.objective, WGANGP):
-            raise UserError("objective=wgan_gp cannot train at trainer.precision=16: the gradient penalty's "
-                            "inner gradient would be taken on unscaled fp16 outputs and can underflow; "
-                            "use trainer.precision=bf16 or 32.")
+            raise UserError(
+                "objective=wgan_gp cannot train at trainer.precision=16: the gradient penalty's "
+                "inner gradient would be taken on unscaled fp16 outputs and can underflow; "
+                "use trainer.precision=bf16 or 32."
+            )
 
     def configure_optimizers(self, build) -> dict[str, torch.optim.Optimizer]:
         c = self.config
@@ -246,7 +256,6 @@ class GAN(GenerativeModel):
         z = self.latents(modes.NUM_SAMPLES, generator=torch.Generator().manual_seed(FIXED_SEED + 2))
         return modes.mode_coverage(self.to_data_space(self.generator(z)), centers, std)
 
-
     # --- a likelihood on request: decoder-based AIS (Wu et al. 2017) -----------------------------------
     def likelihood_name(self, ais: bool = False, **_) -> Optional[str]:
         return "decoder_ais" if ais else None
@@ -277,8 +286,10 @@ class GAN(GenerativeModel):
 
     def _check_ais(self) -> None:
         if self.config.conditional:
-            raise UserError("estimator.ais=true is for unconditional GANs; this one is class-conditional (its AIS "
-                            "would need p(x|y, z) for every label).")
+            raise UserError(
+                "estimator.ais=true is for unconditional GANs; this one is class-conditional (its AIS "
+                "would need p(x|y, z) for every label)."
+            )
 
     @torch.no_grad()
     def tune_on_validation(self, x: Tensor, split: str = "validation", **settings) -> dict:
@@ -291,8 +302,14 @@ class GAN(GenerativeModel):
         xv = x[: s.sigma_examples]
         scores = {}
         for sigma in s.sigmas:
-            log_p, _ = decoder_ais.log_likelihood(self.observation_model(sigma), xv, self.config.latent_dim, s,
-                                                   temperatures=s.sigma_temperatures, chains=s.ais_pilot_chains)
+            log_p, _ = decoder_ais.log_likelihood(
+                self.observation_model(sigma),
+                xv,
+                self.config.latent_dim,
+                s,
+                temperatures=s.sigma_temperatures,
+                chains=s.ais_pilot_chains,
+            )
             scores[f"{sigma:g}"] = float(log_p.mean())
         best = max(s.sigmas, key=lambda v: scores[f"{v:g}"])
         self._sigma = (best, f"{len(xv)} {split} examples", scores)
@@ -310,8 +327,13 @@ class GAN(GenerativeModel):
             self.tune_on_validation(x, split="evaluated (no validation data was given)", **settings)
         sigma, chosen_on, scores = self._sigma
         self._acceptance = []
-        report = {"sigma": sigma, "sigma_chosen_on": chosen_on, "sigma_grid_mean_log_p": scores,
-                  "schedule": s.describe(), "density_note": DENSITY_NOTE}
+        report = {
+            "sigma": sigma,
+            "sigma_chosen_on": chosen_on,
+            "sigma_grid_mean_log_p": scores,
+            "schedule": s.describe(),
+            "density_note": DENSITY_NOTE,
+        }
         if s.bdmc_examples:
             ref = self.fixed_z
             z = torch.randn(s.bdmc_examples, self.config.latent_dim, device=ref.device, dtype=ref.dtype)
@@ -324,12 +346,15 @@ class GAN(GenerativeModel):
     def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, **settings) -> Tensor:
         s = self.Estimator(**settings)
         if not s.ais:
-            raise UserError(f"{type(self).__name__} has no likelihood of its own: add estimator.ais=true for the "
-                            "decoder-based AIS estimate (Wu et al. 2017), or use sample-quality metrics.")
+            raise UserError(
+                f"{type(self).__name__} has no likelihood of its own: add estimator.ais=true for the "
+                "decoder-based AIS estimate (Wu et al. 2017), or use sample-quality metrics."
+            )
         if self._sigma is None:
             raise RuntimeError("prepare_eval chooses sigma before the per-example pass")
-        log_p, acceptance = decoder_ais.log_likelihood(self.observation_model(self._sigma[0]), x,
-                                                       self.config.latent_dim, s)
+        log_p, acceptance = decoder_ais.log_likelihood(
+            self.observation_model(self._sigma[0]), x, self.config.latent_dim, s
+        )
         self._acceptance.append(acceptance)
         return log_p
 
@@ -338,8 +363,10 @@ class GAN(GenerativeModel):
         if not s.ais:
             return "none (estimator.ais=false)"
         sigma = f"{self._sigma[0]:g}" if self._sigma else "chosen on validation data"
-        return (f"decoder-based AIS (Wu et al. 2017): p(x|z) = N(x; G(z), sigma^2 I), sigma = {sigma}; forward AIS "
-                f"from the prior, {s.describe()}: a stochastic lower bound on log p(x)")
+        return (
+            f"decoder-based AIS (Wu et al. 2017): p(x|z) = N(x; G(z), sigma^2 I), sigma = {sigma}; forward AIS "
+            f"from the prior, {s.describe()}: a stochastic lower bound on log p(x)"
+        )
 
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
         return {"hmc_acceptance": torch.tensor(self._acceptance.pop() * len(x))} if self._acceptance else {}
@@ -347,7 +374,8 @@ class GAN(GenerativeModel):
 
 @dataclass
 class WassersteinConfig(GANConfig):
-    n_critic: int = 5  # critic steps (fresh real batches) per generator step (Arjovsky et al. 2017 and Gulrajani et al. 2017, Algorithm 1)
+    n_critic: int = 5  # critic steps (fresh real batches) per generator step (Arjovsky et al. 2017 and Gulrajani et al.
+    #   2017, Algorithm 1)
 
 
 class WassersteinGAN(GAN):

@@ -18,6 +18,7 @@ the networks work in [-1, 1]. There is no likelihood: ``dgm sample mode=translat
 translations and their cycles, ``dgm eval`` the FID/KID of G's translations of domain A's test
 images against domain B's (evaluation/samples.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,11 +30,11 @@ from torch import Tensor, nn
 
 from ...data import pipeline
 from ...errors import UserError
+from ...rules import NON_NEGATIVE, POSITIVE, checked
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.host_flags import forget_known, marked, set_known
 from ..objectives import Objective
 from ..registry import register
-from ...rules import NON_NEGATIVE, POSITIVE, checked
 from .base import frozen
 
 GRID_IMAGES = 8  # images of each domain behind the logged translation grids
@@ -41,11 +42,15 @@ GRID_IMAGES = 8  # images of each domain behind the logged translation grids
 
 @dataclass
 class CycleGANConfig:
-    width: int = checked(32, POSITIVE)  # channels of G's first convolution and of D's first stage (the paper's 64 at 256 px)
-    residual_blocks: int = checked(6, NON_NEGATIVE)  # residual blocks of each generator (the paper: 6 at 128 px, 9 at 256 px)
-    critic_downsamplings: int = checked(1, POSITIVE)  # stride-2 convolutions of the PatchGAN critics: 1 -> 16x16 patches, 2 -> 34x34, 3 -> the paper's 70x70
+    width: int = checked(32, POSITIVE)  # channels of G's first convolution and of D's first stage (the paper's 64 at
+    #   256 px)
+    residual_blocks: int = checked(6, NON_NEGATIVE)  # residual blocks of each generator (the paper: 6 at 128 px, 9 at
+    #   256 px)
+    critic_downsamplings: int = checked(1, POSITIVE)  # stride-2 convolutions of the PatchGAN critics: 1 -> 16x16
+    #   patches, 2 -> 34x34, 3 -> the paper's 70x70
     cycle_weight: float = checked(10.0, NON_NEGATIVE)  # lambda of the cycle-consistency loss (eq. 3)
-    identity_weight: float = checked(0.5, NON_NEGATIVE)  # the identity loss's weight, in units of lambda (0 switches it off)
+    identity_weight: float = checked(0.5, NON_NEGATIVE)  # the identity loss's weight, in units of lambda (0 switches it
+    #   off)
     pool_size: int = checked(50, NON_NEGATIVE)  # generated images kept for the critic updates (0: no pool)
 
 
@@ -66,9 +71,15 @@ class GeneratorResidualBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.f = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
-                               nn.ReLU(True), nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3),
-                               nn.InstanceNorm2d(channels))
+        self.f = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.f(x)
@@ -83,10 +94,15 @@ class ResnetGenerator(nn.Module):
         k = width
         self.net = nn.Sequential(
             *conv_norm_relu(channels, k, 7),
-            *conv_norm_relu(k, 2 * k, 3, 2), *conv_norm_relu(2 * k, 4 * k, 3, 2),
+            *conv_norm_relu(k, 2 * k, 3, 2),
+            *conv_norm_relu(2 * k, 4 * k, 3, 2),
             *[GeneratorResidualBlock(4 * k) for _ in range(blocks)],
-            *conv_norm_relu(4 * k, 2 * k, 3, 2, transposed=True), *conv_norm_relu(2 * k, k, 3, 2, transposed=True),
-            nn.ReflectionPad2d(3), nn.Conv2d(k, channels, 7), nn.Tanh())
+            *conv_norm_relu(4 * k, 2 * k, 3, 2, transposed=True),
+            *conv_norm_relu(2 * k, k, 3, 2, transposed=True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(k, channels, 7),
+            nn.Tanh(),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -154,7 +170,7 @@ class ImagePool(nn.Module):
 def lsgan_critic_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
     # Mao et al. 2017, eq. 2 with a = 0, b = 1; halved as in Zhu et al. 2017, Sec. 4 ("we divide the
     # objective by 2 while optimizing D").
-    return 0.5 * (((d_real - 1) ** 2).mean() + (d_fake ** 2).mean())
+    return 0.5 * (((d_real - 1) ** 2).mean() + (d_fake**2).mean())
 
 
 def lsgan_generator_loss(d_fake: Tensor) -> Tensor:
@@ -187,8 +203,10 @@ class CycleGAN(GenerativeModel):
     def check_settings(cls, config: CycleGANConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
         super().check_settings(config, objective, data)
         if data is not None and (not data.is_image or data.shape[1] % 4 or data.shape[2] % 4):
-            raise UserError(f"model=cyclegan translates images whose height and width are multiples of 4 (its "
-                            f"generators halve them twice); this data has shape {'x'.join(map(str, data.shape))}.")
+            raise UserError(
+                f"model=cyclegan translates images whose height and width are multiples of 4 (its "
+                f"generators halve them twice); this data has shape {'x'.join(map(str, data.shape))}."
+            )
 
     def __init__(self, config: CycleGANConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
@@ -208,9 +226,11 @@ class CycleGAN(GenerativeModel):
         """Domain B's images from the batch's second slot, in the networks' space [-1, 1]. Training
         batches arrive transformed; validation and test splits arrive as raw 8-bit images."""
         if y is None or y.dim() != 4 or tuple(y.shape[1:]) != tuple(self.data.shape):
-            raise UserError("model=cyclegan translates between two image domains: name the second with "
-                            "data.domain_b=<dataset name, image folder or .npz file>, e.g. dataset=mnist "
-                            f"data.domain_b=fashion_mnist (the default); dataset={self.data.dataset} alone gives one.")
+            raise UserError(
+                "model=cyclegan translates between two image domains: name the second with "
+                "data.domain_b=<dataset name, image folder or .npz file>, e.g. dataset=mnist "
+                f"data.domain_b=fashion_mnist (the default); dataset={self.data.dataset} alone gives one."
+            )
         if y.dtype == torch.uint8:
             y = pipeline.transform(y, self.data.representation, None)
         return y * 2 - 1
@@ -223,8 +243,10 @@ class CycleGAN(GenerativeModel):
 
     # --- training ------------------------------------------------------------------------
     def configure_optimizers(self, build) -> dict[str, torch.optim.Optimizer]:
-        return {"critic": build([*self.critic_a.parameters(), *self.critic_b.parameters()]),
-                "generator": build([*self.g.parameters(), *self.f.parameters()])}
+        return {
+            "critic": build([*self.critic_a.parameters(), *self.critic_b.parameters()]),
+            "generator": build([*self.g.parameters(), *self.f.parameters()]),
+        }
 
     def phases(self, step: int) -> tuple[str, ...]:
         return ("critic", "generator")
@@ -264,8 +286,10 @@ class CycleGAN(GenerativeModel):
         a, b = x * 2 - 1, self.domain_b(y)
         n = min(len(a), len(b))
         a, b = a[:n], b[:n]
-        return {"cycle_l1": cycle_loss(a, self.f(self.g(a)), b, self.g(self.f(b))),
-                "identity_l1": identity_loss(a, self.f(a), b, self.g(b))}
+        return {
+            "cycle_l1": cycle_loss(a, self.f(self.g(a)), b, self.g(self.f(b))),
+            "identity_l1": identity_loss(a, self.f(a), b, self.g(b)),
+        }
 
     # --- translation -----------------------------------------------------------------------
     @staticmethod
@@ -292,8 +316,9 @@ class CycleGAN(GenerativeModel):
         return self.translation_rows(x * 2 - 1, self.domain_b(y))
 
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:
-        raise UserError("model=cyclegan translates images rather than sampling from noise: use "
-                        "`dgm sample mode=translate`.")
+        raise UserError(
+            "model=cyclegan translates images rather than sampling from noise: use `dgm sample mode=translate`."
+        )
 
     @torch.no_grad()
     def sample_for_logging(self, n: int) -> Tensor:

@@ -2,6 +2,7 @@
 convolutional discriminator trained with the cross-entropy game of Goodfellow et al.
 2014, by default with the non-saturating generator loss; Adam with lr 2e-4 and
 beta1 = 0.5, one discriminator step per generator step."""
+
 from __future__ import annotations
 
 from ..registry import register

@@ -6,6 +6,7 @@ probability that its input is real is sigmoid(score), and every log of it is
 written with softplus (-log sigmoid(a) = softplus(-a), -log(1 - sigmoid(a)) = softplus(a)),
 so that no sigmoid is ever taken and then logged.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ convolutions with leaky ReLU (slope 0.1) and ends in a linear layer. The number 
 up-/down-samplings adapts to the image size (3 for 32x32: 4 -> 8 -> 16 -> 32;
 2 for 28x28: 7 -> 14 -> 28).
 """
+
 from __future__ import annotations
 
 from typing import Optional

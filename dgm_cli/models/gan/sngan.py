@@ -3,6 +3,7 @@ norm, which bounds the critic's Lipschitz constant by 1 without a penalty; hinge
 by default; one critic step per generator step with Adam lr 2e-4, betas (0.5, 0.999)
 (Miyato et al. 2018, Table 1, setting C). With ``conditional: true`` the critic is a
 projection discriminator (Miyato & Koyama 2018)."""
+
 from __future__ import annotations
 
 from ..registry import register

@@ -13,6 +13,7 @@ critic towards simple functions (their Fig. 1) -- ``experiment=wgan_eight_gaussi
 The critic's ``wasserstein`` metric (``WassersteinGAN``), E D(x) - E D(G(z)), is the paper's loss curve (Sec. 4.2,
 Fig. 3): up to the unknown constant K it estimates W and falls as the samples improve.
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ Sequences arrive padded with NaN (data/sequences.py): a step is real where it is
 read as the sequence of its rows (binarized MNIST as 28 steps of 28 pixels), so these models also run on
 image datasets.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from torch import Tensor, nn
 
 from ...data.sequences import is_piano_roll, mask_of
 from ...errors import UserError
+from ...rules import POSITIVE, checked, checked_choice
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn.distributions import LOG_2PI
 from ..objectives import ELBO, IWAE, Objective
-from ...rules import POSITIVE, checked, checked_choice
 from ..vae.importance import importance_log_likelihood
 
 EMISSIONS = ("auto", "gaussian", "bernoulli")
@@ -38,9 +39,11 @@ class SequenceConfig:
     """The hyperparameters of VRNN, STORN and SRNN (DMM names its networks' widths apart)."""
 
     z_dim: int = checked(16, POSITIVE)  # units of z_t
-    hidden: int = checked(64, POSITIVE)  # width of the networks around the RNN (prior, posterior, emission, feature extractors)
+    hidden: int = checked(64, POSITIVE)  # width of the networks around the RNN (prior, posterior, emission, feature
+    #   extractors)
     rnn_hidden: int = checked(64, POSITIVE)  # units of the RNN's state
-    emission: str = checked_choice("auto", EMISSIONS)  # {choices} (auto: bernoulli for binary data and piano rolls, else gaussian)
+    emission: str = checked_choice("auto", EMISSIONS)  # {choices} (auto: bernoulli for binary data and piano rolls,
+    #   else gaussian)
 
 
 @dataclass
@@ -74,8 +77,14 @@ def diagonal_gaussian(net: nn.Module, *inputs: Tensor) -> tuple[Tensor, Tensor]:
     return mean, positive(raw)
 
 
-def add_step(totals: tuple[Tensor, Tensor, Tensor], real: Tensor, z: Tensor, posterior: tuple[Tensor, Tensor],
-             prior: tuple[Tensor, Tensor], log_px_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def add_step(
+    totals: tuple[Tensor, Tensor, Tensor],
+    real: Tensor,
+    z: Tensor,
+    posterior: tuple[Tensor, Tensor],
+    prior: tuple[Tensor, Tensor],
+    log_px_t: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(log p(x|z), log p(z), log q(z|x)) with step t's terms added where the step is ``real``."""
     m = real.to(z.dtype)
     log_px, log_pz, log_qz = totals
@@ -115,8 +124,9 @@ class SequenceModel(GenerativeModel):
         if isinstance(objective, ELBO) and objective.free_bits:
             raise UserError("objective.free_bits is not implemented for sequence models; use kl_warmup_steps.")
         if data is not None and len(data.shape) != 2 and not data.is_image:
-            raise UserError(f"{cls.__name__} models sequences (T, D) or images (rows as steps), not data of "
-                            f"shape {data.shape}.")
+            raise UserError(
+                f"{cls.__name__} models sequences (T, D) or images (rows as steps), not data of shape {data.shape}."
+            )
 
     def __init__(self, config, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
@@ -134,7 +144,9 @@ class SequenceModel(GenerativeModel):
         """(log p(x|z), log p(z), log q(z|x)) per sequence for z drawn with ``noise`` (B, T, z_dim)."""
         raise NotImplementedError
 
-    def markov_trajectory(self, x: Tensor, mask: Tensor, noise: Tensor, transition, emission) -> tuple[Tensor, Tensor, Tensor]:
+    def markov_trajectory(
+        self, x: Tensor, mask: Tensor, noise: Tensor, transition, emission
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``trajectory`` of a model whose latents form a Markov chain from z_0 = ``self.z0`` (DMM, SRNN):
         ``transition(t, z_{t-1})`` gives the posterior's and the prior's (mean, std) of z_t, ``emission(t,
         z_t)`` the emission's parameters."""
@@ -143,8 +155,9 @@ class SequenceModel(GenerativeModel):
         for t in range(x.shape[1]):
             (q_mean, q_std), prior = transition(t, z_prev)
             z = q_mean + q_std * noise[:, t]
-            totals = add_step(totals, mask[:, t], z, (q_mean, q_std), prior,
-                              self.emission_log_prob(x[:, t], emission(t, z)))
+            totals = add_step(
+                totals, mask[:, t], z, (q_mean, q_std), prior, self.emission_log_prob(x[:, t], emission(t, z))
+            )
             z_prev = z
         return totals
 
@@ -188,6 +201,7 @@ class SequenceModel(GenerativeModel):
     def iwae(self, x: Tensor, k: int) -> Tensor:
         """log (1/k) sum of k importance weights per sequence, computed in chunks of trajectories (k=500 on
         100 chorales of 160 steps at once took 21 GB and was killed)."""
+
         def log_weights(m: int) -> Tensor:
             log_px, log_pz, log_qz = self.log_weights(x, m)
             return log_px + log_pz - log_qz
@@ -212,8 +226,7 @@ class SequenceModel(GenerativeModel):
         kl = (log_qz - log_pz).sum() / steps
         rec = log_px.sum() / steps
         beta = self.kl_weight()
-        return -(rec - beta * kl), {"elbo_per_step": (rec - kl).detach(), "kl_per_step": kl.detach(),
-                                    "kl_weight": beta}
+        return -(rec - beta * kl), {"elbo_per_step": (rec - kl).detach(), "kl_per_step": kl.detach(), "kl_weight": beta}
 
     def after_step(self, phase: str) -> None:
         self.step += 1
@@ -250,8 +263,11 @@ class SequenceModel(GenerativeModel):
 
     def finalize_eval(self, sums: dict[str, float], count: int) -> dict[str, float]:
         steps = float(sums["steps"])
-        out = {"elbo_nats_per_sequence": float(sums["elbo"]) / count, "elbo_nats_per_step": float(sums["elbo"]) / steps,
-               "steps_per_sequence": steps / count}
+        out = {
+            "elbo_nats_per_sequence": float(sums["elbo"]) / count,
+            "elbo_nats_per_step": float(sums["elbo"]) / steps,
+            "steps_per_sequence": steps / count,
+        }
         if "bound" in sums:
             out["nll_nats_per_step"] = -float(sums["bound"]) / steps
         return out

@@ -2,6 +2,7 @@
 State Space Models"): a gated transition p(z_t | z_{t-1}), an emission p(x_t | z_t), and the structured
 inference network q(z_t | z_{t-1}, x_{t:T}) that combines z_{t-1} with a backward RNN over x_{t:T}
 (the "ST-R" combiner, Sec. 4)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,11 +11,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ...rules import POSITIVE, checked, checked_choice
 from ..base import DataSpec
 from ..nn.mlp import mlp
 from ..objectives import Objective
 from ..registry import register
-from ...rules import POSITIVE, checked, checked_choice
 from .base import EMISSIONS, SequenceModel, backward_rnn, diagonal_gaussian, positive
 
 
@@ -24,7 +25,8 @@ class DMMConfig:
     transition_hidden: int = checked(64, POSITIVE)  # units of the gated transition's hidden layers
     emission_hidden: int = checked(64, POSITIVE)  # units of the emission network's hidden layers
     rnn_hidden: int = checked(64, POSITIVE)  # units of the inference network's backward RNN
-    emission: str = checked_choice("auto", EMISSIONS)  # {choices} (auto: bernoulli for binary data and piano rolls, else gaussian)
+    emission: str = checked_choice("auto", EMISSIONS)  # {choices} (auto: bernoulli for binary data and piano rolls,
+    #   else gaussian)
 
 
 class GatedTransition(nn.Module):

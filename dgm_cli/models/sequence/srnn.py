@@ -2,6 +2,7 @@
 d_t = GRU(d_{t-1}, x_{t-1}) under a state-space layer p(z_t | z_{t-1}, d_t), emission p(x_t | z_t, d_t);
 inference runs a backward RNN a_t over [d_t, x_t] and q(z_t | z_{t-1}, a_t) shifts the prior's mean
 (the "resq" parameterisation, Sec. 3)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -39,7 +40,9 @@ class SRNN(SequenceModel):
             shift, q_std = diagonal_gaussian(self.posterior, z_prev, a[:, t])
             return (p_mean + shift, q_std), (p_mean, p_std)
 
-        return self.markov_trajectory(x, mask, noise, transition, lambda t, z: self.emission(torch.cat([z, d[:, t]], -1)))
+        return self.markov_trajectory(
+            x, mask, noise, transition, lambda t, z: self.emission(torch.cat([z, d[:, t]], -1))
+        )
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, label: Optional[int] = None) -> Tensor:

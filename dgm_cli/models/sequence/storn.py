@@ -1,6 +1,7 @@
 """STORN (Bayer & Osendorfer 2014, "Learning Stochastic Recurrent Networks"): independent latents
 z_t ~ N(0, I) drive a generative RNN h_t = GRU([x_{t-1}, z_t], h_{t-1}) with emission p(x_t | h_t); a
 recognition RNN over x_{1:t} gives q(z_t | x_{1:t})."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,6 +1,7 @@
 """The variational RNN (Chung et al. 2015, "A Recurrent Latent Variable Model for Sequential Data"): a
 GRU state h_{t-1} conditions the prior p(z_t | h_{t-1}), the approximate posterior q(z_t | x_t, h_{t-1})
 and the emission p(x_t | z_t, h_{t-1}); then h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1}) (eq. 5-9)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -37,8 +38,14 @@ class VRNN(SequenceModel):
             q_mean, q_std = diagonal_gaussian(self.encoder, fx, state)
             z = q_mean + q_std * noise[:, t]
             fz = self.phi_z(z)
-            totals = add_step(totals, mask[:, t], z, (q_mean, q_std), diagonal_gaussian(self.prior, state),
-                              self.emission_log_prob(x[:, t], self.decoder(torch.cat([fz, state], -1))))
+            totals = add_step(
+                totals,
+                mask[:, t],
+                z,
+                (q_mean, q_std),
+                diagonal_gaussian(self.prior, state),
+                self.emission_log_prob(x[:, t], self.decoder(torch.cat([fz, state], -1))),
+            )
             state = self.cell(torch.cat([fx, fz], -1), state)
         return totals
 

@@ -2,6 +2,7 @@
 q(h | x), whose log p(x) `dgm eval` estimates by importance sampling with ``estimator.k`` samples
 of q (importance.py; Burda et al. 2015, eq. 8): the VAE, the Gumbel-softmax VAE and the
 Helmholtz machine."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """The VAE with convolutional encoder and decoder (same model and bounds as ``vae.py``)."""
+
 from dataclasses import dataclass, field
 
 from ..registry import register

@@ -33,6 +33,7 @@ the ELBO of one trajectory z_{1:T} ~ q per example, the paper's bound; with k > 
 bound over k trajectories (Burda et al. 2015), tighter and k times as costly. Both are stochastic lower
 bounds on log p(x).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,11 +43,11 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ...rules import POSITIVE, checked
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss
 from ..nn import distributions as D
 from ..objectives import Objective
 from ..registry import register
-from ...rules import POSITIVE, checked
 from .base import IWAEEstimator
 from .importance import importance_log_likelihood
 
@@ -68,8 +69,9 @@ class DRAWEstimator(IWAEEstimator):
     k: int = 1  # each trajectory is T steps of both LSTMs: the paper's bound is one
 
 
-def filterbank(gx: Tensor, gy: Tensor, log_var: Tensor, delta: Tensor, n: int, height: int,
-               width: int) -> tuple[Tensor, Tensor]:
+def filterbank(
+    gx: Tensor, gy: Tensor, log_var: Tensor, delta: Tensor, n: int, height: int, width: int
+) -> tuple[Tensor, Tensor]:
     """(F_Y (B, N, height), F_X (B, N, width)): N Gaussian filters per axis, each summing to one over the
     pixels (Gregor et al. 2015, eqs. 19-20, 25-26), pixel coordinates 1..A and 1..B as in the paper."""
     offsets = torch.arange(1, n + 1, device=gx.device, dtype=gx.dtype) - n / 2 - 0.5
@@ -128,8 +130,10 @@ class DRAW(GenerativeModel):
     def check_settings(cls, config: DRAWConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
         super().check_settings(config, objective, data)
         if not objective.plain:
-            raise UserError("model=draw trains on the plain ELBO (Gregor et al. 2015, eq. 12); drop "
-                            "objective.kl_warmup_steps and objective.free_bits.")
+            raise UserError(
+                "model=draw trains on the plain ELBO (Gregor et al. 2015, eq. 12); drop "
+                "objective.kl_warmup_steps and objective.free_bits."
+            )
         if data is not None and not data.is_image:
             raise UserError("model=draw needs image data (C, H, W).")
 
@@ -191,8 +195,12 @@ class DRAW(GenerativeModel):
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> PhaseLoss:
         rec, kl = self.elbo_terms(x)
         loss = (kl - rec).mean()  # L^x + L^z, nats per image
-        return loss, {"loss": loss.detach(), "elbo": -loss.detach(), "reconstruction": rec.mean().detach(),
-                      "kl": kl.mean().detach()}
+        return loss, {
+            "loss": loss.detach(),
+            "elbo": -loss.detach(),
+            "reconstruction": rec.mean().detach(),
+            "kl": kl.mean().detach(),
+        }
 
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:

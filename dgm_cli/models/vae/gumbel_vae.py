@@ -18,6 +18,7 @@ one-hot c ~ q(c|x), and log p(x) estimated by importance sampling with the exact
 q(c|x) as the proposal (not the relaxed one): log (1/k) sum_i p(x|c_i) p(c_i) / q(c_i|x), a stochastic
 lower bound on log p(x) (Burda et al. 2015, Thm. 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,14 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import UserError
+from ...rules import NON_EMPTY_SIZES, NON_NEGATIVE, POSITIVE, at_least, checked, checked_choice, checked_list
 from ..base import DataSpec, Metrics, PhaseLoss
 from ..nn import distributions as D
 from ..nn.mlp import ACTIVATIONS, mlp
 from ..objectives import Objective
 from ..registry import register
-from ...rules import NON_EMPTY_SIZES, NON_NEGATIVE, POSITIVE, at_least, checked, checked_choice, checked_list
-from .importance import importance_log_likelihood
 from .base import LatentVariableModel
+from .importance import importance_log_likelihood
 from .networks import MLPDecoder
 
 
@@ -91,12 +92,15 @@ class GumbelVAE(LatentVariableModel):
     def check_settings(cls, config: GumbelVAEConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
         super().check_settings(config, objective, data)
         if not objective.plain:
-            raise UserError("model=gumbel_vae trains on the plain ELBO; drop objective.kl_warmup_steps and "
-                            "objective.free_bits.")
+            raise UserError(
+                "model=gumbel_vae trains on the plain ELBO; drop objective.kl_warmup_steps and objective.free_bits."
+            )
         if config.temperature_min > config.temperature:
-            raise UserError(f"model.temperature_min={config.temperature_min} is above model.temperature="
-                            f"{config.temperature}: the temperature anneals down to its minimum, so the minimum "
-                            "must be <= model.temperature.")
+            raise UserError(
+                f"model.temperature_min={config.temperature_min} is above model.temperature="
+                f"{config.temperature}: the temperature anneals down to its minimum, so the minimum "
+                "must be <= model.temperature."
+            )
 
     def __init__(self, config: GumbelVAEConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
@@ -128,8 +132,13 @@ class GumbelVAE(LatentVariableModel):
         rec = self.log_px_given_code(gumbel_softmax(log_q, tau, self.config.straight_through), x)
         kl = categorical_kl_uniform(log_q)
         loss = (kl - rec).mean()
-        return loss, {"loss": loss.detach(), "relaxed_elbo": -loss.detach(), "reconstruction": rec.mean().detach(),
-                      "kl": kl.mean().detach(), "temperature": tau}
+        return loss, {
+            "loss": loss.detach(),
+            "relaxed_elbo": -loss.detach(),
+            "reconstruction": rec.mean().detach(),
+            "kl": kl.mean().detach(),
+            "temperature": tau,
+        }
 
     def after_step(self, phase: str) -> None:
         self.step += 1
@@ -164,8 +173,10 @@ class GumbelVAE(LatentVariableModel):
         return importance_log_likelihood(lambda m: self.log_weights(x, log_q, m), k, x.shape[0])
 
     def estimator(self, k: int = 5000, **_) -> str:
-        return (f"importance sampling, k={k} one-hot codes from the exact categorical posterior q(c|x) "
-                "(not the relaxed one; Burda et al. 2015's bound)")
+        return (
+            f"importance sampling, k={k} one-hot codes from the exact categorical posterior q(c|x) "
+            "(not the relaxed one; Burda et al. 2015's bound)"
+        )
 
     @torch.no_grad()
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:

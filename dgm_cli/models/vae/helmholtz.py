@@ -23,6 +23,7 @@ The weights are constants in each update (the estimators of the papers). ``dgm e
 log p(x) estimated by importance sampling with q as the proposal, log (1/k) sum_i w_i -- a stochastic
 lower bound on log p(x) (Burda et al. 2015, Thm. 1), the estimator Bornschein & Bengio report.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,13 +33,14 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ...rules import NON_EMPTY_SIZES, checked_list
 from ..base import DataSpec, Metrics, PhaseLoss
 from ..nn import distributions as D
 from ..objectives import RWS, Objective
 from ..registry import register
-from ...rules import NON_EMPTY_SIZES, checked_list
 from .base import LatentVariableModel
 from .importance import importance_log_likelihood
+
 
 @dataclass
 class HelmholtzConfig:

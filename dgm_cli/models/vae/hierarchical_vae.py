@@ -15,6 +15,7 @@ weight. The ELBO's KL is KL(q(h1,h2|x) || p(h1,h2)) = E_q[log q(h1|x) - log p(h1
 + E_q(h1|x) KL(q(h2|h1) || N(0, I)): the first term a one-sample Monte Carlo estimate, the second
 in closed form given the sampled h1 -- an unbiased estimate of the KL, so the ELBO stays unbiased.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
-from ..nn import distributions as D
 from ..base import DataSpec
+from ..nn import distributions as D
 from ..objectives import Objective
 from ..registry import register
 from .networks import MLPDecoder, MLPEncoder
@@ -102,8 +103,11 @@ class TwoStochasticLayerVAE(VAE):
         active = sums["posterior_mean_sq_sum"] / count - m**2 > 1e-2
         out = super().finalize_eval(sums, count)
         d1 = self.config.latent_dim_1
-        out.update(active_units_1=int(active[:d1].sum()), active_units_2=int(active[d1:].sum()),
-                   latent_dim=d1 + self.config.latent_dim)
+        out.update(
+            active_units_1=int(active[:d1].sum()),
+            active_units_2=int(active[d1:].sum()),
+            latent_dim=d1 + self.config.latent_dim,
+        )
         return out
 
     # --- generation ------------------------------------------------------------------

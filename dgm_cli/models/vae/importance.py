@@ -4,6 +4,7 @@
 
 whose expectation is a lower bound on log p(x) that tightens as k grows (Burda et al., Thm. 1),
 computed in chunks of samples so that k = 5000 fits in memory."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,9 @@ from torch import Tensor
 ROWS_PER_CHUNK = 1 << 16
 
 
-def importance_log_likelihood(log_weights: Callable[[int], Tensor], k: int, batch: int,
-                               rows_per_chunk: int = ROWS_PER_CHUNK) -> Tensor:
+def importance_log_likelihood(
+    log_weights: Callable[[int], Tensor], k: int, batch: int, rows_per_chunk: int = ROWS_PER_CHUNK
+) -> Tensor:
     """``log_weights(m)`` gives (m, batch) fresh log importance weights; returns log (1/k) sum of k of them.
     ``batch``: the rows one sample costs (examples; for sequences, examples x time steps)."""
     chunk = max(1, min(k, rows_per_chunk // max(1, batch)))

@@ -1,4 +1,5 @@
 """Encoders q(z|x) and decoders p(x|z) for the VAE family: MLP and convolutional."""
+
 from __future__ import annotations
 
 import math

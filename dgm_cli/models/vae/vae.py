@@ -8,6 +8,7 @@ Warm-up multiplies the KL by min(1, step / kl_warmup_steps) (Sønderby et al. 20
 replace each latent dimension's batch-mean KL by max(free_bits, KL_j) (Kingma et al. 2016, eq. 15).
 At evaluation, log p(x) is estimated by IWAE_k with k = 5000 by default, as in Burda et al.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,13 +19,13 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
+from ...rules import POSITIVE, SIZES, checked, checked_choice, checked_list, choice
 from ..base import DataSpec, Metrics, alternating_rows
-from ..nn import distributions as D
-from ..registry import get_model_class, register
 from ..nn import decoder_ais
+from ..nn import distributions as D
 from ..nn.mlp import ACTIVATIONS
 from ..objectives import IWAE, BetaELBO, Objective
-from ...rules import POSITIVE, SIZES, checked, checked_choice, checked_list, choice
+from ..registry import get_model_class, register
 from .base import IWAEEstimator, LatentVariableModel
 from .importance import importance_log_likelihood
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, check_conv_shape
@@ -35,7 +36,12 @@ LIKELIHOODS = {
     "gaussian": (2, ("dequantized", "continuous")),
     "discretized_logistic": (2, ("8bit",)),
 }
-DEFAULT_LIKELIHOOD = {"binary": "bernoulli", "8bit": "discretized_logistic", "dequantized": "gaussian", "continuous": "gaussian"}
+DEFAULT_LIKELIHOOD = {
+    "binary": "bernoulli",
+    "8bit": "discretized_logistic",
+    "dequantized": "gaussian",
+    "continuous": "gaussian",
+}
 MIN_LOG_SCALE = -7.0
 
 
@@ -47,7 +53,8 @@ class VAEConfig:
     latent_dim: int = checked(50, POSITIVE)  # units of z
     activation: str = checked_choice("tanh", ACTIVATIONS)  # {choices}
     likelihood: str = checked_choice("auto", ("auto", *LIKELIHOODS))  # {choices} (auto: from the data representation)
-    stochastic_layers: int = checked(1, choice((1, 2)))  # 1, or 2: Burda et al. 2015's two-layer model (model=hierarchical_vae)
+    stochastic_layers: int = checked(1, choice((1, 2)))  # 1, or 2: Burda et al. 2015's two-layer model
+    #   (model=hierarchical_vae)
     latent_dim_1: int = checked(100, POSITIVE)  # stochastic_layers=2: units of h1; latent_dim is then the top layer h2
     hidden_2: list = checked_list([100, 100], SIZES)  # stochastic_layers=2: deterministic units between h1 and h2
 
@@ -84,21 +91,30 @@ class VAE(LatentVariableModel):
     def check_settings(cls, config: VAEConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
         super().check_settings(config, objective, data)
         if config.stochastic_layers != cls.stochastic_layers:
-            raise UserError(f"model.stochastic_layers={config.stochastic_layers} is not allowed for model={cls.name}: "
-                            f"it has {cls.stochastic_layers}. model=vae takes 1 or 2 (2 is model=hierarchical_vae, "
-                            f"model.architecture=mlp), other VAEs 1.")
+            raise UserError(
+                f"model.stochastic_layers={config.stochastic_layers} is not allowed for model={cls.name}: "
+                f"it has {cls.stochastic_layers}. model=vae takes 1 or 2 (2 is model=hierarchical_vae, "
+                f"model.architecture=mlp), other VAEs 1."
+            )
         if data is not None and config.architecture == "conv":
             check_conv_shape(data.shape, len(config.channels))
-        if data is not None and config.likelihood != "auto" and data.representation not in LIKELIHOODS[config.likelihood][1]:
+        if (
+            data is not None
+            and config.likelihood != "auto"
+            and data.representation not in LIKELIHOODS[config.likelihood][1]
+        ):
             fits = [k for k, (_, reps) in LIKELIHOODS.items() if data.representation in reps]
-            raise UserError(f"model.likelihood={config.likelihood} does not fit data.representation="
-                            f"{data.representation}; use auto or one of: {', '.join(fits)}.")
+            raise UserError(
+                f"model.likelihood={config.likelihood} does not fit data.representation="
+                f"{data.representation}; use auto or one of: {', '.join(fits)}."
+            )
 
     def __init__(self, config: VAEConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
         #: p(x|z)'s distribution (model.likelihood, auto resolved by the representation): bernoulli, gaussian, ...
-        self.decoder_likelihood = (DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto"
-                                   else config.likelihood)
+        self.decoder_likelihood = (
+            DEFAULT_LIKELIHOOD[data.representation] if config.likelihood == "auto" else config.likelihood
+        )
         params, act = LIKELIHOODS[self.decoder_likelihood][0], config.activation
         if config.architecture == "mlp":
             self.encoder = MLPEncoder(data.shape, list(config.hidden), config.latent_dim, act)
@@ -168,8 +184,13 @@ class VAE(LatentVariableModel):
         weight = self.kl_weight()
         loss = -rec.mean() + weight * kl_penalty
         elbo = (rec - kl).mean().detach()
-        return loss, {"loss": loss.detach(), "elbo": elbo, "reconstruction": rec.mean().detach(),
-                      "kl": kl.mean().detach(), "kl_weight": weight}
+        return loss, {
+            "loss": loss.detach(),
+            "elbo": elbo,
+            "reconstruction": rec.mean().detach(),
+            "kl": kl.mean().detach(),
+            "kl_weight": weight,
+        }
 
     def training_loss(self, x: Tensor, y: Optional[Tensor], phase: str) -> tuple[Tensor, Metrics]:
         return self.loss(x)
@@ -185,8 +206,9 @@ class VAE(LatentVariableModel):
 
     # --- likelihood -----------------------------------------------------------------
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor, y: Optional[Tensor] = None, k: int = 5000, ais: bool = False,
-                       **settings) -> Tensor:
+    def log_likelihood(
+        self, x: Tensor, y: Optional[Tensor] = None, k: int = 5000, ais: bool = False, **settings
+    ) -> Tensor:
         """IWAE estimate of log p(x) with k importance samples, in chunks of samples so memory stays bounded.
         Its expectation is a lower bound on log p(x) that tightens as k grows (Burda et al. 2015, Thm. 1).
         With ``ais``: forward AIS from the prior with HMC (nn/decoder_ais.py), also a stochastic lower bound."""
@@ -198,8 +220,10 @@ class VAE(LatentVariableModel):
 
     def ais_settings(self, **settings) -> VAEEstimator:
         if self.stochastic_layers > 1:
-            raise UserError("estimator.ais=true anneals one latent layer; this VAE has two (model.stochastic_layers=2): "
-                            "use its IWAE estimate.")
+            raise UserError(
+                "estimator.ais=true anneals one latent layer; this VAE has two (model.stochastic_layers=2): "
+                "use its IWAE estimate."
+            )
         return VAEEstimator(**settings)
 
     def observation_model(self, x: Tensor, chains: int):
@@ -208,7 +232,8 @@ class VAE(LatentVariableModel):
         return lambda z: self.log_px_given_z(self.decoder(z), xr)
 
     def density_support(self, **_) -> Optional[str]:
-        """A Gaussian decoder is normalised on R^D, not on the images' [0, 1]^D (the other decoders on the data's values)."""
+        """A Gaussian decoder is normalised on R^D, not on the images' [0, 1]^D (the other decoders on the data's
+        values)."""
         return "R^D" if self.decoder_likelihood == "gaussian" and self.data.is_image else None
 
     def likelihood_name(self, ais: bool = False, **_) -> str:
@@ -230,15 +255,22 @@ class VAE(LatentVariableModel):
     def estimator(self, k: int = 5000, ais: bool = False, **settings) -> str:
         if ais:
             s = self.ais_settings(k=k, ais=ais, **settings)
-            return (f"decoder-based AIS (Wu et al. 2017) with the decoder's own p(x|z) ({self.decoder_likelihood}): "
-                    f"forward AIS from the prior, {s.describe()}: a stochastic lower bound on log p(x)")
+            return (
+                f"decoder-based AIS (Wu et al. 2017) with the decoder's own p(x|z) ({self.decoder_likelihood}): "
+                f"forward AIS from the prior, {s.describe()}: a stochastic lower bound on log p(x)"
+            )
         return f"IWAE, k={k} importance samples (Burda et al. 2015)"
 
     @torch.no_grad()
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
         rec, kl, _, mean = self.elbo_terms(x)
-        return {"elbo": (rec - kl).sum(), "reconstruction": rec.sum(), "kl": kl.sum(),
-                "posterior_mean_sum": mean.sum(0), "posterior_mean_sq_sum": (mean**2).sum(0)}
+        return {
+            "elbo": (rec - kl).sum(),
+            "reconstruction": rec.sum(),
+            "kl": kl.sum(),
+            "posterior_mean_sum": mean.sum(0),
+            "posterior_mean_sq_sum": (mean**2).sum(0),
+        }
 
     def finalize_eval(self, sums: dict, count: int) -> dict:
         """Active units (Burda et al. 2015, Sec. 5.2): latent u is active if Cov_x(E_q[z_u|x]) > 1e-2."""

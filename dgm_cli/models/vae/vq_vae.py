@@ -32,6 +32,7 @@ Codebook usage is logged during training: the perplexity exp(-sum_k p_k log p_k)
 frequencies p_k (K when all codes are used equally), and the dead codes, those not chosen in any of
 the last ``model.dead_after`` batches (or never, so far).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,14 +43,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ..autoregressive.pixelcnn import MaskedResidualBlock
-from ..autoregressive.pixelcnn import output_layers
+from ...rules import NON_NEGATIVE, POSITIVE, at_least, checked
+from ..autoregressive.pixelcnn import MaskedResidualBlock, output_layers
 from ..base import DataSpec, GenerativeModel, Metrics, PhaseLoss, alternating_rows
 from ..nn import distributions as D
 from ..nn.masked_conv import MaskedConv2d
 from ..objectives import Objective
 from ..registry import register
-from ...rules import NON_NEGATIVE, POSITIVE, at_least, checked
 from .vae import MIN_LOG_SCALE
 
 #: stride-2 convolutions in the encoder (and transposed ones in the decoder): 28 px -> a 7x7 code grid
@@ -59,10 +59,12 @@ DOWNSAMPLES = 2
 @dataclass
 class VQVAEConfig:
     hidden_channels: int = checked(64, POSITIVE)  # channels of the encoder and decoder (256 in the paper)
-    residual_blocks: int = checked(2, NON_NEGATIVE)  # residual 3x3 blocks in the encoder and in the decoder (2 in the paper)
+    residual_blocks: int = checked(2, NON_NEGATIVE)  # residual 3x3 blocks in the encoder and in the decoder (2 in the
+    #   paper)
     num_codes: int = checked(128, at_least(2))  # K, codebook entries
     code_dim: int = checked(16, POSITIVE)  # D, dimension of each entry
-    prior_start: int = checked(2000, NON_NEGATIVE)  # steps of stage 1 (encoder, decoder, codebook); the PixelCNN prior trains after
+    prior_start: int = checked(2000, NON_NEGATIVE)  # steps of stage 1 (encoder, decoder, codebook); the PixelCNN prior
+    #   trains after
     prior_channels: int = checked(32, POSITIVE)  # h of the prior PixelCNN: its residual stream has 2h channels
     prior_blocks: int = checked(5, POSITIVE)  # residual blocks of the prior PixelCNN
     prior_kernel_size: int = checked(3, POSITIVE)  # masked convolution of each prior block (mask B)
@@ -75,22 +77,34 @@ class Residual(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-                                 nn.Conv2d(channels, channels, 1))
+        self.net = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.net(x)
 
 
 def encoder(in_channels: int, hidden: int, blocks: int, code_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, hidden, 4, 2, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 4, 2, 1),
-                         *[Residual(hidden) for _ in range(blocks)], nn.ReLU(), nn.Conv2d(hidden, code_dim, 1))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 4, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 4, 2, 1),
+        *[Residual(hidden) for _ in range(blocks)],
+        nn.ReLU(),
+        nn.Conv2d(hidden, code_dim, 1),
+    )
 
 
 def decoder(code_dim: int, hidden: int, blocks: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(code_dim, hidden, 3, padding=1), *[Residual(hidden) for _ in range(blocks)],
-                         nn.ReLU(), nn.ConvTranspose2d(hidden, hidden, 4, 2, 1), nn.ReLU(),
-                         nn.ConvTranspose2d(hidden, out_channels, 4, 2, 1))
+    return nn.Sequential(
+        nn.Conv2d(code_dim, hidden, 3, padding=1),
+        *[Residual(hidden) for _ in range(blocks)],
+        nn.ReLU(),
+        nn.ConvTranspose2d(hidden, hidden, 4, 2, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(hidden, out_channels, 4, 2, 1),
+    )
 
 
 class CodePrior(nn.Module):
@@ -145,8 +159,10 @@ class VQVAE(GenerativeModel):
     def check_settings(cls, config: VQVAEConfig, objective: Objective, data: Optional[DataSpec] = None) -> None:
         super().check_settings(config, objective, data)
         if data is not None and (not data.is_image or data.shape[1] % 2**DOWNSAMPLES or data.shape[2] % 2**DOWNSAMPLES):
-            raise UserError(f"model=vq_vae needs images whose height and width divide by {2**DOWNSAMPLES} "
-                            f"(two stride-2 convolutions); got data of shape {data.shape}.")
+            raise UserError(
+                f"model=vq_vae needs images whose height and width divide by {2**DOWNSAMPLES} "
+                f"(two stride-2 convolutions); got data of shape {data.shape}."
+            )
 
     def __init__(self, config: VQVAEConfig, data: DataSpec, objective: Objective):
         super().__init__(config, data, objective)
@@ -157,8 +173,9 @@ class VQVAE(GenerativeModel):
         self.encoder = encoder(data.shape[0], c.hidden_channels, c.residual_blocks, c.code_dim)
         self.codebook = nn.Parameter(torch.empty(c.num_codes, c.code_dim).uniform_(-1 / c.num_codes, 1 / c.num_codes))
         self.decoder = decoder(c.code_dim, c.hidden_channels, c.residual_blocks, self.params_per_dim * data.shape[0])
-        self.prior = CodePrior(c.num_codes, c.prior_channels, c.prior_blocks, c.prior_kernel_size,
-                               c.prior_head_channels)
+        self.prior = CodePrior(
+            c.num_codes, c.prior_channels, c.prior_blocks, c.prior_kernel_size, c.prior_head_channels
+        )
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_used", torch.zeros(c.num_codes, dtype=torch.long))  # batch a code was last chosen
 
@@ -228,9 +245,14 @@ class VQVAE(GenerativeModel):
         counts = torch.bincount(codes.flatten(), minlength=self.config.num_codes)
         with torch.no_grad():  # codebook usage: the batch each code was last chosen in
             self.last_used.masked_fill_(counts > 0, self.step + 1)  # a tensor: no host sync
-        return loss, {"loss": loss.detach(), "reconstruction": rec.mean().detach(),
-                      "codebook_loss": codebook.mean().detach(), "commitment_loss": commitment.mean().detach(),
-                      "perplexity": perplexity(counts), "dead_codes": self.dead_codes()}
+        return loss, {
+            "loss": loss.detach(),
+            "reconstruction": rec.mean().detach(),
+            "codebook_loss": codebook.mean().detach(),
+            "commitment_loss": commitment.mean().detach(),
+            "perplexity": perplexity(counts),
+            "dead_codes": self.dead_codes(),
+        }
 
     def dead_codes(self) -> Tensor:
         """Codes not chosen in the last ``dead_after`` batches, or never so far."""
@@ -250,8 +272,13 @@ class VQVAE(GenerativeModel):
         rec, log_prior, codes = self.bound_terms(x)
         bound = rec + log_prior
         counts = torch.bincount(codes.flatten(), minlength=self.config.num_codes)
-        return {"loss": -bound.mean(), "bound": bound.mean(), "reconstruction": rec.mean(),
-                "prior_nll": -log_prior.mean(), "perplexity": perplexity(counts)}
+        return {
+            "loss": -bound.mean(),
+            "bound": bound.mean(),
+            "reconstruction": rec.mean(),
+            "prior_nll": -log_prior.mean(),
+            "perplexity": perplexity(counts),
+        }
 
     # --- likelihood ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -261,14 +288,19 @@ class VQVAE(GenerativeModel):
         return rec + log_prior
 
     def estimator(self, **_) -> str:
-        return ("two-stage bound log p(z_q(x)) + log p(x|z_q(x)): the ELBO of the deterministic encoder's "
-                "point-mass posterior (zero entropy), computed without sampling")
+        return (
+            "two-stage bound log p(z_q(x)) + log p(x|z_q(x)): the ELBO of the deterministic encoder's "
+            "point-mass posterior (zero entropy), computed without sampling"
+        )
 
     @torch.no_grad()
     def extra_eval(self, x: Tensor, y: Optional[Tensor] = None) -> Metrics:
         rec, log_prior, codes = self.bound_terms(x)
-        return {"reconstruction": rec.sum(), "prior_nll": -log_prior.sum(),
-                "code_counts": torch.bincount(codes.flatten(), minlength=self.config.num_codes)}
+        return {
+            "reconstruction": rec.sum(),
+            "prior_nll": -log_prior.sum(),
+            "code_counts": torch.bincount(codes.flatten(), minlength=self.config.num_codes),
+        }
 
     def finalize_eval(self, sums: dict, count: int) -> dict:
         """Codebook usage over the evaluated split: perplexity and the codes never chosen."""
