@@ -30,8 +30,8 @@ class TrainerConfig:
     accumulate: int = checked(1, POSITIVE)  # micro-batches per optimizer step (gradient accumulation)
     eval_batch_size: int = checked(1000, POSITIVE)  # examples per batch in validation
     device: str = checked("auto", DEVICE)  # auto | cpu | cuda | cuda:N | mps
-    precision: str = checked("32", choice(("32", "bf16", "16")))  # 32 | bf16 | 16 (16 uses a gradient scaler; CUDA
-    #   only)
+    precision: str = checked("32", choice(("32", "bf16", "16")))  # 32 | bf16 | 16
+    #   (16 uses a gradient scaler; CUDA only)
     val_precision: str = checked("32", choice(("32", "bf16", "16")))  # validation's precision (its loss picks best.pt):
     #   32 unless asked; dgm eval computes in 32
     deterministic: bool = False  # true: deterministic algorithms and no TF32 on GPUs (exact resume, two GPUs equal one;

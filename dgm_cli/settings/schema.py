@@ -89,8 +89,8 @@ class SampleConfig:
     data: SampleDataConfig = field(default_factory=SampleDataConfig)  # data.path=: the run's own data, moved
     temperature: float = 1.0  # scales the std of the noise sampling starts from: 1 as trained, < 1 smoother (Glow)
     steps: Optional[int] = None  # sampler steps (model.sample_steps): DDPM/DDIM denoising steps (fewer: a respaced
-    #   chain), flow matching's ODE steps (fixed-step solvers), EBM Langevin steps, RBM/DBN/DBM Gibbs sweeps; null: the
-    #   model's
+    #   chain), flow matching's ODE steps (fixed-step solvers), EBM Langevin steps, RBM/DBN/DBM Gibbs sweeps;
+    #   null: the model's
     sampler: Optional[str] = None  # diffusion: ddpm (ancestral) | ddim; flow matching's ODE solver: euler | midpoint |
     #   rk4 | dopri5 (model.sampler); null: the model's
     eta: Optional[float] = None  # DDIM's noise (model.eta): 0 deterministic, 1 ancestral-like; needs sampler=ddim;

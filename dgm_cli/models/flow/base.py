@@ -39,8 +39,8 @@ ALPHA: Rule = (lambda v: 0 < v < 0.5, "in (0, 0.5)")
 
 @dataclass
 class FlowConfig:
-    preprocess: str = checked_choice("logit", PREPROCESSING)  # {choices}: images: logit (Dinh et al. 2017), center (x -
-    #   0.5, Glow)
+    preprocess: str = checked_choice("logit", PREPROCESSING)  # {choices}: images: logit (Dinh et al. 2017),
+    #   center (x - 0.5, Glow)
     alpha: float = checked(0.05, ALPHA)  # logit transform: y = logit(alpha + (1 - 2 alpha) x)
 
 

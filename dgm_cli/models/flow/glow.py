@@ -43,8 +43,8 @@ from .layers import (
 class GlowConfig(FlowConfig):
     preprocess: str = "logit"  # {choices}: the paper centres (x - 0.5); the logit transform learns faster on MNIST
     alpha: float = 0.05
-    num_levels: int = checked(2, POSITIVE)  # images: L, levels of the multi-scale architecture (each squeezes H, W by
-    #   2)
+    num_levels: int = checked(2, POSITIVE)  # images: L, levels of the multi-scale architecture
+    #   (each squeezes H, W by 2)
     depth: int = checked(4, POSITIVE)  # K, steps of flow per level (toys: steps in all)
     hidden_channels: int = checked(64, POSITIVE)  # images: width of the coupling networks (512 in the paper)
     split_prior: bool = True  # learned N(mu(h), sigma(h)) for factored-out channels (Glow code)
