@@ -113,8 +113,8 @@ def stratified_sum(terms: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
 @register("ddpm")
 class DDPM(GenerativeModel):
     family = "diffusion"
-    # a grid is 1,000 U-Net passes: 64 samples took 574 s against 4.2 s steps, 12% of a run at
-    # sample_every=1000 (scripts/bench_models.py --sections models); 36 take ~7%
+    # a grid is 1,000 U-Net passes per sample: fewer than the usual 64 keep its share of a run small
+    # (measured with scripts/bench_models.py --sections models: docs/results.md, sample grids' cost)
     grid_samples = 36
     objectives = ("simple", "hybrid", "vlb")
     representations = ("8bit",)

@@ -199,8 +199,8 @@ class SequenceModel(GenerativeModel):
         return tuple(v.view(k, b) for v in terms)
 
     def iwae(self, x: Tensor, k: int) -> Tensor:
-        """log (1/k) sum of k importance weights per sequence, computed in chunks of trajectories (k=500 on
-        100 chorales of 160 steps at once took 21 GB and was killed)."""
+        """log (1/k) sum of k importance weights per sequence, computed in chunks of trajectories: all k
+        trajectories of a batch of long sequences at once would not fit in memory."""
 
         def log_weights(m: int) -> Tensor:
             log_px, log_pz, log_qz = self.log_weights(x, m)
