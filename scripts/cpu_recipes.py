@@ -30,7 +30,7 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "dgm_cli" / "configs" / "
 EVAL_LINE = "# dgm eval:"
 SAMPLE_LINE = "# dgm sample:"
 #: the learning curve drawn for a recipe: the first of these tags its run logged
-CURVES = ("val/loss", "val/reconstruction_error")
+CURVES = ("val/loss", "val/reconstruction_error", "train/loss_generator")
 
 
 def recipes() -> list[str]:
@@ -148,7 +148,7 @@ def main() -> None:
     report = out / "report"
     dgm(["report", *runs, f"out={report}"], out / "report.log")
     for run in runs:  # a learning curve per recipe: their losses are in different units (nats/step, bits/dim)
-        for tag in CURVES:  # the first the run logged (an RBM has no tractable validation loss)
+        for tag in CURVES:  # the first the run logged (an RBM has no tractable validation loss, a GAN none at all)
             if (
                 dgm(
                     ["report", run, f"curves={tag}", "x=wall_time", f"out={report / Path(run).name}"],
