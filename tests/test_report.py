@@ -355,3 +355,22 @@ def test_a_vaes_second_estimate_never_displaces_its_own_bound_as_the_runs_number
     assert len(names) == 2 and any("ais" in n for n in names)
     best = json.loads((run / "checkpoints" / "eval.json").read_text())
     assert best["likelihood"]["estimator_settings"] == {"k": 20}
+
+
+def test_a_gans_likelihood_asked_for_on_few_images_never_displaces_its_fid():
+    """A GAN's own evaluation is its sample metrics (FID on 10,000 samples); decoder AIS switched on for a look
+    at 20 images is kept as a record, not made the run's number in eval.json (and so in dgm report)."""
+    from dgm_cli.commands.evaluate import most_thorough
+
+    fid = {"schema": "dgm-eval-v2", "train_step": 5000, "protocol": {"split": "test", "num_examples": 10000}}
+    fid["sample_quality"] = {"fid": 51.3, "num_generated": 10000}
+    ais = evaluation(3919.4, n=20)
+    ais.update(train_step=5000)
+    ais["protocol"]["representation"] = "dequantized"
+    ais["likelihood"]["estimator_settings"] = {"ais": True, "ais_temperatures": 300}
+    best = most_thorough([("fid", fid), ("ais", ais)])
+    assert best["sample_quality"]["fid"] == 51.3 and "likelihood" not in best
+    assert best["records"] == {"sample_quality": "evals/fid.json"}
+    # the model's own likelihood (no switch) on its own protocol is the run's number, as before
+    ais["likelihood"]["estimator_settings"] = {"k": 5000}
+    assert most_thorough([("fid", fid), ("iwae", ais)])["likelihood"]["nll_nats"] == 3919.4

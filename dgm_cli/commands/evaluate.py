@@ -209,6 +209,9 @@ def most_thorough(kept: list[tuple[str, dict]]) -> dict:
 
     likelihood, sq = best("likelihood"), best("sample_quality")
     base_name, base = likelihood or sq
+    if likelihood and sq and not switched_off(likelihood[1]) and likelihood[1]["protocol"] != sq[1]["protocol"]:
+        base_name, base = sq  # an estimate switched on for a look (a GAN's AIS on 20 images) never displaces
+        # the model's own evaluation measured on another protocol (its FID on 10,000 samples); it stays a record
     report = {**{k: v for k, v in base.items() if k not in ("likelihood", "sample_quality")}, "records": {}}
     for section, chosen in (("likelihood", likelihood), ("sample_quality", sq)):
         if chosen and (chosen is base or chosen[1]["protocol"] == base["protocol"]):
