@@ -3,6 +3,7 @@ conditioning, mode coverage, and a short run that must cover all eight Gaussians
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -173,6 +174,32 @@ def test_metrics(name):
     assert all(v.dim() == 0 and not v.requires_grad for v in {**critic, **generator}.values())
     if name == "dcgan":  # D(x) is a probability for the cross-entropy objectives
         assert 0 < critic["d_real"] < 1 and 0 < critic["d_fake"] < 1
+
+
+def test_validation_scores_a_batch_norm_critic_as_in_training_and_leaves_its_statistics():
+    """DCGAN's critic is trained on all-real and all-fake batches: its running statistics (what eval mode
+    uses) average the two, so validation must score with each batch's own statistics, as training did."""
+    model = tiny(DCGAN)
+    opts = model.configure_optimizers(adam)
+    for i in range(3):
+        engine_step(model, opts, images()[0], step=i + 1)
+    model.eval()
+    norms = [m for m in model.critic.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    for m in norms:  # running statistics far from any batch's: eval-mode scores would differ
+        m.running_mean.add_(3.0)
+    buffers = {k: v.clone() for k, v in model.critic.named_buffers()}
+    x = images()[0]
+    torch.manual_seed(7)
+    scores = model.validation_step(x, None)
+    torch.manual_seed(7)
+    fake = model.generator(model.latents(len(x)), None)
+    training_critic = copy.deepcopy(model.critic).train()
+    with torch.no_grad():
+        expected = model._scores(training_critic(model.to_model_space(x)), training_critic(fake))
+    assert torch.allclose(scores["d_real"], expected["d_real"]) and torch.allclose(scores["d_fake"], expected["d_fake"])
+    assert all(torch.equal(v, buffers[k]) for k, v in model.critic.named_buffers()), "validation moved the statistics"
+    assert not any(m.training for m in model.critic.modules()) and all(m.track_running_stats for m in norms)
 
 
 def test_n_critic_five_critic_steps_per_generator_step_and_exact_resume():

@@ -102,6 +102,22 @@ def frozen(module: nn.Module):
         module.requires_grad_(True)
 
 
+@contextmanager
+def batch_statistics(module: nn.Module):
+    """Run ``module``'s batch norms on each batch's own statistics, as in training, leaving their running
+    statistics untouched. A critic is trained on batches that are all real or all fake, so its running
+    statistics average two different distributions and its eval-mode scores are not those it learned to give."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.training, m.track_running_stats = True, False  # batch statistics, no running update
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved):
+            m.training, m.track_running_stats = training, track
+
+
 def _player_settings(lr: Optional[float], betas: Optional[List[float]]) -> dict:
     """Overrides of the configured optimizer for one player (null keeps optimizer.lr / .betas)."""
     settings: dict = {}
@@ -204,10 +220,11 @@ class GAN(GenerativeModel):
     @torch.no_grad()
     def validation_step(self, x: Tensor, y: Optional[Tensor]) -> Metrics:
         """The critic's scores on held-out data and on fakes (no "loss": a GAN has none
-        that ranks checkpoints)."""
+        that ranks checkpoints), each batch scored as the critic saw batches in training."""
         y = y if self.config.conditional else None
         fake = self.generator(self.latents(len(x)), y)
-        return self._scores(self.critic(self.to_model_space(x), y), self.critic(fake, y))
+        with batch_statistics(self.critic):
+            return self._scores(self.critic(self.to_model_space(x), y), self.critic(fake, y))
 
     # --- data space <-> the networks' space --------------------------------------
     def to_model_space(self, x: Tensor) -> Tensor:
