@@ -482,7 +482,7 @@ def test_ebm_replay_buffer_is_state_and_takes_the_samples():
     loss.backward()
     assert "replay" in model.state_dict() and not torch.equal(before, model.replay)
     assert int((before != model.replay).flatten(1).any(1).sum()) <= 16  # only the drawn slots changed
-    assert {"energy_data", "energy_model", "energy_penalty"} <= set(metrics) and math.isfinite(float(loss))
+    assert {"energy_data", "energy_model", "energy_penalty"} <= set(metrics) and math.isfinite(loss.item())
     assert all(p.grad is not None for p in model.energy.parameters())
     assert model.sample(3).shape == (3, 1, 8, 8)
 
