@@ -490,11 +490,11 @@ def test_ebm_replay_buffer_is_state_and_takes_the_samples():
 def test_ebm_divergence_stops_with_a_non_finite_loss_and_advice():
     model = build("ebm", shape=(2,), divergence_energy=10.0, sgld_steps=1)
     loss, metrics = model(torch.randn(8, 2), None, "model")
-    assert math.isfinite(float(loss)) and float(metrics["energy_diverged"]) == 0
+    assert math.isfinite(loss.item()) and float(metrics["energy_diverged"]) == 0
     with torch.no_grad():
         model.energy[-1].bias.fill_(1e3)
     loss, metrics = model(torch.randn(8, 2), None, "model")
-    assert not math.isfinite(float(loss)) and float(metrics["energy_diverged"]) == 1
+    assert not math.isfinite(loss.item()) and float(metrics["energy_diverged"]) == 1
     advice = model.non_finite_advice()  # what the engine adds to its message when it stops
     assert "energy_l2" in advice and "lower optimizer.lr" in advice
 
