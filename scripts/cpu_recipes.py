@@ -3,7 +3,7 @@
 Each recipe is a complete experiment for a 2-core CPU: `dgm train experiment=<name>`, then `dgm eval` with
 the settings on the recipe's `# dgm eval:` line, then `dgm sample` for a grid to look at. Both read best.pt
 (the lowest validation loss: early stopping, as the papers select) where the run validated, else last.pt. The
-recipe file is the one place that holds both. Afterwards `dgm report` writes one table per evaluation protocol and the
+recipe file is the one place that holds both. Afterwards `dgm report` writes one table per evaluation protocol and
 a learning curve per recipe (`curves=val/loss x=wall_time`), and this script writes `recipes.md`: each recipe's
 commands, wall times (training, evaluation), its headline number, and the machine.
 
