@@ -5,13 +5,15 @@ the share of images whose predicted x_0 (Ho et al. 2020, eq. 15, clipped to [-1,
 three rows brighter than -0.5:
 
 - on test digits noised to step t (x_t ~ q(x_t | x_0)): how often the network misreads a real image;
-- along the model's own ancestral chain from x_T ~ N(0, I) (all T steps): where its samples settle.
+- along the model's own ancestral chain from x_T ~ N(0, I) (all T steps): where its samples settle;
+- the chain's x_t itself: its border's mean over sqrt(abar_t), which is -1 for x_t ~ q(x_t | x_0) of MNIST
+  (x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, eq. 4, and the noise averages out over the border).
 
 If the two agree below some step but the chain's share stays high, the samples' backgrounds were decided in
 the chain's first steps, where an error in the predicted noise reaches x_0 multiplied by sqrt((1 - abar_t) /
 abar_t) (eq. 4 solved for x_0), and the rest of the chain does not undo it.
 
-    DGM_DATA_ROOT=../shared/data python scripts/ddpm_backgrounds.py <run folder or .pt> [--n 256] [--seed 0]
+    DGM_DATA_ROOT=../shared/data python scripts/ddpm_backgrounds.py <run folder or .pt> [--n 256] [--seed 0] [--no-clip]
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import torch
 
 from dgm_cli import api
 
-STEPS = (999, 950, 900, 800, 600, 400, 200, 50, 0)
+STEPS = (999, 990, 975, 950, 900, 800, 600, 400, 200, 50, 0)
 GREY = -0.5  # border mean above this: not a black background
 
 
+def border(x: torch.Tensor) -> torch.Tensor:
+    """Each image's mean over its top and bottom three rows."""
+    return torch.cat([x[..., :3, :], x[..., -3:, :]], dim=-2).mean(dim=(1, 2, 3))
+
+
 def grey_share(x0: torch.Tensor) -> float:
-    border = torch.cat([x0[..., :3, :], x0[..., -3:, :]], dim=-2).mean(dim=(1, 2, 3))
-    return (border > GREY).float().mean().item()
+    return (border(x0) > GREY).float().mean().item()
 
 
 @torch.no_grad()
@@ -37,6 +43,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--n", type=int, default=256, help="test digits, and chains")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-clip", action="store_true", help="the chain without clipping x_0-hat to [-1, 1]")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     run = api.load(args.checkpoint, device="cpu")
@@ -54,16 +61,17 @@ def main() -> None:
         eps, v = model.predict(xt, t)
         on_data[step] = grey_share(chain.predict_x0(xt, t, eps).clamp(-1, 1))
     xt = torch.randn_like(x0)
-    print("step t   sqrt((1-abar)/abar)   grey x0-hat: noised test digits   along the model's chain")
+    print("step t   sqrt((1-abar)/abar)   grey x0-hat: noised test digits   along the chain   x_t border / sqrt(abar)")
     for i in reversed(range(chain.num_steps)):
         t = torch.full((len(xt),), i, dtype=torch.long)
         eps, v = model.predict(xt, t)
-        mean, log_var, x0_hat = chain.p_mean_variance(eps, xt, t, model.variance, v, clip=True)
-        xt = mean + torch.exp(0.5 * log_var) * torch.randn_like(xt) * (i > 0)
+        mean, log_var, x0_hat = chain.p_mean_variance(eps, xt, t, model.variance, v, clip=not args.no_clip)
         if i in on_data:
             abar = chain.abar[i].item()
             gain = ((1 - abar) / abar) ** 0.5 if abar > 0 else float("inf")
-            print(f"{i:6d}   {gain:19.3g}   {on_data[i]:31.0%}   {grey_share(x0_hat):22.0%}")
+            signal = border(xt).mean().item() / abar**0.5 if gain < 1e3 else float("nan")  # x_T: no signal
+            print(f"{i:6d}   {gain:19.3g}   {on_data[i]:31.0%}   {grey_share(x0_hat):13.0%}   {signal:22.2f}")
+        xt = mean + torch.exp(0.5 * log_var) * torch.randn_like(xt) * (i > 0)
 
 
 if __name__ == "__main__":
