@@ -47,6 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     run = api.load(args.checkpoint, device="cpu")
+    if run.model.name != "ddpm" or run.model.data.shape[0] != 1:
+        raise SystemExit(f"{args.checkpoint}: a DDPM of greyscale images is needed, not model={run.model.name}.")
     model, chain = run.model, run.model.diffusion
     if model.config.sample_steps not in (0, chain.num_steps):
         print(
@@ -55,7 +57,7 @@ def main() -> None:
     x, _ = run.split("test", limit=args.n)
     x0 = model.to_model_space(x.float() / 255)
     on_data = {}
-    for step in STEPS:
+    for step in [s for s in STEPS if s < chain.num_steps]:
         t = torch.full((len(x0),), step, dtype=torch.long)
         xt = chain.q_sample(x0, t, torch.randn_like(x0))
         eps, v = model.predict(xt, t)
