@@ -490,7 +490,7 @@ class Trainer:
 
     def grid_size(self) -> int:
         """Samples per logged grid: ``trainer.num_samples``, or fewer for a model whose sampler costs
-        a network pass per dimension (``grid_samples``)."""
+        many network passes (``grid_samples``: one per dimension, a long chain)."""
         cap = self.model.grid_samples
         return min(self.settings.num_samples, cap) if cap else self.settings.num_samples
 
@@ -525,7 +525,7 @@ class Trainer:
         n = self.grid_size()
         if n < self.settings.num_samples and self._last_grid_seconds is None:
             log.info(
-                "sample grids hold %d samples, not trainer.num_samples=%d: %s samples one pixel per network pass",
+                "sample grids hold %d samples, not trainer.num_samples=%d: a %s sample costs many network passes",
                 n,
                 self.settings.num_samples,
                 self.record.model.name,

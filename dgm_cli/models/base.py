@@ -63,7 +63,7 @@ class GenerativeModel(nn.Module):
     #: "exact", an estimator name ("iwae", "ais"), or None when there is no likelihood.
     likelihood: ClassVar[Optional[str]] = None
     #: at most this many samples in a logged training grid (None: trainer.num_samples), for models
-    #: whose sampler costs a network pass per dimension
+    #: whose sampler costs many network passes (one per dimension, a long denoising or Gibbs chain)
     grid_samples: ClassVar[Optional[int]] = None
     #: what `dgm sample mode=...` can ask of this model (method ``sample_<mode>``
     #: for every mode but "sample").
